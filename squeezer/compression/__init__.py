@@ -1,0 +1,27 @@
+"""The compression library: NNCF-compatible training-time compression for PyTorch models.
+
+Importing it registers the algorithms; it never imports the service.
+"""
+
+from squeezer.compression import quantization as _quantization  # noqa: F401  (registers the algorithm)
+from squeezer.compression.api import create_compressed_model, load_state, strip
+from squeezer.compression.config import NNCFConfig, SqueezerConfig
+from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
+from squeezer.compression.export.onnx_export import export_onnx
+from squeezer.compression.graph.modules import register_module
+from squeezer.compression.init_args import InitDataLoader, register_default_init_args
+
+__all__ = [
+    "CompositeController",
+    "CompressionController",
+    "CompressionStage",
+    "InitDataLoader",
+    "NNCFConfig",
+    "SqueezerConfig",
+    "create_compressed_model",
+    "export_onnx",
+    "load_state",
+    "register_default_init_args",
+    "register_module",
+    "strip",
+]

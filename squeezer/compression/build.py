@@ -1,0 +1,66 @@
+"""Algorithm registry and the shared context a builder receives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+from squeezer.compression.config.models import CompressionConfigModel
+from squeezer.compression.config.nncf_config import NNCFConfig
+from squeezer.compression.controller import CompressionController
+from squeezer.compression.graph.trace import TracedGraph
+
+
+@dataclass
+class BuildContext:
+    """What every algorithm builder needs: the traced model, the config and the init data."""
+
+    traced: TracedGraph | None  # None when the model could not be traced (weights-only fallback)
+    model: torch.nn.Module  # the compressed model being built (a GraphModule when traced)
+    config: NNCFConfig
+    example_inputs: tuple[tuple[Any, ...], dict[str, Any]]
+    builder_state: dict[str, Any] | None = None  # this algorithm's saved state when resuming
+    trace_error: str | None = None
+    verify_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # real data for export checks
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cfg(self) -> CompressionConfigModel:
+        return self.config.model
+
+    @property
+    def should_init(self) -> bool:
+        return self.builder_state is None
+
+    @property
+    def gm(self) -> fx.GraphModule:
+        assert self.traced is not None
+        return self.traced.gm
+
+    def device(self) -> torch.device:
+        return next((p.device for p in self.model.parameters()), torch.device("cpu"))
+
+
+Builder = Callable[[BuildContext, Any], CompressionController]
+ALGORITHMS: dict[str, Builder] = {}
+# Application order on one weight (spec §2.3): pruning mask, then sparsity mask, then quantizer.
+PRIORITY = {
+    "filter_pruning": 2,
+    "magnitude_sparsity": 3,
+    "rb_sparsity": 3,
+    "const_sparsity": 3,
+    "knowledge_distillation": 5,
+    "quantization": 11,
+}
+
+
+def register_algorithm(name: str) -> Callable[[Builder], Builder]:
+    def wrap(builder: Builder) -> Builder:
+        ALGORITHMS[name] = builder
+        return builder
+
+    return wrap

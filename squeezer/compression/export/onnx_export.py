@@ -1,0 +1,369 @@
+"""Export a compressed model to standard ONNX and check it in onnxruntime before returning.
+
+Steps: copy the model to CPU in eval mode; fold BatchNorm into the preceding conv (exact for
+per-channel weight grids: the int8 values stay, the channel scale is multiplied); replace every
+quantizer by a plain fake-quantize call with Python-number scales (uint8 activations, int8
+weights: what onnxruntime fuses); export with a dynamic batch dimension; store weights as int8
+and biases as int32; run the file in onnxruntime and compare with the torch model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import torch
+from torch import fx, nn
+from torch.ao.quantization import FakeQuantize
+from torch.nn.utils import parametrize
+
+from squeezer.compression.export.qdq_rewrite import rewrite
+from squeezer.compression.graph.surgery import replace_submodule, unparametrized_copy
+from squeezer.compression.quantization.quantizer import FakeQuantizer
+from squeezer.errors import ExportError
+
+if TYPE_CHECKING:
+    from squeezer.compression.controller import CompressionController
+
+logger = logging.getLogger(__name__)
+DEFAULT_OPSET = 13
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class Grid:
+    """Integer grid of a quantizer: real = (q - zero_point) * step, q in [qmin, qmax]."""
+
+    step: torch.Tensor  # () or (C,)
+    zero_point: torch.Tensor  # int64, same shape
+    qmin: int
+    qmax: int
+    axis: int | None
+
+
+def grid_of(q: nn.Module) -> Grid | None:
+    """The grid of a Squeezer quantizer or a torch FakeQuantize; None when it is disabled."""
+    if isinstance(q, FakeQuantizer):
+        if not q.is_enabled:
+            return None
+        step, zp, qmin, qmax = q.qparams()
+        axis = q.axis
+        if axis is None:
+            return Grid(step.reshape(()), zp.reshape(()).long(), qmin, qmax, None)
+        return Grid(step.flatten(), zp.flatten().long(), qmin, qmax, axis)
+    if isinstance(q, FakeQuantize):
+        if not bool(q.fake_quant_enabled.item()):
+            return None
+        per_channel = q.is_per_channel
+        step = q.scale.detach().float()
+        zp = q.zero_point.detach().long()
+        if not per_channel:
+            return Grid(step.reshape(()), zp.reshape(()), q.quant_min, q.quant_max, None)
+        return Grid(step.flatten(), zp.flatten(), q.quant_min, q.quant_max, q.ch_axis)
+    return None
+
+
+def _bcast(t: torch.Tensor, axis: int | None, ndim: int) -> torch.Tensor:
+    if axis is None or t.dim() == 0:
+        return t
+    shape = [1] * ndim
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+class ActivationQDQ(nn.Module):
+    """Exports as QuantizeLinear/DequantizeLinear with uint8 zero point (onnxruntime's fast path)."""
+
+    def __init__(self, grid: Grid) -> None:
+        super().__init__()
+        self.axis = grid.axis
+        self.qmin, self.qmax = grid.qmin, grid.qmax
+        zp = grid.zero_point - grid.qmin  # shift the grid into [0, 255]
+        if grid.axis is None:
+            self.step = float(grid.step)
+            self.zp = int(zp)
+            self.lo = (grid.qmin - int(grid.zero_point)) * self.step
+            self.hi = (grid.qmax - int(grid.zero_point)) * self.step
+        else:
+            self.register_buffer("step_t", grid.step.float())
+            self.register_buffer("zp_t", zp.int())
+        self.needs_clamp = grid.qmax - grid.qmin < 255
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.axis is None:
+            if self.needs_clamp:
+                x = x.clamp(self.lo, self.hi)
+            return torch.fake_quantize_per_tensor_affine(x, self.step, self.zp, 0, 255)
+        return torch.fake_quantize_per_channel_affine(x, self.step_t, self.zp_t, self.axis, 0, 255)
+
+
+class WeightQDQ(nn.Module):
+    """Weight parametrization that exports as QuantizeLinear/DequantizeLinear (folded to int8 later)."""
+
+    def __init__(self, step: torch.Tensor, zero_point: torch.Tensor, axis: int, qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.register_buffer("step", step.float().contiguous())
+        self.register_buffer("zp", zero_point.int().contiguous())
+        self.axis, self.qmin, self.qmax = axis, qmin, qmax
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.fake_quantize_per_channel_affine(w, self.step, self.zp, self.axis, self.qmin, self.qmax)
+
+
+def _weight_quantizer(module: nn.Module) -> nn.Module | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    return next((p for p in module.parametrizations.weight if isinstance(p, (FakeQuantizer, FakeQuantize))), None)
+
+
+def _to_export_weight(module: nn.Module, bn: nn.Module | None) -> nn.Module:
+    """`module` with `bn` folded in and a per-channel int grid on its weight (if it was quantized)."""
+    quantizer = _weight_quantizer(module)
+    grid = grid_of(quantizer) if quantizer is not None else None
+    with torch.no_grad():
+        weight = module.weight.detach().clone()  # fake-quantized value when a quantizer is active
+        bias = module.bias.detach().clone() if getattr(module, "bias", None) is not None else None
+    module = unparametrized_copy(module)
+    out_axis = 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
+    n_out = weight.shape[out_axis]
+    k = torch.ones(n_out)
+    if bn is not None:
+        k = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        b = bias if bias is not None else torch.zeros(n_out)
+        bias = (b - bn.running_mean) * k + bn.bias.detach()
+    if grid is None:
+        new_weight = weight * _bcast(k, out_axis, weight.dim())
+        qdq = None
+    else:
+        step = grid.step.expand(n_out) if grid.axis is None else grid.step
+        zp = grid.zero_point.expand(n_out) if grid.axis is None else grid.zero_point
+        if grid.axis not in (None, out_axis):
+            raise ExportError(f"weight quantized along axis {grid.axis}, expected output axis {out_axis}")
+        q = torch.round(weight / _bcast(step, out_axis, weight.dim())) + _bcast(zp, out_axis, weight.dim())
+        q = q.clamp(grid.qmin, grid.qmax)
+        neg = k < 0
+        if neg.any():
+            # (q - zp) * s * k with k < 0 equals (q' - zp') * s * |k| on the mirrored grid.
+            mirror = grid.qmin + grid.qmax if bool((zp != 0).any()) else 0
+            sign = _bcast(neg, out_axis, weight.dim())
+            q = torch.where(sign, mirror - q, q)
+            zp = torch.where(neg, mirror - zp, zp)
+        step = step * k.abs()
+        cmin, cmax = (-128, 127) if grid.qmin < 0 else (0, 255)
+        q = q.clamp(cmin, cmax)
+        new_weight = (q - _bcast(zp, out_axis, weight.dim())) * _bcast(step, out_axis, weight.dim())
+        qdq = WeightQDQ(step, zp, out_axis, cmin, cmax)
+    module.weight = nn.Parameter(new_weight.float(), requires_grad=False)
+    if bias is not None:
+        module.bias = nn.Parameter(bias.float(), requires_grad=False)
+    if qdq is not None:
+        parametrize.register_parametrization(module, "weight", qdq)
+    return module
+
+
+def build_export_model(model: nn.Module) -> nn.Module:
+    """A CPU, eval-mode copy of `model` made of ops that export to standard QDQ ONNX."""
+    export = copy.deepcopy(model).cpu().eval()
+    folded: dict[nn.Module, nn.Module] = {}
+    if isinstance(export, fx.GraphModule):
+        modules = dict(export.named_modules())
+        for node in list(export.graph.nodes):
+            if node.op != "call_module" or not isinstance(modules[str(node.target)], _BNS):
+                continue
+            src = node.args[0]
+            if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1):
+                continue
+            conv = modules[str(src.target)]
+            bn = modules[str(node.target)]
+            if not isinstance(conv, _CONVS) or not bn.track_running_stats or conv in folded:
+                continue
+            folded[conv] = bn
+            node.replace_all_uses_with(src)
+            export.graph.erase_node(node)
+        _short_quantizer_targets(export)
+        export.graph.lint()
+        export.recompile()
+    for name, module in list(export.named_modules()):
+        if module in folded or _weight_quantizer(module) is not None:
+            replace_submodule(export, name, _to_export_weight(module, folded.get(module)))
+    for name, module in list(export.named_modules()):
+        if isinstance(module, (FakeQuantizer, FakeQuantize)):
+            grid = grid_of(module)
+            replace_submodule(export, name, ActivationQDQ(grid) if grid is not None else nn.Identity())
+    return export
+
+
+def _short_quantizer_targets(gm: fx.GraphModule) -> None:
+    """Call activation quantizers as `aq<k>`: their ids are long and ONNX repeats names per use."""
+    from squeezer.compression.quantization.algorithm import ACTIVATIONS_ATTR
+
+    if not hasattr(gm, ACTIVATIONS_ATTR):
+        return
+    short: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        target = str(node.target)
+        if node.op == "call_module" and target.startswith(ACTIVATIONS_ATTR + "."):
+            if target not in short:
+                short[target] = f"aq{len(short)}"
+                gm.add_submodule(short[target], gm.get_submodule(target))
+            node.target = short[target]
+    delattr(gm, ACTIVATIONS_ATTR)
+
+
+def _ordered_args(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Positional arguments in forward order (keywords from input_info placed by name)."""
+    if not kwargs:
+        return tuple(args)
+    if isinstance(model, fx.GraphModule):
+        names = [str(n.target) for n in model.graph.nodes if n.op == "placeholder"]
+    else:
+        import inspect
+
+        names = list(inspect.signature(model.forward).parameters)
+    ordered = list(args)
+    for name in names[len(args) :]:
+        if name not in kwargs:
+            break
+        ordered.append(kwargs[name])
+    return tuple(ordered)
+
+
+def _outputs_as_list(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _outputs_as_list(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _outputs_as_list(o)]
+    return []
+
+
+def export_onnx(
+    model: nn.Module,
+    save_path: str | Path,
+    example_args: tuple[Any, ...],
+    example_kwargs: dict[str, Any] | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    verify: bool = True,
+    verify_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+    rtol: float = 0.05,
+) -> Path:
+    """Export `model` (compressed or stripped) to standard ONNX and verify it in onnxruntime.
+
+    `rtol` bounds the largest absolute difference relative to the largest output magnitude; a
+    float rounding can move a value by one quantization step, so the check is not bit-exact.
+    """
+    path = Path(save_path)
+    if path.is_symlink():
+        raise ExportError(f"refusing to export to a symbolic link: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_model = build_export_model(model)
+    args = _ordered_args(export_model, example_args, example_kwargs or {})
+    args = tuple(a.detach().cpu() if isinstance(a, torch.Tensor) else a for a in args)
+    with torch.no_grad():
+        n_out = len(_outputs_as_list(export_model(*args)))
+    in_names = list(input_names or [f"input.{i}" for i in range(len(args))])
+    out_names = list(output_names or [f"output.{i}" for i in range(n_out)])
+    dynamic = {n: {0: "batch"} for n in [*in_names, *out_names]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        torch.onnx.export(
+            export_model,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=in_names,
+            output_names=out_names,
+            dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
+    onnx_model = onnx.load(str(path))
+    counts = rewrite(onnx_model)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    onnx.save(onnx_model, str(tmp))
+    os.replace(tmp, path)
+    logger.info("exported %s (%s)", path, counts)
+    if verify:
+        check_args, check_kwargs = verify_inputs or (example_args, example_kwargs or {})
+        verify_onnx(model, path, _ordered_args(export_model, check_args, check_kwargs), in_names, rtol)
+    return path
+
+
+def verify_onnx(model: nn.Module, path: Path, args: tuple[Any, ...], input_names: list[str], rtol: float) -> float:
+    """Run the file in onnxruntime and compare with `model` in eval mode; returns the max difference."""
+    import onnxruntime as ort
+
+    reference = copy.deepcopy(model).cpu().eval()
+    cpu_args = tuple(a.detach().cpu() if isinstance(a, torch.Tensor) else a for a in args)
+    with torch.no_grad():
+        expected = [t.numpy() for t in _outputs_as_list(reference(*cpu_args))]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {name: a.numpy() for name, a in zip(input_names, cpu_args, strict=True) if isinstance(a, torch.Tensor)}
+    actual = session.run(None, feeds)
+    worst = 0.0
+    for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+        diff = float(np.max(np.abs(e - a))) if e.size else 0.0
+        bound = rtol * float(np.max(np.abs(e))) + 1e-4 if e.size else 0.0
+        worst = max(worst, diff)
+        if diff > bound or e.shape != a.shape:
+            raise ExportError(
+                f"onnxruntime output {i} differs from the torch model: largest difference {diff:.6g} "
+                f"(allowed {bound:.6g}; output magnitude {float(np.max(np.abs(e))):.6g}); file: {path}"
+            )
+    return worst
+
+
+def export_compressed(
+    ctrl: CompressionController,
+    save_path: str | Path,
+    *,
+    save_format: str | None,
+    input_names: Sequence[str] | None,
+    output_names: Sequence[str] | None,
+    model_args: Any,
+    verify: bool,
+) -> Path:
+    """`ctrl.export_model`: NNCF's save_format ("onnx" or "onnx_<opset>") and `model_args`."""
+    opset = DEFAULT_OPSET
+    if save_format not in (None, "onnx"):
+        if not (isinstance(save_format, str) and save_format.startswith("onnx_") and save_format[5:].isdigit()):
+            raise ValueError(f"unsupported save_format {save_format!r}; use 'onnx' or 'onnx_<opset>' (13 or newer)")
+        opset = int(save_format[5:])
+        if opset < 13:
+            raise ValueError(f"opset {opset} cannot hold per-channel QuantizeLinear; use 13 or newer")
+    context = ctrl.context
+    if context is None:
+        raise ExportError("this controller has no example inputs to export with")
+    args, kwargs = context.example_inputs
+    args = tuple(a[0:1] if isinstance(a, torch.Tensor) else a for a in args)
+    kwargs = {k: v[0:1] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    if model_args is not None:
+        extra = model_args if isinstance(model_args, tuple) else (model_args,)
+        if extra and isinstance(extra[-1], dict):
+            kwargs = {**kwargs, **extra[-1]}
+            extra = extra[:-1]
+        args = args + tuple(extra)
+    return export_onnx(
+        ctrl.model,
+        save_path,
+        args,
+        kwargs,
+        opset=opset,
+        input_names=input_names,
+        output_names=output_names,
+        verify=verify,
+        verify_inputs=context.verify_inputs,
+    )

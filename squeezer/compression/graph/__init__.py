@@ -1,0 +1,1 @@
+"""Model capture: fx tracing, NNCF-style scope names, scope matching and .dot dumps."""

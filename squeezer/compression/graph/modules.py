@@ -1,0 +1,48 @@
+"""`register_module`: make a custom module with a `weight` compressible like a built-in layer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import nn
+
+_REGISTERED: dict[type, dict[str, Any]] = {}
+
+
+def register_module(
+    *quantizable_field_names: str,
+    ignored_algorithms: Iterable[str] | None = None,
+    target_weight_dim_for_compression: int = 0,
+) -> Callable[[type], type]:
+    """Class decorator: the module is traced as one leaf op and its `weight` is compressed.
+
+    As in NNCF, only the `weight` field is supported; `ignored_algorithms` lists algorithms
+    (e.g. "quantization") that must leave the module alone.
+    """
+    fields = quantizable_field_names or ("weight",)
+    if tuple(fields) != ("weight",):
+        raise ValueError(f"only the 'weight' field can be compressed, got {list(fields)}")
+
+    def wrap(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise TypeError(f"register_module decorates torch.nn.Module subclasses, got {cls!r}")
+        _REGISTERED[cls] = {
+            "ignored_algorithms": set(ignored_algorithms or ()),
+            "weight_dim": target_weight_dim_for_compression,
+        }
+        return cls
+
+    return wrap
+
+
+def is_user_registered(m: nn.Module | type) -> bool:
+    cls = m if isinstance(m, type) else type(m)
+    return any(c in _REGISTERED for c in cls.__mro__)
+
+
+def registration(m: nn.Module) -> dict[str, Any] | None:
+    for c in type(m).__mro__:
+        if c in _REGISTERED:
+            return _REGISTERED[c]
+    return None

@@ -1,0 +1,29 @@
+"""Module surgery that never touches shared classes.
+
+`torch.nn.utils.parametrize` gives each parametrized module a generated class, and a deep copy
+shares that class with the original; `remove_parametrizations` on the copy would then strip the
+property from the original too. So copies get fresh, unparametrized module objects instead.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+def unparametrized_copy(module: nn.Module) -> nn.Module:
+    """A shallow copy of `module` of its original class, without parametrizations or `weight`."""
+    cls = type(module)
+    if parametrize.is_parametrized(module):
+        cls = cls.__bases__[0]
+    new = cls.__new__(cls)
+    new.__dict__ = {k: (v.copy() if isinstance(v, dict) else v) for k, v in module.__dict__.items()}
+    new._modules.pop("parametrizations", None)
+    new._parameters.pop("weight", None)
+    return new
+
+
+def replace_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)

@@ -1,0 +1,368 @@
+"""Quantization builder and controller: insert quantizers, initialize ranges, stage, strip."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import Counter
+from typing import Any
+
+from torch import fx, nn
+from torch.nn.utils import parametrize
+
+from squeezer.compression.build import BuildContext, register_algorithm
+from squeezer.compression.config.models import QuantizationConfig, RangeInit
+from squeezer.compression.controller import (
+    CompressionController,
+    CompressionScheduler,
+    CompressionStage,
+    Statistics,
+)
+from squeezer.compression.graph.scopes import check_scopes_match, matches_any
+from squeezer.compression.init_args import BNAdaptationInitArgs, QuantizationRangeInitArgs
+from squeezer.compression.quantization.placement import (
+    WEIGHTED_MODULES,
+    PlacementOptions,
+    QuantizerSetup,
+    WeightPoint,
+    _weight_scale_shape,
+    apply_manual_precision,
+    compute_setup,
+)
+from squeezer.compression.quantization.quantizer import FakeQuantizer, QuantizerSpec
+from squeezer.compression.quantization.range_init import adapt_batchnorm, init_ranges
+from squeezer.errors import CompressionError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+ACTIVATIONS_ATTR = "activation_quantizers"
+SETUP_VERSION = 1
+
+
+def weight_quantizer_of(module: nn.Module) -> FakeQuantizer | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    return next((p for p in module.parametrizations.weight if isinstance(p, FakeQuantizer)), None)
+
+
+# ---------------------------------------------------------------------------------------------- builder
+
+
+def _insert(ctx: BuildContext, setup: QuantizerSetup) -> tuple[dict[str, FakeQuantizer], dict[str, FakeQuantizer]]:
+    model = ctx.model
+    weight_q: dict[str, FakeQuantizer] = {}
+    for wp in setup.weights:
+        module = model.get_submodule(wp.module)
+        q = FakeQuantizer(wp.spec)
+        parametrize.register_parametrization(module, "weight", q)
+        weight_q[wp.id] = q
+    act_q: dict[str, FakeQuantizer] = {}
+    if not setup.activations:
+        return weight_q, act_q
+    gm = ctx.gm
+    container = nn.ModuleDict()
+    gm.add_submodule(ACTIVATIONS_ATTR, container)
+    by_name = {name: node for node, name in ctx.traced.names.items()}  # type: ignore[union-attr]
+    last_placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
+    for point in setup.activations:
+        q = FakeQuantizer(point.spec)
+        container[point.id] = q
+        act_q[point.id] = q
+        target = f"{ACTIVATIONS_ATTR}.{point.id}"
+        for producer_name in point.producers:
+            producer = by_name[producer_name]
+            users = [by_name[u] for p, u in point.edges if p == producer_name]
+            anchor = last_placeholder if producer.op == "placeholder" else producer
+            with gm.graph.inserting_after(anchor):
+                qnode = gm.graph.call_module(target, (producer,))
+            for user in users:
+                user.replace_input_with(producer, qnode)
+        for arg_name, consumer_name in point.chain_ends:
+            arg, consumer = by_name[arg_name], by_name[consumer_name]
+            with gm.graph.inserting_before(consumer):
+                qnode = gm.graph.call_module(target, (arg,))
+            consumer.replace_input_with(arg, qnode)
+    gm.graph.lint()
+    gm.recompile()
+    return weight_q, act_q
+
+
+def _fallback_setup(ctx: BuildContext, cfg: QuantizationConfig) -> QuantizerSetup:
+    """Untraceable model: weight quantizers only, on every conv/linear module."""
+    hw = ctx.cfg.target_device != "TRIAL"
+    setup = QuantizerSetup()
+    for name, module in ctx.model.named_modules():
+        if not isinstance(module, WEIGHTED_MODULES) or matches_any(name, cfg.ignored_scopes):
+            continue
+        per_channel = cfg.weights.per_channel if cfg.weights.per_channel is not None else hw
+        bits = cfg.weights.bits or 8
+        half = bits == 8 and ctx.cfg.target_device in ("ANY", "CPU") and cfg.overflow_fix == "enable"
+        spec = QuantizerSpec(
+            num_bits=bits,
+            mode=cfg.weights.mode or "symmetric",
+            signedness_to_force=True if hw else cfg.weights.signed,
+            narrow_range=bits == 8 and not half,
+            half_range=half,
+            per_channel=per_channel,
+            scale_shape=_weight_scale_shape(module, per_channel),
+            is_weights=True,
+        )
+        setup.weights.append(WeightPoint(f"{name}|WEIGHT", name, spec))
+    return setup
+
+
+def _range_configs(cfg: QuantizationConfig, setup: QuantizerSetup) -> dict[str, RangeInit]:
+    rng = cfg.initializer.range
+    ids = [(w.id, "weights") for w in setup.weights] + [(a.id, "activations") for a in setup.activations]
+    if not isinstance(rng, list):
+        default = rng or RangeInit()
+        return {qid: default for qid, _ in ids}
+    result: dict[str, RangeInit] = {}
+    for qid, group in ids:
+        hits = [
+            e
+            for e in rng
+            if (e.target_quantizer_group in (None, group))
+            and (e.target_scopes is None or matches_any(qid.split(";"), e.target_scopes))
+            and not matches_any(qid.split(";"), e.ignored_scopes)
+        ]
+        if len(hits) != 1:
+            what = "more than one" if hits else "no"
+            raise ConfigError(
+                f"quantizer {qid} matches {what} per-layer range init entry", path="$.compression.initializer.range"
+            )
+        result[qid] = hits[0]
+    return result
+
+
+def _validate_scopes(ctx: BuildContext, cfg: QuantizationConfig) -> None:
+    if ctx.traced is None:
+        return
+    names = [*ctx.traced.names.values(), *ctx.traced.nncf_names.values()]
+    for kind, patterns, path in (
+        ("ignored_scopes", cfg.ignored_scopes, "ignored_scopes"),
+        ("target_scopes", cfg.target_scopes, "target_scopes"),
+        ("weights.ignored_scopes", cfg.weights.ignored_scopes, "weights.ignored_scopes"),
+        ("activations.ignored_scopes", cfg.activations.ignored_scopes, "activations.ignored_scopes"),
+    ):
+        if patterns and cfg.validate_scopes:
+            check_scopes_match(names, patterns, kind, f"$.compression.{path}")
+
+
+@register_algorithm("quantization")
+def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> QuantizationController:
+    if ctx.cfg.target_device == "CPU_SPR":
+        raise ConfigError("target_device CPU_SPR is not supported by quantization", path="$.target_device")
+    if ctx.cfg.target_device == "NPU" and cfg.preset is not None:
+        raise ConfigError("the NPU target device does not support presets", path="$.compression.preset")
+    precision = cfg.initializer.precision
+    if ctx.should_init and precision is not None and precision.type != "manual":
+        raise CompressionError(
+            f"precision initialization type {precision.type!r} is not implemented; use 'manual' with "
+            "bitwidth_per_scope, or remove initializer.precision to quantize every layer to 8 bits"
+        )
+    _validate_scopes(ctx, cfg)
+    if ctx.builder_state is not None:
+        setup = QuantizerSetup.from_dict(ctx.builder_state["quantizer_setup"])
+    elif ctx.traced is None:
+        setup = _fallback_setup(ctx, cfg)
+        warnings.warn(
+            f"the model could not be traced ({ctx.trace_error}); only weights are quantized, activation "
+            f"quantizers were skipped for the whole model",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        ctx.notes.append("activations not quantized: model not traceable")
+    else:
+        setup = compute_setup(
+            ctx.traced, cfg, PlacementOptions(ctx.cfg.target_device, ctx.cfg.ignored_scopes, ctx.cfg.target_scopes)
+        )
+        if precision is not None:
+            apply_manual_precision(setup, precision.bitwidth_per_scope)
+    weight_q, act_q = _insert(ctx, setup)
+    if ctx.should_init:
+        _initialize(ctx, cfg, setup, weight_q, act_q)
+    ctrl = QuantizationController(ctx.model, ctx, cfg, setup, weight_q, act_q)
+    ctrl.builder_state = {
+        "quantizer_setup": setup.to_dict(),
+        "version": SETUP_VERSION,
+        "weighted_modules": len([m for m in ctx.model.modules() if isinstance(m, WEIGHTED_MODULES)]),
+    }
+    return ctrl
+
+
+def _initialize(
+    ctx: BuildContext,
+    cfg: QuantizationConfig,
+    setup: QuantizerSetup,
+    weight_q: dict[str, FakeQuantizer],
+    act_q: dict[str, FakeQuantizer],
+) -> None:
+    config = ctx.config
+    range_args = (
+        config.get_extra_struct(QuantizationRangeInitArgs)
+        if config.has_extra_struct(QuantizationRangeInitArgs)
+        else None
+    )
+    range_cfg = cfg.initializer.range
+    wants_samples = (
+        max((r.num_init_samples for r in range_cfg), default=0)
+        if isinstance(range_cfg, list)
+        else range_cfg.num_init_samples
+        if range_cfg is not None
+        else None
+    )
+    if wants_samples and range_args is None:
+        raise CompressionError(
+            "initializer.range asks for range initialization but no data loader is registered; call "
+            "register_default_init_args(config, train_loader) first or set num_init_samples to 0"
+        )
+    configs = _range_configs(cfg, setup)
+    device = ctx.device()
+    weights = {
+        wp.id: (weight_q[wp.id], ctx.model.get_submodule(wp.module).parametrizations.weight.original)
+        for wp in setup.weights
+    }
+    if wants_samples == 0:
+        init_ranges(ctx.model, weights, {}, configs, None, device)
+    else:
+        if range_args is None:
+            logger.warning("no init data loader registered: activation ranges keep their defaults (scale 1)")
+        loader = range_args.data_loader if range_args else None
+        init_ranges(ctx.model, weights, act_q, configs, loader, range_args.device or device if range_args else device)
+    bn_cfg = cfg.initializer.batchnorm_adaptation
+    if config.has_extra_struct(BNAdaptationInitArgs):
+        bn_args = config.get_extra_struct(BNAdaptationInitArgs)
+        samples = bn_cfg.num_bn_adaptation_samples if bn_cfg else 2000
+        adapt_batchnorm(ctx.model, bn_args.data_loader, samples, bn_args.device or device)
+    elif bn_cfg is not None and bn_cfg.num_bn_adaptation_samples > 0:
+        raise CompressionError(
+            "initializer.batchnorm_adaptation is configured but no data loader is registered; call "
+            "register_default_init_args(config, train_loader) first"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- controller
+
+
+class StagedQuantizationScheduler(CompressionScheduler):
+    """Enables activation / weight quantizers at their start epochs (spec §3.9)."""
+
+    def __init__(self, ctrl: QuantizationController, activations_start: int, weights_start: int) -> None:
+        super().__init__()
+        self.ctrl = ctrl
+        self.activations_start = activations_start
+        self.weights_start = weights_start
+        self._apply_flags()
+
+    def _apply_flags(self) -> None:
+        epoch = max(self.current_epoch, 0)
+        self.ctrl.set_activation_quantization(epoch >= self.activations_start)
+        self.ctrl.set_weight_quantization(epoch >= self.weights_start)
+
+    def epoch_step(self, next_epoch: int | None = None) -> None:
+        super().epoch_step(next_epoch)
+        if self.current_epoch in (self.activations_start, self.weights_start):
+            self._apply_flags()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self._apply_flags()
+
+
+class QuantizationController(CompressionController):
+    name = "quantization"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        ctx: BuildContext,
+        cfg: QuantizationConfig,
+        setup: QuantizerSetup,
+        weight_q: dict[str, FakeQuantizer],
+        act_q: dict[str, FakeQuantizer],
+    ) -> None:
+        super().__init__(model, ctx)
+        self.cfg = cfg
+        self.setup = setup
+        self.weight_quantizers = weight_q
+        self.non_weight_quantizers = act_q
+        if cfg.is_staged and cfg.params is not None:
+            self._scheduler = StagedQuantizationScheduler(
+                self, cfg.params.activations_quant_start_epoch, cfg.params.weights_quant_start_epoch
+            )
+
+    @property
+    def all_quantizations(self) -> dict[str, FakeQuantizer]:
+        return {**self.weight_quantizers, **self.non_weight_quantizers}
+
+    def set_activation_quantization(self, enabled: bool) -> None:
+        for q in self.non_weight_quantizers.values():
+            q.set_enabled(enabled)
+
+    def set_weight_quantization(self, enabled: bool) -> None:
+        for q in self.weight_quantizers.values():
+            q.set_enabled(enabled)
+
+    def enable_activation_quantization(self) -> None:
+        self.set_activation_quantization(True)
+
+    def disable_activation_quantization(self) -> None:
+        self.set_activation_quantization(False)
+
+    def enable_weight_quantization(self) -> None:
+        self.set_weight_quantization(True)
+
+    def disable_weight_quantization(self) -> None:
+        self.set_weight_quantization(False)
+
+    def compression_stage(self) -> CompressionStage:
+        if not isinstance(self.scheduler, StagedQuantizationScheduler):
+            return CompressionStage.FULLY_COMPRESSED
+        s = self.scheduler
+        a = s.current_epoch >= s.activations_start
+        w = s.current_epoch >= s.weights_start
+        if a and w:
+            return CompressionStage.FULLY_COMPRESSED
+        return CompressionStage.PARTIALLY_COMPRESSED if (a or w) else CompressionStage.UNCOMPRESSED
+
+    def statistics(self, quickly_collected_only: bool = False) -> Statistics:
+        def summary(qs: dict[str, FakeQuantizer]) -> dict[str, Any]:
+            c: Counter[str] = Counter()
+            for q in qs.values():
+                c["symmetric" if q.spec.mode == "symmetric" else "asymmetric"] += 1
+                c["signed" if q.signed else "unsigned"] += 1
+                c["per_channel" if q.spec.per_channel else "per_tensor"] += 1
+                c[f"{q.spec.num_bits}_bits"] += 1
+                c["enabled"] += int(q.is_enabled)
+            return {"total": len(qs), **dict(sorted(c.items()))}
+
+        all_q = self.all_quantizations
+        enabled = sum(q.is_enabled for q in all_q.values())
+        stats = Statistics()
+        stats.register(
+            "quantization",
+            {
+                "weight_quantizers": summary(self.weight_quantizers),
+                "activation_quantizers": summary(self.non_weight_quantizers),
+                "weighted_modules": self.builder_state.get("weighted_modules", len(self.weight_quantizers)),
+                "ratio_of_enabled_quantizations": enabled / len(all_q) if all_q else 0.0,
+            },
+        )
+        return stats
+
+    def init_range(self) -> None:
+        """Re-run range initialization with the build-time settings (the staged scheduler may call it)."""
+        if self.context is None or not self.context.config.has_extra_struct(QuantizationRangeInitArgs):
+            logger.error("init_range: no data loader registered")
+            return
+        _initialize(self.context, self.cfg, self.setup, self.weight_quantizers, self.non_weight_quantizers)
+
+    def strip_model(self, model: nn.Module) -> nn.Module:
+        from squeezer.compression.quantization.strip import strip_quantizers
+
+        return strip_quantizers(model, self.setup)
+
+
+def activation_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op == "call_module" and str(n.target).startswith(ACTIVATIONS_ATTR + ".")]

@@ -1,0 +1,438 @@
+"""Where quantizers go (spec algorithms.md §3.7), computed on the traced fx graph.
+
+Rule: every activation tensor that feeds a quantizable op (conv, linear, matmul, tensor + tensor,
+average pooling, mean) gets a quantizer at the output of the op that produced it, searching
+upstream through scale-preserving ops (reshape, transpose, max-pool, dropout, concat). Such a
+tensor gets one quantizer, shared by all its consumers; the inputs of a concat share one
+quantizer (unified scale). Activations (ReLU, ...) and BatchNorm are not quantizable, so
+conv -> bn -> relu gets a single quantizer on the ReLU output: the fused pattern NNCF and
+onnxruntime expect. The result is the QDQ layout onnxruntime turns into QLinearConv/QLinearAdd.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from squeezer.compression.config.models import QuantizationConfig, QuantizerGroup, QuantizerOverride
+from squeezer.compression.graph.modules import registration
+from squeezer.compression.graph.scopes import matches_any, should_consider
+from squeezer.compression.graph.trace import TracedGraph, tensor_meta
+from squeezer.compression.quantization.quantizer import QuantizerSpec
+
+WEIGHTED_MODULES = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.Embedding,
+    nn.EmbeddingBag,
+)
+_CONV_LIKE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_QUANT_INPUT_MODULES = (
+    *_CONV_LIKE,
+    nn.Linear,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
+_AGNOSTIC_MODULES = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.Flatten,
+    nn.Identity,
+    nn.ZeroPad2d,
+    nn.Unflatten,
+)
+
+_ONE_INPUT_FUNCS = {
+    F.conv1d,
+    F.conv2d,
+    F.conv3d,
+    F.conv_transpose1d,
+    F.conv_transpose2d,
+    F.linear,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    torch.mean,
+}
+_TWO_INPUT_FUNCS = {operator.add, operator.iadd, torch.add, operator.matmul, torch.matmul, torch.bmm}
+_AGNOSTIC_FUNCS = {
+    torch.flatten,
+    torch.reshape,
+    torch.transpose,
+    torch.permute,
+    torch.squeeze,
+    torch.unsqueeze,
+    F.dropout,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    torch.cat,
+    torch.concat,
+    F.pad,
+}
+_ONE_INPUT_METHODS = {"mean"}
+_TWO_INPUT_METHODS = {"add", "add_", "matmul", "bmm"}
+_AGNOSTIC_METHODS = {
+    "view",
+    "reshape",
+    "flatten",
+    "transpose",
+    "permute",
+    "squeeze",
+    "unsqueeze",
+    "contiguous",
+    "expand",
+    "repeat",
+}
+
+
+@dataclass
+class WeightPoint:
+    id: str
+    module: str
+    spec: QuantizerSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "module": self.module, "spec": self.spec.to_dict()}
+
+
+@dataclass
+class ActivationPoint:
+    """One activation quantizer: inserted after each producer (for the listed users) and before
+    consumers reached through scale-preserving ops."""
+
+    id: str
+    producers: list[str]
+    edges: list[list[str]]  # [producer name, user name]: the user reads the quantized tensor
+    chain_ends: list[list[str]]  # [argument name, consumer name]: quantize again right before consumer
+    consumers: list[str]
+    spec: QuantizerSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["spec"] = self.spec.to_dict()
+        return d
+
+
+@dataclass
+class QuantizerSetup:
+    weights: list[WeightPoint] = field(default_factory=list)
+    activations: list[ActivationPoint] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": [w.to_dict() for w in self.weights], "activations": [a.to_dict() for a in self.activations]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QuantizerSetup:
+        return cls(
+            weights=[WeightPoint(w["id"], w["module"], QuantizerSpec.from_dict(w["spec"])) for w in d["weights"]],
+            activations=[
+                ActivationPoint(**{**a, "spec": QuantizerSpec.from_dict(a["spec"])}) for a in d["activations"]
+            ],
+        )
+
+
+# ------------------------------------------------------------------------------------------ op kinds
+
+
+def activation_ports(node: fx.Node, modules: dict[str, nn.Module]) -> list[int]:
+    """Input ports of `node` whose activations should be quantized (empty: not quantizable)."""
+    if node.op == "call_module":
+        m = modules[str(node.target)]
+        reg = registration(m)
+        if isinstance(m, _QUANT_INPUT_MODULES) or (reg and "quantization" not in reg["ignored_algorithms"]):
+            return [0]
+        return []
+    if node.op == "call_function":
+        if node.target in _ONE_INPUT_FUNCS:
+            return [0]
+        if node.target in _TWO_INPUT_FUNCS:
+            return [0, 1]
+    if node.op == "call_method":
+        if node.target in _ONE_INPUT_METHODS:
+            return [0]
+        if node.target in _TWO_INPUT_METHODS:
+            return [0, 1]
+    return []
+
+
+def is_agnostic(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[str(node.target)], _AGNOSTIC_MODULES)
+    if node.op == "call_function":
+        return node.target in _AGNOSTIC_FUNCS
+    if node.op == "call_method":
+        return node.target in _AGNOSTIC_METHODS
+    return False
+
+
+def _is_tensor(node: fx.Node) -> bool:
+    return tensor_meta(node) is not None
+
+
+def _upstream(
+    node: fx.Node, modules: dict[str, nn.Module], edges: list[tuple[fx.Node, fx.Node]], user: fx.Node
+) -> list[fx.Node] | None:
+    """Producers feeding `node` through scale-preserving ops; None if a constant is among them."""
+    if node.op == "get_attr" or not _is_tensor(node):
+        return None
+    if not is_agnostic(node, modules):
+        edges.append((node, user))
+        return [node]
+    if node.target in (torch.cat, torch.concat):
+        inputs = node.args[0] if isinstance(node.args[0], (list, tuple)) else [node.args[0]]
+    else:
+        inputs = [node.args[0]]
+    found: list[fx.Node] = []
+    for inp in inputs:
+        if not isinstance(inp, fx.Node):
+            return None
+        sub = _upstream(inp, modules, edges, node)
+        if sub is None:
+            return None
+        found.extend(sub)
+    return found
+
+
+# ------------------------------------------------------------------------------------------ specs
+
+
+@dataclass(frozen=True)
+class PlacementOptions:
+    target_device: str
+    global_ignored: list[str] | None
+    global_target: list[str] | None
+
+
+def _override(group: QuantizerGroup, overrides: dict[str, QuantizerOverride], aliases: list[str]) -> dict[str, Any]:
+    values = {k: getattr(group, k) for k in ("mode", "bits", "signed", "per_channel")}
+    for pattern, ov in overrides.items():
+        if matches_any(aliases, [pattern]):
+            values.update({k: v for k, v in ov.model_dump(exclude={"initializer"}).items() if v is not None})
+    return values
+
+
+def _weight_scale_shape(module: nn.Module, per_channel: bool) -> tuple[int, ...]:
+    weight = module.weight
+    if not per_channel:
+        return (1,)
+    reg = registration(module)
+    dim = 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
+    if reg:
+        dim = reg["weight_dim"]
+    shape = [1] * weight.dim()
+    shape[dim] = weight.shape[dim]
+    return tuple(shape)
+
+
+def _first_convs(traced: TracedGraph, modules: dict[str, nn.Module]) -> set[str]:
+    """Conv modules reachable from a model input without passing another conv (overflow_fix)."""
+    first: set[str] = set()
+    seen: set[fx.Node] = set()
+    stack = [n for n in traced.gm.graph.nodes if n.op == "placeholder"]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for user in node.users:
+            if user.op == "call_module" and isinstance(modules[str(user.target)], (nn.Conv2d, nn.Conv3d)):
+                first.add(str(user.target))
+            else:
+                stack.append(user)
+    return first
+
+
+def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementOptions) -> QuantizerSetup:
+    modules = traced.modules
+    hw = opts.target_device != "TRIAL"
+    setup = QuantizerSetup()
+    first_convs = _first_convs(traced, modules) if cfg.overflow_fix == "first_layer_only" else set()
+    section_ignored = (opts.global_ignored or []) + (cfg.ignored_scopes or [])
+    section_target = opts.global_target if opts.global_target is not None else cfg.target_scopes
+
+    def aliases(node: fx.Node) -> list[str]:
+        return [traced.names[node], traced.nncf_names[node]]
+
+    def considered(node: fx.Node, group: QuantizerGroup) -> bool:
+        ignored = section_ignored + (group.ignored_scopes or [])
+        target = group.target_scopes if group.target_scopes is not None else section_target
+        return should_consider(aliases(node), ignored, target)
+
+    # ------------------------------------------------------------------ weights
+    seen_modules: set[str] = set()
+    for node in traced.gm.graph.nodes:
+        if node.op != "call_module" or str(node.target) in seen_modules:
+            continue
+        module = modules[str(node.target)]
+        reg = registration(module)
+        weighted = isinstance(module, WEIGHTED_MODULES) or (reg and "quantization" not in reg["ignored_algorithms"])
+        if not weighted or not isinstance(getattr(module, "weight", None), torch.Tensor):
+            continue
+        seen_modules.add(str(node.target))
+        if not considered(node, cfg.weights):
+            continue
+        v = _override(cfg.weights, cfg.scope_overrides.weights, aliases(node))
+        bits = v["bits"] or 8
+        per_channel = v["per_channel"] if v["per_channel"] is not None else hw
+        signed = v["signed"] if v["signed"] is not None else (True if hw else None)
+        half = (
+            bits == 8
+            and opts.target_device in ("ANY", "CPU", "CPU_SPR")
+            and (
+                cfg.overflow_fix == "enable"
+                or (cfg.overflow_fix == "first_layer_only" and str(node.target) in first_convs)
+            )
+        )
+        spec = QuantizerSpec(
+            num_bits=bits,
+            mode=v["mode"] or "symmetric",
+            signedness_to_force=signed,
+            narrow_range=bits == 8 and not half,
+            half_range=half,
+            per_channel=per_channel,
+            scale_shape=_weight_scale_shape(module, per_channel),
+            logarithm_scale=cfg.weights.logarithm_scale,
+            is_weights=True,
+            compression_lr_multiplier=cfg.compression_lr_multiplier,
+        )
+        setup.weights.append(WeightPoint(f"{traced.names[node]}|WEIGHT", str(node.target), spec))
+
+    # ------------------------------------------------------------------ activations
+    # producer -> group root (union-find over producers that must share one quantizer)
+    parent: dict[fx.Node, fx.Node] = {}
+
+    def find(n: fx.Node) -> fx.Node:
+        while parent.setdefault(n, n) is not n:
+            n = parent[n]
+        return n
+
+    edges: dict[fx.Node, set[tuple[fx.Node, fx.Node]]] = {}
+    chain_ends: dict[fx.Node, set[tuple[fx.Node, fx.Node]]] = {}
+    consumers: dict[fx.Node, list[fx.Node]] = {}
+    unified_ops = [op for group in (cfg.activations.unified_scale_ops or []) for op in group]
+
+    def add_input(arg: Any, consumer: fx.Node) -> None:
+        if not isinstance(arg, fx.Node):
+            return
+        path_edges: list[tuple[fx.Node, fx.Node]] = []
+        producers = _upstream(arg, modules, path_edges, consumer)
+        if not producers:
+            return
+        if not cfg.quantize_inputs and any(p.op == "placeholder" for p in producers):
+            return
+        for p in producers[1:]:
+            parent[find(p)] = find(producers[0])
+        for p in producers:
+            find(p)
+            edges.setdefault(p, set()).update(e for e in path_edges if e[0] is p)
+            consumers.setdefault(p, []).append(consumer)
+        if arg not in producers:
+            chain_ends.setdefault(producers[0], set()).add((arg, consumer))
+
+    for node in traced.gm.graph.nodes:
+        ports = activation_ports(node, modules)
+        if not ports or not considered(node, cfg.activations):
+            continue
+        tensor_args = [node.args[i] for i in ports if i < len(node.args)]
+        if len(ports) == 2 and not all(
+            isinstance(a, fx.Node) and _is_tensor(a) and a.op != "get_attr" for a in tensor_args
+        ):
+            continue  # x + 1, x @ W (a parameter): not an activation-activation op
+        for arg in tensor_args:
+            add_input(arg, node)
+        if matches_any(aliases(node), unified_ops):
+            found = [p for a in tensor_args if isinstance(a, fx.Node) for p in (_upstream(a, modules, [], node) or [])]
+            for p in found[1:]:
+                parent[find(p)] = find(found[0])
+    if cfg.quantize_outputs:
+        for node in traced.gm.graph.nodes:
+            if node.op == "output":
+                for arg in node.all_input_nodes:
+                    add_input(arg, node)
+
+    groups: dict[fx.Node, list[fx.Node]] = {}
+    for p in parent:
+        groups.setdefault(find(p), []).append(p)
+    order = {n: i for i, n in enumerate(traced.gm.graph.nodes)}
+    for members in sorted(groups.values(), key=lambda ms: min(order[m] for m in ms)):
+        members.sort(key=order.__getitem__)
+        group_consumers = sorted({c for m in members for c in consumers.get(m, [])}, key=order.__getitem__)
+        consumer_aliases = [a for c in group_consumers for a in aliases(c)]
+        v = _override(cfg.activations, cfg.scope_overrides.activations, consumer_aliases)
+        mode = v["mode"] or ("asymmetric" if cfg.preset == "mixed" else "symmetric")
+        per_channel = bool(v["per_channel"])
+        shape = tensor_meta(members[0])
+        scale_shape: tuple[int, ...] = (1,)
+        if per_channel and shape is not None and len(shape) >= 2:
+            scale_shape = tuple(shape[1] if i == 1 else 1 for i in range(len(shape)))
+        spec = QuantizerSpec(
+            num_bits=v["bits"] or 8,
+            mode=mode,
+            signedness_to_force=v["signed"],
+            per_channel=per_channel,
+            scale_shape=scale_shape,
+            logarithm_scale=cfg.activations.logarithm_scale,
+            compression_lr_multiplier=cfg.compression_lr_multiplier,
+        )
+        ids = [f"{traced.names[m]}|OUTPUT" for m in members]
+        setup.activations.append(
+            ActivationPoint(
+                id=";".join(ids),
+                producers=[traced.names[m] for m in members],
+                edges=sorted({(traced.names[a], traced.names[b]) for m in members for a, b in edges.get(m, ())}),
+                chain_ends=sorted(
+                    {(traced.names[a], traced.names[b]) for m in members for a, b in chain_ends.get(m, ())}
+                ),
+                consumers=[traced.names[c] for c in group_consumers],
+                spec=spec,
+            )
+        )
+        setup.activations[-1].edges = [list(e) for e in setup.activations[-1].edges]
+        setup.activations[-1].chain_ends = [list(e) for e in setup.activations[-1].chain_ends]
+    return setup
+
+
+def apply_manual_precision(setup: QuantizerSetup, pairs: list[list[int | str]]) -> None:
+    """`bitwidth_per_scope`: the first quantizer whose id contains the string gets the bits."""
+    from dataclasses import replace
+
+    from squeezer.errors import ConfigError
+
+    points: list[WeightPoint | ActivationPoint] = [*setup.weights, *setup.activations]
+    for i, (bits, scope) in enumerate(pairs):
+        point = next((p for p in points if str(scope) in p.id), None)
+        if point is None:
+            raise ConfigError(
+                f"no quantizer id contains {scope!r}; ids look like: {[p.id for p in points[:5]]}",
+                path=f"$.compression.initializer.precision.bitwidth_per_scope[{i}]",
+            )
+        half = point.spec.half_range and int(bits) == 8
+        point.spec = replace(
+            point.spec,
+            num_bits=int(bits),
+            half_range=half,
+            narrow_range=point.spec.is_weights and int(bits) == 8 and not half,
+        )

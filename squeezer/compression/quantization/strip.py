@@ -1,0 +1,63 @@
+"""`strip()` for quantization: trainable quantizers become frozen `torch.ao` FakeQuantize modules.
+
+The result depends on torch alone. Weights are replaced by their fake-quantized values (on the
+integer grid) and keep a frozen FakeQuantize parametrization, so the export still knows the grid
+and can store int8 weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.ao.quantization import FakeQuantize, MinMaxObserver, PerChannelMinMaxObserver
+from torch.nn.utils import parametrize
+
+from squeezer.compression.graph.surgery import replace_submodule, unparametrized_copy
+from squeezer.compression.quantization.placement import QuantizerSetup
+from squeezer.compression.quantization.quantizer import FakeQuantizer
+
+
+def to_torch_fake_quantize(q: FakeQuantizer) -> FakeQuantize:
+    step, zero_point, qmin, qmax = q.qparams()
+    dtype = torch.qint8 if qmin < 0 else torch.quint8
+    axis = q.axis
+    if axis is None:
+        fq = FakeQuantize(
+            observer=MinMaxObserver, quant_min=qmin, quant_max=qmax, dtype=dtype, qscheme=torch.per_tensor_affine
+        )
+        fq.scale = step.reshape(1).clone()
+        fq.zero_point = zero_point.reshape(1).clone()
+    else:
+        fq = FakeQuantize(
+            observer=PerChannelMinMaxObserver,
+            quant_min=qmin,
+            quant_max=qmax,
+            dtype=dtype,
+            qscheme=torch.per_channel_affine,
+            ch_axis=axis,
+        )
+        fq.scale = step.flatten().clone()
+        fq.zero_point = zero_point.flatten().clone()
+    fq.disable_observer()
+    fq.enable_fake_quant(q.is_enabled)
+    return fq.to(step.device)
+
+
+def strip_quantizers(model: nn.Module, setup: QuantizerSetup) -> nn.Module:
+    from squeezer.compression.quantization.algorithm import ACTIVATIONS_ATTR
+
+    for wp in setup.weights:
+        module = model.get_submodule(wp.module)
+        quantizer = next(p for p in module.parametrizations.weight if isinstance(p, FakeQuantizer))
+        fq = to_torch_fake_quantize(quantizer)
+        with torch.no_grad():
+            on_grid = module.weight.detach().clone()
+        plain = unparametrized_copy(module)
+        plain.weight = nn.Parameter(on_grid, requires_grad=False)
+        parametrize.register_parametrization(plain, "weight", fq)
+        replace_submodule(model, wp.module, plain)
+    if setup.activations:
+        container = model.get_submodule(ACTIVATIONS_ATTR)
+        for key in list(container.keys()):  # type: ignore[operator]
+            container[key] = to_torch_fake_quantize(container[key])  # type: ignore[index]
+    return model
