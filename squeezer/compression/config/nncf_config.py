@@ -42,6 +42,8 @@ def _describe(error: Any, data: Any) -> tuple[str, str]:
     ctx = error.get("ctx") or {}
     if error["type"] == "unknown_key":
         return f"{path}.{ctx['key']}", error["msg"]
+    if error["type"] == "missing":
+        return f"{path}.{error['loc'][-1]}", "required key is missing"
     if error["type"] == "union_tag_invalid":
         key = str(ctx["discriminator"]).strip("'")
         return f"{path}.{key}", f"unknown {key} {ctx['tag']!r}; allowed: {ctx['expected_tags']}"

@@ -91,6 +91,7 @@ _AGNOSTIC_FUNCS = {
     torch.cat,
     torch.concat,
     F.pad,
+    operator.getitem,
 }
 _ONE_INPUT_METHODS = {"mean"}
 _TWO_INPUT_METHODS = {"add", "add_", "matmul", "bmm"}
@@ -186,6 +187,18 @@ def is_agnostic(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_method":
         return node.target in _AGNOSTIC_METHODS
     return False
+
+
+_PASSTHROUGH_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+
+def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Ops that return their input unchanged at inference: no second quantize call is needed after them."""
+    if node.op == "call_module":
+        return isinstance(modules[str(node.target)], _PASSTHROUGH_MODULES)
+    return (node.op == "call_function" and node.target is F.dropout) or (
+        node.op == "call_method" and node.target == "contiguous"
+    )
 
 
 def _is_tensor(node: fx.Node) -> bool:
@@ -349,7 +362,9 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
             find(p)
             edges.setdefault(p, set()).update(e for e in path_edges if e[0] is p)
             consumers.setdefault(p, []).append(consumer)
-        if arg not in producers:
+        chain = {user for _, user in path_edges} | {arg}
+        chain.discard(consumer)
+        if arg not in producers and not all(_is_passthrough(n, modules) for n in chain):
             chain_ends.setdefault(producers[0], set()).add((arg, consumer))
 
     for node in traced.gm.graph.nodes:

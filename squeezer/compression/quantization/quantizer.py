@@ -60,79 +60,87 @@ def _channel_axis(scale_shape: tuple[int, ...]) -> int | None:
     return dims[0] if dims else None
 
 
-def _fake_quantize(
-    x: torch.Tensor, step: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int | None
-) -> torch.Tensor:
-    if axis is None:
-        return torch.fake_quantize_per_tensor_affine(x, step.reshape(()), zero_point.reshape(()), qmin, qmax)
-    return torch.fake_quantize_per_channel_affine(x, step.flatten(), zero_point.flatten(), axis, qmin, qmax)
+def _dot(a: torch.Tensor, b: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """sum(a * b) reduced to the shape of `like` (one fused pass when per-tensor)."""
+    if like.numel() == 1:
+        return torch.dot(a.reshape(-1), b.reshape(-1)).reshape(like.shape)
+    return (a * b).sum_to_size(like.shape)
 
 
-def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    if t.shape == shape:
-        return t
-    return t.sum_to_size(shape)
+def _total(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return a.sum().reshape(like.shape) if like.numel() == 1 else a.sum_to_size(like.shape)
+
+
+def _quantize_to_grid(x: torch.Tensor, step: torch.Tensor, offset: float | torch.Tensor, qmin: int,
+                      qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, inside): out = (clamp(round(x / step) + offset, qmin, qmax) - offset) * step.
+
+    Written as a few in-place vectorized ops: torch's fused fake-quantize kernels are ~10x slower
+    than this on CPU (measured: 3.1 ms vs 0.34 ms for 0.5M elements), which dominated QAT step time.
+    """
+    q = torch.mul(x, 1.0 / step).round_()
+    if not isinstance(offset, float) or offset != 0.0:
+        q.add_(offset)
+    inside = (q >= qmin).logical_and_(q <= qmax)
+    q.clamp_(qmin, qmax)
+    if not isinstance(offset, float) or offset != 0.0:
+        q.sub_(offset)
+    return q.mul_(step), inside
 
 
 class _SymmetricFQ(torch.autograd.Function):
-    """out = step * clamp(round(x / step), lo, hi), step = scale / level_high."""
+    """out = step * clamp(round(x / step), level_low, level_high) with step = scale / level_high.
+
+    Gradients: straight-through for x; for `scale` the analytic STE derivative: (out - x) / scale
+    inside the range, 1 above, level_low / level_high below. NNCF divides the inside term by the
+    whole range instead (half the derivative for signed grids, spec §3.3 [QUIRK]); we do not copy that.
+    """
 
     @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, scale: torch.Tensor, level_low: int, level_high: int, axis: int | None
-    ) -> torch.Tensor:
-        step = (scale / level_high).to(torch.float32)
-        zero_point = torch.zeros_like(step, dtype=torch.int32)
-        out = _fake_quantize(x, step, zero_point, level_low, level_high, axis)
-        ctx.save_for_backward(x, out, scale)
-        ctx.levels = (level_low, level_high)
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, level_low: int, level_high: int) -> torch.Tensor:
+        step = scale / level_high
+        out, inside = _quantize_to_grid(x, step, 0.0, level_low, level_high)
+        ctx.save_for_backward(x, out, inside, step)
+        ctx.level_high = level_high
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, out, scale = ctx.saved_tensors
-        level_low, level_high = ctx.levels
-        lo = scale * (level_low / level_high)
-        mask_hi = x > scale
-        mask_lo = x < lo
-        inside = ~(mask_hi | mask_lo)
+        x, out, inside, step = ctx.saved_tensors
         grad_x = grad * inside
         grad_scale = None
         if ctx.needs_input_grad[1]:
-            # NNCF's range gradient: (out - x) / range inside, 1 above, alpha below (spec §3.3).
-            rng = scale - lo
-            alpha = level_low / level_high
-            per_elem = torch.where(inside, (out - x) / rng, mask_hi.to(x.dtype) + alpha * mask_lo.to(x.dtype))
-            grad_scale = _sum_to(grad * per_elem, scale.shape)
-        return grad_x, grad_scale, None, None, None
+            # d out / d step = out / step - x / step inside, out / step outside.
+            grad_step = (_dot(grad, out, step) - _dot(grad_x, x, step)) / step
+            grad_scale = grad_step / ctx.level_high
+        return grad_x, grad_scale, None, None
 
 
 class _AsymmetricFQ(torch.autograd.Function):
-    """Grid [lo, lo + rng] with `levels` points and an integral zero point (lo, rng already tuned)."""
+    """Grid [lo, lo + rng] of `levels` points with an integral zero point (lo, rng already tuned).
+
+    Gradients as NNCF: d/d rng = (out - x) / rng inside, 1 above, 0 below; d/d lo = 1 outside.
+    """
 
     @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, lo: torch.Tensor, rng: torch.Tensor, qmax: int, axis: int | None
-    ) -> torch.Tensor:
-        step = (rng / qmax).to(torch.float32)
-        zero_point = torch.round(-lo / step).clamp(0, qmax).to(torch.int32)
-        out = _fake_quantize(x, step, zero_point, 0, qmax, axis)
-        ctx.save_for_backward(x, out, lo, rng)
+    def forward(ctx: Any, x: torch.Tensor, lo: torch.Tensor, rng: torch.Tensor, qmax: int) -> torch.Tensor:
+        step = rng / qmax
+        zero_point = torch.round(-lo / step).clamp_(0, qmax)
+        out, inside = _quantize_to_grid(x, step, zero_point, 0, qmax)
+        ctx.save_for_backward(x, out, inside, lo, rng)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, out, lo, rng = ctx.saved_tensors
-        mask_hi = x > lo + rng
-        mask_lo = x < lo
-        outside = mask_hi | mask_lo
-        grad_x = grad * ~outside
-        grad_lo = _sum_to(grad * outside, lo.shape) if ctx.needs_input_grad[1] else None
-        grad_rng = None
-        if ctx.needs_input_grad[2]:
-            per_elem = torch.where(outside, mask_hi.to(x.dtype), (out - x) / rng)
-            grad_rng = _sum_to(grad * per_elem, rng.shape)
-        return grad_x, grad_lo, grad_rng, None, None
+        x, out, inside, lo, rng = ctx.saved_tensors
+        grad_x = grad * inside
+        grad_lo = grad_rng = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            outside_sum = _total(grad, lo) - _total(grad_x, lo)
+            grad_lo = outside_sum
+            # inside: (out - x) / rng; outside: (out - lo) / rng (= 1 above, 0 below)
+            grad_rng = (_dot(grad, out, rng) - _dot(grad_x, x, rng) - lo * outside_sum) / rng
+        return grad_x, grad_lo, grad_rng, None
 
 
 def tune_range(input_low: torch.Tensor, input_range: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,11 +271,19 @@ class FakeQuantizer(nn.Module):
         level_low, level_high = self.levels
         if self.spec.mode == "symmetric":
             scale = self._raw(self.scale).abs() + self._eps()
-            if scale.dtype != x.dtype:
-                scale = scale.to(x.dtype)
-            return _SymmetricFQ.apply(x, scale, level_low, level_high, self.axis)
+            if not torch.is_grad_enabled():  # inference / calibration: no masks to keep
+                return _quantize_to_grid(x, self._broadcast(scale, x) / level_high, 0.0, level_low, level_high)[0]
+            return _SymmetricFQ.apply(x, self._broadcast(scale, x), level_low, level_high)
         lo, rng = tune_range(self.input_low, self._raw(self.input_range).abs() + self._eps(), level_high + 1)
-        return _AsymmetricFQ.apply(x, lo.to(x.dtype), rng.to(x.dtype), level_high, self.axis)
+        return _AsymmetricFQ.apply(x, self._broadcast(lo, x), self._broadcast(rng, x), level_high)
+
+    def _broadcast(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Parameters of shape scale_shape (per channel: (C, 1, 1, 1)) broadcast against x."""
+        if p.dtype != x.dtype:
+            p = p.to(x.dtype)
+        if p.numel() == 1:
+            return p.reshape([1] * x.dim()) if x.dim() else p.reshape(())
+        return p
 
     def extra_repr(self) -> str:
         s = self.spec

@@ -1,0 +1,55 @@
+"""Shared fixtures: real data (scikit-learn's bundled digits) and small trained models."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from squeezer.examples.digits import accuracy, digits_loaders, train_epoch
+from squeezer.examples.models import ResidualCNN
+
+SPEC_EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "examples"
+
+
+@pytest.fixture(scope="session")
+def digits32():
+    """(train_loader, val_loader) of 1x32x32 digits."""
+    return digits_loaders(image_size=32, batch_size=64)
+
+
+@pytest.fixture(scope="session")
+def digits_flat():
+    return digits_loaders(image_size=None, batch_size=64)
+
+
+@pytest.fixture(scope="session")
+def _trained_cnn(digits32):
+    torch.manual_seed(0)
+    train, val = digits32
+    model = ResidualCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(4):
+        train_epoch(model, train, opt)
+    return model, accuracy(model, val)
+
+
+@pytest.fixture
+def trained_cnn(_trained_cnn):
+    """A ResidualCNN trained on digits (fresh copy per test) and its FP32 validation accuracy."""
+    model, acc = _trained_cnn
+    return copy.deepcopy(model), acc
+
+
+@pytest.fixture
+def cnn_config(tmp_path):
+    def make(**quantization):
+        return {
+            "input_info": {"sample_size": [1, 1, 32, 32]},
+            "log_dir": str(tmp_path / "logs"),
+            "compression": {"algorithm": "quantization", **quantization},
+        }
+
+    return make
