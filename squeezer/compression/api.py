@@ -229,6 +229,7 @@ def load_state(
     matched: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     mismatched: list[str] = []
+    mismatched_targets: set[str] = set()
     for key, value in state_dict_to_load.items():
         norm = _normalize(key)
         if norm in ignore or key in ignore:
@@ -238,10 +239,16 @@ def load_state(
             unexpected.append(key)
         elif own[target].shape != value.shape:
             mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[target].shape)}")
+            mismatched_targets.add(target)
         else:
             matched[target] = value
     missing = [
-        k for k in own if k not in matched and _normalize(k) not in ignore and not k.endswith(_OPTIONAL_SUFFIXES)
+        k
+        for k in own
+        if k not in matched
+        and k not in mismatched_targets
+        and _normalize(k) not in ignore
+        and not k.endswith(_OPTIONAL_SUFFIXES)
     ]
     problems = []
     if missing:

@@ -55,7 +55,7 @@ def train_epoch(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(x)
+        total += loss.item() * len(x)
     return total / len(loader.dataset)  # type: ignore[arg-type]
 
 

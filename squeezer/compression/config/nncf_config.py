@@ -64,6 +64,7 @@ class NNCFConfig(dict):  # type: ignore[type-arg]
         super().__init__(*args, **kwargs)
         self._extra_structs: dict[str, Any] = {}
         self._model: CompressionConfigModel | None = None
+        self._validated_text: str | None = None
 
     # -------------------------------------------------------------------------------- construction
     @classmethod
@@ -80,6 +81,7 @@ class NNCFConfig(dict):  # type: ignore[type-arg]
         model = cls.validate(data)
         config = cls(copy.deepcopy(data))
         config._model = model
+        config._validated_text = json.dumps(data, sort_keys=True)
         return config
 
     @staticmethod
@@ -105,9 +107,11 @@ class NNCFConfig(dict):  # type: ignore[type-arg]
 
     @property
     def model(self) -> CompressionConfigModel:
-        """The typed view; validated lazily for configs built with the plain dict constructor."""
-        if self._model is None:
+        """The typed view of the current contents (users edit configs as dicts, e.g. `log_dir`)."""
+        text = json.dumps(self, sort_keys=True, default=str)
+        if self._model is None or text != self._validated_text:
             self._model = self.validate(dict(self))
+            self._validated_text = text
         return self._model
 
     # -------------------------------------------------------------------------------- extra structs
@@ -131,6 +135,7 @@ class NNCFConfig(dict):  # type: ignore[type-arg]
         clone = NNCFConfig(copy.deepcopy(dict(self), memo))
         clone._extra_structs = dict(self._extra_structs)  # loaders are shared, not copied
         clone._model = self._model
+        clone._validated_text = self._validated_text
         return clone
 
 

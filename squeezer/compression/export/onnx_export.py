@@ -322,8 +322,24 @@ def verify_onnx(model: nn.Module, path: Path, args: tuple[Any, ...], input_names
             raise ExportError(
                 f"onnxruntime output {i} differs from the torch model: largest difference {diff:.6g} "
                 f"(allowed {bound:.6g}; output magnitude {float(np.max(np.abs(e))):.6g}); file: {path}"
+                + _full_range_hint(model)
             )
     return worst
+
+
+def _full_range_hint(model: nn.Module) -> str:
+    full = [
+        m
+        for m in model.modules()
+        if isinstance(m, FakeQuantizer) and m.spec.is_weights and m.spec.num_bits == 8 and not m.spec.half_range
+    ]
+    if not full:
+        return ""
+    return (
+        f". {len(full)} weight quantizers use the full 8-bit range (overflow_fix is not 'enable'): "
+        "onnxruntime's uint8 x int8 kernels saturate on CPUs without VNNI, so the file computes "
+        "something else there; keep overflow_fix 'enable' for CPU targets"
+    )
 
 
 def export_compressed(

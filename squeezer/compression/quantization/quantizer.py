@@ -71,8 +71,9 @@ def _total(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return a.sum().reshape(like.shape) if like.numel() == 1 else a.sum_to_size(like.shape)
 
 
-def _quantize_to_grid(x: torch.Tensor, step: torch.Tensor, offset: float | torch.Tensor, qmin: int,
-                      qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize_to_grid(
+    x: torch.Tensor, step: torch.Tensor, offset: float | torch.Tensor, qmin: int, qmax: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, inside): out = (clamp(round(x / step) + offset, qmin, qmax) - offset) * step.
 
     Written as a few in-place vectorized ops: torch's fused fake-quantize kernels are ~10x slower

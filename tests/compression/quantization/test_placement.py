@@ -15,7 +15,10 @@ B = "ResidualCNN/BasicBlock"
 
 
 def build(model, quantization=None, input_info=None, **top):
-    config = {"input_info": input_info or CNN_INFO, "compression": {"algorithm": "quantization", **(quantization or {})}}
+    config = {
+        "input_info": input_info or CNN_INFO,
+        "compression": {"algorithm": "quantization", **(quantization or {})},
+    }
     config.update(top)
     return create_compressed_model(model, NNCFConfig.from_dict(config), dump_graphs=False)
 
@@ -91,8 +94,11 @@ def test_section_ignored_scope_removes_weight_and_input_quantizers():
     conv = f"{B}[layer2]/Conv2d[conv2]/conv2d_0"
     ctrl, _ = build(ResidualCNN(), {"ignored_scopes": [conv]})
     assert f"{conv}|WEIGHT" not in {w.id for w in ctrl.setup.weights}
-    relu = next(p for p in ctrl.setup.activations if p.id == f"{B}[layer2]/ReLU[relu]/relu__0|OUTPUT"
-                ) if any(p.id == f"{B}[layer2]/ReLU[relu]/relu__0|OUTPUT" for p in ctrl.setup.activations) else None
+    relu = (
+        next(p for p in ctrl.setup.activations if p.id == f"{B}[layer2]/ReLU[relu]/relu__0|OUTPUT")
+        if any(p.id == f"{B}[layer2]/ReLU[relu]/relu__0|OUTPUT" for p in ctrl.setup.activations)
+        else None
+    )
     assert relu is None  # its only consumer is ignored
 
 
@@ -111,7 +117,7 @@ def test_global_scopes_apply_to_quantization():
 
 
 def test_unknown_scope_is_an_error_unless_validation_is_off():
-    with pytest.raises(ScopeError, match="no operation of the model matches.*Net/missing"):
+    with pytest.raises(ScopeError, match=r"no operation of the model matches.*Net/missing"):
         build(ResidualCNN(), {"ignored_scopes": ["Net/missing"]})
     build(ResidualCNN(), {"ignored_scopes": ["Net/missing"], "validate_scopes": False})
 
@@ -124,11 +130,15 @@ def test_inputs_outputs_switches():
 
 
 def test_modes_bits_and_scope_overrides():
-    ctrl, _ = build(ResidualCNN(), {
-        "preset": "mixed",
-        "weights": {"bits": 8},
-        "scope_overrides": {"weights": {"{re}layer3": {"bits": 4, "mode": "asymmetric"}}},
-    }, target_device="TRIAL")
+    ctrl, _ = build(
+        ResidualCNN(),
+        {
+            "preset": "mixed",
+            "weights": {"bits": 8},
+            "scope_overrides": {"weights": {"{re}layer3": {"bits": 4, "mode": "asymmetric"}}},
+        },
+        target_device="TRIAL",
+    )
     by_id = {w.id: w.spec for w in ctrl.setup.weights}
     assert by_id[f"{B}[layer3]/Conv2d[conv1]/conv2d_0|WEIGHT"].num_bits == 4
     assert by_id[f"{B}[layer3]/Conv2d[conv1]/conv2d_0|WEIGHT"].mode == "asymmetric"
@@ -150,8 +160,19 @@ def test_target_device_defaults_and_overflow_fix():
 
 
 def test_manual_precision_by_quantizer_id(digits32):
-    ctrl, _ = build(ResidualCNN(), {"initializer": {"precision": {"bitwidth_per_scope": [
-        [4, "ResidualCNN/Linear[fc]/linear_0|WEIGHT"], [6, "ResidualCNN/Sequential[stem]/ReLU[2]/relu__0|OUTPUT"]]}}})
+    ctrl, _ = build(
+        ResidualCNN(),
+        {
+            "initializer": {
+                "precision": {
+                    "bitwidth_per_scope": [
+                        [4, "ResidualCNN/Linear[fc]/linear_0|WEIGHT"],
+                        [6, "ResidualCNN/Sequential[stem]/ReLU[2]/relu__0|OUTPUT"],
+                    ]
+                }
+            }
+        },
+    )
     assert next(w for w in ctrl.setup.weights if "fc" in w.id).spec.num_bits == 4
     assert next(p for p in ctrl.setup.activations if "stem" in p.id).spec.num_bits == 6
 
@@ -182,7 +203,7 @@ def test_registered_custom_module_is_quantized():
         def forward(self, x):
             return self.custom(x)
 
-    ctrl, model = build(Net(), input_info={"sample_size": [1, 8]})
+    ctrl, _ = build(Net(), input_info={"sample_size": [1, 8]})
     assert [w.id for w in ctrl.setup.weights] == ["Net/Scaled[custom]/scaled_0|WEIGHT"]
     assert "/nncf_model_input_0|OUTPUT" in act_ids(ctrl)
 
@@ -197,6 +218,7 @@ def test_missing_input_info_without_loader_is_a_config_error():
 
 def test_inputs_deduced_from_the_init_loader(digits32):
     config = register_default_init_args(
-        NNCFConfig.from_dict({"compression": {"algorithm": "quantization"}}), digits32[0])
-    ctrl, model = create_compressed_model(ResidualCNN(), config, dump_graphs=False)
+        NNCFConfig.from_dict({"compression": {"algorithm": "quantization"}}), digits32[0]
+    )
+    ctrl, _ = create_compressed_model(ResidualCNN(), config, dump_graphs=False)
     assert "/nncf_model_input_0|OUTPUT" in act_ids(ctrl)

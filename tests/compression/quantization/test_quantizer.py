@@ -53,8 +53,11 @@ def test_half_range_weights_step_is_scale_over_63():
 
 
 def test_per_channel_weights():
-    q = FakeQuantizer(QuantizerSpec(is_weights=True, narrow_range=True, signedness_to_force=True,
-                                    per_channel=True, scale_shape=(2, 1)))
+    q = FakeQuantizer(
+        QuantizerSpec(
+            is_weights=True, narrow_range=True, signedness_to_force=True, per_channel=True, scale_shape=(2, 1)
+        )
+    )
     with torch.no_grad():
         q.scale.copy_(torch.tensor([[1.0], [0.1]]))
     w = torch.tensor([[0.5, 2.0], [0.05, -0.2]])
