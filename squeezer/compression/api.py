@@ -16,7 +16,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from squeezer.compression.build import ALGORITHMS, PRIORITY, BuildContext
 from squeezer.compression.config.models import InputInfo
 from squeezer.compression.config.nncf_config import NNCFConfig
-from squeezer.compression.controller import CompositeController, CompressionController
+from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
 from squeezer.compression.graph.dot import write_dot
 from squeezer.compression.graph.trace import name_nodes, trace
 from squeezer.compression.init_args import QuantizationRangeInitArgs
@@ -181,9 +181,7 @@ def create_compressed_model(
 class _NoCompressionController(CompressionController):
     name = "none"
 
-    def compression_stage(self):  # type: ignore[no-untyped-def]
-        from squeezer.compression.controller import CompressionStage
-
+    def compression_stage(self) -> CompressionStage:
         return CompressionStage.UNCOMPRESSED
 
 

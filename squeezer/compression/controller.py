@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ class CompressionStage(IntEnum):
     PARTIALLY_COMPRESSED = 1
     FULLY_COMPRESSED = 2
 
-    def __add__(self, other: object) -> CompressionStage:  # type: ignore[override]
+    def __add__(self, other: object) -> CompressionStage:
         """NNCF folds children's stages with '+': equal stays, different means partial."""
         if not isinstance(other, CompressionStage):
             return NotImplemented
@@ -66,7 +66,7 @@ class Statistics:
             raise AttributeError(name)
         return self._sections.get(name)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
         return iter(self._sections.items())
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -85,7 +85,7 @@ class Statistics:
     __str__ = to_str
 
 
-def _flatten(values: dict[str, Any], prefix: str = ""):  # type: ignore[no-untyped-def]
+def _flatten(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for k, v in values.items():
         if isinstance(v, dict):
             yield from _flatten(v, f"{prefix}{k}.")

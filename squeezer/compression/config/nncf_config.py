@@ -53,7 +53,7 @@ def _describe(error: Any, data: Any) -> tuple[str, str]:
     return path, message
 
 
-class NNCFConfig(dict):  # type: ignore[type-arg]
+class NNCFConfig(dict[str, Any]):
     """Dict of the parsed JSON, as NNCF's, plus `.model`, the validated typed view.
 
     Constructing it directly (like a dict) does not validate; `from_json` / `from_dict` do.

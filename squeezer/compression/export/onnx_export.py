@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import onnx
@@ -26,7 +26,7 @@ from torch.ao.quantization import FakeQuantize
 from torch.nn.utils import parametrize
 
 from squeezer.compression.export.qdq_rewrite import rewrite
-from squeezer.compression.graph.surgery import replace_submodule, unparametrized_copy
+from squeezer.compression.graph.surgery import replace_submodule, unparametrized_copy, weight_parametrizations
 from squeezer.compression.quantization.quantizer import FakeQuantizer
 from squeezer.errors import ExportError
 
@@ -83,6 +83,9 @@ def _bcast(t: torch.Tensor, axis: int | None, ndim: int) -> torch.Tensor:
 class ActivationQDQ(nn.Module):
     """Exports as QuantizeLinear/DequantizeLinear with uint8 zero point (onnxruntime's fast path)."""
 
+    step_t: torch.Tensor
+    zp_t: torch.Tensor
+
     def __init__(self, grid: Grid) -> None:
         super().__init__()
         self.axis = grid.axis
@@ -109,6 +112,9 @@ class ActivationQDQ(nn.Module):
 class WeightQDQ(nn.Module):
     """Weight parametrization that exports as QuantizeLinear/DequantizeLinear (folded to int8 later)."""
 
+    step: torch.Tensor
+    zp: torch.Tensor
+
     def __init__(self, step: torch.Tensor, zero_point: torch.Tensor, axis: int, qmin: int, qmax: int) -> None:
         super().__init__()
         self.register_buffer("step", step.float().contiguous())
@@ -120,9 +126,7 @@ class WeightQDQ(nn.Module):
 
 
 def _weight_quantizer(module: nn.Module) -> nn.Module | None:
-    if not parametrize.is_parametrized(module, "weight"):
-        return None
-    return next((p for p in module.parametrizations.weight if isinstance(p, (FakeQuantizer, FakeQuantize))), None)
+    return next((p for p in weight_parametrizations(module) if isinstance(p, (FakeQuantizer, FakeQuantize))), None)
 
 
 def _to_export_weight(module: nn.Module, bn: nn.Module | None) -> nn.Module:
@@ -130,16 +134,19 @@ def _to_export_weight(module: nn.Module, bn: nn.Module | None) -> nn.Module:
     quantizer = _weight_quantizer(module)
     grid = grid_of(quantizer) if quantizer is not None else None
     with torch.no_grad():
-        weight = module.weight.detach().clone()  # fake-quantized value when a quantizer is active
-        bias = module.bias.detach().clone() if getattr(module, "bias", None) is not None else None
+        weight = cast(torch.Tensor, module.weight).detach().clone()  # fake-quantized when quantized
+        old_bias = cast(torch.Tensor | None, getattr(module, "bias", None))
+        bias = old_bias.detach().clone() if old_bias is not None else None
     module = unparametrized_copy(module)
     out_axis = 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
     n_out = weight.shape[out_axis]
     k = torch.ones(n_out)
     if bn is not None:
-        k = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        norm = cast(nn.modules.batchnorm._BatchNorm, bn)
+        assert norm.running_var is not None and norm.running_mean is not None
+        k = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
         b = bias if bias is not None else torch.zeros(n_out)
-        bias = (b - bn.running_mean) * k + bn.bias.detach()
+        bias = (b - norm.running_mean) * k + norm.bias.detach()
     if grid is None:
         new_weight = weight * _bcast(k, out_axis, weight.dim())
         qdq = None

@@ -7,6 +7,9 @@ property from the original too. So copies get fresh, unparametrized module objec
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -27,3 +30,17 @@ def replace_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, attr = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, attr, new)
+
+
+def weight_parametrizations(module: nn.Module) -> list[nn.Module]:
+    """The parametrizations applied to `module.weight`, in order (empty when there are none)."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return []
+    return list(cast(Any, module).parametrizations.weight)
+
+
+def original_weight(module: nn.Module) -> torch.Tensor:
+    """The stored (unparametrized) weight tensor."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return cast(torch.Tensor, module.weight)
+    return cast(torch.Tensor, cast(Any, module).parametrizations.weight.original)

@@ -150,6 +150,16 @@ def trace(model: nn.Module, concrete_args: dict[str, Any] | None = None) -> fx.G
     graph = tracer.trace(model, concrete_args=concrete_args)
     name = type(model).__name__
     gm = fx.GraphModule(tracer.root, graph, name)
+    # GraphModule rebuilds the module tree from plain nn.Module stubs; put the user's own children
+    # back so `model.features[0]`, custom methods and every state-dict key stay as they were.
+    for child_name, child in model.named_children():
+        setattr(gm, child_name, child)
+    for pname, param in model._parameters.items():
+        if param is not None and pname not in gm._parameters:
+            gm.register_parameter(pname, param)
+    for bname, buf in model._buffers.items():
+        if buf is not None and bname not in gm._buffers:
+            gm.register_buffer(bname, buf, persistent=bname not in model._non_persistent_buffers_set)
     return gm
 
 

@@ -19,6 +19,7 @@ from squeezer.compression.controller import (
     Statistics,
 )
 from squeezer.compression.graph.scopes import check_scopes_match, matches_any
+from squeezer.compression.graph.surgery import original_weight, weight_parametrizations
 from squeezer.compression.init_args import BNAdaptationInitArgs, QuantizationRangeInitArgs
 from squeezer.compression.quantization.placement import (
     WEIGHTED_MODULES,
@@ -40,9 +41,7 @@ SETUP_VERSION = 1
 
 
 def weight_quantizer_of(module: nn.Module) -> FakeQuantizer | None:
-    if not parametrize.is_parametrized(module, "weight"):
-        return None
-    return next((p for p in module.parametrizations.weight if isinstance(p, FakeQuantizer)), None)
+    return next((p for p in weight_parametrizations(module) if isinstance(p, FakeQuantizer)), None)
 
 
 # ---------------------------------------------------------------------------------------------- builder
@@ -219,10 +218,7 @@ def _initialize(
         )
     configs = _range_configs(cfg, setup)
     device = ctx.device()
-    weights = {
-        wp.id: (weight_q[wp.id], ctx.model.get_submodule(wp.module).parametrizations.weight.original)
-        for wp in setup.weights
-    }
+    weights = {wp.id: (weight_q[wp.id], original_weight(ctx.model.get_submodule(wp.module))) for wp in setup.weights}
     if wants_samples == 0:
         init_ranges(ctx.model, weights, {}, configs, None, device)
     else:

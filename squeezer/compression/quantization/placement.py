@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -248,7 +248,7 @@ def _override(group: QuantizerGroup, overrides: dict[str, QuantizerOverride], al
 
 
 def _weight_scale_shape(module: nn.Module, per_channel: bool) -> tuple[int, ...]:
-    weight = module.weight
+    weight = cast(torch.Tensor, module.weight)
     if not per_channel:
         return (1,)
     reg = registration(module)
@@ -256,7 +256,7 @@ def _weight_scale_shape(module: nn.Module, per_channel: bool) -> tuple[int, ...]
     if reg:
         dim = reg["weight_dim"]
     shape = [1] * weight.dim()
-    shape[dim] = weight.shape[dim]
+    shape[dim] = int(weight.shape[dim])
     return tuple(shape)
 
 
@@ -417,16 +417,20 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
             ActivationPoint(
                 id=";".join(ids),
                 producers=[traced.names[m] for m in members],
-                edges=sorted({(traced.names[a], traced.names[b]) for m in members for a, b in edges.get(m, ())}),
-                chain_ends=sorted(
-                    {(traced.names[a], traced.names[b]) for m in members for a, b in chain_ends.get(m, ())}
-                ),
+                edges=[
+                    list(e)
+                    for e in sorted({(traced.names[a], traced.names[b]) for m in members for a, b in edges.get(m, ())})
+                ],
+                chain_ends=[
+                    list(e)
+                    for e in sorted(
+                        {(traced.names[a], traced.names[b]) for m in members for a, b in chain_ends.get(m, ())}
+                    )
+                ],
                 consumers=[traced.names[c] for c in group_consumers],
                 spec=spec,
             )
         )
-        setup.activations[-1].edges = [list(e) for e in setup.activations[-1].edges]
-        setup.activations[-1].chain_ends = [list(e) for e in setup.activations[-1].chain_ends]
     return setup
 
 

@@ -170,6 +170,9 @@ class _Collector:
 class FakeQuantizer(nn.Module):
     """A trainable fake quantizer: symmetric (`scale`) or asymmetric (`input_low`, `input_range`)."""
 
+    enabled: torch.Tensor
+    signed_tensor: torch.Tensor
+
     def __init__(self, spec: QuantizerSpec) -> None:
         super().__init__()
         self.spec = spec

@@ -7,12 +7,14 @@ and can store int8 weights.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.ao.quantization import FakeQuantize, MinMaxObserver, PerChannelMinMaxObserver
 from torch.nn.utils import parametrize
 
-from squeezer.compression.graph.surgery import replace_submodule, unparametrized_copy
+from squeezer.compression.graph.surgery import replace_submodule, unparametrized_copy, weight_parametrizations
 from squeezer.compression.quantization.placement import QuantizerSetup
 from squeezer.compression.quantization.quantizer import FakeQuantizer
 
@@ -48,16 +50,16 @@ def strip_quantizers(model: nn.Module, setup: QuantizerSetup) -> nn.Module:
 
     for wp in setup.weights:
         module = model.get_submodule(wp.module)
-        quantizer = next(p for p in module.parametrizations.weight if isinstance(p, FakeQuantizer))
+        quantizer = next(p for p in weight_parametrizations(module) if isinstance(p, FakeQuantizer))
         fq = to_torch_fake_quantize(quantizer)
         with torch.no_grad():
-            on_grid = module.weight.detach().clone()
+            on_grid = cast(torch.Tensor, module.weight).detach().clone()
         plain = unparametrized_copy(module)
         plain.weight = nn.Parameter(on_grid, requires_grad=False)
         parametrize.register_parametrization(plain, "weight", fq)
         replace_submodule(model, wp.module, plain)
     if setup.activations:
-        container = model.get_submodule(ACTIVATIONS_ATTR)
-        for key in list(container.keys()):  # type: ignore[operator]
-            container[key] = to_torch_fake_quantize(container[key])  # type: ignore[index]
+        container = cast(nn.ModuleDict, model.get_submodule(ACTIVATIONS_ATTR))
+        for key in list(container.keys()):
+            container[key] = to_torch_fake_quantize(cast(FakeQuantizer, container[key]))
     return model

@@ -74,3 +74,26 @@ def test_ignore_wins_over_target():
 def test_unmatched_scope_is_reported():
     with pytest.raises(ScopeError, match=r"no operation of the model matches the ignored_scopes \['Net/nope'\]"):
         check_scopes_match(["Net/conv2d_0"], ["Net/nope", "Net/conv2d_0"], "ignored_scopes", "$.ignored_scopes")
+
+
+def test_compressed_model_keeps_the_module_tree():
+    from squeezer import NNCFConfig, create_compressed_model
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+            self.unused = nn.Linear(2, 2)  # not called in forward: still in the state dict
+            self.register_buffer("offset", torch.zeros(1))
+
+        def forward(self, x):
+            return self.features(x).mean((2, 3))
+
+    original = Net()
+    config = NNCFConfig.from_dict(
+        {"input_info": {"sample_size": [1, 1, 8, 8]}, "compression": {"algorithm": "quantization"}}
+    )
+    _, model = create_compressed_model(original, config, dump_graphs=False)
+    assert isinstance(model.features, nn.Sequential) and isinstance(model.features[1], nn.ReLU)
+    keys = {k.replace(".parametrizations.weight.original", ".weight") for k in model.state_dict()}
+    assert set(original.state_dict()) <= keys
