@@ -117,6 +117,35 @@ class _SymmetricFQ(torch.autograd.Function):
         return grad_x, grad_scale, None, None
 
 
+class _SymmetricFQPerTensorCPU(torch.autograd.Function):
+    """`_SymmetricFQ` for one CPU scale: Python-number step, no mask kept (4 passes forward, 3 back).
+
+    The STE mask is recomputed in the backward by `hardtanh_backward`, one fused pass; reading the
+    scale as a number costs nothing on CPU (on CUDA it would synchronize, so CUDA keeps the mask).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, level_low: int, level_high: int) -> torch.Tensor:
+        step = float(scale) / level_high
+        out = torch.mul(x, 1.0 / step).round_().clamp_(level_low, level_high).mul_(step)
+        ctx.save_for_backward(x, out)
+        ctx.bounds = (step, level_low, level_high)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, out = ctx.saved_tensors
+        step, level_low, level_high = ctx.bounds
+        # x is inside the grid when round(x / step) is within [level_low, level_high]
+        grad_x = torch.ops.aten.hardtanh_backward(grad, x, (level_low - 0.5) * step, (level_high + 0.5) * step)
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            flat_grad, flat_grad_x = grad.reshape(-1), grad_x.reshape(-1)
+            grad_step = (torch.dot(flat_grad, out.reshape(-1)) - torch.dot(flat_grad_x, x.reshape(-1))) / step
+            grad_scale = (grad_step / level_high).reshape(1)
+        return grad_x, grad_scale, None, None
+
+
 class _AsymmetricFQ(torch.autograd.Function):
     """Grid [lo, lo + rng] of `levels` points with an integral zero point (lo, rng already tuned).
 
@@ -277,6 +306,8 @@ class FakeQuantizer(nn.Module):
             scale = self._raw(self.scale).abs() + self._eps()
             if not torch.is_grad_enabled():  # inference / calibration: no masks to keep
                 return _quantize_to_grid(x, self._broadcast(scale, x) / level_high, 0.0, level_low, level_high)[0]
+            if scale.numel() == 1 and not x.is_cuda and x.dtype == torch.float32:
+                return _SymmetricFQPerTensorCPU.apply(x, scale, level_low, level_high)
             return _SymmetricFQ.apply(x, self._broadcast(scale, x), level_low, level_high)
         lo, rng = tune_range(self.input_low, self._raw(self.input_range).abs() + self._eps(), level_high + 1)
         return _AsymmetricFQ.apply(x, self._broadcast(lo, x), self._broadcast(rng, x), level_high)
