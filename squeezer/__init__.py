@@ -2,6 +2,7 @@
 
 from squeezer.compression import (
     CompressionStage,
+    InitDataLoader,
     NNCFConfig,
     SqueezerConfig,
     create_compressed_model,
@@ -9,12 +10,14 @@ from squeezer.compression import (
     load_state,
     register_default_init_args,
     register_module,
+    strip,
 )
 from squeezer.errors import ConfigError, SqueezerError
 
 __all__ = [
     "CompressionStage",
     "ConfigError",
+    "InitDataLoader",
     "NNCFConfig",
     "SqueezerConfig",
     "SqueezerError",
@@ -23,5 +26,6 @@ __all__ = [
     "load_state",
     "register_default_init_args",
     "register_module",
+    "strip",
 ]
 __version__ = "0.1.0"

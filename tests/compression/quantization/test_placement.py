@@ -222,3 +222,37 @@ def test_inputs_deduced_from_the_init_loader(digits32):
     )
     ctrl, _ = create_compressed_model(ResidualCNN(), config, dump_graphs=False)
     assert "/nncf_model_input_0|OUTPUT" in act_ids(ctrl)
+
+
+def test_keyword_inputs_and_a_custom_init_loader():
+    from squeezer import InitDataLoader
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 4)
+            self.b = nn.Linear(8, 4)
+
+        def forward(self, x, context=None):
+            return self.a(x) + self.b(context)
+
+    class DictLoader(InitDataLoader):
+        def get_inputs(self, item):
+            return (item["x"],), {"context": item["context"]}
+
+        def get_target(self, item):
+            return None
+
+    data = [{"x": torch.randn(4, 8), "context": torch.randn(4, 8)} for _ in range(3)]
+    config = NNCFConfig.from_dict(
+        {
+            "input_info": [{"sample_size": [1, 8]}, {"sample_size": [1, 8], "keyword": "context"}],
+            "compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 8}}},
+        }
+    )
+    register_default_init_args(config, DictLoader(data, batch_size=4))
+    ctrl, model = create_compressed_model(TwoInputs(), config, dump_graphs=False)
+    assert {"/nncf_model_input_0|OUTPUT", "/nncf_model_input_1|OUTPUT"} <= act_ids(ctrl)
+    assert all(q.initialized for q in ctrl.non_weight_quantizers.values())  # ranges came from the loader
+    out = model(data[0]["x"], context=data[0]["context"])
+    assert out.shape == (4, 4)
