@@ -3,7 +3,9 @@
 Importing it registers the algorithms; it never imports the service.
 """
 
+from squeezer.compression import distillation as _distillation  # noqa: F401
 from squeezer.compression import quantization as _quantization  # noqa: F401  (registers the algorithm)
+from squeezer.compression import sparsity as _sparsity  # noqa: F401
 from squeezer.compression.api import create_compressed_model, load_state, strip
 from squeezer.compression.config import NNCFConfig, SqueezerConfig
 from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage

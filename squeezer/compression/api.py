@@ -156,7 +156,9 @@ def create_compressed_model(
             state = compression_state["builder_state"].get(algo.algorithm)
             if state is None:
                 raise StateError(f"compression_state has no builder state for {algo.algorithm!r}")
-        ctx = BuildContext(traced, compressed, config, example, builder_state=state, trace_error=trace_error)
+        ctx = BuildContext(
+            traced, compressed, config, example, builder_state=state, trace_error=trace_error, original=model
+        )
         children[algo.algorithm] = builder(ctx, algo)
     ordered = [children[a.algorithm] for a in cfg.compression]
     if not ordered:

@@ -24,6 +24,7 @@ class BuildContext:
     config: NNCFConfig
     example_inputs: tuple[tuple[Any, ...], dict[str, Any]]
     builder_state: dict[str, Any] | None = None  # this algorithm's saved state when resuming
+    original: torch.nn.Module | None = None  # the model as the user passed it (read only)
     trace_error: str | None = None
     verify_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # real data for export checks
     notes: list[str] = field(default_factory=list)

@@ -7,6 +7,7 @@ property from the original too. So copies get fresh, unparametrized module objec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -44,3 +45,24 @@ def original_weight(module: nn.Module) -> torch.Tensor:
     if not parametrize.is_parametrized(module, "weight"):
         return cast(torch.Tensor, module.weight)
     return cast(torch.Tensor, cast(Any, module).parametrizations.weight.original)
+
+
+def fold_weight_parametrizations(root: nn.Module, name: str, fold: Callable[[nn.Module], bool]) -> nn.Module:
+    """Replace `root.<name>` by a copy whose stored weight has the `fold`-selected parametrizations
+    applied, keeping the others registered (masks fold exactly: they precede quantizers)."""
+    module = root.get_submodule(name)
+    chain = weight_parametrizations(module)
+    with torch.no_grad():
+        value = original_weight(module).detach().clone()
+        keep = []
+        for p in chain:
+            if fold(p):
+                value = p(value)
+            else:
+                keep.append(p)
+    new = unparametrized_copy(module)
+    new.weight = nn.Parameter(value, requires_grad=original_weight(module).requires_grad)
+    for p in keep:
+        parametrize.register_parametrization(new, "weight", p, unsafe=True)
+    replace_submodule(root, name, new)
+    return new

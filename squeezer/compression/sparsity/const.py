@@ -1,0 +1,38 @@
+"""Const sparsity: keep the zeros a checkpoint already has (all-ones masks until a state dict fills them)."""
+
+from __future__ import annotations
+
+from squeezer.compression.build import BuildContext, register_algorithm
+from squeezer.compression.config.models import ConstSparsityConfig
+from squeezer.compression.controller import CompressionStage, StubScheduler
+from squeezer.compression.sparsity.base import SparsityController, attach_masks
+from squeezer.compression.sparsity.masks import BinaryMask
+
+
+class ConstSparsityController(SparsityController):
+    name = "const_sparsity"
+
+    def __init__(self, model, ctx, section: ConstSparsityConfig, layers) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(model, ctx, section, layers)
+        self._scheduler = StubScheduler()
+
+    def set_sparsity_level(self, level: float) -> None:
+        """Const masks never change."""
+
+    def compression_stage(self) -> CompressionStage:
+        return CompressionStage.FULLY_COMPRESSED
+
+    @property
+    def compression_rate(self) -> float | None:
+        return None
+
+
+@register_algorithm("const_sparsity")
+def build_const_sparsity(ctx: BuildContext, section: ConstSparsityConfig) -> ConstSparsityController:
+    layers = attach_masks(ctx, section, "const_sparsity", BinaryMask, allow_frozen=True)
+    ctrl = ConstSparsityController(ctx.model, ctx, section, layers)
+    if ctx.should_init:
+        # a model whose weights already contain zeros keeps them as its masks
+        for _, module, mask in layers:
+            mask.set_mask((module.weight.detach() != 0).to(mask.mask.dtype))
+    return ctrl

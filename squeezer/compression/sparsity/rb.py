@@ -1,0 +1,66 @@
+"""Regularization-based sparsity: trainable mask logits pushed to a target density by a loss (spec §4.3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from squeezer.compression.build import BuildContext, register_algorithm
+from squeezer.compression.config.models import RBSparsityConfig
+from squeezer.compression.controller import StubScheduler
+from squeezer.compression.sparsity.base import SparsityController, attach_masks
+from squeezer.compression.sparsity.masks import RBMask
+from squeezer.compression.sparsity.schedulers import make_scheduler
+
+RB_LOSS_P = 0.05
+
+
+class RBSparsityController(SparsityController):
+    name = "rb_sparsity"
+
+    def __init__(self, model, ctx, section: RBSparsityConfig, layers) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(model, ctx, section, layers)
+        multiplier = section.compression_lr_multiplier or ctx.cfg.compression_lr_multiplier
+        if multiplier is not None:
+            for _, _, mask in layers:
+                mask._mask.register_hook(lambda g, m=multiplier: g * m)
+        self.level = section.sparsity_init
+        self.mean_sparse_prob = 0.0
+        if self.global_mode:
+            self._scheduler = make_scheduler(self, section.params, section.sparsity_init, "exponential")
+        else:
+            self._scheduler = StubScheduler()
+
+    def set_sparsity_level(self, level: float) -> None:
+        """Only the loss target moves; the logits follow through training."""
+        if not 0.0 <= level < 1.0:
+            raise ValueError(f"sparsity level must be in [0, 1), got {level}")
+        self.level = level
+
+    def loss(self) -> torch.Tensor:
+        """((density - target density) / 0.05)^2 over the masks; zero once frozen."""
+        if self.frozen or not self.layers:
+            return super().loss()
+        kept = sum(mask._hard(mask.probabilities()).sum() for _, _, mask in self.layers)
+        total = sum(mask._mask.numel() for _, _, mask in self.layers)
+        with torch.no_grad():
+            self.mean_sparse_prob = 1.0 - float(sum(mask.probabilities().sum() for _, _, mask in self.layers) / total)
+        density = kept / total
+        return ((density - (1.0 - self.level)) / RB_LOSS_P) ** 2
+
+    def measured_sparsity_level(self) -> float:
+        return super().measured_sparsity_level()
+
+    def statistics(self, quickly_collected_only: bool = False):  # type: ignore[no-untyped-def]
+        stats = super().statistics(quickly_collected_only)
+        values: dict[str, Any] = stats.to_dict()[self.name]
+        values["mean_sparse_prob"] = self.mean_sparse_prob
+        stats.register(self.name, values)
+        return stats
+
+
+@register_algorithm("rb_sparsity")
+def build_rb_sparsity(ctx: BuildContext, section: RBSparsityConfig) -> RBSparsityController:
+    layers = attach_masks(ctx, section, "rb_sparsity", RBMask)
+    return RBSparsityController(ctx.model, ctx, section, layers)
