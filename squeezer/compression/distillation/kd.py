@@ -95,6 +95,7 @@ class KnowledgeDistillationController(CompressionController):
 def build_knowledge_distillation(
     ctx: BuildContext, section: KnowledgeDistillationConfig
 ) -> KnowledgeDistillationController:
+    assert ctx.original is not None, "create_compressed_model passes the user's model"
     teacher = copy.deepcopy(ctx.original).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

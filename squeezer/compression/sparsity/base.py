@@ -11,16 +11,14 @@ from torch.nn.utils import parametrize
 from squeezer.compression.build import BuildContext
 from squeezer.compression.controller import CompressionController, CompressionStage, Statistics, StubScheduler
 from squeezer.compression.graph.surgery import fold_weight_parametrizations, original_weight, weight_parametrizations
-from squeezer.compression.sparsity.masks import BinaryMask, RBMask
+from squeezer.compression.sparsity.masks import BinaryMask, Mask, RBMask
 from squeezer.compression.targets import Layer, scoped_layers
 from squeezer.errors import CompressionError
 
-MaskModule = BinaryMask | RBMask
-
 
 def attach_masks(
-    ctx: BuildContext, section: Any, algorithm: str, mask_cls: type[MaskModule], allow_frozen: bool = False
-) -> list[tuple[Layer, nn.Module, MaskModule]]:
+    ctx: BuildContext, section: Any, algorithm: str, mask_cls: type[Mask], allow_frozen: bool = False
+) -> list[tuple[Layer, nn.Module, Mask]]:
     layers = []
     for layer in scoped_layers(ctx, section, algorithm):
         module = ctx.model.get_submodule(layer.module_name)
@@ -39,10 +37,10 @@ def attach_masks(
 class SparsityController(CompressionController):
     """Base: `layers` carry a mask each; subclasses decide how masks follow the level."""
 
-    mask_cls: type[MaskModule] = BinaryMask
+    mask_cls: type[Mask] = BinaryMask
 
     def __init__(
-        self, model: nn.Module, ctx: BuildContext, section: Any, layers: list[tuple[Layer, nn.Module, MaskModule]]
+        self, model: nn.Module, ctx: BuildContext, section: Any, layers: list[tuple[Layer, nn.Module, Mask]]
     ) -> None:
         super().__init__(model, ctx)
         self.section = section
@@ -95,14 +93,14 @@ class SparsityController(CompressionController):
     def statistics(self, quickly_collected_only: bool = False) -> Statistics:
         layer_zeros = layer_total = 0.0
         for _, module, _ in self.layers:
-            w = module.weight.detach()
+            w = effective_weight(module)
             layer_zeros += float((w == 0).sum())
             layer_total += w.numel()
         zeros, total = model_zeros(self.model)
         per_layer = {
             layer.node_name: {
                 "weight_shape": list(mask.mask.shape),
-                "sparsity": float((module.weight.detach() == 0).float().mean()),
+                "sparsity": float((effective_weight(module) == 0).float().mean()),
             }
             for layer, module, mask in self.layers
         }
@@ -162,3 +160,8 @@ def weight_importance(weight: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "normed_abs":
         return w / weight.detach().norm().clamp(min=1e-12)
     return w
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as the forward pass uses it (after every parametrization), detached."""
+    return cast(torch.Tensor, module.weight).detach()

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from squeezer.compression.build import BuildContext, register_algorithm
 from squeezer.compression.config.models import ConstSparsityConfig
 from squeezer.compression.controller import CompressionStage, StubScheduler
-from squeezer.compression.sparsity.base import SparsityController, attach_masks
-from squeezer.compression.sparsity.masks import BinaryMask
+from squeezer.compression.sparsity.base import SparsityController, attach_masks, effective_weight
+from squeezer.compression.sparsity.masks import BinaryMask, Mask
+from squeezer.compression.targets import Layer
 
 
 class ConstSparsityController(SparsityController):
     name = "const_sparsity"
 
-    def __init__(self, model, ctx, section: ConstSparsityConfig, layers) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        model: nn.Module,
+        ctx: BuildContext,
+        section: ConstSparsityConfig,
+        layers: list[tuple[Layer, nn.Module, Mask]],
+    ) -> None:
         super().__init__(model, ctx, section, layers)
         self._scheduler = StubScheduler()
 
@@ -26,6 +35,10 @@ class ConstSparsityController(SparsityController):
     def compression_rate(self) -> float | None:
         return None
 
+    @compression_rate.setter
+    def compression_rate(self, value: float) -> None:
+        raise NotImplementedError("const sparsity keeps the masks it was given; its rate cannot be set")
+
 
 @register_algorithm("const_sparsity")
 def build_const_sparsity(ctx: BuildContext, section: ConstSparsityConfig) -> ConstSparsityController:
@@ -34,5 +47,5 @@ def build_const_sparsity(ctx: BuildContext, section: ConstSparsityConfig) -> Con
     if ctx.should_init:
         # a model whose weights already contain zeros keeps them as its masks
         for _, module, mask in layers:
-            mask.set_mask((module.weight.detach() != 0).to(mask.mask.dtype))
+            mask.set_mask((effective_weight(module) != 0).to(mask.mask.dtype))
     return ctrl

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from squeezer.compression.build import BuildContext, register_algorithm
 from squeezer.compression.config.models import MagnitudeSparsityConfig
 from squeezer.compression.controller import StubScheduler
 from squeezer.compression.graph.surgery import original_weight
 from squeezer.compression.sparsity.base import SparsityController, attach_masks, weight_importance
-from squeezer.compression.sparsity.masks import BinaryMask
+from squeezer.compression.sparsity.masks import BinaryMask, Mask
 from squeezer.compression.sparsity.schedulers import make_scheduler
+from squeezer.compression.targets import Layer
 
 
 class MagnitudeSparsityController(SparsityController):
     name = "magnitude_sparsity"
 
-    def __init__(self, model, ctx, section: MagnitudeSparsityConfig, layers) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        model: nn.Module,
+        ctx: BuildContext,
+        section: MagnitudeSparsityConfig,
+        layers: list[tuple[Layer, nn.Module, Mask]],
+    ) -> None:
         super().__init__(model, ctx, section, layers)
         self.importance = section.params.weight_importance
         if self.global_mode:

@@ -11,10 +11,22 @@ RB_INIT_LOGIT = math.log(0.99 / 0.01)  # logit(0.99): every weight starts almost
 RB_EPS = 1e-6
 
 
-class BinaryMask(nn.Module):
-    """weight * mask; the mask is a persistent buffer (all ones until an algorithm sets it)."""
+class Mask(nn.Module):
+    """A weight mask: `mask` is the current 0/1 tensor, `set_mask` overwrites it."""
 
     _binary_mask: torch.Tensor
+    frozen: bool
+
+    @property
+    def mask(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class BinaryMask(Mask):
+    """weight * mask; the mask is a persistent buffer (all ones until an algorithm sets it)."""
 
     def __init__(self, shape: torch.Size) -> None:
         super().__init__()
@@ -32,14 +44,12 @@ class BinaryMask(nn.Module):
         return self._binary_mask
 
 
-class RBMask(nn.Module):
+class RBMask(Mask):
     """Regularization-based mask: trainable logits; a Bernoulli sample in training, a threshold in eval.
 
     The 0/1 step uses a straight-through estimator so the logits learn from the task loss and the
     density loss.
     """
-
-    _binary_mask: torch.Tensor
 
     def __init__(self, shape: torch.Size) -> None:
         super().__init__()
@@ -69,3 +79,7 @@ class RBMask(nn.Module):
     @property
     def mask(self) -> torch.Tensor:
         return (self._mask.detach() > 0).to(self._binary_mask.dtype)
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        with torch.no_grad():
+            self._mask.copy_(torch.where(mask > 0, RB_INIT_LOGIT, -RB_INIT_LOGIT))

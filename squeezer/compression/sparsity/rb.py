@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch import nn
 
 from squeezer.compression.build import BuildContext, register_algorithm
 from squeezer.compression.config.models import RBSparsityConfig
-from squeezer.compression.controller import StubScheduler
+from squeezer.compression.controller import Statistics, StubScheduler
 from squeezer.compression.sparsity.base import SparsityController, attach_masks
-from squeezer.compression.sparsity.masks import RBMask
+from squeezer.compression.sparsity.masks import Mask, RBMask
 from squeezer.compression.sparsity.schedulers import make_scheduler
+from squeezer.compression.targets import Layer
 
 RB_LOSS_P = 0.05
 
@@ -19,11 +21,18 @@ RB_LOSS_P = 0.05
 class RBSparsityController(SparsityController):
     name = "rb_sparsity"
 
-    def __init__(self, model, ctx, section: RBSparsityConfig, layers) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        model: nn.Module,
+        ctx: BuildContext,
+        section: RBSparsityConfig,
+        layers: list[tuple[Layer, nn.Module, Mask]],
+    ) -> None:
         super().__init__(model, ctx, section, layers)
         multiplier = section.compression_lr_multiplier or ctx.cfg.compression_lr_multiplier
+        self.masks = [cast(RBMask, mask) for _, _, mask in layers]
         if multiplier is not None:
-            for _, _, mask in layers:
+            for mask in self.masks:
                 mask._mask.register_hook(lambda g, m=multiplier: g * m)
         self.level = section.sparsity_init
         self.mean_sparse_prob = 0.0
@@ -42,17 +51,16 @@ class RBSparsityController(SparsityController):
         """((density - target density) / 0.05)^2 over the masks; zero once frozen."""
         if self.frozen or not self.layers:
             return super().loss()
-        kept = sum(mask._hard(mask.probabilities()).sum() for _, _, mask in self.layers)
-        total = sum(mask._mask.numel() for _, _, mask in self.layers)
+        kept = torch.stack([m._hard(m.probabilities()).sum() for m in self.masks]).sum()
+        total = sum(m._mask.numel() for m in self.masks)
         with torch.no_grad():
-            self.mean_sparse_prob = 1.0 - float(sum(mask.probabilities().sum() for _, _, mask in self.layers) / total)
+            self.mean_sparse_prob = (
+                1.0 - float(torch.stack([m.probabilities().sum() for m in self.masks]).sum()) / total
+            )
         density = kept / total
         return ((density - (1.0 - self.level)) / RB_LOSS_P) ** 2
 
-    def measured_sparsity_level(self) -> float:
-        return super().measured_sparsity_level()
-
-    def statistics(self, quickly_collected_only: bool = False):  # type: ignore[no-untyped-def]
+    def statistics(self, quickly_collected_only: bool = False) -> Statistics:
         stats = super().statistics(quickly_collected_only)
         values: dict[str, Any] = stats.to_dict()[self.name]
         values["mean_sparse_prob"] = self.mean_sparse_prob
