@@ -271,6 +271,9 @@ class CompositeController(CompressionController):
     def load_state(self, state: dict[str, Any]) -> None:
         for c in self.children:
             c.load_state(state)
+        # the composite's own counters are not in the state (it is the union of the children's)
+        first = self.children[0].scheduler
+        self._scheduler.current_epoch, self._scheduler.current_step = first.current_epoch, first.current_step
 
     def get_compression_state(self) -> dict[str, Any]:
         return {"builder_state": {c.name: c.builder_state for c in self.children}, "ctrl_state": self.get_state()}
