@@ -4,6 +4,7 @@ Importing it registers the algorithms; it never imports the service.
 """
 
 from squeezer.compression import distillation as _distillation  # noqa: F401
+from squeezer.compression import pruning as _pruning  # noqa: F401
 from squeezer.compression import quantization as _quantization  # noqa: F401  (registers the algorithm)
 from squeezer.compression import sparsity as _sparsity  # noqa: F401
 from squeezer.compression.api import create_compressed_model, load_state, strip

@@ -169,6 +169,11 @@ class CompressionController:
     def strip_model(self, model: nn.Module) -> nn.Module:
         return model
 
+    def export_source(self, model: nn.Module) -> nn.Module:
+        """Turn a copy of the compressed model into what the ONNX file is made from (pruning cuts
+        channels out here); most algorithms export as they train."""
+        return model
+
     def strip(self, do_copy: bool = True) -> nn.Module:
         """The model with training-only machinery folded away (see each algorithm)."""
         model = copy.deepcopy(self.model) if do_copy else self.model
@@ -279,9 +284,20 @@ class CompositeController(CompressionController):
         return {"builder_state": {c.name: c.builder_state for c in self.children}, "ctrl_state": self.get_state()}
 
     def strip_model(self, model: nn.Module) -> nn.Module:
-        for c in self.children:
+        for c in self._by_priority():
             model = c.strip_model(model)
         return model
+
+    def export_source(self, model: nn.Module) -> nn.Module:
+        for c in self._by_priority():
+            model = c.export_source(model)
+        return model
+
+    def _by_priority(self) -> list[CompressionController]:
+        """Pruning before sparsity before quantization: the order their ops apply to a weight."""
+        from squeezer.compression.build import PRIORITY
+
+        return sorted(self.children, key=lambda c: PRIORITY.get(c.name, 100))
 
 
 class _CompositeScheduler(CompressionScheduler):

@@ -379,8 +379,9 @@ def export_compressed(
             kwargs = {**kwargs, **extra[-1]}
             extra = extra[:-1]
         args = args + tuple(extra)
+    source = ctrl.export_source(copy.deepcopy(ctrl.model))
     return export_onnx(
-        ctrl.model,
+        source,
         save_path,
         args,
         kwargs,

@@ -47,22 +47,24 @@ def original_weight(module: nn.Module) -> torch.Tensor:
     return cast(torch.Tensor, cast(Any, module).parametrizations.weight.original)
 
 
-def fold_weight_parametrizations(root: nn.Module, name: str, fold: Callable[[nn.Module], bool]) -> nn.Module:
-    """Replace `root.<name>` by a copy whose stored weight has the `fold`-selected parametrizations
-    applied, keeping the others registered (masks fold exactly: they precede quantizers)."""
+def fold_parametrizations(root: nn.Module, name: str, fold: Callable[[nn.Module], bool]) -> nn.Module:
+    """Replace `root.<name>` by a copy whose stored tensors have the `fold`-selected parametrizations
+    applied, keeping the others registered (masks fold exactly: they come before quantizers)."""
     module = root.get_submodule(name)
-    chain = weight_parametrizations(module)
-    with torch.no_grad():
-        value = original_weight(module).detach().clone()
-        keep = []
-        for p in chain:
-            if fold(p):
-                value = p(value)
-            else:
-                keep.append(p)
+    lists = dict(cast(Any, module).parametrizations.items()) if parametrize.is_parametrized(module) else {}
     new = unparametrized_copy(module)
-    new.weight = nn.Parameter(value, requires_grad=original_weight(module).requires_grad)
-    for p in keep:
-        parametrize.register_parametrization(new, "weight", p, unsafe=True)
+    for tensor_name, plist in lists.items():
+        new._parameters.pop(tensor_name, None)
+        with torch.no_grad():
+            value = plist.original.detach().clone()
+            keep = []
+            for p in plist:
+                if fold(p):
+                    value = p(value)
+                else:
+                    keep.append(p)
+        setattr(new, tensor_name, nn.Parameter(value, requires_grad=plist.original.requires_grad))
+        for p in keep:
+            parametrize.register_parametrization(new, tensor_name, p, unsafe=True)
     replace_submodule(root, name, new)
     return new

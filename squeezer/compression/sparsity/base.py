@@ -10,7 +10,7 @@ from torch.nn.utils import parametrize
 
 from squeezer.compression.build import BuildContext
 from squeezer.compression.controller import CompressionController, CompressionStage, Statistics, StubScheduler
-from squeezer.compression.graph.surgery import fold_weight_parametrizations, original_weight, weight_parametrizations
+from squeezer.compression.graph.surgery import fold_parametrizations, original_weight, weight_parametrizations
 from squeezer.compression.sparsity.masks import BinaryMask, Mask, RBMask
 from squeezer.compression.targets import Layer, scoped_layers
 from squeezer.errors import CompressionError
@@ -119,7 +119,7 @@ class SparsityController(CompressionController):
         for layer, _, _ in self.layers:
             module = model.get_submodule(layer.module_name)
             if any(isinstance(p, (BinaryMask, RBMask)) for p in weight_parametrizations(module)):
-                fold_weight_parametrizations(model, layer.module_name, lambda p: isinstance(p, (BinaryMask, RBMask)))
+                fold_parametrizations(model, layer.module_name, lambda p: isinstance(p, (BinaryMask, RBMask)))
         return model
 
     def get_state(self) -> dict[str, Any]:

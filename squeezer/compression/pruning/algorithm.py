@@ -1,0 +1,354 @@
+"""Filter pruning builder and controller (spec algorithms.md §5)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from squeezer.compression.build import BuildContext, register_algorithm
+from squeezer.compression.config.models import FilterPruningConfig
+from squeezer.compression.controller import CompressionController, CompressionStage, Statistics
+from squeezer.compression.graph.surgery import fold_parametrizations, original_weight
+from squeezer.compression.graph.trace import tensor_meta
+from squeezer.compression.pruning.groups import NORMS, PRUNABLE, ChannelGroup, find_groups, out_axis
+from squeezer.compression.pruning.importance import filter_importance, keep_count_uniform
+from squeezer.compression.pruning.masks import FilterMask
+from squeezer.compression.pruning.removal import remove_channels
+from squeezer.compression.pruning.schedulers import PruningScheduler
+from squeezer.compression.targets import scoped_layers
+from squeezer.errors import CompressionError
+
+logger = logging.getLogger(__name__)
+
+
+def _attach(module: nn.Module, name: str, axis: int) -> FilterMask:
+    t = cast(torch.Tensor, getattr(module, name))
+    mask = FilterMask(t.shape[axis], axis, t.dim()).to(t.device)
+    parametrize.register_parametrization(module, name, mask)
+    return mask
+
+
+class FilterPruningController(CompressionController):
+    name = "filter_pruning"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        ctx: BuildContext,
+        section: FilterPruningConfig,
+        groups: list[ChannelGroup],
+        layer_flops: dict[str, int],
+    ) -> None:
+        super().__init__(model, ctx)
+        params = section.params
+        self.params = params
+        self.groups = groups
+        self.layer_flops = layer_flops  # per output channel x input channel unit, see _flops
+        self.importance = params.filter_importance
+        self.all_weights = bool(params.all_weights)
+        self.flops_target = params.pruning_flops_target
+        self.frozen = False
+        self.level = 0.0
+        self.masks: dict[int, list[FilterMask]] = {}
+        for group in groups:
+            masks = []
+            for name in group.producers:
+                module = model.get_submodule(name)
+                masks.append(_attach(module, "weight", out_axis(module)))
+                if getattr(module, "bias", None) is not None:
+                    masks.append(_attach(module, "bias", 0))
+            if params.prune_batch_norms:
+                for name in group.norms:
+                    norm = model.get_submodule(name)
+                    if getattr(norm, "weight", None) is not None:
+                        masks += [_attach(norm, "weight", 0), _attach(norm, "bias", 0)]
+            self.masks[group.id] = masks
+        target = (
+            self.flops_target
+            if self.flops_target
+            else (params.pruning_target if params.pruning_target is not None else 0.5)
+        )
+        self._scheduler = PruningScheduler(self, params, section.pruning_init, target)
+        if ctx.should_init:
+            self.set_pruning_level(section.pruning_init)
+
+    # ----------------------------------------------------------------------------- masks
+    def group_mask(self, group: ChannelGroup) -> torch.Tensor:
+        return self.masks[group.id][0].mask.detach().clone() if self.masks.get(group.id) else torch.ones(group.n)
+
+    def _importances(self, normalize: bool) -> dict[int, torch.Tensor]:
+        result = {}
+        for group in self.groups:
+            total = torch.zeros(group.n)
+            for name in group.producers:
+                module = self.model.get_submodule(name)
+                total += filter_importance(original_weight(module), out_axis(module), self.importance, normalize).cpu()
+            result[group.id] = total
+        return result
+
+    def _masks_for_level(self, level: float) -> dict[int, torch.Tensor]:
+        masks: dict[int, torch.Tensor] = {}
+        importances = self._importances(normalize=self.all_weights)
+        if self.all_weights:
+            flat = torch.cat(list(importances.values())) if importances else torch.zeros(0)
+            if flat.numel() == 0:
+                return masks
+            threshold = flat.sort().values[min(int(level * flat.numel()), flat.numel() - 1)]
+            for gid, imp in importances.items():
+                mask = (imp >= threshold).float() if level > 0 else torch.ones_like(imp)
+                if not mask.any():  # never remove a whole group
+                    mask[imp.argmax()] = 1.0
+                masks[gid] = mask
+            return masks
+        for group in self.groups:
+            imp = importances[group.id]
+            n_pruned = group.n - keep_count_uniform(group.n, level)
+            mask = torch.ones(group.n)
+            if n_pruned > 0:
+                mask[imp.argsort()[:n_pruned]] = 0.0
+            masks[group.id] = mask
+        return masks
+
+    def _apply(self, masks: dict[int, torch.Tensor]) -> None:
+        for gid, mask in masks.items():
+            for fm in self.masks[gid]:
+                fm.set_mask(mask.to(fm.mask.device))
+
+    def set_pruning_level(self, level: float) -> None:
+        """Uniform: the same share pruned in every group (kept filters rounded up to a multiple of 8);
+        `all_weights`: one threshold over normalized importances; FLOPs target: the smallest uniform
+        level whose remaining FLOPs reach the target."""
+        if not 0.0 <= level < 1.0:
+            raise ValueError(f"pruning level must be in [0, 1), got {level}")
+        self.level = level
+        if self.frozen:
+            return
+        if self.flops_target and level > 0:
+            self._apply(self._masks_for_flops(level))
+        else:
+            self._apply(self._masks_for_level(level))
+
+    def _masks_for_flops(self, flops_share: float) -> dict[int, torch.Tensor]:
+        full = self.flops(None)
+        goal = full * (1 - flops_share)
+        lo, hi = 0.0, 0.999
+        if self.flops(self._masks_for_level(hi)) > goal:
+            raise CompressionError(
+                f"pruning_flops_target {flops_share} cannot be reached: pruning every "
+                f"group to one filter leaves {self.flops(self._masks_for_level(hi)) / full:.2%}"
+            )
+        while hi - lo > 0.01:
+            mid = (lo + hi) / 2
+            if self.flops(self._masks_for_level(mid)) <= goal:
+                hi = mid
+            else:
+                lo = mid
+        return self._masks_for_level(hi)
+
+    def freeze(self, frozen: bool = True) -> None:
+        self.frozen = frozen
+
+    # ----------------------------------------------------------------------------- size
+    def _channels(self, masks: dict[int, torch.Tensor] | None) -> tuple[dict[str, int], dict[str, int]]:
+        """(output channels, input channels) per prunable layer under `masks` (None: unpruned)."""
+        outs: dict[str, int] = {}
+        ins: dict[str, int] = {}
+        for name, module in self.model.named_modules():
+            if isinstance(module, PRUNABLE):
+                w = original_weight(module)
+                outs[name] = int(w.shape[out_axis(module)])
+                ins[name] = int(w.shape[1 - out_axis(module)]) * (getattr(module, "groups", 1) or 1)
+        if masks is None:
+            return outs, ins
+        for group in self.groups:
+            mask = masks.get(group.id)
+            if mask is None:
+                continue
+            pruned = int((mask == 0).sum())
+            for name in group.producers:
+                outs[name] -= pruned
+                module = self.model.get_submodule(name)
+                if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups == module.in_channels > 1:
+                    ins[name] -= pruned
+            for name, _ in group.consumers:
+                if name not in group.producers:
+                    ins[name] -= pruned
+        return outs, ins
+
+    def flops(self, masks: dict[int, torch.Tensor] | None) -> float:
+        """Multiply-accumulates x 2 of conv and linear layers for one sample."""
+        outs, ins = self._channels(masks)
+        total = 0.0
+        for name, per_unit in self.layer_flops.items():
+            module = self.model.get_submodule(name)
+            groups = getattr(module, "groups", 1) or 1
+            total += per_unit * outs[name] * ins[name] / groups
+        return total
+
+    def params_count(self, masks: dict[int, torch.Tensor] | None) -> int:
+        outs, ins = self._channels(masks)
+        total = 0
+        for name, module in self.model.named_modules():
+            if isinstance(module, PRUNABLE):
+                w = original_weight(module)
+                kernel = w[0, 0].numel() if w.dim() > 2 else 1
+                groups = getattr(module, "groups", 1) or 1
+                total += outs[name] * ins[name] // groups * kernel + (outs[name] if module.bias is not None else 0)
+            elif isinstance(module, NORMS) and module.weight is not None:
+                total += 2 * self._norm_channels(name, masks)
+        return total
+
+    def _norm_channels(self, name: str, masks: dict[int, torch.Tensor] | None) -> int:
+        norm = self.model.get_submodule(name)
+        n = cast(nn.modules.batchnorm._BatchNorm, norm).num_features
+        for group in self.groups:
+            if name in group.norms and masks is not None and group.id in masks:
+                n -= int((masks[group.id] == 0).sum())
+        return n
+
+    def current_masks(self) -> dict[int, torch.Tensor]:
+        return {g.id: self.group_mask(g) for g in self.groups}
+
+    # ----------------------------------------------------------------------------- controller API
+    @property
+    def compression_rate(self) -> float | None:
+        if self.flops_target:
+            return 1 - self.flops(self.current_masks()) / self.flops(None)
+        return self.level
+
+    @compression_rate.setter
+    def compression_rate(self, value: float) -> None:
+        was_frozen = self.frozen
+        self.frozen = False
+        self.set_pruning_level(value)
+        self.frozen = was_frozen
+
+    @property
+    def maximal_compression_rate(self) -> float:
+        if self.flops_target:
+            return 1 - self.flops(self._masks_for_level(0.999)) / self.flops(None)
+        return 1.0
+
+    def compression_stage(self) -> CompressionStage:
+        actual = self.compression_rate or 0.0
+        target = getattr(self.scheduler, "target_level", 0.0)
+        if actual == 0:
+            return CompressionStage.UNCOMPRESSED
+        if math.isclose(actual, target, abs_tol=1e-5) or actual > target:
+            return CompressionStage.FULLY_COMPRESSED
+        return CompressionStage.PARTIALLY_COMPRESSED
+
+    def statistics(self, quickly_collected_only: bool = False) -> Statistics:
+        masks = self.current_masks()
+        full_flops, flops = self.flops(None), self.flops(masks)
+        full_params, params = self.params_count(None), self.params_count(masks)
+        full_filters = sum(g.n * len(g.producers) for g in self.groups)
+        filters = sum(int(masks[g.id].sum()) * len(g.producers) for g in self.groups)
+        stats = Statistics()
+        stats.register(
+            self.name,
+            {
+                "current_pruning_level": self.level,
+                "target_pruning_level": getattr(self.scheduler, "target_level", None),
+                "model_FLOPS_pruning_level": 1 - flops / full_flops if full_flops else 0.0,
+                "model_params_pruning_level": 1 - params / full_params if full_params else 0.0,
+                "model_filters_pruning_level": 1 - filters / full_filters if full_filters else 0.0,
+                "flops": {"full": full_flops, "current": flops},
+                "params": {"full": full_params, "current": params},
+                "groups": len(self.groups),
+            },
+        )
+        return stats
+
+    def disable_scheduler(self) -> None:
+        """The level stays where it is; the target is kept so `compression_stage()` still answers."""
+        target = getattr(self._scheduler, "target_level", 0.0)
+        super().disable_scheduler()
+        cast(Any, self._scheduler).target_level = target
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state[self.name].update(level=self.level, frozen=self.frozen)
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        own = state.get(self.name) or {}
+        self.level = own.get("level", self.level)
+        self.frozen = own.get("frozen", self.frozen)
+
+    # ----------------------------------------------------------------------------- outputs
+    def strip_model(self, model: nn.Module) -> nn.Module:
+        """Masks folded into the weights, then the pruned channels removed physically."""
+        for name, module in list(model.named_modules()):
+            if parametrize.is_parametrized(module) and any(
+                isinstance(p, FilterMask) for plist in cast(Any, module).parametrizations.values() for p in plist
+            ):
+                fold_parametrizations(model, name, lambda p: isinstance(p, FilterMask))
+        remove_channels(model, self.groups, self.current_masks())
+        return model
+
+    def export_source(self, model: nn.Module) -> nn.Module:
+        """The model the ONNX file is made from: the pruned channels physically removed."""
+        remove_channels(model, self.groups, self.current_masks())
+        return model
+
+
+def _layer_flops(ctx: BuildContext) -> dict[str, int]:
+    """2 x output positions x kernel size per (output channel x input channel/group) of each layer."""
+    flops: dict[str, int] = {}
+    if ctx.traced is None:
+        return flops
+    modules = ctx.traced.modules
+    batch = None
+    for node in ctx.traced.gm.graph.nodes:
+        if node.op == "placeholder" and tensor_meta(node) is not None:
+            batch = int(tensor_meta(node)[0])  # type: ignore[index]
+            break
+    for node in ctx.traced.gm.graph.nodes:
+        module = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(module, PRUNABLE) or str(node.target) in flops:
+            continue
+        shape = tensor_meta(node)
+        if shape is None:
+            continue
+        w = original_weight(module)
+        kernel = w[0, 0].numel() if w.dim() > 2 else 1
+        positions = (
+            math.prod(shape[2:])
+            if isinstance(
+                module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d
+            )
+            else math.prod(shape[:-1]) // (batch or 1)
+        )
+        flops[str(node.target)] = 2 * positions * kernel
+    return flops
+
+
+@register_algorithm("filter_pruning")
+def build_filter_pruning(ctx: BuildContext, section: FilterPruningConfig) -> FilterPruningController:
+    params = section.params
+    if params.interlayer_ranking_type == "learned_ranking":
+        raise CompressionError(
+            "interlayer_ranking_type 'learned_ranking' (LeGR) is not implemented; use 'unweighted_ranking' "
+            "(with pruning_flops_target if the goal is FLOPs)"
+        )
+    allowed = {layer.module_name for layer in scoped_layers(ctx, section, "filter_pruning")}
+    if ctx.builder_state is not None:
+        groups = [ChannelGroup.from_dict(g) for g in ctx.builder_state["groups"]]
+    else:
+        groups = find_groups(ctx, allowed, bool(params.prune_first_conv), bool(params.prune_downsample_convs))
+        if not groups:
+            logger.warning("filter pruning found no prunable channel group in the model")
+    for group in groups:
+        for name in group.producers:
+            if not original_weight(ctx.model.get_submodule(name)).requires_grad:
+                raise CompressionError(f"frozen layers are not allowed for filter pruning: {name}")
+    ctrl = FilterPruningController(ctx.model, ctx, section, groups, _layer_flops(ctx))
+    ctrl.builder_state = {"groups": [g.to_dict() for g in groups]}
+    return ctrl
