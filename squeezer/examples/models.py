@@ -30,10 +30,10 @@ class BasicBlock(nn.Module):
 class ResidualCNN(nn.Module):
     """ResNet-style classifier for 1x32x32 digits: stem, three stages with residual adds, linear head."""
 
-    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 16, in_channels: int = 1) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
         )
         self.layer1 = BasicBlock(width, width)
         self.layer2 = BasicBlock(width, 2 * width, stride=2)
@@ -158,3 +158,45 @@ class ResNet50(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, 64, 56, 56)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (N, 2048, 7, 7)
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 project; residual when shapes allow."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_residual else self.conv(x)
+
+
+class MobileNetV2Tiny(nn.Module):
+    """A narrow MobileNetV2 (inverted residuals, depthwise convs, ReLU6) for any square input."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = [
+            nn.Sequential(nn.Conv2d(in_channels, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(inplace=True))
+        ]
+        c = 16
+        for c_out, stride, expand in ((16, 1, 1), (24, 2, 4), (24, 1, 4), (32, 2, 4), (32, 1, 4)):
+            blocks.append(InvertedResidual(c, c_out, stride, expand))
+            c = c_out
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(c, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean((2, 3)))

@@ -59,6 +59,19 @@ def test_every_algorithm_round_trips_in_a_fresh_process(tmp_path, digits32):
         "rb_int8": SPARSE_INT8["compression"],
         "const": {"algorithm": "const_sparsity"},
         "kd_int8": [{"algorithm": "knowledge_distillation", "type": "softmax"}, {"algorithm": "quantization"}],
+        "pruning_int8": [
+            {
+                "algorithm": "filter_pruning",
+                "pruning_init": 0.3,
+                "params": {
+                    "prune_first_conv": True,
+                    "prune_downsample_convs": True,
+                    "pruning_target": 0.5,
+                    "pruning_steps": 3,
+                },
+            },
+            {"algorithm": "quantization"},
+        ],
     }
     x = next(iter(digits32[1]))[0][:16]
     torch.save({"x": x}, tmp_path / "x.pt")

@@ -15,7 +15,7 @@ from squeezer.compression.config.models import FilterPruningConfig
 from squeezer.compression.controller import CompressionController, CompressionStage, Statistics
 from squeezer.compression.graph.surgery import fold_parametrizations, original_weight
 from squeezer.compression.graph.trace import tensor_meta
-from squeezer.compression.pruning.groups import NORMS, PRUNABLE, ChannelGroup, find_groups, out_axis
+from squeezer.compression.pruning.groups import NORMS, PRUNABLE, ChannelGroup, Member, find_groups, out_axis
 from squeezer.compression.pruning.importance import filter_importance, keep_count_uniform
 from squeezer.compression.pruning.masks import FilterMask
 from squeezer.compression.pruning.removal import remove_channels
@@ -54,19 +54,19 @@ class FilterPruningController(CompressionController):
         self.flops_target = params.pruning_flops_target
         self.frozen = False
         self.level = 0.0
-        self.masks: dict[int, list[FilterMask]] = {}
+        self.masks: dict[int, list[tuple[Member, FilterMask]]] = {}
         for group in groups:
             masks = []
-            for name in group.producers:
-                module = model.get_submodule(name)
-                masks.append(_attach(module, "weight", out_axis(module)))
+            for member in group.producers:
+                module = model.get_submodule(member.name)
+                masks.append((member, _attach(module, "weight", out_axis(module))))
                 if getattr(module, "bias", None) is not None:
-                    masks.append(_attach(module, "bias", 0))
+                    masks.append((member, _attach(module, "bias", 0)))
             if params.prune_batch_norms:
-                for name in group.norms:
-                    norm = model.get_submodule(name)
+                for member in group.norms:
+                    norm = model.get_submodule(member.name)
                     if getattr(norm, "weight", None) is not None:
-                        masks += [_attach(norm, "weight", 0), _attach(norm, "bias", 0)]
+                        masks += [(member, _attach(norm, "weight", 0)), (member, _attach(norm, "bias", 0))]
             self.masks[group.id] = masks
         target = (
             self.flops_target
@@ -79,15 +79,20 @@ class FilterPruningController(CompressionController):
 
     # ----------------------------------------------------------------------------- masks
     def group_mask(self, group: ChannelGroup) -> torch.Tensor:
-        return self.masks[group.id][0].mask.detach().clone() if self.masks.get(group.id) else torch.ones(group.n)
+        """The group's 0/1 mask over its `n` channels, read back from the layers' mask buffers."""
+        mask = torch.ones(group.n)
+        for member, fm in self.masks.get(group.id, []):
+            mask[member.roots] = fm.mask.detach().cpu()[member.idxs]
+        return mask
 
     def _importances(self, normalize: bool) -> dict[int, torch.Tensor]:
         result = {}
         for group in self.groups:
             total = torch.zeros(group.n)
-            for name in group.producers:
-                module = self.model.get_submodule(name)
-                total += filter_importance(original_weight(module), out_axis(module), self.importance, normalize).cpu()
+            for member in group.producers:
+                module = self.model.get_submodule(member.name)
+                imp = filter_importance(original_weight(module), out_axis(module), self.importance, normalize).cpu()
+                total[member.roots] += imp[member.idxs]
             result[group.id] = total
         return result
 
@@ -116,8 +121,8 @@ class FilterPruningController(CompressionController):
 
     def _apply(self, masks: dict[int, torch.Tensor]) -> None:
         for gid, mask in masks.items():
-            for fm in self.masks[gid]:
-                fm.set_mask(mask.to(fm.mask.device))
+            for member, fm in self.masks[gid]:
+                fm.set_mask(member.keep_mask(mask, fm.mask.numel()).to(fm.mask.device))
 
     def set_pruning_level(self, level: float) -> None:
         """Uniform: the same share pruned in every group (kept filters rounded up to a multiple of 8);
@@ -169,15 +174,16 @@ class FilterPruningController(CompressionController):
             mask = masks.get(group.id)
             if mask is None:
                 continue
-            pruned = int((mask == 0).sum())
-            for name in group.producers:
-                outs[name] -= pruned
-                module = self.model.get_submodule(name)
+            for member in group.producers:
+                pruned = int((mask[member.roots] == 0).sum())
+                outs[member.name] -= pruned
+                module = self.model.get_submodule(member.name)
                 if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups == module.in_channels > 1:
-                    ins[name] -= pruned
-            for name, _ in group.consumers:
-                if name not in group.producers:
-                    ins[name] -= pruned
+                    ins[member.name] -= pruned
+            producers = set(group.producer_names)
+            for member in group.consumers:
+                if member.name not in producers:
+                    ins[member.name] -= int((mask[member.roots] == 0).sum())
         return outs, ins
 
     def flops(self, masks: dict[int, torch.Tensor] | None) -> float:
@@ -207,8 +213,9 @@ class FilterPruningController(CompressionController):
         norm = self.model.get_submodule(name)
         n = cast(nn.modules.batchnorm._BatchNorm, norm).num_features
         for group in self.groups:
-            if name in group.norms and masks is not None and group.id in masks:
-                n -= int((masks[group.id] == 0).sum())
+            for member in group.norms:
+                if member.name == name and masks is not None and group.id in masks:
+                    n -= int((masks[group.id][member.roots] == 0).sum())
         return n
 
     def current_masks(self) -> dict[int, torch.Tensor]:
@@ -247,8 +254,8 @@ class FilterPruningController(CompressionController):
         masks = self.current_masks()
         full_flops, flops = self.flops(None), self.flops(masks)
         full_params, params = self.params_count(None), self.params_count(masks)
-        full_filters = sum(g.n * len(g.producers) for g in self.groups)
-        filters = sum(int(masks[g.id].sum()) * len(g.producers) for g in self.groups)
+        full_filters = sum(len(m.roots) for g in self.groups for m in g.producers)
+        filters = sum(int(masks[g.id][m.roots].sum()) for g in self.groups for m in g.producers)
         stats = Statistics()
         stats.register(
             self.name,
@@ -346,9 +353,9 @@ def build_filter_pruning(ctx: BuildContext, section: FilterPruningConfig) -> Fil
         if not groups:
             logger.warning("filter pruning found no prunable channel group in the model")
     for group in groups:
-        for name in group.producers:
-            if not original_weight(ctx.model.get_submodule(name)).requires_grad:
-                raise CompressionError(f"frozen layers are not allowed for filter pruning: {name}")
+        for member in group.producers:
+            if not original_weight(ctx.model.get_submodule(member.name)).requires_grad:
+                raise CompressionError(f"frozen layers are not allowed for filter pruning: {member.name}")
     ctrl = FilterPruningController(ctx.model, ctx, section, groups, _layer_flops(ctx))
     ctrl.builder_state = {"groups": [g.to_dict() for g in groups]}
     return ctrl

@@ -31,27 +31,45 @@ def in_axis(module: nn.Module) -> int:
 
 
 @dataclass
+class Member:
+    """A layer touched by a group: its channel `idxs[i]` is the group's channel `roots[i]`."""
+
+    name: str
+    idxs: list[int]
+    roots: list[int]
+
+    def keep_mask(self, group_mask: torch.Tensor, size: int) -> torch.Tensor:
+        """1 for channels of this layer that stay, given the group's 0/1 mask."""
+        mask = torch.ones(size)
+        mask[self.idxs] = group_mask[self.roots].to(mask.dtype)
+        return mask
+
+
+@dataclass
 class ChannelGroup:
-    """`n` output channels shared by `producers`; `norms` follow them; `consumers` read them as inputs."""
+    """`n` coupled channels: `producers` output them (a concat splits them among producers),
+    `norms` follow them, `consumers` read them as input channels."""
 
     id: int
     n: int
-    producers: list[str]
-    norms: list[str] = field(default_factory=list)
-    consumers: list[tuple[str, list[int]]] = field(default_factory=list)  # (module, input channel per root)
+    producers: list[Member] = field(default_factory=list)
+    norms: list[Member] = field(default_factory=list)
+    consumers: list[Member] = field(default_factory=list)
+
+    @property
+    def producer_names(self) -> list[str]:
+        return [m.name for m in self.producers]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "n": self.n,
-            "producers": self.producers,
-            "norms": self.norms,
-            "consumers": [[name, idxs] for name, idxs in self.consumers],
+        members = {
+            k: [[m.name, m.idxs, m.roots] for m in getattr(self, k)] for k in ("producers", "norms", "consumers")
         }
+        return {"id": self.id, "n": self.n, **members}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ChannelGroup:
-        return cls(d["id"], d["n"], d["producers"], d["norms"], [(c[0], c[1]) for c in d["consumers"]])
+        members = {k: [Member(*m) for m in d[k]] for k in ("producers", "norms", "consumers")}
+        return cls(d["id"], d["n"], **members)
 
 
 def _fx_nodes(ctx: BuildContext) -> dict[str, fx.Node]:
@@ -130,33 +148,27 @@ def find_groups(ctx: BuildContext, allowed: set[str], prune_first: bool, prune_d
     )
     groups: list[ChannelGroup] = []
     for tp_group in graph.get_all_groups(ignored_layers=output_layers, root_module_types=list(PRUNABLE)):
-        root = tp_group[0].dep.target.module
-        n = len(tp_group[0].idxs)
-        group = ChannelGroup(len(groups), n, [])
+        group = ChannelGroup(len(groups), len(tp_group[0].idxs))
         ok = True
         for item in tp_group:
-            dep, idxs = item.dep, list(item.idxs)
-            module = dep.target.module
+            module = item.dep.target.module
             if module not in names:
                 continue  # torch-pruning's stand-ins for elementwise ops and reshapes: nothing to prune
-            name = names[module]
-            out_fn = dep.handler.__name__ == "prune_out_channels"
-            if isinstance(module, PRUNABLE) and out_fn:
-                # a depthwise conv in a group is pruned through its producer; its own filters follow
-                ok &= eligible(name) or (
-                    isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-                    and module.groups == module.in_channels
-                    and module.groups > 1
+            member = Member(names[module], [int(i) for i in item.idxs], [int(r) for r in item.root_idxs])
+            if isinstance(module, PRUNABLE) and item.dep.handler.__name__ == "prune_out_channels":
+                # a depthwise conv is pruned through its producers; its own filters follow
+                depthwise = (
+                    isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups == module.in_channels > 1
                 )
-                ok &= len(idxs) == n
-                group.producers.append(name)
+                ok &= eligible(member.name) or depthwise
+                group.producers.append(member)
             elif isinstance(module, NORMS):
-                group.norms.append(name)
+                group.norms.append(member)
             elif isinstance(module, PRUNABLE):
-                group.consumers.append((name, idxs))
+                group.consumers.append(member)
             else:
                 ok = False  # a layer kind whose channels we do not know how to remove
-        if ok and group.producers and root in names:
+        if ok and group.producers:
             groups.append(group)
     return groups
 

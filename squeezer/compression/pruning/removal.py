@@ -93,29 +93,27 @@ def _remove_norm(module: nn.Module, keep: torch.Tensor) -> None:
 
 
 def remove_channels(model: nn.Module, groups: list[ChannelGroup], masks: dict[int, torch.Tensor]) -> int:
-    """Cut the channels whose mask is 0 out of `model` in place; returns how many channels went."""
+    """Cut the channels whose group mask is 0 out of `model` in place; returns how many went."""
     removed = 0
     in_keep: dict[str, torch.Tensor] = {}
     for group in groups:
-        mask = masks[group.id].bool()
-        if bool(mask.all()):
+        mask = masks[group.id]
+        if bool(mask.bool().all()):
             continue
-        keep = torch.nonzero(mask).flatten()
-        removed += group.n - len(keep)
-        for name in group.producers:
-            _remove_outputs(model.get_submodule(name), keep)
-        for name in group.norms:
-            norm = model.get_submodule(name)
+        removed += int((mask == 0).sum())
+        for member in group.producers:
+            module = model.get_submodule(member.name)
+            size = int(original_weight(module).shape[out_axis(module)])
+            _remove_outputs(module, torch.nonzero(member.keep_mask(mask, size)).flatten())
+        for member in group.norms:
+            norm = model.get_submodule(member.name)
             if isinstance(norm, NORMS):
-                _remove_norm(norm, keep)
-        for name, positions in group.consumers:
-            consumer = model.get_submodule(name)
-            size = _input_size(consumer)
-            current = in_keep.get(name, torch.ones(size, dtype=torch.bool))
-            for root, pos in enumerate(positions):
-                if not mask[root]:
-                    current[pos] = False
-            in_keep[name] = current
+                keep = member.keep_mask(mask, cast(nn.modules.batchnorm._BatchNorm, norm).num_features)
+                _remove_norm(norm, torch.nonzero(keep).flatten())
+        for member in group.consumers:
+            consumer = model.get_submodule(member.name)
+            current = in_keep.get(member.name, torch.ones(_input_size(consumer)))
+            in_keep[member.name] = current * member.keep_mask(mask, current.numel())
     for name, keep_mask in in_keep.items():
         _remove_inputs(model.get_submodule(name), torch.nonzero(keep_mask).flatten())
     return removed
