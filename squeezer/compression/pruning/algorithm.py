@@ -15,8 +15,10 @@ from squeezer.compression.config.models import FilterPruningConfig
 from squeezer.compression.controller import CompressionController, CompressionStage, Statistics
 from squeezer.compression.graph.surgery import fold_parametrizations, original_weight
 from squeezer.compression.graph.trace import tensor_meta
+from squeezer.compression.init_args import LeGRInitArgs
 from squeezer.compression.pruning.groups import NORMS, PRUNABLE, ChannelGroup, Member, find_groups, out_axis
 from squeezer.compression.pruning.importance import filter_importance, keep_count_uniform
+from squeezer.compression.pruning.legr import learn_ranking, load_ranking, save_ranking
 from squeezer.compression.pruning.masks import FilterMask
 from squeezer.compression.pruning.removal import remove_channels
 from squeezer.compression.pruning.schedulers import PruningScheduler
@@ -54,6 +56,8 @@ class FilterPruningController(CompressionController):
         self.flops_target = params.pruning_flops_target
         self.frozen = False
         self.level = 0.0
+        self.ranking: dict[int, tuple[float, float]] | None = None  # LeGR coefficients per group
+        self.learned_ranking = params.interlayer_ranking_type == "learned_ranking"
         self.masks: dict[int, list[tuple[Member, FilterMask]]] = {}
         for group in groups:
             masks = []
@@ -141,6 +145,8 @@ class FilterPruningController(CompressionController):
     def _masks_for_flops(self, flops_share: float) -> dict[int, torch.Tensor]:
         full = self.flops(None)
         goal = full * (1 - flops_share)
+        if self.all_weights:
+            return self._global_masks_for_flops(goal)
         lo, hi = 0.0, 0.999
         if self.flops(self._masks_for_level(hi)) > goal:
             raise CompressionError(
@@ -154,6 +160,35 @@ class FilterPruningController(CompressionController):
             else:
                 lo = mid
         return self._masks_for_level(hi)
+
+    def _global_masks_for_flops(self, goal: float) -> dict[int, torch.Tensor]:
+        """One ranking over all groups' filters (LeGR-transformed when learned); the least important
+        go first, at most 90% of any group, until the FLOPs reach `goal` (binary search on the count)."""
+        importances = self._importances(normalize=not self.learned_ranking)
+        order: list[tuple[float, int, int]] = []
+        for group in self.groups:
+            a, b = (self.ranking or {}).get(group.id, (1.0, 0.0))
+            scores = (a * importances[group.id] + b).tolist()
+            ranked = sorted(range(group.n), key=scores.__getitem__)[: int(0.9 * group.n)]
+            order += [(scores[i], group.id, i) for i in ranked]
+        order.sort()
+
+        def masks_after(k: int) -> dict[int, torch.Tensor]:
+            masks = {g.id: torch.ones(g.n) for g in self.groups}
+            for _, gid, i in order[:k]:
+                masks[gid][i] = 0.0
+            return masks
+
+        lo, hi = 0, len(order)
+        if self.flops(masks_after(hi)) > goal:
+            raise CompressionError("the FLOPs target cannot be reached with at most 90% of each group pruned")
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.flops(masks_after(mid)) <= goal:
+                hi = mid
+            else:
+                lo = mid + 1
+        return masks_after(lo)
 
     def freeze(self, frozen: bool = True) -> None:
         self.frozen = frozen
@@ -341,10 +376,17 @@ def _layer_flops(ctx: BuildContext) -> dict[str, int]:
 def build_filter_pruning(ctx: BuildContext, section: FilterPruningConfig) -> FilterPruningController:
     params = section.params
     if params.interlayer_ranking_type == "learned_ranking":
-        raise CompressionError(
-            "interlayer_ranking_type 'learned_ranking' (LeGR) is not implemented; use 'unweighted_ranking' "
-            "(with pruning_flops_target if the goal is FLOPs)"
+        # LeGR ranks filters globally; NNCF turns these options on with it
+        params = params.model_copy(
+            update={
+                "all_weights": True if params.all_weights is None else params.all_weights,
+                "prune_first_conv": True if params.prune_first_conv is None else params.prune_first_conv,
+                "prune_downsample_convs": True
+                if params.prune_downsample_convs is None
+                else params.prune_downsample_convs,
+            }
         )
+        section = section.model_copy(update={"params": params})
     allowed = {layer.module_name for layer in scoped_layers(ctx, section, "filter_pruning")}
     if ctx.builder_state is not None:
         groups = [ChannelGroup.from_dict(g) for g in ctx.builder_state["groups"]]
@@ -357,5 +399,34 @@ def build_filter_pruning(ctx: BuildContext, section: FilterPruningConfig) -> Fil
             if not original_weight(ctx.model.get_submodule(member.name)).requires_grad:
                 raise CompressionError(f"frozen layers are not allowed for filter pruning: {member.name}")
     ctrl = FilterPruningController(ctx.model, ctx, section, groups, _layer_flops(ctx))
-    ctrl.builder_state = {"groups": [g.to_dict() for g in groups]}
+    if ctrl.learned_ranking:
+        ctrl.ranking = _ranking(ctx, ctrl, section)
+    ctrl.builder_state = {
+        "groups": [g.to_dict() for g in groups],
+        "ranking": {str(k): list(v) for k, v in (ctrl.ranking or {}).items()},
+    }
+    if ctx.should_init and ctrl.ranking:
+        ctrl.set_pruning_level(section.pruning_init)  # the initial level under the learned ranking
     return ctrl
+
+
+def _ranking(
+    ctx: BuildContext, ctrl: FilterPruningController, section: FilterPruningConfig
+) -> dict[int, tuple[float, float]]:
+    params = section.params
+    if ctx.builder_state is not None:
+        return {int(k): (v[0], v[1]) for k, v in ctx.builder_state.get("ranking", {}).items()}
+    if params.load_ranking_coeffs_path:
+        ranking = load_ranking(params.load_ranking_coeffs_path)
+    else:
+        if not ctx.config.has_extra_struct(LeGRInitArgs):
+            raise CompressionError(
+                "learned_ranking needs training and validation functions: call register_default_init_args("
+                "config, train_loader, train_steps_fn=..., validate_fn=..., val_loader=...) or set "
+                "params.load_ranking_coeffs_path"
+            )
+        max_pruning = params.legr_params.max_pruning or ctrl.scheduler.target_level  # type: ignore[attr-defined]
+        ranking = learn_ranking(ctrl, ctx.config.get_extra_struct(LeGRInitArgs), params.legr_params, max_pruning)
+    if params.save_ranking_coeffs_path:
+        save_ranking(ranking, params.save_ranking_coeffs_path)
+    return ranking

@@ -213,3 +213,54 @@ def test_masks_zero_channels_during_training():
     model.layer2.bn1.register_forward_hook(lambda m, i, o: acts.setdefault("bn1", o))
     model(torch.rand(4, 1, 32, 32))
     assert torch.all(acts["bn1"][:, ~mask] == 0)  # BN masked too: pruned channels stay zero
+
+
+def test_learned_ranking_sample_config_learns_saves_and_reloads(tmp_path, digits32):
+    from tests.conftest import SPEC_EXAMPLES
+
+    train, val = digits32
+    calls = {"train": 0, "validate": 0}
+
+    def train_steps_fn(loader, model, optimizer, ctrl, steps):
+        model.train()
+        for step, (x, y) in enumerate(loader):
+            if step == steps:
+                break
+            loss = torch.nn.functional.cross_entropy(model(x), y) + ctrl.loss()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        calls["train"] += 1
+
+    def validate_fn(model, loader):
+        calls["validate"] += 1
+        model.eval()
+        with torch.no_grad():
+            x, y = next(iter(loader))
+            return float((model(x).argmax(1) == y).float().mean())
+
+    config = NNCFConfig.from_json(SPEC_EXAMPLES / "resnet18_imagenet_pruning_learned_ranking.json")
+    config["input_info"]["sample_size"] = [1, 1, 32, 32]
+    params = config["compression"][0]["params"]
+    # the sample's search (264 candidates x 200 steps) is sized for ImageNet; keep its shape, not its size
+    params["legr_params"].update(generations=3, population_size=4, num_samples=2, train_steps=2)
+    params["save_ranking_coeffs_path"] = str(tmp_path / "ranking.json")
+    register_default_init_args(config, train, train_steps_fn=train_steps_fn, validate_fn=validate_fn, val_loader=val)
+    ctrl, _ = create_compressed_model(ResidualCNN(width=32), config, dump_graphs=False)
+    assert calls == {"train": 7, "validate": 7}  # 4 initial candidates + 3 generations
+    assert ctrl.all_weights and ctrl.ranking is not None
+    assert ctrl.compression_rate == pytest.approx(0.1, abs=0.03)  # pruning_init as a share of FLOPs
+    assert (tmp_path / "ranking.json").exists()
+
+    reload = NNCFConfig.from_json(SPEC_EXAMPLES / "resnet18_imagenet_pruning_learned_ranking.json")
+    reload["input_info"]["sample_size"] = [1, 1, 32, 32]
+    reload["compression"][0]["params"]["load_ranking_coeffs_path"] = str(tmp_path / "ranking.json")
+    again, _ = create_compressed_model(ResidualCNN(width=32), reload, dump_graphs=False)
+    assert again.ranking == ctrl.ranking
+
+
+def test_learned_ranking_without_functions_is_a_clear_error():
+    from squeezer.errors import CompressionError
+
+    with pytest.raises(CompressionError, match="learned_ranking needs training and validation functions"):
+        build({"interlayer_ranking_type": "learned_ranking", "pruning_flops_target": 0.3})
