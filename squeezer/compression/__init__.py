@@ -7,6 +7,7 @@ from squeezer.compression import distillation as _distillation  # noqa: F401
 from squeezer.compression import pruning as _pruning  # noqa: F401
 from squeezer.compression import quantization as _quantization  # noqa: F401  (registers the algorithm)
 from squeezer.compression import sparsity as _sparsity  # noqa: F401
+from squeezer.compression.accuracy_aware import create_accuracy_aware_training_loop
 from squeezer.compression.api import create_compressed_model, load_state, strip
 from squeezer.compression.config import NNCFConfig, SqueezerConfig
 from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
@@ -21,6 +22,7 @@ __all__ = [
     "InitDataLoader",
     "NNCFConfig",
     "SqueezerConfig",
+    "create_accuracy_aware_training_loop",
     "create_compressed_model",
     "export_onnx",
     "load_state",
