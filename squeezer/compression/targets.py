@@ -9,21 +9,8 @@ import torch
 from torch import nn
 
 from squeezer.compression.build import BuildContext
-from squeezer.compression.graph.modules import registration
+from squeezer.compression.graph.modules import WEIGHTED_LAYERS, registration
 from squeezer.compression.graph.scopes import check_scopes_match, should_consider
-
-# Norm layers are never sparsified or quantized; these are the layers with a compressible weight.
-WEIGHTED = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.Linear,
-    nn.Embedding,
-    nn.EmbeddingBag,
-)
 
 
 @dataclass(frozen=True)
@@ -36,7 +23,7 @@ def is_weighted_for(module: nn.Module, algorithm: str) -> bool:
     reg = registration(module)
     if reg is not None:
         return algorithm not in reg["ignored_algorithms"]
-    return isinstance(module, WEIGHTED) and isinstance(getattr(module, "weight", None), torch.Tensor)
+    return isinstance(module, WEIGHTED_LAYERS) and isinstance(getattr(module, "weight", None), torch.Tensor)
 
 
 def scoped_layers(ctx: BuildContext, section: Any, algorithm: str) -> list[Layer]:

@@ -268,6 +268,48 @@ class TrainingLoop:
             logger.info("accuracy-aware training finished\n%s", self.statistics.to_str())
         return self.model
 
+    def run(
+        self,
+        model: nn.Module,
+        train_epoch_fn: Callable[..., Any],
+        validate_fn: Callable[..., Any],
+        configure_optimizers_fn: Callable[[], Any] | None = None,
+        dump_checkpoint_fn: Callable[..., Any] | None = None,
+        load_checkpoint_fn: Callable[..., Any] | None = None,
+        early_stopping_fn: Callable[[float], bool] | None = None,
+        tensorboard_writer: Any = None,
+        log_dir: str | None = None,
+        update_learning_rate_fn: Callable[..., Any] | None = None,
+    ) -> nn.Module:
+        """Train as the mode says; return the model loaded with the best checkpoint (see `finish`).
+
+        NNCF's `load_checkpoint_fn` and `tensorboard_writer` are accepted and unused: checkpoints are
+        kept by the loop, and the `on_epoch_end` records replace the tensorboard scalars.
+        """
+        del load_checkpoint_fn, tensorboard_writer
+        self._setup(
+            model,
+            train_epoch_fn,
+            validate_fn,
+            configure_optimizers_fn,
+            early_stopping_fn,
+            update_learning_rate_fn,
+            log_dir,
+            dump_checkpoint_fn,
+        )
+        if self._resume is not None:
+            self._restore()
+        else:
+            self.configure_optimizers()
+            self.validate()
+            self.record_epoch()
+            self.end_of_epoch()
+        self.train()
+        return self.finish()
+
+    def train(self) -> None:
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ state
     def _search_state(self) -> dict[str, Any]:
         return {}
@@ -347,39 +389,8 @@ class EarlyExitLoop(TrainingLoop):
 
     mode = "early_exit"
 
-    def run(
-        self,
-        model: nn.Module,
-        train_epoch_fn: Callable[..., Any],
-        validate_fn: Callable[..., Any],
-        configure_optimizers_fn: Callable[[], Any] | None = None,
-        dump_checkpoint_fn: Callable[..., Any] | None = None,
-        load_checkpoint_fn: Callable[..., Any] | None = None,
-        early_stopping_fn: Callable[[float], bool] | None = None,
-        tensorboard_writer: Any = None,
-        log_dir: str | None = None,
-        update_learning_rate_fn: Callable[..., Any] | None = None,
-    ) -> nn.Module:
-        del load_checkpoint_fn, tensorboard_writer  # checkpoints are kept by the loop; records replace tensorboard
-        self._setup(
-            model,
-            train_epoch_fn,
-            validate_fn,
-            configure_optimizers_fn,
-            early_stopping_fn,
-            update_learning_rate_fn,
-            log_dir,
-            dump_checkpoint_fn,
-        )
-        if self._resume is not None:
-            self._restore()
-        else:
-            self.configure_optimizers()
-            self.validate()
-            self.record_epoch()
-            self.end_of_epoch()
+    def train(self) -> None:
         self.early_exit_phase(self.params.maximal_total_epochs)
-        return self.finish()
 
     def criterion_met(self) -> bool:
         return (
@@ -455,40 +466,9 @@ class AdaptiveCompressionLoop(EarlyExitLoop):
         rate = self.adaptive_ctrl.compression_rate
         return float(rate) if rate is not None else 0.0
 
-    def run(
-        self,
-        model: nn.Module,
-        train_epoch_fn: Callable[..., Any],
-        validate_fn: Callable[..., Any],
-        configure_optimizers_fn: Callable[[], Any] | None = None,
-        dump_checkpoint_fn: Callable[..., Any] | None = None,
-        load_checkpoint_fn: Callable[..., Any] | None = None,
-        early_stopping_fn: Callable[[float], bool] | None = None,
-        tensorboard_writer: Any = None,
-        log_dir: str | None = None,
-        update_learning_rate_fn: Callable[..., Any] | None = None,
-    ) -> nn.Module:
-        del load_checkpoint_fn, tensorboard_writer
-        self._setup(
-            model,
-            train_epoch_fn,
-            validate_fn,
-            configure_optimizers_fn,
-            early_stopping_fn,
-            update_learning_rate_fn,
-            log_dir,
-            dump_checkpoint_fn,
-        )
-        params = self.adaptive_params
-        if self._resume is not None:
-            self._restore()
-        else:
-            self.configure_optimizers()
-            self.validate()
-            self.record_epoch()
-            self.end_of_epoch()
+    def train(self) -> None:
         if self.phase == "initial":
-            self.early_exit_phase(params.initial_training_phase_epochs)
+            self.early_exit_phase(self.adaptive_params.initial_training_phase_epochs)
             self.phase = "search"
             best = self.checkpoints.best_within_budget()
             if best is not None:
@@ -497,7 +477,6 @@ class AdaptiveCompressionLoop(EarlyExitLoop):
             self.validate()
             self.ctrl.disable_scheduler()
         self.search()
-        return self.finish()
 
     def update_target(self) -> bool:
         """NNCF's uniform step search: up while the best metric at this rate is within budget, down after

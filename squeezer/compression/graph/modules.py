@@ -7,6 +7,26 @@ from typing import Any
 
 from torch import nn
 
+# Layers with a compressible `weight` (norm layers are never sparsified or quantized).
+WEIGHTED_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.Embedding,
+    nn.EmbeddingBag,
+)
+NORM_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.GroupNorm,
+    nn.LayerNorm,
+)
+
 _REGISTERED: dict[type, dict[str, Any]] = {}
 
 

@@ -17,25 +17,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from squeezer.compression.graph.modules import is_user_registered
+from squeezer.compression.graph.modules import NORM_LAYERS, WEIGHTED_LAYERS, is_user_registered
 
 # Module classes NNCF wraps (and so renames `NNCF<Class>` in its scope names).
-NNCF_WRAPPED = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.Linear,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.Embedding,
-    nn.EmbeddingBag,
-)
+NNCF_WRAPPED = (*WEIGHTED_LAYERS, *NORM_LAYERS)
 
 _MODULE_OPS: dict[type, str] = {
     nn.Conv1d: "conv1d",
@@ -195,6 +180,25 @@ def name_nodes(gm: fx.GraphModule, model_name: str) -> TracedGraph:
         traced.names[node] = f"{prefix}/{op}_{k}"
         traced.nncf_names[node] = f"{'/'.join(nncf_scope)}/{op}_{k}"
     return traced
+
+
+def first_layers(gm: fx.GraphModule, types: tuple[type[nn.Module], ...]) -> set[str]:
+    """Modules of `types` reachable from a model input without passing another module of `types`."""
+    modules = dict(gm.named_modules())
+    first: set[str] = set()
+    seen: set[fx.Node] = set()
+    stack = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for user in node.users:
+            if user.op == "call_module" and isinstance(modules.get(str(user.target)), types):
+                first.add(str(user.target))
+            else:
+                stack.append(user)
+    return first
 
 
 def tensor_meta(node: fx.Node) -> torch.Size | None:

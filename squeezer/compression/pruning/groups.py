@@ -16,6 +16,7 @@ import torch_pruning as tp
 from torch import fx, nn
 
 from squeezer.compression.build import BuildContext
+from squeezer.compression.graph.trace import first_layers
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -94,26 +95,6 @@ def _reaches_output(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
-def _first_layers(ctx: BuildContext, modules: dict[str, nn.Module]) -> set[str]:
-    """Prunable layers reachable from a model input without another prunable layer in between."""
-    if ctx.traced is None:
-        return set()
-    first: set[str] = set()
-    stack = [n for n in ctx.traced.gm.graph.nodes if n.op == "placeholder"]
-    seen: set[fx.Node] = set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        for user in node.users:
-            if user.op == "call_module" and isinstance(modules.get(str(user.target)), PRUNABLE):
-                first.add(str(user.target))
-            else:
-                stack.append(user)
-    return first
-
-
 def find_groups(ctx: BuildContext, allowed: set[str], prune_first: bool, prune_downsample: bool) -> list[ChannelGroup]:
     """Groups whose every producer is allowed (scope, first conv, stride, grouping, not an output layer)."""
     model = copy.deepcopy(ctx.original if ctx.original is not None else ctx.model).eval()
@@ -121,7 +102,7 @@ def find_groups(ctx: BuildContext, allowed: set[str], prune_first: bool, prune_d
     names = {m: n for n, m in modules.items()}
     nodes = _fx_nodes(ctx)
     fx_modules = ctx.traced.modules if ctx.traced is not None else {}
-    first = _first_layers(ctx, fx_modules)
+    first = first_layers(ctx.traced.gm, PRUNABLE) if ctx.traced is not None else set()
 
     def eligible(name: str) -> bool:
         m = modules[name]

@@ -20,22 +20,12 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from squeezer.compression.config.models import QuantizationConfig, QuantizerGroup, QuantizerOverride
-from squeezer.compression.graph.modules import registration
+from squeezer.compression.graph.modules import WEIGHTED_LAYERS, registration
 from squeezer.compression.graph.scopes import matches_any, should_consider
-from squeezer.compression.graph.trace import TracedGraph, tensor_meta
+from squeezer.compression.graph.trace import TracedGraph, first_layers, tensor_meta
 from squeezer.compression.quantization.quantizer import QuantizerSpec
 
-WEIGHTED_MODULES = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.Linear,
-    nn.Embedding,
-    nn.EmbeddingBag,
-)
+WEIGHTED_MODULES = WEIGHTED_LAYERS
 _CONV_LIKE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _QUANT_INPUT_MODULES = (
     *_CONV_LIKE,
@@ -260,29 +250,11 @@ def _weight_scale_shape(module: nn.Module, per_channel: bool) -> tuple[int, ...]
     return tuple(shape)
 
 
-def _first_convs(traced: TracedGraph, modules: dict[str, nn.Module]) -> set[str]:
-    """Conv modules reachable from a model input without passing another conv (overflow_fix)."""
-    first: set[str] = set()
-    seen: set[fx.Node] = set()
-    stack = [n for n in traced.gm.graph.nodes if n.op == "placeholder"]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        for user in node.users:
-            if user.op == "call_module" and isinstance(modules[str(user.target)], (nn.Conv2d, nn.Conv3d)):
-                first.add(str(user.target))
-            else:
-                stack.append(user)
-    return first
-
-
 def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementOptions) -> QuantizerSetup:
     modules = traced.modules
     hw = opts.target_device != "TRIAL"
     setup = QuantizerSetup()
-    first_convs = _first_convs(traced, modules) if cfg.overflow_fix == "first_layer_only" else set()
+    first_convs = first_layers(traced.gm, (nn.Conv2d, nn.Conv3d)) if cfg.overflow_fix == "first_layer_only" else set()
     section_ignored = (opts.global_ignored or []) + (cfg.ignored_scopes or [])
     section_target = opts.global_target if opts.global_target is not None else cfg.target_scopes
 
