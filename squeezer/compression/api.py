@@ -87,10 +87,13 @@ def _verification_inputs(
 def _trace(
     model: nn.Module, example: tuple[tuple[Any, ...], dict[str, Any]]
 ) -> tuple[fx.GraphModule | None, str | None]:
-    try:
-        gm = trace(model)
-    except Exception as exc:
-        return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+    if isinstance(model, fx.GraphModule):
+        gm = model  # already a graph (e.g. lifted from torch.export): keep its nodes and their module stacks
+    else:
+        try:
+            gm = trace(model)
+        except Exception as exc:  # any tracing failure means "use the weights-only fallback"
+            return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
     args, kwargs = example
     placeholders = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
     ordered = list(args) + [kwargs[n] for n in placeholders[len(args) :] if n in kwargs]

@@ -82,6 +82,7 @@ _AGNOSTIC_FUNCS = {
     torch.concat,
     F.pad,
     operator.getitem,
+    torch.unbind,
 }
 _ONE_INPUT_METHODS = {"mean"}
 _TWO_INPUT_METHODS = {"add", "add_", "matmul", "bmm"}
@@ -96,6 +97,7 @@ _AGNOSTIC_METHODS = {
     "contiguous",
     "expand",
     "repeat",
+    "unbind",
 }
 
 
@@ -199,9 +201,11 @@ def _upstream(
     node: fx.Node, modules: dict[str, nn.Module], edges: list[tuple[fx.Node, fx.Node]], user: fx.Node
 ) -> list[fx.Node] | None:
     """Producers feeding `node` through scale-preserving ops; None if a constant is among them."""
-    if node.op == "get_attr" or not _is_tensor(node):
+    if node.op == "get_attr":
         return None
     if not is_agnostic(node, modules):
+        if not _is_tensor(node):
+            return None
         edges.append((node, user))
         return [node]
     if node.target in (torch.cat, torch.concat):

@@ -1,0 +1,249 @@
+"""Turn a `torch.export` program back into a model that trains and can be compressed.
+
+`ExportedProgram.module()` is a graph of aten ops with BatchNorm and dropout modes baked in
+(`.train()`/`.eval()` raise) and no layer modules, so nothing can find a conv to quantize or
+prune. Lifting replaces `aten.conv2d`/`linear`/`batch_norm`/`layer_norm`/`dropout` calls with real
+`nn` modules holding the same parameters (named as in the original model), and the other aten
+calls with the torch functions they come from. Each node keeps the module stack recorded at
+export, so scope names are those of the original model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import operator
+from collections.abc import Callable
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.utils._pytree import tree_unflatten
+
+aten = torch.ops.aten
+
+# aten op -> the torch function with the same signature (positional args map one to one)
+_FUNCTIONS: dict[Any, Callable[..., Any]] = {
+    aten.relu.default: torch.relu,
+    aten.relu_.default: torch.relu_,
+    aten.add.Tensor: operator.add,
+    aten.add_.Tensor: operator.iadd,
+    aten.sub.Tensor: operator.sub,
+    aten.mul.Tensor: operator.mul,
+    aten.div.Tensor: operator.truediv,
+    aten.matmul.default: torch.matmul,
+    aten.bmm.default: torch.bmm,
+    aten.cat.default: torch.cat,
+    aten.flatten.using_ints: torch.flatten,
+    aten.view.default: torch.reshape,
+    aten.reshape.default: torch.reshape,
+    aten.permute.default: torch.permute,
+    aten.transpose.int: torch.transpose,
+    aten.unsqueeze.default: torch.unsqueeze,
+    aten.unbind.int: torch.unbind,
+    aten.squeeze.dim: torch.squeeze,
+    aten.softmax.int: torch.softmax,
+    aten.sigmoid.default: torch.sigmoid,
+    aten.tanh.default: torch.tanh,
+    aten.gelu.default: F.gelu,
+    aten.silu.default: F.silu,
+    aten.hardtanh.default: F.hardtanh,
+    aten.hardtanh_.default: F.hardtanh,
+    aten.mean.dim: torch.mean,
+    aten.adaptive_avg_pool2d.default: F.adaptive_avg_pool2d,
+    aten.adaptive_avg_pool1d.default: F.adaptive_avg_pool1d,
+    aten.avg_pool2d.default: F.avg_pool2d,
+    aten.max_pool2d.default: F.max_pool2d,
+    aten.contiguous.default: torch.Tensor.contiguous,
+    # x.size(d) stays symbolic when the model is traced again (ONNX export keeps the dynamic batch)
+    aten.sym_size.int: torch.Tensor.size,
+}
+
+
+def _resolve_class(path: Any) -> Any:
+    """`'torch.nn.modules.conv.Conv2d'` -> the class (for NNCF-style names); the string if unknown."""
+    if isinstance(path, type) or not isinstance(path, str) or "." not in path:
+        return path
+    module_name, _, cls_name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError):
+        return path
+
+
+def _ensure_parents(root: nn.Module, path: str, classes: dict[str, Any]) -> nn.Module:
+    """Create the containers on the way to `path`, named after the original classes."""
+    parent = root
+    prefix = ""
+    for part in path.split(".")[:-1]:
+        prefix = f"{prefix}.{part}" if prefix else part
+        child = getattr(parent, part, None)
+        if child is None:
+            cls = classes.get(prefix)
+            name = cls.__name__ if isinstance(cls, type) else str(cls or "Module").rsplit(".", 1)[-1]
+            child = type(name, (nn.Module,), {"__doc__": f"Container lifted from {cls}"})()
+            parent.add_module(part, child)
+        parent = child
+    return parent
+
+
+class _Lifter:
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.old = gm
+        self.root = nn.Module()
+        self.graph = fx.Graph()
+        self.env: dict[fx.Node, Any] = {}
+        self.params = dict(gm.named_parameters())
+        self.buffers = dict(gm.named_buffers())
+        self.classes: dict[str, Any] = {}
+        for node in gm.graph.nodes:
+            for qualname, cls in (node.meta.get("nn_module_stack") or {}).values():
+                self.classes.setdefault(qualname, cls)
+
+    def tensor(self, node: Any) -> torch.Tensor | None:
+        """The parameter or buffer a `get_attr` node reads (None for anything else)."""
+        if not (isinstance(node, fx.Node) and node.op == "get_attr"):
+            return None
+        return self.by_name(str(node.target))
+
+    def by_name(self, target: str) -> torch.Tensor | None:
+        return self.params.get(target, self.buffers.get(target))
+
+    def owner(self, *params: Any) -> str:
+        """Module path of the layer that owns these parameters (`layer1.conv1.weight` -> `layer1.conv1`)."""
+        node = next(p for p in params if isinstance(p, fx.Node) and p.op == "get_attr")
+        return str(node.target).rpartition(".")[0]
+
+    def add_module(self, path: str, module: nn.Module) -> str:
+        parent = _ensure_parents(self.root, path, self.classes)
+        name = path.rpartition(".")[2]
+        if getattr(parent, name, None) is None:
+            parent.add_module(name, module)
+        return path
+
+    def arg(self, a: Any) -> Any:
+        return fx.node.map_arg(a, lambda n: self.env[n])
+
+    def module_for(self, node: fx.Node) -> tuple[str, list[Any]] | None:
+        """(module path, inputs) for the aten calls that become layers; None for the others."""
+        t, args = node.target, cast(list[Any], list(node.args))
+        if t in (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default):
+            x, w, b = args[0], args[1], args[2] if len(args) > 2 else None
+            weight = self.tensor(w)
+            if weight is None:
+                return None
+            dims = weight.dim() - 2
+            conv_cls: Any = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+            stride, padding, dilation, groups = (args[3:] + [1, 0, 1, 1][len(args[3:]) :])[:4]
+            path = self.owner(w)
+            conv = conv_cls(
+                weight.shape[1] * groups,
+                weight.shape[0],
+                tuple(weight.shape[2:]),
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=groups,
+                bias=b is not None,
+            )
+            conv.weight = cast(nn.Parameter, weight)
+            if b is not None:
+                conv.bias = cast(nn.Parameter, self.tensor(b))
+            return self.add_module(path, conv), [x]
+        if t is aten.linear.default:
+            x, w, b = args[0], args[1], args[2] if len(args) > 2 else None
+            weight = self.tensor(w)
+            if weight is None:
+                return None
+            linear = nn.Linear(weight.shape[1], weight.shape[0], bias=b is not None)
+            linear.weight = cast(nn.Parameter, weight)
+            if b is not None:
+                linear.bias = cast(nn.Parameter, self.tensor(b))
+            return self.add_module(self.owner(w), linear), [x]
+        if t is aten.batch_norm.default:
+            x, w, b, mean, var, _training, momentum, eps = args[:8]
+            running_mean = self.tensor(mean)
+            if running_mean is None:
+                return None
+            rank = len(node.meta["val"].shape) if "val" in node.meta else 4
+            bn_cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[rank]
+            bn = bn_cls(running_mean.numel(), eps=eps, momentum=momentum, affine=w is not None)
+            if w is not None:
+                bn.weight, bn.bias = cast(nn.Parameter, self.tensor(w)), cast(nn.Parameter, self.tensor(b))
+            bn.running_mean, bn.running_var = running_mean, cast(torch.Tensor, self.tensor(var))
+            tracked = self.by_name(self.owner(mean) + ".num_batches_tracked")
+            if tracked is not None:
+                bn.num_batches_tracked = tracked
+            return self.add_module(self.owner(mean), bn), [x]
+        if t is aten.layer_norm.default:
+            x, shape, w, b = args[0], args[1], args[2] if len(args) > 2 else None, args[3] if len(args) > 3 else None
+            ln = nn.LayerNorm(shape, eps=args[4] if len(args) > 4 else 1e-5, elementwise_affine=w is not None)
+            if w is not None:
+                ln.weight, ln.bias = cast(nn.Parameter, self.tensor(w)), cast(nn.Parameter, self.tensor(b))
+                return self.add_module(self.owner(w), ln), [x]
+            return None
+        if t in (aten.dropout.default, aten.dropout_.default):
+            stack = list((node.meta.get("nn_module_stack") or {}).values())
+            path = stack[-1][0] if stack and "Dropout" in str(stack[-1][1]) else f"dropout_{node.name}"
+            return self.add_module(path, nn.Dropout(args[1])), [args[0]]
+        return None
+
+    def lift(self) -> fx.GraphModule:
+        # layers first, so their parameters belong to them and not to stand-in containers
+        lifted = {n: m for n in self.old.graph.nodes if n.op == "call_function" and (m := self.module_for(n))}
+        for node in self.old.graph.nodes:
+            new: fx.Node
+            if node.op == "placeholder":
+                new = self.graph.placeholder(node.name)
+            elif node.op == "get_attr":
+                if all(u in lifted and node not in lifted[u][1] for u in node.users):
+                    continue  # read only by a layer that now owns it
+                self._attach_attr(str(node.target))
+                new = self.graph.get_attr(str(node.target))
+            elif node.op == "output":
+                # rebuild the output structure export flattened, so a plain forward returns it
+                leaves = list(self.arg(node.args[0]))
+                out_spec = getattr(self.old.graph._codegen, "pytree_info", None)
+                structure = tree_unflatten(leaves, out_spec.out_spec) if out_spec and out_spec.out_spec else leaves
+                self.graph.output(structure)
+                continue
+            elif node in lifted:
+                path, inputs = lifted[node]
+                new = self.graph.call_module(path, tuple(self.arg(i) for i in inputs))
+            elif node.op == "call_function" and node.target in _FUNCTIONS:
+                new = self.graph.call_function(_FUNCTIONS[node.target], self.arg(node.args), self.arg(node.kwargs))
+            else:
+                if node.op == "call_module":  # e.g. the input guards torch.export adds
+                    self.add_module(str(node.target), self.old.get_submodule(str(node.target)))
+                new = self.graph.node_copy(node, lambda n: self.env[n])
+            new.meta["nn_module_stack"] = {  # the root ('') is implicit in fx's own traces
+                k: (q, _resolve_class(c)) for k, (q, c) in (node.meta.get("nn_module_stack") or {}).items() if q
+            }
+            self.env[node] = new
+        root_cls = self.classes.get("")
+        name = root_cls.__name__ if isinstance(root_cls, type) else str(root_cls or "LiftedModel").rpartition(".")[2]
+        gm = fx.GraphModule(self.root, self.graph, name)  # named like the original model class
+        gm.graph.lint()
+        return gm
+
+    def _attach_attr(self, target: str) -> bool:
+        """Keep parameters/buffers used directly by the graph (e.g. a positional embedding)."""
+        tensor = self.by_name(target)
+        if tensor is None:
+            return False
+        parent = _ensure_parents(self.root, target, self.classes)
+        name = target.rpartition(".")[2]
+        if isinstance(tensor, nn.Parameter):
+            if name not in parent._parameters:
+                parent.register_parameter(name, tensor)
+        elif name not in parent._buffers:
+            parent.register_buffer(name, tensor)
+        return True
+
+
+def lift_exported_program(program: torch.export.ExportedProgram) -> fx.GraphModule:
+    """A trainable `GraphModule` equivalent to `program`, with Conv/Linear/BatchNorm/LayerNorm/Dropout
+    modules (so `.train()`/`.eval()` work) and the original module names and scope names.
+
+    It starts in eval mode. Inputs are the program's flattened positional/keyword tensors."""
+    return _Lifter(program.module()).lift().eval()
