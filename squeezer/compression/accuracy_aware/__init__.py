@@ -3,6 +3,7 @@
 from squeezer.compression.accuracy_aware.loop import (
     AdaptiveCompressionLoop,
     EarlyExitLoop,
+    FixedEpochsLoop,
     TrainingLoop,
     create_accuracy_aware_training_loop,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "AdaptiveCompressionLoop",
     "EarlyExitLoop",
     "EpochRecord",
+    "FixedEpochsLoop",
     "LoopStatistics",
     "TrainingLoop",
     "create_accuracy_aware_training_loop",

@@ -21,7 +21,12 @@ import torch
 from torch import nn
 
 from squeezer.compression.accuracy_aware.records import Checkpoints, EpochRecord, LoopStatistics
-from squeezer.compression.config.models import AdaptiveCompressionConfig, AdaptiveCompressionParams, EarlyExitConfig
+from squeezer.compression.config.models import (
+    AdaptiveCompressionConfig,
+    AdaptiveCompressionParams,
+    EarlyExitConfig,
+    EarlyExitParams,
+)
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
 from squeezer.errors import CompressionError, ConfigError
@@ -412,6 +417,26 @@ class EarlyExitLoop(TrainingLoop):
             else:
                 self.update_learning_rate()
             self.end_of_epoch()
+
+
+class FixedEpochsLoop(EarlyExitLoop):
+    """Plain fine-tuning for `epochs` epochs with the same records, checkpoints and resumable state.
+
+    The budget is "no worse than uncompressed", so `statistics.result` tells whether it was matched;
+    the returned model follows the same rule as the other loops.
+    """
+
+    def __init__(
+        self, epochs: int, ctrl: CompressionController, uncompressed_model_accuracy: float, **options: Any
+    ) -> None:
+        section = EarlyExitConfig(
+            mode="early_exit",
+            params=EarlyExitParams(maximal_absolute_accuracy_degradation=0.0, maximal_total_epochs=epochs),
+        )
+        super().__init__(section, ctrl, uncompressed_model_accuracy, **options)
+
+    def criterion_met(self) -> bool:
+        return False
 
 
 class AdaptiveCompressionLoop(EarlyExitLoop):

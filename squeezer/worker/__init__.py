@@ -1,0 +1,1 @@
+"""Workers: the job runner (plain functions); Celery tasks will call it."""

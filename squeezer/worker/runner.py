@@ -1,0 +1,281 @@
+"""The job runner: plain functions that turn a model archive, a config, data and a recipe into a
+compressed, onnxruntime-verified ONNX file. Celery tasks (and tests) call `run_job`; it knows
+nothing about the database, the broker or HTTP.
+
+Progress goes out through `on_epoch(record)`; `should_cancel()` is asked after every epoch; the
+loop state is saved in `workdir` after every epoch so a job whose worker died resumes there.
+Model archives can carry pickles: call this in a process that holds no credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from squeezer.compression import (
+    NNCFConfig,
+    create_accuracy_aware_training_loop,
+    create_compressed_model,
+    lift_exported_program,
+    register_default_init_args,
+)
+from squeezer.compression.accuracy_aware import FixedEpochsLoop, TrainingLoop
+from squeezer.errors import SqueezerError
+from squeezer.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+
+class JobInputError(SqueezerError):
+    """The job's inputs do not fit together (data shapes, labels, archive); nothing was trained."""
+
+
+class JobCancelled(SqueezerError):
+    """`should_cancel()` said so after an epoch."""
+
+
+@dataclass
+class JobResult:
+    status: str  # "succeeded" or "cancelled"
+    uncompressed_metric: float
+    metric: float | None
+    compression_rate: float | None
+    epochs: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+    statistics: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # kind -> path in workdir
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def load_dataset(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` and `y` arrays from `.npz` (no pickles allowed) or `.safetensors`."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            arrays = load_file(str(path))
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:
+        raise JobInputError(f"{path.name} is not a readable .npz or .safetensors file: {exc}") from exc
+    missing = {"x", "y"} - set(arrays)
+    if missing:
+        raise JobInputError(f"{path.name} must hold arrays 'x' and 'y'; missing {sorted(missing)}")
+    x, y = arrays["x"], arrays["y"]
+    if len(x) != len(y) or len(x) == 0:
+        raise JobInputError(f"{path.name}: x has {len(x)} samples, y has {len(y)}; they must match and be > 0")
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.ascontiguousarray(y))
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
+    """The archive as a trainable model, and its input shape (batch dimension first)."""
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise JobInputError(f"the model is not a torch.export archive (.pt2): {exc}") from exc
+    inputs = [
+        n for n in program.graph.nodes if n.op == "placeholder" and n.name in set(program.graph_signature.user_inputs)
+    ]
+    if len(inputs) != 1 or "val" not in inputs[0].meta:
+        raise JobInputError(f"the model must take one tensor input, it takes {len(inputs)}")
+    shape = tuple(int(d) if isinstance(d, int) else 1 for d in inputs[0].meta["val"].shape)
+    return lift_exported_program(program), shape
+
+
+def check_data(
+    model: nn.Module, shape: tuple[int, ...], x: torch.Tensor, y: torch.Tensor, recipe: Recipe, name: str
+) -> None:
+    if tuple(x.shape[1:]) != shape[1:]:
+        raise JobInputError(f"{name}: samples have shape {tuple(x.shape[1:])}, the model takes {shape[1:]}")
+    with torch.no_grad():
+        out = model.eval()(x[:2])
+    if recipe.task == "classification":
+        n_classes = out.shape[-1]
+        if y.dtype.is_floating_point or y.dim() != 1:
+            raise JobInputError(
+                f"{name}: classification labels must be a 1-D integer array, got {y.dtype} {tuple(y.shape)}"
+            )
+        if int(y.min()) < 0 or int(y.max()) >= n_classes:
+            raise JobInputError(
+                f"{name}: labels must be in [0, {n_classes - 1}], found [{int(y.min())}, {int(y.max())}]"
+            )
+    elif tuple(y.shape[1:]) != tuple(out.shape[1:]):
+        raise JobInputError(
+            f"{name}: regression targets have shape {tuple(y.shape[1:])}, the model outputs {tuple(out.shape[1:])}"
+        )
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def _device(recipe: Recipe) -> torch.device:
+    if recipe.device == "cuda" or (recipe.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise JobInputError("the recipe asks for device 'cuda' but this worker has no GPU")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _loss(recipe: Recipe, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if recipe.task == "classification":
+        return F.cross_entropy(out, y.long())
+    return F.mse_loss(out, y.to(out.dtype))
+
+
+def _metric(recipe: Recipe, model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+    """Top-1 accuracy in percent, or minus the mean squared error: higher is better for both."""
+    model.eval()
+    total, score = 0, 0.0
+    with torch.no_grad():
+        for x, y in loader:
+            out = model(x.to(device))
+            y = y.to(device)
+            if recipe.task == "classification":
+                score += float((out.argmax(-1) == y).sum())
+            else:
+                score -= float(F.mse_loss(out, y.to(out.dtype), reduction="sum")) / max(1, out[0].numel())
+            total += len(y)
+    return 100.0 * score / total if recipe.task == "classification" else score / total
+
+
+def _optimizers(recipe: Recipe, model: nn.Module, epochs: int) -> tuple[Any, Any]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
+    elif recipe.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched: Any = None
+    if recipe.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    elif recipe.lr_schedule == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=recipe.lr_step_epochs, gamma=recipe.lr_gamma)
+    return opt, sched
+
+
+def run_job(
+    model_path: str | Path,
+    config: dict[str, Any],
+    train_path: str | Path,
+    val_path: str | Path,
+    recipe: Recipe,
+    workdir: str | Path,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> JobResult:
+    """Compress the archived model as `config` says, training with `recipe`; files land in `workdir`."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    random.seed(recipe.seed)
+    torch.manual_seed(recipe.seed)
+    model, shape = load_model(model_path)
+    (x_train, y_train), (x_val, y_val) = load_dataset(train_path), load_dataset(val_path)
+    check_data(model, shape, x_train, y_train, recipe, "train_data")
+    check_data(model, shape, x_val, y_val, recipe, "val_data")
+    device = _device(recipe)
+    model.to(device)
+    train_set = TensorDataset(x_train, y_train)
+    val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=max(recipe.batch_size, 256))
+    init_loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=False)
+    uncompressed = _metric(recipe, model, val_loader, device)
+
+    nncf_config = NNCFConfig.from_dict({**config, "log_dir": str(workdir)})
+    if nncf_config.model.input_info is None:
+        nncf_config["input_info"] = {"sample_size": list(shape)}
+    register_default_init_args(nncf_config, init_loader, device=device)
+    ctrl, cmodel = create_compressed_model(model, nncf_config)
+
+    def train_epoch_fn(
+        compression_ctrl: Any, model: nn.Module, epoch: int, optimizer: Any, lr_scheduler: Any = None
+    ) -> float:
+        model.train()
+        order = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)  # resumable: fixed by epoch
+        loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, generator=order)
+        total = 0.0
+        for x, y in loader:
+            compression_ctrl.scheduler.step()
+            loss = _loss(recipe, model(x.to(device)), y.to(device)) + compression_ctrl.loss()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(y)
+        return total / len(train_set)
+
+    records: list[dict[str, Any]] = []
+
+    def record(r: Any) -> None:
+        records.append(r.to_dict())
+        if on_epoch is not None:
+            on_epoch(r.to_dict())
+        if should_cancel is not None and r.epoch > 0 and should_cancel():
+            raise JobCancelled(f"cancelled after epoch {r.epoch}")
+
+    state_path = workdir / "loop_state.pt"
+    loop: TrainingLoop
+    if nncf_config.model.accuracy_aware_training is None:
+        loop = FixedEpochsLoop(recipe.epochs, ctrl, uncompressed, on_epoch_end=record, state_path=state_path)
+    else:
+        loop = create_accuracy_aware_training_loop(
+            nncf_config, ctrl, uncompressed, on_epoch_end=record, state_path=state_path
+        )
+    if state_path.exists():
+        loop.load_state(state_path)
+    status = "succeeded"
+    try:
+        cmodel = loop.run(
+            cmodel,
+            train_epoch_fn,
+            lambda model, epoch: _metric(recipe, model, val_loader, device),
+            configure_optimizers_fn=lambda: _optimizers(recipe, cmodel, recipe.epochs),
+        )
+        stats = loop.statistics
+        metric, rate = (stats.compressed_accuracy, stats.compression_rate) if stats else (None, None)
+    except JobCancelled:
+        status = "cancelled"
+        metric, rate = (records[-1]["metric"], records[-1]["compression_rate"]) if records else (None, None)
+    artifacts = _write_outputs(ctrl, cmodel, workdir)
+    return JobResult(
+        status,
+        uncompressed,
+        metric,
+        rate,
+        len(records) - 1 if records else 0,
+        records,
+        ctrl.statistics().to_dict(),
+        artifacts,
+    )
+
+
+def _write_outputs(ctrl: Any, model: nn.Module, workdir: Path) -> dict[str, str]:
+    """The verified ONNX, the checkpoint to resume compression elsewhere, and the graphs."""
+    paths = {
+        "onnx": ctrl.export_model(workdir / "model.onnx"),
+        "checkpoint": workdir / "compression_checkpoint.pt",
+    }
+    torch.save(
+        {"state_dict": model.state_dict(), "compression_state": ctrl.get_compression_state()}, paths["checkpoint"]
+    )
+    for name in ("original_graph.dot", "compressed_graph.dot"):
+        if (workdir / name).exists():
+            paths[name.removesuffix(".dot")] = workdir / name
+    return {k: str(v) for k, v in paths.items()}
