@@ -19,7 +19,7 @@ from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
 from squeezer.compression.graph.dot import write_dot
 from squeezer.compression.graph.trace import name_nodes, trace
-from squeezer.compression.init_args import QuantizationRangeInitArgs
+from squeezer.compression.init_args import QuantizationRangeInitArgs, to_device
 from squeezer.errors import CompressionError, ConfigError, StateError
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,6 @@ def _example_inputs(config: NNCFConfig, device: torch.device) -> tuple[tuple[Any
         loader = config.get_extra_struct(QuantizationRangeInitArgs).data_loader
         item = next(iter(loader))
         batch_args, batch_kwargs = loader.get_inputs(item)
-        from squeezer.compression.init_args import to_device
-
         return to_device(tuple(batch_args), device), to_device(dict(batch_kwargs), device)
     raise ConfigError(
         "input_info is missing and no data loader is registered to deduce the model inputs; add "
@@ -69,8 +67,6 @@ def _verification_inputs(
     if config.has_extra_struct(QuantizationRangeInitArgs):
         loader = config.get_extra_struct(QuantizationRangeInitArgs).data_loader
         args, kwargs = loader.get_inputs(next(iter(loader)))
-        from squeezer.compression.init_args import to_device
-
         return to_device(tuple(args), device), to_device(dict(kwargs), device)
     args, kwargs = example
     gen = torch.Generator().manual_seed(0)

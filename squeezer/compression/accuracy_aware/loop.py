@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from squeezer.compression.accuracy_aware.records import Checkpoints, EpochRecord, LoopStatistics
+from squeezer.compression.api import load_state
 from squeezer.compression.config.models import (
     AdaptiveCompressionConfig,
     AdaptiveCompressionParams,
@@ -235,8 +236,6 @@ class TrainingLoop:
             self.save_state(self.state_path)
 
     def load_checkpoint(self, checkpoint: Any) -> None:
-        from squeezer.compression.api import load_state
-
         load_state(self.model, checkpoint.state_dict, is_resume=True)
         self.ctrl.load_state(checkpoint.ctrl_state["ctrl_state"])
 
@@ -364,8 +363,6 @@ class TrainingLoop:
         self._resume = state
 
     def _restore(self) -> None:
-        from squeezer.compression.api import load_state
-
         state = self._resume
         assert state is not None
         c = state["counters"]

@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 
 from squeezer.compression.export.qdq_rewrite import rewrite
 from squeezer.compression.graph.surgery import replace_submodule, unparametrized_copy, weight_parametrizations
+from squeezer.compression.quantization.placement import ACTIVATIONS_ATTR
 from squeezer.compression.quantization.quantizer import FakeQuantizer
 from squeezer.errors import ExportError
 
@@ -211,8 +212,6 @@ def build_export_model(model: nn.Module) -> nn.Module:
 
 def _short_quantizer_targets(gm: fx.GraphModule) -> None:
     """Call activation quantizers as `aq<k>`: their ids are long and ONNX repeats names per use."""
-    from squeezer.compression.quantization.algorithm import ACTIVATIONS_ATTR
-
     if not hasattr(gm, ACTIVATIONS_ATTR):
         return
     short: dict[str, str] = {}

@@ -22,6 +22,7 @@ from squeezer.compression.graph.scopes import check_scopes_match, matches_any
 from squeezer.compression.graph.surgery import original_weight, weight_parametrizations
 from squeezer.compression.init_args import BNAdaptationInitArgs, QuantizationRangeInitArgs
 from squeezer.compression.quantization.placement import (
+    ACTIVATIONS_ATTR,
     WEIGHTED_MODULES,
     PlacementOptions,
     QuantizerSetup,
@@ -32,11 +33,11 @@ from squeezer.compression.quantization.placement import (
 )
 from squeezer.compression.quantization.quantizer import FakeQuantizer, QuantizerSpec
 from squeezer.compression.quantization.range_init import adapt_batchnorm, init_ranges
+from squeezer.compression.quantization.strip import strip_quantizers
 from squeezer.errors import CompressionError, ConfigError
 
 logger = logging.getLogger(__name__)
 
-ACTIVATIONS_ATTR = "activation_quantizers"
 SETUP_VERSION = 1
 
 
@@ -355,8 +356,6 @@ class QuantizationController(CompressionController):
         _initialize(self.context, self.cfg, self.setup, self.weight_quantizers, self.non_weight_quantizers)
 
     def strip_model(self, model: nn.Module) -> nn.Module:
-        from squeezer.compression.quantization.strip import strip_quantizers
-
         return strip_quantizers(model, self.setup)
 
 

@@ -12,7 +12,7 @@ onnxruntime expect. The result is the QDQ layout onnxruntime turns into QLinearC
 from __future__ import annotations
 
 import operator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 import torch
@@ -24,8 +24,10 @@ from squeezer.compression.graph.modules import WEIGHTED_LAYERS, registration
 from squeezer.compression.graph.scopes import matches_any, should_consider
 from squeezer.compression.graph.trace import TracedGraph, first_layers, tensor_meta
 from squeezer.compression.quantization.quantizer import QuantizerSpec
+from squeezer.errors import ConfigError
 
 WEIGHTED_MODULES = WEIGHTED_LAYERS
+ACTIVATIONS_ATTR = "activation_quantizers"  # the ModuleDict of activation quantizers in a compressed model
 _CONV_LIKE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _QUANT_INPUT_MODULES = (
     *_CONV_LIKE,
@@ -412,10 +414,6 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
 
 def apply_manual_precision(setup: QuantizerSetup, pairs: list[list[int | str]]) -> None:
     """`bitwidth_per_scope`: the first quantizer whose id contains the string gets the bits."""
-    from dataclasses import replace
-
-    from squeezer.errors import ConfigError
-
     points: list[WeightPoint | ActivationPoint] = [*setup.weights, *setup.activations]
     for i, (bits, scope) in enumerate(pairs):
         point = next((p for p in points if str(scope) in p.id), None)

@@ -16,7 +16,7 @@ from torch import nn
 
 from squeezer.compression.config.models import RangeInit
 from squeezer.compression.init_args import InitLoaderProtocol, iterate_batches
-from squeezer.compression.quantization.quantizer import FakeQuantizer
+from squeezer.compression.quantization.quantizer import FakeQuantizer, _Collector
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +89,12 @@ class StatCollector:
 
 
 @contextlib.contextmanager
-def collecting(quantizers: dict[str, FakeQuantizer]) -> Iterator[dict[str, StatCollector]]:
+def collecting(quantizers: dict[str, FakeQuantizer]) -> Iterator[None]:
     """Quantizers pass tensors through unchanged and record them (the model runs un-quantized)."""
-    from squeezer.compression.quantization.quantizer import _Collector
-
     for q in quantizers.values():
         q.collector = _Collector()
     try:
-        yield {}
+        yield
     finally:
         for q in quantizers.values():
             q.collector = None

@@ -15,7 +15,7 @@ from torch.ao.quantization import FakeQuantize, MinMaxObserver, PerChannelMinMax
 from torch.nn.utils import parametrize
 
 from squeezer.compression.graph.surgery import replace_submodule, unparametrized_copy, weight_parametrizations
-from squeezer.compression.quantization.placement import QuantizerSetup
+from squeezer.compression.quantization.placement import ACTIVATIONS_ATTR, QuantizerSetup
 from squeezer.compression.quantization.quantizer import FakeQuantizer
 
 
@@ -46,8 +46,6 @@ def to_torch_fake_quantize(q: FakeQuantizer) -> FakeQuantize:
 
 
 def strip_quantizers(model: nn.Module, setup: QuantizerSetup) -> nn.Module:
-    from squeezer.compression.quantization.algorithm import ACTIVATIONS_ATTR
-
     for wp in setup.weights:
         module = model.get_submodule(wp.module)
         quantizer = next(p for p in weight_parametrizations(module) if isinstance(p, FakeQuantizer))

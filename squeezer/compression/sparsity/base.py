@@ -11,6 +11,7 @@ from torch.nn.utils import parametrize
 from squeezer.compression.build import BuildContext
 from squeezer.compression.controller import CompressionController, CompressionStage, Statistics, StubScheduler
 from squeezer.compression.graph.surgery import fold_parametrizations, original_weight, weight_parametrizations
+from squeezer.compression.quantization.quantizer import FakeQuantizer
 from squeezer.compression.sparsity.masks import BinaryMask, Mask, RBMask
 from squeezer.compression.targets import Layer, scoped_layers
 from squeezer.errors import CompressionError
@@ -138,8 +139,6 @@ class SparsityController(CompressionController):
 def model_zeros(model: nn.Module) -> tuple[float, int]:
     """(zeros, count) over the model's own parameters as the forward pass sees them (masks applied),
     leaving out the compression machinery (mask logits, quantizer ranges)."""
-    from squeezer.compression.quantization.quantizer import FakeQuantizer
-
     machinery = (BinaryMask, RBMask, FakeQuantizer, parametrize.ParametrizationList)
     zeros, total = 0.0, 0
     with torch.no_grad():
