@@ -1,0 +1,36 @@
+"""Service settings, from the environment (`SQUEEZER_*`) or a `.env` file; read once via `get_settings()`.
+
+The defaults are the embedded setup: SQLite, a broker on SQLite, files under `./.squeezer/`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SQUEEZER_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default=Path(".squeezer"), description="where the embedded database, broker and files live")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default sqlite:///<home>/squeezer.db")
+    broker_url: str = Field(default="", description="Celery broker; default sqla+sqlite:///<home>/broker.db")
+    storage_url: str = Field(default="", description="artifact store directory; default <home>/artifacts")
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'squeezer.db').resolve()}"
+
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.home / 'broker.db').resolve()}"
+
+    def resolved_storage_dir(self) -> Path:
+        return Path(self.storage_url) if self.storage_url else self.home / "artifacts"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
