@@ -16,13 +16,13 @@ class Recipe(BaseModel):
 
     task: Literal["classification", "regression"] = "classification"
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0, le=10)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
     lr_schedule: Literal["constant", "cosine", "step"] = "constant"
-    lr_step_epochs: int = Field(10, ge=1)
-    lr_gamma: float = Field(0.1, gt=0, le=1)
-    batch_size: int = Field(64, ge=1, le=65536)
-    epochs: int = Field(3, ge=1, le=10000, description="epochs when the config has no accuracy_aware_training")
+    lr_step_epochs: int = Field(default=10, ge=1)
+    lr_gamma: float = Field(default=0.1, gt=0, le=1)
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    epochs: int = Field(default=3, ge=1, le=10000, description="epochs when the config has no accuracy_aware_training")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

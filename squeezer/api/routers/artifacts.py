@@ -1,0 +1,95 @@
+"""Uploads: streamed to the store, hashed on the way, checked for what their kind must be."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from fastapi import APIRouter, Form, Request, UploadFile
+from sqlalchemy import select
+
+from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
+from squeezer.api.errors import ApiError
+from squeezer.api.schemas import ArtifactRead
+from squeezer.compression.config.nncf_config import NNCFConfig
+from squeezer.db import Artifact, ArtifactKind
+from squeezer.storage import LocalStore, UploadTooLarge
+
+router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+CHUNK = 1 << 20
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(CHUNK):
+        yield chunk
+
+
+def _check_content(kind: str, filename: str, head: bytes, store: LocalStore, key: str) -> None:
+    """What a model, a dataset and a config must look like; nothing is deserialized."""
+    if kind == "model" and not head.startswith(ZIP_MAGIC):
+        raise ApiError(422, "Invalid model archive", f"{filename} is not a torch.export archive (.pt2 zip file)")
+    if kind == "dataset":
+        if filename.endswith(".npz") and not head.startswith(ZIP_MAGIC):
+            raise ApiError(422, "Invalid dataset", f"{filename} is not a .npz (zip) file")
+        if not filename.endswith((".npz", ".safetensors")):
+            raise ApiError(
+                422, "Invalid dataset", f"{filename}: datasets are .npz or .safetensors files with 'x' and 'y'"
+            )
+    if kind == "config":
+        try:
+            data = json.loads(store.path(key).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ApiError(422, "Invalid compression config", f"{filename} is not JSON: {exc}") from exc
+        NNCFConfig.validate(data)  # ConfigError -> 422 with the JSON path
+
+
+@router.post("", status_code=201, response_model=ArtifactRead)
+async def upload_artifact(
+    request: Request,
+    key: CurrentKey,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    file: UploadFile,
+    kind: Literal["model", "dataset", "config"] = Form(...),
+) -> Artifact:
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > settings.max_upload_bytes + CHUNK:  # multipart overhead aside, refuse before reading
+        raise UploadTooLarge(settings.max_upload_bytes)
+    stored = await store.save_stream(_chunks(file), settings.max_upload_bytes)
+    filename = (file.filename or "upload").rsplit("/", 1)[-1][:255]
+    with store.path(stored.key).open("rb") as f:
+        head = f.read(8)
+    _check_content(kind, filename, head, store, stored.key)
+    existing = session.scalars(
+        select(Artifact).where(
+            Artifact.owner_id == key.id, Artifact.sha256 == stored.sha256, Artifact.kind == ArtifactKind(kind)
+        )
+    ).first()
+    if existing is not None:
+        return existing
+    artifact = Artifact(
+        owner_id=key.id,
+        kind=ArtifactKind(kind),
+        filename=filename,
+        size_bytes=stored.size_bytes,
+        sha256=stored.sha256,
+        storage_path=stored.key,
+    )
+    session.add(artifact)
+    session.commit()
+    return artifact
+
+
+def owned_artifact(session: SessionDep, key: CurrentKey, artifact_id: str) -> Artifact:
+    artifact = session.get(Artifact, artifact_id)
+    if artifact is None or artifact.owner_id != key.id:  # another key's artifact does not exist for you
+        raise ApiError(404, "Not found", f"no artifact {artifact_id!r}")
+    return artifact
+
+
+@router.get("/{artifact_id}", response_model=ArtifactRead)
+def get_artifact(artifact_id: str, key: CurrentKey, session: SessionDep) -> Artifact:
+    return owned_artifact(session, key, artifact_id)

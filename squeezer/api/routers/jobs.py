@@ -1,0 +1,110 @@
+"""Jobs: validated at submit time (artifacts, config, recipe), then owned by the database row."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy import func, select
+
+from squeezer.api.deps import CurrentKey, SessionDep, StoreDep
+from squeezer.api.errors import ApiError
+from squeezer.api.routers.artifacts import owned_artifact
+from squeezer.api.schemas import JobCreate, JobPage, JobRead, MetricRead, Status
+from squeezer.compression.config.nncf_config import NNCFConfig
+from squeezer.db import ApiKey, ArtifactKind, Job, JobMetric, JobStatus
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
+
+
+def _artifact_id(session: SessionDep, key: ApiKey, artifact_id: str, kind: ArtifactKind, field: str) -> str:
+    artifact = owned_artifact(session, key, artifact_id)
+    if artifact.kind != kind:
+        raise ApiError(
+            422,
+            "Wrong artifact kind",
+            f"{field}: artifact {artifact_id!r} is a {artifact.kind.value}, expected a {kind.value}",
+            path=f"$.{field}",
+        )
+    return artifact.id
+
+
+@router.post("", status_code=201, response_model=JobRead)
+def create_job(body: JobCreate, request: Request, key: CurrentKey, session: SessionDep, store: StoreDep) -> Job:
+    spec: dict[str, Any] = {
+        "model": _artifact_id(session, key, body.model, ArtifactKind.model, "model"),
+        "train_data": _artifact_id(session, key, body.train_data, ArtifactKind.dataset, "train_data"),
+        "val_data": _artifact_id(session, key, body.val_data, ArtifactKind.dataset, "val_data"),
+        "recipe": body.recipe.model_dump(),
+    }
+    if isinstance(body.config, str):
+        artifact = owned_artifact(session, key, _artifact_id(session, key, body.config, ArtifactKind.config, "config"))
+        config = json.loads(store.path(artifact.storage_path).read_text(encoding="utf-8"))
+    else:
+        config = body.config
+    model = NNCFConfig.validate(config)  # 422 naming the JSON path, before anything is stored
+    spec["config"] = config
+    aa = model.accuracy_aware_training
+    total = aa.params.maximal_total_epochs if aa is not None else body.recipe.epochs
+    job = Job(owner_id=key.id, name=body.name, priority=body.priority, spec=spec, total_epochs=total)
+    session.add(job)
+    session.commit()
+    enqueue = getattr(request.app.state, "enqueue", None)
+    if enqueue is not None:
+        enqueue(job.id, job.priority)
+    return job
+
+
+def owned_job(session: SessionDep, key: ApiKey, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.owner_id != key.id:
+        raise ApiError(404, "Not found", f"no job {job_id!r}")
+    return job
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    key: CurrentKey,
+    session: SessionDep,
+    status: Status | None = None,
+    offset: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=500),
+) -> JobPage:
+    query = select(Job).where(Job.owner_id == key.id)
+    if status is not None:
+        query = query.where(Job.status == JobStatus(status))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Job.created_at.desc()).offset(offset).limit(limit)).all()
+    return JobPage(items=[JobRead.model_validate(r) for r in rows], total=total, offset=offset, limit=limit)
+
+
+@router.get("/{job_id}", response_model=JobRead)
+def get_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
+    return owned_job(session, key, job_id)
+
+
+@router.get("/{job_id}/metrics", response_model=list[MetricRead])
+def job_metrics(job_id: str, key: CurrentKey, session: SessionDep) -> list[JobMetric]:
+    return list(owned_job(session, key, job_id).metrics)
+
+
+@router.post("/{job_id}/cancel", response_model=JobRead)
+def cancel_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
+    job = owned_job(session, key, job_id)
+    if job.status in TERMINAL:
+        raise ApiError(409, "Job already finished", f"job {job_id} is {job.status.value}")
+    job.status = JobStatus.cancelled if job.status == JobStatus.queued else JobStatus.cancelling
+    session.commit()
+    return job
+
+
+@router.delete("/{job_id}", status_code=204)
+def delete_job(job_id: str, key: CurrentKey, session: SessionDep) -> Response:
+    job = owned_job(session, key, job_id)
+    if job.status in (JobStatus.running, JobStatus.cancelling):
+        raise ApiError(409, "Job is running", f"cancel job {job_id} first; it is {job.status.value}")
+    session.delete(job)
+    session.commit()
+    return Response(status_code=204)

@@ -1,0 +1,77 @@
+"""API request/response bodies (separate from the database rows)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from squeezer.recipe import Recipe
+
+Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+
+
+class ArtifactRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: Literal["model", "dataset", "config"]
+    filename: str
+    size_bytes: int
+    sha256: str
+    created_at: datetime
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    model: str = Field(description="artifact id of a torch.export archive (.pt2)")
+    config: dict[str, Any] | str = Field(description="NNCF config as JSON, or the id of a config artifact")
+    train_data: str
+    val_data: str
+    recipe: Recipe = Field(default_factory=Recipe)
+    priority: int = Field(0, ge=0, le=9)
+
+
+class JobRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    status: Status
+    priority: int
+    stage: str | None
+    epoch: int
+    total_epochs: int | None
+    current_metric: float | None
+    best_metric: float | None
+    compression_rate: float | None
+    accuracy_budget: float | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobPage(BaseModel):
+    items: list[JobRead]
+    total: int
+    offset: int
+    limit: int
+
+
+class MetricRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int
+    phase: str
+    stage: str
+    metric: float
+    accuracy_budget: float
+    compression_rate: float | None
+    compression_rate_target: float | None
+    loss: float | None
+    lr: float | None
+    wall_time_s: float

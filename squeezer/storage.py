@@ -1,0 +1,73 @@
+"""Artifact store: files addressed by SHA-256, written atomically, never outside the store root.
+
+Local directory by default. Names from users never become paths: a stored file's path is derived
+from its hash only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from squeezer.errors import SqueezerError
+
+
+class StorageError(SqueezerError):
+    """The store could not write or find a file."""
+
+
+class UploadTooLarge(StorageError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"upload exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    sha256: str
+    size_bytes: int
+    key: str  # relative path inside the store
+
+
+class LocalStore:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        """The file of `key`; refuses anything that would leave the store."""
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise StorageError(f"invalid storage key {key!r}")
+        return path
+
+    @staticmethod
+    def key_for(sha256: str) -> str:
+        return f"{sha256[:2]}/{sha256}"
+
+    async def save_stream(self, chunks: AsyncIterator[bytes], limit: int) -> StoredFile:
+        """Hash and write while reading; stop as soon as `limit` is passed (nothing is kept then)."""
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise UploadTooLarge(limit)
+                    digest.update(chunk)
+                    out.write(chunk)
+            sha = digest.hexdigest()
+            key = self.key_for(sha)
+            target = self.path(key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)  # same content, same key: replacing is harmless
+            return StoredFile(sha, size, key)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)

@@ -1,0 +1,173 @@
+"""The REST API against a real SQLite database and file store: artifacts, jobs, isolation, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from squeezer.api import create_app
+from squeezer.api.keys import create_key
+from squeezer.db.migrate import upgrade
+from squeezer.examples.models import MLP
+from squeezer.settings import Settings
+
+
+@pytest.fixture
+def api(tmp_path):
+    settings = Settings(home=tmp_path, max_upload_bytes=200_000)
+    upgrade(settings.resolved_database_url())
+    queued = []
+    app = create_app(settings, enqueue=lambda job_id, priority: queued.append((job_id, priority)))
+    with app.state.sessions() as session:
+        _, alice = create_key(session, "alice")
+        _, bob = create_key(session, "bob")
+    client = TestClient(app)
+    client.queued = queued
+    client.alice = {"Authorization": f"Bearer {alice}"}
+    client.bob = {"Authorization": f"Bearer {bob}"}
+    return client
+
+
+def pt2_bytes(tmp_path):
+    program = torch.export.export(
+        MLP().eval(), (torch.rand(2, 64),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
+    )
+    torch.export.save(program, tmp_path / "m.pt2")
+    return (tmp_path / "m.pt2").read_bytes()
+
+
+def npz_bytes():
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((8, 64), np.float32), y=np.zeros(8, np.int64))
+    return buf.getvalue()
+
+
+def upload(client, headers, kind, name, data):
+    return client.post("/v1/artifacts", headers=headers, data={"kind": kind}, files={"file": (name, data)})
+
+
+@pytest.fixture
+def artifacts(api, tmp_path):
+    model = upload(api, api.alice, "model", "m.pt2", pt2_bytes(tmp_path)).json()
+    data = upload(api, api.alice, "dataset", "d.npz", npz_bytes()).json()
+    return model, data
+
+
+CONFIG = {
+    "compression": {"algorithm": "quantization"},
+    "accuracy_aware_training": {
+        "mode": "early_exit",
+        "params": {"maximal_absolute_accuracy_degradation": 1, "maximal_total_epochs": 4},
+    },
+}
+
+
+def test_health(api):
+    assert api.get("/healthz").json() == {"status": "ok"}
+    assert api.get("/readyz").json()["database"] == "ok"
+
+
+def test_artifacts_are_content_addressed(api, artifacts, tmp_path):
+    model, data = artifacts
+    assert model["kind"] == "model" and len(model["sha256"]) == 64
+    again = upload(
+        api, api.alice, "model", "other-name.pt2", pt2_bytes(tmp_path) if False else (tmp_path / "m.pt2").read_bytes()
+    ).json()
+    assert again["id"] == model["id"]  # same bytes, same artifact
+    assert api.get(f"/v1/artifacts/{data['id']}", headers=api.alice).json()["sha256"] == data["sha256"]
+
+
+def test_job_lifecycle(api, artifacts):
+    model, data = artifacts
+    body = {
+        "name": "int8",
+        "model": model["id"],
+        "config": CONFIG,
+        "train_data": data["id"],
+        "val_data": data["id"],
+        "recipe": {"epochs": 2, "lr": 0.01},
+        "priority": 5,
+    }
+    created = api.post("/v1/jobs", headers=api.alice, json=body)
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert job["status"] == "queued" and job["total_epochs"] == 4
+    assert api.queued == [(job["id"], 5)]
+    assert api.get(f"/v1/jobs/{job['id']}", headers=api.alice).json()["name"] == "int8"
+    page = api.get("/v1/jobs?status=queued", headers=api.alice).json()
+    assert page["total"] == 1 and page["items"][0]["id"] == job["id"]
+    assert api.get("/v1/jobs?status=running", headers=api.alice).json()["total"] == 0
+    assert api.get(f"/v1/jobs/{job['id']}/metrics", headers=api.alice).json() == []
+    cancelled = api.post(f"/v1/jobs/{job['id']}/cancel", headers=api.alice)
+    assert cancelled.json()["status"] == "cancelled"  # a queued job is cancelled at once
+    assert api.post(f"/v1/jobs/{job['id']}/cancel", headers=api.alice).status_code == 409
+    assert api.delete(f"/v1/jobs/{job['id']}", headers=api.alice).status_code == 204
+    assert api.get(f"/v1/jobs/{job['id']}", headers=api.alice).status_code == 404
+
+
+def test_another_keys_resources_do_not_exist(api, artifacts):
+    model, data = artifacts
+    body = {"name": "x", "model": model["id"], "config": CONFIG, "train_data": data["id"], "val_data": data["id"]}
+    job = api.post("/v1/jobs", headers=api.alice, json=body).json()
+    for method, path in [
+        ("get", f"/v1/jobs/{job['id']}"),
+        ("get", f"/v1/jobs/{job['id']}/metrics"),
+        ("post", f"/v1/jobs/{job['id']}/cancel"),
+        ("delete", f"/v1/jobs/{job['id']}"),
+        ("get", f"/v1/artifacts/{model['id']}"),
+    ]:
+        response = getattr(api, method)(path, headers=api.bob)
+        assert response.status_code == 404, (method, path)
+        assert response.headers["content-type"] == "application/problem+json"
+    assert api.get("/v1/jobs", headers=api.bob).json()["total"] == 0
+    stolen = api.post("/v1/jobs", headers=api.bob, json=body)
+    assert stolen.status_code == 404 and "no artifact" in stolen.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "message"),
+    [
+        (
+            {"config": {"compression": {"algorithm": "quantization", "weights": {"bits": 12}}}},
+            422,
+            r"\$\.compression\.weights\.bits",
+        ),
+        ({"model": "missing"}, 404, "no artifact 'missing'"),
+        ({"recipe": {"optimizer": "lion"}}, 422, r"\$\.recipe\.optimizer"),
+        ({"priority": 11}, 422, r"\$\.priority"),
+        ({"surprise": 1}, 422, r"\$\.surprise"),
+    ],
+)
+def test_bad_job_requests(api, artifacts, change, status, message):
+    model, data = artifacts
+    body = {"name": "x", "model": model["id"], "config": CONFIG, "train_data": data["id"], "val_data": data["id"]}
+    response = api.post("/v1/jobs", headers=api.alice, json={**body, **change})
+    assert response.status_code == status, response.text
+    problem = response.json()
+    assert problem["status"] == status
+    import re
+
+    assert re.search(message, problem["detail"] + json.dumps(problem.get("path", ""))), problem
+    assert api.get("/v1/jobs", headers=api.alice).json()["total"] == 0  # nothing stored
+
+
+def test_wrong_kind_bad_files_and_limits(api, artifacts):
+    model, data = artifacts
+    body = {"name": "x", "model": data["id"], "config": CONFIG, "train_data": data["id"], "val_data": data["id"]}
+    wrong = api.post("/v1/jobs", headers=api.alice, json=body)
+    assert wrong.status_code == 422 and "is a dataset, expected a model" in wrong.json()["detail"]
+    not_zip = upload(api, api.alice, "model", "m.pt2", b"import os; os.system('boom')")
+    assert not_zip.status_code == 422 and "not a torch.export archive" in not_zip.json()["detail"]
+    bad_config = upload(api, api.alice, "config", "c.json", json.dumps({"compression": {"algorithm": "x"}}).encode())
+    assert bad_config.status_code == 422 and bad_config.json()["path"] == "$.compression.algorithm"
+    too_big = upload(api, api.alice, "dataset", "big.npz", b"PK\x03\x04" + b"0" * 300_000)
+    assert too_big.status_code == 413 and too_big.json()["limit_bytes"] == 200_000
+    malformed = api.post("/v1/jobs", headers={**api.alice, "content-type": "application/json"}, content=b"{nope")
+    assert malformed.status_code == 422 and malformed.headers["content-type"] == "application/problem+json"
+    assert api.get("/v1/jobs", headers={"Authorization": "Bearer sq_wrong"}).status_code == 401
+    assert api.get("/v1/jobs").status_code == 401
