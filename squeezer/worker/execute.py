@@ -1,0 +1,189 @@
+"""Run one job row: claim it, run it, and record everything in the database as it happens.
+
+`execute_job(job_id, ...)` is what the Celery task calls; it holds the logic so it can be tested
+without a broker. The row is the truth: claiming is one conditional UPDATE (a duplicate delivery
+finds the row taken and does nothing), cancellation is read from the row after every epoch, and
+every epoch's record becomes a `job_metric` row as soon as it exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from squeezer.db import Artifact, Export, Job, JobMetric, JobStatus
+from squeezer.recipe import Recipe
+from squeezer.storage import LocalStore
+from squeezer.worker.runner import JobInputError, run_job
+
+logger = logging.getLogger(__name__)
+EXPORT_KINDS = {
+    "onnx": "model.onnx",
+    "checkpoint": "compression_checkpoint.pt",
+    "original_graph": "original_graph.dot",
+    "compressed_graph": "compressed_graph.dot",
+}
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(sessions: sessionmaker[Session], job_id: str) -> bool:
+    """queued -> running in one conditional UPDATE; False if another delivery got there first."""
+    with sessions() as session:
+        result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued)
+            .values(
+                status=JobStatus.running,
+                attempts=Job.attempts + 1,
+                worker_id=worker_id(),
+                started_at=datetime.now(UTC),
+                heartbeat_at=datetime.now(UTC),
+            )
+        )
+        session.commit()
+        return bool(result.rowcount)
+
+
+def _record_epoch(sessions: sessionmaker[Session], job_id: str) -> Callable[[dict[str, Any]], None]:
+    def record(r: dict[str, Any]) -> None:
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            values = {
+                k: r[k]
+                for k in (
+                    "phase",
+                    "stage",
+                    "metric",
+                    "accuracy_budget",
+                    "compression_rate",
+                    "compression_rate_target",
+                    "loss",
+                    "lr",
+                    "wall_time_s",
+                )
+            }
+            row = session.scalars(select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.epoch == r["epoch"]))
+            existing = row.first()
+            if existing is None:  # a resumed job repeats an epoch: update, never duplicate
+                session.add(JobMetric(job_id=job_id, epoch=r["epoch"], **values))
+            else:
+                for key, value in values.items():
+                    setattr(existing, key, value)
+            job.epoch, job.stage, job.current_metric = r["epoch"], r["stage"], r["metric"]
+            job.best_metric = max(job.best_metric or r["metric"], r["metric"])
+            job.compression_rate, job.accuracy_budget = r["compression_rate"], r["accuracy_budget"]
+            job.heartbeat_at = datetime.now(UTC)
+            session.commit()
+        logger.info("job %s epoch %d: metric %.4f", job_id, r["epoch"], r["metric"])
+
+    return record
+
+
+def _cancel_requested(sessions: sessionmaker[Session], job_id: str) -> Callable[[], bool]:
+    def ask() -> bool:
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            return job is None or job.status == JobStatus.cancelling
+
+    return ask
+
+
+def _finish(sessions: sessionmaker[Session], job_id: str, status: JobStatus, **values: Any) -> None:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return
+        job.status = status
+        job.finished_at = datetime.now(UTC)
+        for key, value in values.items():
+            setattr(job, key, value)
+        session.commit()
+
+
+def _store_exports(sessions: sessionmaker[Session], store: LocalStore, job_id: str, artifacts: dict[str, str]) -> None:
+    with sessions() as session:
+        for kind, path in artifacts.items():
+            if kind not in EXPORT_KINDS:
+                continue
+            data = Path(path).read_bytes()
+            sha = hashlib.sha256(data).hexdigest()
+            key = f"jobs/{job_id}/{EXPORT_KINDS[kind]}"
+            target = store.path(key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(target.suffix + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+            session.merge(
+                Export(
+                    id=hashlib.sha1(f"{job_id}:{kind}".encode()).hexdigest()[:32],
+                    job_id=job_id,
+                    kind=kind,
+                    storage_path=key,
+                    size_bytes=len(data),
+                    sha256=sha,
+                )
+            )
+        session.commit()
+
+
+def execute_job(job_id: str, sessions: sessionmaker[Session], store: LocalStore, work_root: str | Path) -> str:
+    """Run job `job_id` if it can be claimed; returns its final status (or 'skipped')."""
+    if not claim(sessions, job_id):
+        logger.info("job %s was not queued (already taken or cancelled); skipping", job_id)
+        return "skipped"
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        spec = dict(job.spec)
+        paths = {}
+        for field in ("model", "train_data", "val_data"):
+            artifact = session.get(Artifact, spec[field])
+            assert artifact is not None
+            paths[field] = store.path(artifact.storage_path)
+    workdir = Path(work_root) / job_id
+    try:
+        result = run_job(
+            paths["model"],
+            spec["config"],
+            paths["train_data"],
+            paths["val_data"],
+            Recipe.model_validate(spec["recipe"]),
+            workdir,
+            on_epoch=_record_epoch(sessions, job_id),
+            should_cancel=_cancel_requested(sessions, job_id),
+        )
+    except JobInputError as exc:
+        _finish(sessions, job_id, JobStatus.failed, error=str(exc))
+        return JobStatus.failed.value
+    except Exception as exc:  # the reason goes to the row; the traceback to the log
+        logger.error("job %s failed:\n%s", job_id, traceback.format_exc())
+        _finish(sessions, job_id, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
+        return JobStatus.failed.value
+    _store_exports(sessions, store, job_id, result.artifacts)
+    status = JobStatus.cancelled if result.status == "cancelled" else JobStatus.succeeded
+    _finish(
+        sessions,
+        job_id,
+        status,
+        result={
+            "statistics": result.statistics,
+            "metric": result.metric,
+            "compression_rate": result.compression_rate,
+            "uncompressed_metric": result.uncompressed_metric,
+        },
+    )
+    return status.value

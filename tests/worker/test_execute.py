@@ -1,0 +1,107 @@
+"""A submitted job executed by the worker logic: claimed once, progress and metrics in the database,
+exports in the store, failures recorded with their reason."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from squeezer.api import create_app
+from squeezer.api.keys import create_key
+from squeezer.db import Export, Job, JobMetric
+from squeezer.db.migrate import upgrade
+from squeezer.examples.digits import digits_tensors
+from squeezer.examples.models import MLP
+from squeezer.settings import Settings
+from squeezer.worker.execute import execute_job
+
+
+@pytest.fixture
+def service(tmp_path):
+    settings = Settings(home=tmp_path)
+    upgrade(settings.resolved_database_url())
+    queued = []
+    app = create_app(settings, enqueue=lambda job_id, priority: queued.append(job_id))
+    with app.state.sessions() as session:
+        _, secret = create_key(session, "tests")
+    client = TestClient(app)
+    headers = {"Authorization": f"Bearer {secret}"}
+    torch.manual_seed(0)
+    model = MLP(hidden=32).eval()
+    program = torch.export.export(model, (torch.rand(2, 64),), dynamic_shapes=({0: torch.export.Dim("b", min=1)},))
+    torch.export.save(program, tmp_path / "m.pt2")
+    x, y = digits_tensors(image_size=None)
+    ids = {}
+    for name, sl in (("train", slice(0, 1200)), ("val", slice(1200, None))):
+        buf = io.BytesIO()
+        np.savez(buf, x=x[sl].numpy(), y=y[sl].numpy())
+        ids[name] = client.post(
+            "/v1/artifacts", headers=headers, data={"kind": "dataset"}, files={"file": (f"{name}.npz", buf.getvalue())}
+        ).json()["id"]
+    ids["model"] = client.post(
+        "/v1/artifacts",
+        headers=headers,
+        data={"kind": "model"},
+        files={"file": ("m.pt2", (tmp_path / "m.pt2").read_bytes())},
+    ).json()["id"]
+    return app, client, headers, ids, queued, tmp_path
+
+
+def submit(client, headers, ids, config, recipe=None):
+    body = {
+        "name": "job",
+        "model": ids["model"],
+        "config": config,
+        "train_data": ids["train"],
+        "val_data": ids["val"],
+        "recipe": recipe or {"epochs": 2, "lr": 3e-3},
+    }
+    response = client.post("/v1/jobs", headers=headers, json=body)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def test_job_runs_once_and_records_everything(service):
+    app, client, headers, ids, queued, tmp_path = service
+    job_id = submit(client, headers, ids, {"compression": {"algorithm": "quantization"}})
+    assert queued == [job_id]
+    status = execute_job(job_id, app.state.sessions, app.state.store, tmp_path / "work")
+    assert status == "succeeded"
+    assert execute_job(job_id, app.state.sessions, app.state.store, tmp_path / "work") == "skipped"  # duplicate
+    job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    assert job["status"] == "succeeded" and job["epoch"] == 2 and job["finished_at"] is not None
+    metrics = client.get(f"/v1/jobs/{job_id}/metrics", headers=headers).json()
+    assert [m["epoch"] for m in metrics] == [0, 1, 2]
+    assert metrics[-1]["metric"] == job["current_metric"]
+    with app.state.sessions() as session:
+        row = session.get(Job, job_id)
+        assert row.attempts == 1 and row.result["statistics"]["quantization"]["activation_quantizers"]["total"] > 0
+        exports = {e.kind: e for e in session.query(Export).filter_by(job_id=job_id)}
+        assert set(exports) == {"onnx", "checkpoint", "original_graph", "compressed_graph"}
+        assert app.state.store.path(exports["onnx"].storage_path).stat().st_size == exports["onnx"].size_bytes
+        assert session.query(JobMetric).filter_by(job_id=job_id).count() == 3
+
+
+def test_bad_data_fails_the_job_with_its_reason(service):
+    app, client, headers, ids, _, tmp_path = service
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((4, 32), np.float32), y=np.zeros(4, np.int64))
+    wrong = client.post(
+        "/v1/artifacts", headers=headers, data={"kind": "dataset"}, files={"file": ("wrong.npz", buf.getvalue())}
+    ).json()["id"]
+    job_id = submit(client, headers, {**ids, "train": wrong}, {"compression": {"algorithm": "quantization"}})
+    assert execute_job(job_id, app.state.sessions, app.state.store, tmp_path / "work") == "failed"
+    job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    assert job["status"] == "failed" and "train_data: samples have shape (32,), the model takes (64,)" in job["error"]
+
+
+def test_a_cancelled_queued_job_is_not_run(service):
+    app, client, headers, ids, _, tmp_path = service
+    job_id = submit(client, headers, ids, {"compression": {"algorithm": "quantization"}})
+    client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
+    assert execute_job(job_id, app.state.sessions, app.state.store, tmp_path / "work") == "skipped"
+    assert client.get(f"/v1/jobs/{job_id}", headers=headers).json()["status"] == "cancelled"
