@@ -163,6 +163,8 @@ def test_wrong_kind_bad_files_and_limits(api, artifacts):
     assert wrong.status_code == 422 and "is a dataset, expected a model" in wrong.json()["detail"]
     not_zip = upload(api, api.alice, "model", "m.pt2", b"import os; os.system('boom')")
     assert not_zip.status_code == 422 and "not a torch.export archive" in not_zip.json()["detail"]
+    stored = {p.name for p in api.app.state.store.root.rglob("*") if p.is_file()}
+    assert stored == {model["sha256"], data["sha256"]}  # the rejected bytes were not kept
     bad_config = upload(api, api.alice, "config", "c.json", json.dumps({"compression": {"algorithm": "x"}}).encode())
     assert bad_config.status_code == 422 and bad_config.json()["path"] == "$.compression.algorithm"
     too_big = upload(api, api.alice, "dataset", "big.npz", b"PK\x03\x04" + b"0" * 300_000)

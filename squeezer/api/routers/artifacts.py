@@ -62,7 +62,13 @@ async def upload_artifact(
     filename = (file.filename or "upload").rsplit("/", 1)[-1][:255]
     with store.path(stored.key).open("rb") as f:
         head = f.read(8)
-    _check_content(kind, filename, head, store, stored.key)
+    try:
+        _check_content(kind, filename, head, store, stored.key)
+    except Exception:
+        # a rejected upload leaves nothing behind (unless the same bytes belong to a stored artifact)
+        if session.scalars(select(Artifact).where(Artifact.sha256 == stored.sha256)).first() is None:
+            store.path(stored.key).unlink(missing_ok=True)
+        raise
     existing = session.scalars(
         select(Artifact).where(
             Artifact.owner_id == key.id, Artifact.sha256 == stored.sha256, Artifact.kind == ArtifactKind(kind)
