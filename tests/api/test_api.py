@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -75,9 +76,7 @@ def test_health(api):
 def test_artifacts_are_content_addressed(api, artifacts, tmp_path):
     model, data = artifacts
     assert model["kind"] == "model" and len(model["sha256"]) == 64
-    again = upload(
-        api, api.alice, "model", "other-name.pt2", pt2_bytes(tmp_path) if False else (tmp_path / "m.pt2").read_bytes()
-    ).json()
+    again = upload(api, api.alice, "model", "other-name.pt2", (tmp_path / "m.pt2").read_bytes()).json()
     assert again["id"] == model["id"]  # same bytes, same artifact
     assert api.get(f"/v1/artifacts/{data['id']}", headers=api.alice).json()["sha256"] == data["sha256"]
 
@@ -150,7 +149,6 @@ def test_bad_job_requests(api, artifacts, change, status, message):
     assert response.status_code == status, response.text
     problem = response.json()
     assert problem["status"] == status
-    import re
 
     assert re.search(message, problem["detail"] + json.dumps(problem.get("path", ""))), problem
     assert api.get("/v1/jobs", headers=api.alice).json()["total"] == 0  # nothing stored
