@@ -1,0 +1,77 @@
+"""Celery wiring: an app factory and one thin task that calls `execute_job`.
+
+JSON only, late acks and prefetch 1, so a message is acknowledged after the job ran and a worker
+holds one job at a time. The embedded default broker is kombu's SQLAlchemy transport on SQLite:
+a real worker process, no server to install.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from squeezer.db import make_engine, make_session_factory
+from squeezer.settings import Settings, get_settings
+from squeezer.storage import LocalStore
+from squeezer.worker.execute import execute_job
+
+TASK = "squeezer.run_job"
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("squeezer", broker=settings.resolved_broker_url())
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        task_queue_max_priority=9,
+        task_default_priority=0,
+    )
+
+    @app.task(name=TASK)
+    def run(job_id: str) -> str:
+        sessions, store = _resources(settings.resolved_database_url(), str(settings.resolved_storage_dir()))
+        return execute_job(job_id, sessions, store, settings.home / "work")
+
+    return app
+
+
+@lru_cache
+def _resources(database_url: str, storage_dir: str) -> tuple[Any, LocalStore]:
+    return make_session_factory(make_engine(database_url)), LocalStore(storage_dir)
+
+
+def enqueuer(app: Celery) -> Any:
+    """The `enqueue(job_id, priority)` callback `create_app` takes: only the id travels."""
+
+    def enqueue(job_id: str, priority: int) -> None:
+        app.send_task(TASK, args=[job_id], priority=priority)
+
+    return enqueue
+
+
+def run_worker(settings: Settings | None = None, concurrency: int = 1) -> None:
+    """A worker process (the future `squeezer worker`): solo pool, one job at a time."""
+    create_celery(settings).worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            f"--concurrency={concurrency}",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    run_worker()
