@@ -28,12 +28,9 @@ def test_job_runs_in_a_worker_process(tmp_path):
     headers = {"Authorization": f"Bearer {secret}"}
     ids = _upload_digits_job_inputs(client, headers, tmp_path)
     env = {**os.environ, "SQUEEZER_HOME": str(tmp_path)}
+    log = (tmp_path / "worker.log").open("w")  # a file, not a pipe: a full pipe would block the worker
     worker = subprocess.Popen(
-        [sys.executable, "-m", "squeezer.worker.celery_app"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        [sys.executable, "-m", "squeezer.worker.celery_app"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True
     )
     try:
         body = {
@@ -55,8 +52,9 @@ def test_job_runs_in_a_worker_process(tmp_path):
         assert [m["epoch"] for m in metrics] == [0, 1]
     finally:
         worker.terminate()
-        output = worker.communicate(timeout=30)[0]
-    assert "squeezer.run_job" in output
+        worker.wait(timeout=30)
+        log.close()
+    assert "squeezer.run_job" in (tmp_path / "worker.log").read_text()
 
 
 def _upload_digits_job_inputs(client, headers, tmp_path):
