@@ -49,6 +49,16 @@ class LocalStore:
     def key_for(sha256: str) -> str:
         return f"{sha256[:2]}/{sha256}"
 
+    def save_file(self, key: str, source: str | os.PathLike[str]) -> StoredFile:
+        """Copy a local file to `key` atomically (temp file, then rename), hashing it on the way."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = Path(source).read_bytes()
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        return StoredFile(hashlib.sha256(data).hexdigest(), len(data), key)
+
     async def save_stream(self, chunks: AsyncIterator[bytes], limit: int) -> StoredFile:
         """Hash and write while reading; stop as soon as `limit` is passed (nothing is kept then)."""
         digest = hashlib.sha256()

@@ -19,7 +19,7 @@ from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
 from squeezer.compression.graph.dot import write_dot
 from squeezer.compression.graph.trace import name_nodes, trace
-from squeezer.compression.init_args import QuantizationRangeInitArgs, to_device
+from squeezer.compression.init_args import QuantizationRangeInitArgs, first_batch
 from squeezer.errors import CompressionError, ConfigError, StateError
 
 logger = logging.getLogger(__name__)
@@ -49,10 +49,7 @@ def _example_inputs(config: NNCFConfig, device: torch.device) -> tuple[tuple[Any
                 args.append(t)
         return tuple(args), kwargs
     if config.has_extra_struct(QuantizationRangeInitArgs):
-        loader = config.get_extra_struct(QuantizationRangeInitArgs).data_loader
-        item = next(iter(loader))
-        batch_args, batch_kwargs = loader.get_inputs(item)
-        return to_device(tuple(batch_args), device), to_device(dict(batch_kwargs), device)
+        return first_batch(config.get_extra_struct(QuantizationRangeInitArgs).data_loader, device)
     raise ConfigError(
         "input_info is missing and no data loader is registered to deduce the model inputs; add "
         '"input_info": {"sample_size": [1, C, H, W]} or call register_default_init_args first',
@@ -65,9 +62,7 @@ def _verification_inputs(
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Real data when a loader is registered (export checks are meaningless on all-ones inputs)."""
     if config.has_extra_struct(QuantizationRangeInitArgs):
-        loader = config.get_extra_struct(QuantizationRangeInitArgs).data_loader
-        args, kwargs = loader.get_inputs(next(iter(loader)))
-        return to_device(tuple(args), device), to_device(dict(kwargs), device)
+        return first_batch(config.get_extra_struct(QuantizationRangeInitArgs).data_loader, device)
     args, kwargs = example
     gen = torch.Generator().manual_seed(0)
 

@@ -80,6 +80,23 @@ def to_device(obj: Any, device: torch.device | str | None) -> Any:
     return obj
 
 
+def first_batch(loader: InitLoaderProtocol, device: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """`(args, kwargs)` of the loader's first item, on `device`."""
+    args, kwargs = loader.get_inputs(next(iter(loader)))
+    return to_device(tuple(args), device), to_device(dict(kwargs), device)
+
+
+def flatten_tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a (nested) model output in a fixed order (dict entries by sorted key)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for k in sorted(out) for t in flatten_tensors(out[k])]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in flatten_tensors(o)]
+    return []
+
+
 def iterate_batches(loader: InitLoaderProtocol, num_samples: int, device: Any) -> Iterator[tuple[tuple, dict]]:
     """Yield `(args, kwargs)` of ceil(num_samples / batch_size) batches (fewer if the loader is shorter)."""
     batch = loader.batch_size or 1

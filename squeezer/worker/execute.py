@@ -8,7 +8,6 @@ every epoch's record becomes a `job_metric` row as soon as it exists.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -119,24 +118,12 @@ def _store_exports(sessions: sessionmaker[Session], store: LocalStore, job_id: s
         for kind, path in artifacts.items():
             if kind not in EXPORT_KINDS:
                 continue
-            data = Path(path).read_bytes()
-            sha = hashlib.sha256(data).hexdigest()
-            key = f"jobs/{job_id}/{EXPORT_KINDS[kind]}"
-            target = store.path(key)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(target.suffix + ".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-            session.merge(
-                Export(
-                    id=hashlib.sha1(f"{job_id}:{kind}".encode()).hexdigest()[:32],
-                    job_id=job_id,
-                    kind=kind,
-                    storage_path=key,
-                    size_bytes=len(data),
-                    sha256=sha,
-                )
-            )
+            stored = store.save_file(f"jobs/{job_id}/{EXPORT_KINDS[kind]}", path)
+            row = session.scalars(select(Export).where(Export.job_id == job_id, Export.kind == kind)).first()
+            if row is None:  # a re-run job replaces its exports
+                row = Export(job_id=job_id, kind=kind)
+                session.add(row)
+            row.storage_path, row.size_bytes, row.sha256 = stored.key, stored.size_bytes, stored.sha256
         session.commit()
 
 

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.worker.test_celery import _upload_digits_job_inputs
+from tests.worker.helpers import upload_digits_job_inputs, wait_for_job
 
 
 def run_cli(*args, home):
@@ -58,7 +58,7 @@ def test_serve_runs_a_job_on_the_embedded_defaults(tmp_path):
         secret = (tmp_path / "api_key").read_text().strip()
         with httpx.Client(base_url=base, timeout=30) as client:
             headers = {"Authorization": f"Bearer {secret}"}
-            ids = _upload_digits_job_inputs(client, headers, tmp_path)
+            ids = upload_digits_job_inputs(client, headers, tmp_path)
             body = {
                 "name": "int8",
                 "model": ids["model"],
@@ -68,11 +68,7 @@ def test_serve_runs_a_job_on_the_embedded_defaults(tmp_path):
                 "recipe": {"epochs": 1},
             }
             job_id = client.post("/v1/jobs", headers=headers, json=body).json()["id"]
-            status, deadline = "queued", time.monotonic() + 180
-            while status not in ("succeeded", "failed") and time.monotonic() < deadline:
-                time.sleep(0.5)
-                status = client.get(f"/v1/jobs/{job_id}", headers=headers).json()["status"]
-            assert status == "succeeded"
+            assert wait_for_job(client, headers, job_id) == "succeeded"
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -7,17 +7,15 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from squeezer.api import create_app
 from squeezer.api.keys import create_key
 from squeezer.db import Export, Job, JobMetric
 from squeezer.db.migrate import upgrade
-from squeezer.examples.digits import digits_tensors
-from squeezer.examples.models import MLP
 from squeezer.settings import Settings
 from squeezer.worker.execute import execute_job
+from tests.worker.helpers import upload_digits_job_inputs
 
 
 @pytest.fixture
@@ -30,24 +28,7 @@ def service(tmp_path):
         _, secret = create_key(session, "tests")
     client = TestClient(app)
     headers = {"Authorization": f"Bearer {secret}"}
-    torch.manual_seed(0)
-    model = MLP(hidden=32).eval()
-    program = torch.export.export(model, (torch.rand(2, 64),), dynamic_shapes=({0: torch.export.Dim("b", min=1)},))
-    torch.export.save(program, tmp_path / "m.pt2")
-    x, y = digits_tensors(image_size=None)
-    ids = {}
-    for name, sl in (("train", slice(0, 1200)), ("val", slice(1200, None))):
-        buf = io.BytesIO()
-        np.savez(buf, x=x[sl].numpy(), y=y[sl].numpy())
-        ids[name] = client.post(
-            "/v1/artifacts", headers=headers, data={"kind": "dataset"}, files={"file": (f"{name}.npz", buf.getvalue())}
-        ).json()["id"]
-    ids["model"] = client.post(
-        "/v1/artifacts",
-        headers=headers,
-        data={"kind": "model"},
-        files={"file": ("m.pt2", (tmp_path / "m.pt2").read_bytes())},
-    ).json()["id"]
+    ids = upload_digits_job_inputs(client, headers, tmp_path)
     return app, client, headers, ids, queued, tmp_path
 
 

@@ -13,13 +13,13 @@ from squeezer.api.errors import ApiError
 from squeezer.api.routers.artifacts import owned_artifact
 from squeezer.api.schemas import JobCreate, JobPage, JobRead, MetricRead, Status
 from squeezer.compression.config.nncf_config import NNCFConfig
-from squeezer.db import ApiKey, ArtifactKind, Job, JobMetric, JobStatus
+from squeezer.db import ApiKey, Artifact, ArtifactKind, Job, JobMetric, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
 
 
-def _artifact_id(session: SessionDep, key: ApiKey, artifact_id: str, kind: ArtifactKind, field: str) -> str:
+def _artifact_of_kind(session: SessionDep, key: ApiKey, artifact_id: str, kind: ArtifactKind, field: str) -> Artifact:
     artifact = owned_artifact(session, key, artifact_id)
     if artifact.kind != kind:
         raise ApiError(
@@ -28,19 +28,19 @@ def _artifact_id(session: SessionDep, key: ApiKey, artifact_id: str, kind: Artif
             f"{field}: artifact {artifact_id!r} is a {artifact.kind.value}, expected a {kind.value}",
             path=f"$.{field}",
         )
-    return artifact.id
+    return artifact
 
 
 @router.post("", status_code=201, response_model=JobRead)
 def create_job(body: JobCreate, request: Request, key: CurrentKey, session: SessionDep, store: StoreDep) -> Job:
     spec: dict[str, Any] = {
-        "model": _artifact_id(session, key, body.model, ArtifactKind.model, "model"),
-        "train_data": _artifact_id(session, key, body.train_data, ArtifactKind.dataset, "train_data"),
-        "val_data": _artifact_id(session, key, body.val_data, ArtifactKind.dataset, "val_data"),
+        "model": _artifact_of_kind(session, key, body.model, ArtifactKind.model, "model").id,
+        "train_data": _artifact_of_kind(session, key, body.train_data, ArtifactKind.dataset, "train_data").id,
+        "val_data": _artifact_of_kind(session, key, body.val_data, ArtifactKind.dataset, "val_data").id,
         "recipe": body.recipe.model_dump(),
     }
     if isinstance(body.config, str):
-        artifact = owned_artifact(session, key, _artifact_id(session, key, body.config, ArtifactKind.config, "config"))
+        artifact = _artifact_of_kind(session, key, body.config, ArtifactKind.config, "config")
         config = json.loads(store.path(artifact.storage_path).read_text(encoding="utf-8"))
     else:
         config = body.config

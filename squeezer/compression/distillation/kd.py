@@ -19,16 +19,7 @@ from torch import nn
 from squeezer.compression.build import BuildContext, register_algorithm
 from squeezer.compression.config.models import KnowledgeDistillationConfig
 from squeezer.compression.controller import CompressionController, CompressionStage
-
-
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for k in sorted(out) for t in _tensors(out[k])]
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _tensors(o)]
-    return []
+from squeezer.compression.init_args import flatten_tensors
 
 
 class _DistillationHook:
@@ -60,7 +51,11 @@ class KnowledgeDistillationController(CompressionController):
     def record(self, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         with torch.no_grad():
             teacher_out = self.teacher(*args, **kwargs)
-        pairs = [(s, t) for s, t in zip(_tensors(output), _tensors(teacher_out), strict=False) if s.requires_grad]
+        pairs = [
+            (s, t)
+            for s, t in zip(flatten_tensors(output), flatten_tensors(teacher_out), strict=False)
+            if s.requires_grad
+        ]
         losses = [self._pair_loss(s, t) for s, t in pairs]
         self._loss = torch.stack(losses).sum() if losses else None
 

@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 
 from squeezer.compression.export.qdq_rewrite import rewrite
 from squeezer.compression.graph.surgery import replace_submodule, unparametrized_copy, weight_parametrizations
+from squeezer.compression.init_args import flatten_tensors
 from squeezer.compression.quantization.placement import ACTIVATIONS_ATTR
 from squeezer.compression.quantization.quantizer import FakeQuantizer
 from squeezer.errors import ExportError
@@ -243,16 +244,6 @@ def _ordered_args(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
     return tuple(ordered)
 
 
-def _outputs_as_list(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _outputs_as_list(o)]
-    if isinstance(out, dict):
-        return [t for o in out.values() for t in _outputs_as_list(o)]
-    return []
-
-
 def export_onnx(
     model: nn.Module,
     save_path: str | Path,
@@ -279,7 +270,7 @@ def export_onnx(
     args = _ordered_args(export_model, example_args, example_kwargs or {})
     args = tuple(a.detach().cpu() if isinstance(a, torch.Tensor) else a for a in args)
     with torch.no_grad():
-        n_out = len(_outputs_as_list(export_model(*args)))
+        n_out = len(flatten_tensors(export_model(*args)))
     in_names = list(input_names or [f"input.{i}" for i in range(len(args))])
     out_names = list(output_names or [f"output.{i}" for i in range(n_out)])
     dynamic = {n: {0: "batch"} for n in [*in_names, *out_names]}
@@ -315,7 +306,7 @@ def verify_onnx(model: nn.Module, path: Path, args: tuple[Any, ...], input_names
     reference = copy.deepcopy(model).cpu().eval()
     cpu_args = tuple(a.detach().cpu() if isinstance(a, torch.Tensor) else a for a in args)
     with torch.no_grad():
-        expected = [t.numpy() for t in _outputs_as_list(reference(*cpu_args))]
+        expected = [t.numpy() for t in flatten_tensors(reference(*cpu_args))]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {name: a.numpy() for name, a in zip(input_names, cpu_args, strict=True) if isinstance(a, torch.Tensor)}
     actual = session.run(None, feeds)
