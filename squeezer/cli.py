@@ -83,7 +83,6 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     from squeezer.api import create_app
     from squeezer.api.keys import create_key
     from squeezer.db.migrate import upgrade
-    from squeezer.worker.celery_app import create_celery, enqueuer
 
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -99,9 +98,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     worker_process = subprocess.Popen([sys.executable, "-m", "squeezer.worker.celery_app"], env=env)
     typer.echo(f"Squeezer API on http://{host}:{port} (docs: /docs)\nAPI key: {secret}\nkey file: {path}")
     try:
-        uvicorn.run(
-            create_app(settings, enqueue=enqueuer(create_celery(settings))), host=host, port=port, log_level="warning"
-        )
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     finally:
         worker_process.terminate()
         worker_process.wait(timeout=30)

@@ -132,8 +132,18 @@ class JobMetric(Base):
     job: Mapped[Job] = relationship(back_populates="metrics")
 
 
+EXPORT_FILENAMES = {  # export kind -> file name, in the store and in downloads
+    "onnx": "model.onnx",
+    "stripped": "stripped_model.safetensors",
+    "checkpoint": "compression_checkpoint.pt",
+    "original_graph": "original_graph.dot",
+    "compressed_graph": "compressed_graph.dot",
+    "log": "job.log",
+}
+
+
 class Export(Base):
-    """A file a job produced (ONNX, checkpoint, graphs, log)."""
+    """A file a job produced (ONNX, stripped weights, checkpoint, graphs, log)."""
 
     __tablename__ = "export"
     __table_args__ = (UniqueConstraint("job_id", "kind", name="uq_export_job_kind"),)

@@ -49,13 +49,18 @@ def _resources(database_url: str, storage_dir: str) -> tuple[Any, LocalStore]:
     return make_session_factory(make_engine(database_url)), LocalStore(storage_dir)
 
 
-def enqueuer(app: Celery) -> Any:
-    """The `enqueue(job_id, priority)` callback `create_app` takes: only the id travels."""
+class CeleryQueue:
+    """The API's `JobQueue` on Celery: only the job id travels; the row holds everything else."""
 
-    def enqueue(job_id: str, priority: int) -> None:
-        app.send_task(TASK, args=[job_id], priority=priority)
+    def __init__(self, app: Celery) -> None:
+        self.app = app
 
-    return enqueue
+    def enqueue(self, job_id: str, priority: int) -> None:
+        self.app.send_task(TASK, args=[job_id], priority=priority)
+
+    def ping(self) -> None:
+        with self.app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
 
 
 def run_worker(settings: Settings | None = None, concurrency: int = 1) -> None:

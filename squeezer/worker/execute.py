@@ -8,11 +8,12 @@ every epoch's record becomes a `job_metric` row as soon as it exists.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,12 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from squeezer.db import Artifact, Export, Job, JobMetric, JobStatus
+from squeezer.db.models import EXPORT_FILENAMES
 from squeezer.recipe import Recipe
 from squeezer.storage import LocalStore
 from squeezer.worker.runner import JobInputError, run_job
 
 logger = logging.getLogger(__name__)
-EXPORT_KINDS = {
-    "onnx": "model.onnx",
-    "checkpoint": "compression_checkpoint.pt",
-    "original_graph": "original_graph.dot",
-    "compressed_graph": "compressed_graph.dot",
-}
 
 
 def worker_id() -> str:
@@ -116,15 +112,34 @@ def _finish(sessions: sessionmaker[Session], job_id: str, status: JobStatus, **v
 def _store_exports(sessions: sessionmaker[Session], store: LocalStore, job_id: str, artifacts: dict[str, str]) -> None:
     with sessions() as session:
         for kind, path in artifacts.items():
-            if kind not in EXPORT_KINDS:
+            if kind not in EXPORT_FILENAMES:
                 continue
-            stored = store.save_file(f"jobs/{job_id}/{EXPORT_KINDS[kind]}", path)
+            stored = store.save_file(f"jobs/{job_id}/{EXPORT_FILENAMES[kind]}", path)
             row = session.scalars(select(Export).where(Export.job_id == job_id, Export.kind == kind)).first()
             if row is None:  # a re-run job replaces its exports
                 row = Export(job_id=job_id, kind=kind)
                 session.add(row)
             row.storage_path, row.size_bytes, row.sha256 = stored.key, stored.size_bytes, stored.sha256
         session.commit()
+
+
+@contextlib.contextmanager
+def _job_log(path: Path) -> Iterator[None]:
+    """Everything the library and the runner log while the job runs also goes to the job's own log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("squeezer")
+    previous = root.level
+    root.addHandler(handler)
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+        handler.close()
 
 
 def execute_job(job_id: str, sessions: sessionmaker[Session], store: LocalStore, work_root: str | Path) -> str:
@@ -142,24 +157,31 @@ def execute_job(job_id: str, sessions: sessionmaker[Session], store: LocalStore,
             assert artifact is not None
             paths[field] = store.path(artifact.storage_path)
     workdir = Path(work_root) / job_id
+    log_path = workdir / "job.log"
     try:
-        result = run_job(
-            paths["model"],
-            spec["config"],
-            paths["train_data"],
-            paths["val_data"],
-            Recipe.model_validate(spec["recipe"]),
-            workdir,
-            on_epoch=_record_epoch(sessions, job_id),
-            should_cancel=_cancel_requested(sessions, job_id),
-        )
+        with _job_log(log_path):
+            result = run_job(
+                paths["model"],
+                spec["config"],
+                paths["train_data"],
+                paths["val_data"],
+                Recipe.model_validate(spec["recipe"]),
+                workdir,
+                on_epoch=_record_epoch(sessions, job_id),
+                should_cancel=_cancel_requested(sessions, job_id),
+            )
     except JobInputError as exc:
+        _store_exports(sessions, store, job_id, {"log": str(log_path)})
         _finish(sessions, job_id, JobStatus.failed, error=str(exc))
         return JobStatus.failed.value
-    except Exception as exc:  # the reason goes to the row; the traceback to the log
+    except Exception as exc:  # the reason goes to the row; the traceback to the logs
         logger.error("job %s failed:\n%s", job_id, traceback.format_exc())
+        with contextlib.suppress(OSError), log_path.open("a", encoding="utf-8") as log:
+            log.write(traceback.format_exc())
+        _store_exports(sessions, store, job_id, {"log": str(log_path)})
         _finish(sessions, job_id, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
         return JobStatus.failed.value
+    result.artifacts["log"] = str(log_path)
     _store_exports(sessions, store, job_id, result.artifacts)
     status = JobStatus.cancelled if result.status == "cancelled" else JobStatus.succeeded
     _finish(

@@ -198,6 +198,14 @@ def run_job(
     val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=max(recipe.batch_size, 256))
     init_loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=False)
     uncompressed = _metric(recipe, model, val_loader, device)
+    logger.info(
+        "model input %s on %s; %d train / %d val samples; uncompressed metric %.4f",
+        tuple(shape),
+        device,
+        len(x_train),
+        len(x_val),
+        uncompressed,
+    )
 
     nncf_config = NNCFConfig.from_dict({**config, "log_dir": str(workdir)})
     if nncf_config.model.input_info is None:
@@ -224,6 +232,14 @@ def run_job(
     records: list[dict[str, Any]] = []
 
     def record(r: Any) -> None:
+        logger.info(
+            "epoch %d (%s): metric %.4f, compression rate %s, loss %s",
+            r.epoch,
+            r.stage,
+            r.metric,
+            r.compression_rate,
+            r.loss,
+        )
         records.append(r.to_dict())
         if on_epoch is not None:
             on_epoch(r.to_dict())
@@ -254,6 +270,7 @@ def run_job(
         status = "cancelled"
         metric, rate = (records[-1]["metric"], records[-1]["compression_rate"]) if records else (None, None)
     artifacts = _write_outputs(ctrl, cmodel, workdir)
+    logger.info("%s: metric %s, compression rate %s; wrote %s", status, metric, rate, ", ".join(sorted(artifacts)))
     return JobResult(
         status,
         uncompressed,
@@ -267,14 +284,20 @@ def run_job(
 
 
 def _write_outputs(ctrl: Any, model: nn.Module, workdir: Path) -> dict[str, str]:
-    """The verified ONNX, the checkpoint to resume compression elsewhere, and the graphs."""
+    """The verified ONNX, the stripped weights, the checkpoint to resume compression elsewhere, the graphs."""
+    from safetensors.torch import save_file
+
     paths = {
         "onnx": ctrl.export_model(workdir / "model.onnx"),
         "checkpoint": workdir / "compression_checkpoint.pt",
+        "stripped": workdir / "stripped_model.safetensors",
     }
     torch.save(
         {"state_dict": model.state_dict(), "compression_state": ctrl.get_compression_state()}, paths["checkpoint"]
     )
+    # safetensors, not a pickle: whoever downloads the weights can load them without trusting us
+    stripped = {k: v.detach().cpu().clone() for k, v in ctrl.strip().state_dict().items()}
+    save_file(stripped, str(paths["stripped"]))
     for name in ("original_graph.dot", "compressed_graph.dot"):
         if (workdir / name).exists():
             paths[name.removesuffix(".dot")] = workdir / name

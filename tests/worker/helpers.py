@@ -44,3 +44,18 @@ def wait_for_job(client, headers, job_id, timeout=180.0):
         time.sleep(0.5)
         status = client.get(f"/v1/jobs/{job_id}", headers=headers).json()["status"]
     return status
+
+
+class RecordingQueue:
+    """A `JobQueue` that keeps what it was given: for tests that run jobs by hand, or not at all."""
+
+    def __init__(self, reachable=True):
+        self.jobs = []
+        self.reachable = reachable
+
+    def enqueue(self, job_id, priority):
+        self.jobs.append((job_id, priority))
+
+    def ping(self):
+        if not self.reachable:
+            raise ConnectionError("broker down (test)")

@@ -13,7 +13,6 @@ from squeezer.api import create_app
 from squeezer.api.keys import create_key
 from squeezer.db.migrate import upgrade
 from squeezer.settings import Settings
-from squeezer.worker.celery_app import create_celery, enqueuer
 from tests.worker.helpers import upload_digits_job_inputs, wait_for_job
 
 
@@ -21,7 +20,7 @@ from tests.worker.helpers import upload_digits_job_inputs, wait_for_job
 def test_job_runs_in_a_worker_process(tmp_path):
     settings = Settings(home=tmp_path)
     upgrade(settings.resolved_database_url())
-    app = create_app(settings, enqueue=enqueuer(create_celery(settings)))
+    app = create_app(settings)  # the default queue: Celery on the embedded broker
     with app.state.sessions() as session:
         _, secret = create_key(session, "tests")
     client = TestClient(app)

@@ -3,9 +3,12 @@ exports in the store, failures recorded with their reason."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
@@ -15,21 +18,21 @@ from squeezer.db import Export, Job, JobMetric
 from squeezer.db.migrate import upgrade
 from squeezer.settings import Settings
 from squeezer.worker.execute import execute_job
-from tests.worker.helpers import upload_digits_job_inputs
+from tests.worker.helpers import RecordingQueue, upload_digits_job_inputs
 
 
 @pytest.fixture
 def service(tmp_path):
     settings = Settings(home=tmp_path)
     upgrade(settings.resolved_database_url())
-    queued = []
-    app = create_app(settings, enqueue=lambda job_id, priority: queued.append(job_id))
+    queue = RecordingQueue()
+    app = create_app(settings, queue=queue)
     with app.state.sessions() as session:
         _, secret = create_key(session, "tests")
     client = TestClient(app)
     headers = {"Authorization": f"Bearer {secret}"}
     ids = upload_digits_job_inputs(client, headers, tmp_path)
-    return app, client, headers, ids, queued, tmp_path
+    return app, client, headers, ids, queue, tmp_path
 
 
 def submit(client, headers, ids, config, recipe=None):
@@ -47,9 +50,9 @@ def submit(client, headers, ids, config, recipe=None):
 
 
 def test_job_runs_once_and_records_everything(service):
-    app, client, headers, ids, queued, tmp_path = service
+    app, client, headers, ids, queue, tmp_path = service
     job_id = submit(client, headers, ids, {"compression": {"algorithm": "quantization"}})
-    assert queued == [job_id]
+    assert queue.jobs == [(job_id, 0)]
     status = execute_job(job_id, app.state.sessions, app.state.store, tmp_path / "work")
     assert status == "succeeded"
     assert execute_job(job_id, app.state.sessions, app.state.store, tmp_path / "work") == "skipped"  # duplicate
@@ -62,9 +65,51 @@ def test_job_runs_once_and_records_everything(service):
         row = session.get(Job, job_id)
         assert row.attempts == 1 and row.result["statistics"]["quantization"]["activation_quantizers"]["total"] > 0
         exports = {e.kind: e for e in session.query(Export).filter_by(job_id=job_id)}
-        assert set(exports) == {"onnx", "checkpoint", "original_graph", "compressed_graph"}
+        assert set(exports) == {"onnx", "stripped", "checkpoint", "original_graph", "compressed_graph", "log"}
         assert app.state.store.path(exports["onnx"].storage_path).stat().st_size == exports["onnx"].size_bytes
         assert session.query(JobMetric).filter_by(job_id=job_id).count() == 3
+
+
+def _sse(text):
+    """(event, id, data) triples of a text/event-stream body."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        events.append((fields.get("event"), fields.get("id"), json.loads(fields["data"])))
+    return events
+
+
+def test_exports_download_with_etag_and_events_replay_the_history(service):
+    app, client, headers, ids, _, tmp_path = service
+    job_id = submit(client, headers, ids, {"compression": {"algorithm": "quantization"}}, {"epochs": 1})
+    execute_job(job_id, app.state.sessions, app.state.store, tmp_path / "work")
+
+    listed = {e["kind"]: e for e in client.get(f"/v1/jobs/{job_id}/artifacts", headers=headers).json()}
+    assert listed["onnx"]["filename"] == "model.onnx" and listed["onnx"]["url"] == f"/v1/jobs/{job_id}/artifacts/onnx"
+    onnx = client.get(listed["onnx"]["url"], headers=headers)
+    assert onnx.status_code == 200 and len(onnx.content) == listed["onnx"]["size_bytes"]
+    assert hashlib.sha256(onnx.content).hexdigest() == listed["onnx"]["sha256"] == onnx.headers["x-checksum-sha256"]
+    assert onnx.headers["etag"] == f'"{listed["onnx"]["sha256"]}"'
+    assert 'filename="job-model.onnx"' in onnx.headers["content-disposition"]
+    session = ort.InferenceSession(onnx.content, providers=["CPUExecutionProvider"])
+    assert session.run(None, {session.get_inputs()[0].name: np.zeros((3, 64), np.float32)})[0].shape == (3, 10)
+    again = client.get(listed["onnx"]["url"], headers={**headers, "If-None-Match": onnx.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    log = client.get(f"/v1/jobs/{job_id}/artifacts/log", headers=headers)
+    assert log.headers["content-type"].startswith("text/plain") and "epoch 1 (" in log.text
+    missing = client.get(f"/v1/jobs/{job_id}/artifacts/weights", headers=headers)
+    assert missing.status_code == 404 and "'checkpoint'" in missing.json()["detail"]
+
+    events = _sse(client.get(f"/v1/jobs/{job_id}/events", headers=headers).text)
+    assert [(e, i) for e, i, _ in events] == [
+        ("metric", "epoch-0"),
+        ("metric", "epoch-1"),
+        ("job", None),
+        ("end", None),
+    ]
+    assert events[2][2]["status"] == "succeeded" and events[3][2] == {"status": "succeeded"}
+    resumed = _sse(client.get(f"/v1/jobs/{job_id}/events", headers={**headers, "Last-Event-ID": "epoch-0"}).text)
+    assert [i for _, i, _ in resumed if i] == ["epoch-1"]
 
 
 def test_bad_data_fails_the_job_with_its_reason(service):
@@ -78,6 +123,8 @@ def test_bad_data_fails_the_job_with_its_reason(service):
     assert execute_job(job_id, app.state.sessions, app.state.store, tmp_path / "work") == "failed"
     job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
     assert job["status"] == "failed" and "train_data: samples have shape (32,), the model takes (64,)" in job["error"]
+    exports = client.get(f"/v1/jobs/{job_id}/artifacts", headers=headers).json()
+    assert [e["kind"] for e in exports] == ["log"]  # a failed job still has its log
 
 
 def test_a_cancelled_queued_job_is_not_run(service):

@@ -10,7 +10,7 @@ import torch
 from squeezer.examples.digits import accuracy, digits_loaders, train_epoch
 from squeezer.examples.models import MLP, ResidualCNN
 from squeezer.recipe import Recipe
-from squeezer.worker.runner import JobInputError, run_job
+from squeezer.worker.runner import JobInputError, load_model, run_job
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,12 @@ def test_int8_early_exit_job_produces_a_verified_onnx(job_files, tmp_path):
     assert result.uncompressed_metric == pytest.approx(fp32_acc)  # the lifted archive evaluates like the model
     assert result.metric >= fp32_acc - 1.0
     assert [r["epoch"] for r in seen] == list(range(len(seen))) and seen == result.records
-    assert set(result.artifacts) >= {"onnx", "checkpoint", "original_graph", "compressed_graph"}
+    assert set(result.artifacts) >= {"onnx", "checkpoint", "stripped", "original_graph", "compressed_graph"}
+    from safetensors.torch import load_file as load_tensors
+
+    lifted, _ = load_model(root / "model.pt2")
+    stripped = load_tensors(result.artifacts["stripped"])  # every weight of the model, pickle-free
+    assert set(lifted.state_dict()) <= set(stripped)
     session = ort.InferenceSession(result.artifacts["onnx"], providers=["CPUExecutionProvider"])
     from safetensors.numpy import load_file
 

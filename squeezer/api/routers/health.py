@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sqlalchemy import text
 
 from squeezer.api.deps import SessionDep
@@ -17,9 +17,14 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(session: SessionDep) -> dict[str, str]:
+def readyz(request: Request, session: SessionDep) -> dict[str, str]:
+    """Ready when both the database and the broker answer; 503 names the one that does not."""
     try:
         session.execute(text("SELECT 1"))
     except Exception as exc:
         raise ApiError(503, "Not ready", f"database unreachable: {exc}") from exc
-    return {"status": "ok", "database": "ok"}
+    try:
+        request.app.state.queue.ping()
+    except Exception as exc:
+        raise ApiError(503, "Not ready", f"broker unreachable: {exc}") from exc
+    return {"status": "ok", "database": "ok", "broker": "ok"}

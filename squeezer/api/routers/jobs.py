@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import func, select
 
 from squeezer.api.deps import CurrentKey, SessionDep, StoreDep
@@ -51,9 +51,7 @@ def create_job(body: JobCreate, request: Request, key: CurrentKey, session: Sess
     job = Job(owner_id=key.id, name=body.name, priority=body.priority, spec=spec, total_epochs=total)
     session.add(job)
     session.commit()
-    enqueue = getattr(request.app.state, "enqueue", None)
-    if enqueue is not None:
-        enqueue(job.id, job.priority)
+    request.app.state.queue.enqueue(job.id, job.priority)
     return job
 
 
@@ -62,6 +60,13 @@ def owned_job(session: SessionDep, key: ApiKey, job_id: str) -> Job:
     if job is None or job.owner_id != key.id:
         raise ApiError(404, "Not found", f"no job {job_id!r}")
     return job
+
+
+def get_owned_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
+    return owned_job(session, key, job_id)
+
+
+OwnedJob = Annotated[Job, Depends(get_owned_job)]  # resolved before the handler (and before any stream) runs
 
 
 @router.get("", response_model=JobPage)

@@ -1,0 +1,76 @@
+"""A job's outputs: listed with checksums, downloaded as streamed files with an ETag (the SHA-256)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+
+from squeezer.api.deps import CurrentKey, SessionDep, StoreDep
+from squeezer.api.errors import ApiError
+from squeezer.api.routers.jobs import owned_job
+from squeezer.db import Export
+from squeezer.db.models import EXPORT_FILENAMES
+
+router = APIRouter(prefix="/v1/jobs/{job_id}/artifacts", tags=["exports"])
+MEDIA_TYPES = {
+    "onnx": "application/octet-stream",
+    "checkpoint": "application/octet-stream",
+    "stripped": "application/octet-stream",
+    "original_graph": "text/vnd.graphviz",
+    "compressed_graph": "text/vnd.graphviz",
+    "log": "text/plain; charset=utf-8",
+}
+
+
+class ExportRead(BaseModel):
+    kind: str
+    filename: str
+    size_bytes: int
+    sha256: str
+    url: str
+
+
+def _read(job_id: str, export: Export) -> ExportRead:
+    return ExportRead(
+        kind=export.kind,
+        filename=EXPORT_FILENAMES.get(export.kind, export.kind),
+        size_bytes=export.size_bytes,
+        sha256=export.sha256,
+        url=f"/v1/jobs/{job_id}/artifacts/{export.kind}",
+    )
+
+
+@router.get("", response_model=list[ExportRead])
+def list_exports(job_id: str, key: CurrentKey, session: SessionDep) -> list[ExportRead]:
+    job = owned_job(session, key, job_id)
+    return [_read(job_id, e) for e in sorted(job.exports, key=lambda e: e.kind)]
+
+
+@router.get(
+    "/{kind}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, 304: {"description": "ETag matched"}},
+)
+def download_export(
+    job_id: str, kind: str, request: Request, key: CurrentKey, session: SessionDep, store: StoreDep
+) -> Response:
+    """The file, streamed; `ETag` and `X-Checksum-SHA256` carry its SHA-256, `If-None-Match` gives 304."""
+    job = owned_job(session, key, job_id)
+    export = next((e for e in job.exports if e.kind == kind), None)
+    if export is None:
+        have = sorted(e.kind for e in job.exports)
+        raise ApiError(404, "Not found", f"job {job_id} has no {kind!r} export; it has {have or 'none yet'}")
+    etag = f'"{export.sha256}"'
+    headers = {"ETag": etag, "X-Checksum-SHA256": export.sha256, "Cache-Control": "private, max-age=0"}
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    path = store.path(export.storage_path)
+    if not path.is_file():
+        raise ApiError(410, "Gone", f"the {kind} file of job {job_id} is no longer in the store")
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES.get(kind, "application/octet-stream"),
+        filename=f"{job.name}-{EXPORT_FILENAMES.get(kind, kind)}".replace("/", "_"),
+        headers=headers,
+    )
