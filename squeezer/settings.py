@@ -20,12 +20,18 @@ class Settings(BaseSettings):
     broker_url: str = Field(default="", description="Celery broker; default sqla+sqlite:///<home>/broker.db")
     storage_url: str = Field(default="", description="artifact store directory; default <home>/artifacts")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    url: str = Field(default="http://127.0.0.1:8000", description="the API the SDK and the CLI talk to")
+    api_key: str = Field(default="", description="the SDK's and the CLI's key; default: the key file of serve")
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'squeezer.db').resolve()}"
 
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{(self.home / 'broker.db').resolve()}"
+
+    def key_file(self) -> Path:
+        """Where `squeezer serve` keeps its local API key, so the CLI and the SDK find it unconfigured."""
+        return self.home / "api_key"
 
     def resolved_storage_dir(self) -> Path:
         return Path(self.storage_url) if self.storage_url else self.home / "artifacts"

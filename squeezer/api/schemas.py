@@ -1,4 +1,4 @@
-"""API request/response bodies (separate from the database rows)."""
+"""API request/response bodies (separate from the database rows); the SDK returns these same types."""
 
 from __future__ import annotations
 
@@ -75,3 +75,11 @@ class MetricRead(BaseModel):
     loss: float | None
     lr: float | None
     wall_time_s: float
+
+
+class ExportRead(BaseModel):
+    kind: str
+    filename: str
+    size_bytes: int
+    sha256: str
+    url: str

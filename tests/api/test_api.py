@@ -16,7 +16,7 @@ from squeezer.api.keys import create_key
 from squeezer.db.migrate import upgrade
 from squeezer.examples.models import MLP
 from squeezer.settings import Settings
-from tests.worker.helpers import RecordingQueue
+from tests.helpers import RecordingQueue
 
 
 @pytest.fixture

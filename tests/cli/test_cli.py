@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 
 import httpx
+import numpy as np
+import onnxruntime as ort
 import pytest
 
-from tests.worker.helpers import upload_digits_job_inputs, wait_for_job
+from tests.helpers import write_digits_job_files
 
 
 def run_cli(*args, home):
@@ -35,9 +39,12 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_serve_runs_a_job_on_the_embedded_defaults(tmp_path):
+def test_serve_and_the_job_commands_on_the_embedded_defaults(tmp_path):
+    """`squeezer serve` as a subprocess; then submit, watch, list, show, download through the CLI only."""
     port = _free_port()
-    env = {**os.environ, "SQUEEZER_HOME": str(tmp_path)}
+    home = tmp_path / "home"
+    env = {**os.environ, "SQUEEZER_HOME": str(home), "SQUEEZER_URL": f"http://127.0.0.1:{port}", "COLUMNS": "160"}
+    env.pop("SQUEEZER_API_KEY", None)  # the CLI must find the key file serve writes
     log = (tmp_path / "serve.log").open("w")  # a file, not a pipe: nobody reads it until the end
     server = subprocess.Popen(
         [sys.executable, "-m", "squeezer.cli", "serve", "--port", str(port)],
@@ -46,32 +53,47 @@ def test_serve_runs_a_job_on_the_embedded_defaults(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    base = f"http://127.0.0.1:{port}"
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "squeezer.cli", *args], env=env, capture_output=True, text=True, timeout=300
+        )
+
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.3)
-        secret = (tmp_path / "api_key").read_text().strip()
-        with httpx.Client(base_url=base, timeout=30) as client:
-            headers = {"Authorization": f"Bearer {secret}"}
-            ids = upload_digits_job_inputs(client, headers, tmp_path)
-            body = {
-                "name": "int8",
-                "model": ids["model"],
-                "config": {"compression": {"algorithm": "quantization"}},
-                "train_data": ids["train"],
-                "val_data": ids["val"],
-                "recipe": {"epochs": 1},
-            }
-            job_id = client.post("/v1/jobs", headers=headers, json=body).json()["id"]
-            assert wait_for_job(client, headers, job_id) == "succeeded"
+        files = write_digits_job_files(tmp_path)
+        config = tmp_path / "int8.json"
+        config.write_text(json.dumps({"compression": {"algorithm": "quantization"}}))
+        args = ["--config", config, "--train", files["train"], "--val", files["val"], "--epochs", "1"]
+        submitted = cli("submit", files["model"], *map(str, args), "--name", "mlp-int8", "--watch")
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        job_id = re.search(r"submitted job ([0-9a-f]{32})", submitted.stdout).group(1)
+        assert f"job {job_id} succeeded" in submitted.stdout
+
+        listed = cli("jobs", "ls")
+        assert listed.returncode == 0 and job_id in listed.stdout and "succeeded" in listed.stdout
+        shown = cli("jobs", "show", job_id)
+        assert shown.returncode == 0 and "metrics" in shown.stdout and "model.onnx" in shown.stdout
+        downloaded = cli("jobs", "download", job_id, "-o", str(tmp_path))
+        assert downloaded.returncode == 0, downloaded.stdout + downloaded.stderr
+        onnx = tmp_path / "mlp-int8-model.onnx"
+        session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+        assert session.run(None, {session.get_inputs()[0].name: np.zeros((2, 64), np.float32)})[0].shape == (2, 10)
+
+        missing = cli("jobs", "show", "0" * 32)
+        assert missing.returncode == 2 and "404 Not found" in missing.stdout
+        finished = cli("jobs", "cancel", job_id)
+        assert finished.returncode == 2 and "already finished" in finished.stdout
     finally:
         server.terminate()
         server.wait(timeout=60)
         log.close()
     output = (tmp_path / "serve.log").read_text()
+    secret = (home / "api_key").read_text().strip()
     assert f"Squeezer API on http://127.0.0.1:{port}" in output and secret in output

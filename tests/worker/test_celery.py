@@ -13,7 +13,7 @@ from squeezer.api import create_app
 from squeezer.api.keys import create_key
 from squeezer.db.migrate import upgrade
 from squeezer.settings import Settings
-from tests.worker.helpers import upload_digits_job_inputs, wait_for_job
+from tests.helpers import upload_digits_job_inputs, wait_for_job
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from squeezer.db import Export, Job, JobMetric
 from squeezer.db.migrate import upgrade
 from squeezer.settings import Settings
 from squeezer.worker.execute import execute_job
-from tests.worker.helpers import RecordingQueue, upload_digits_job_inputs
+from tests.helpers import RecordingQueue, upload_digits_job_inputs
 
 
 @pytest.fixture

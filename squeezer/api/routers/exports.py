@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
 
 from squeezer.api.deps import CurrentKey, SessionDep, StoreDep
 from squeezer.api.errors import ApiError
 from squeezer.api.routers.jobs import owned_job
+from squeezer.api.schemas import ExportRead
 from squeezer.db import Export
 from squeezer.db.models import EXPORT_FILENAMES
 
@@ -21,14 +21,6 @@ MEDIA_TYPES = {
     "compressed_graph": "text/vnd.graphviz",
     "log": "text/plain; charset=utf-8",
 }
-
-
-class ExportRead(BaseModel):
-    kind: str
-    filename: str
-    size_bytes: int
-    sha256: str
-    url: str
 
 
 def _read(job_id: str, export: Export) -> ExportRead:

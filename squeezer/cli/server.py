@@ -1,35 +1,25 @@
-"""`squeezer` command line: run the service on the embedded defaults, a worker, keys, migrations.
-
-squeezer serve            # migrations, a local API key, one worker process, the API on :8000
-squeezer worker           # a worker against SQUEEZER_DATABASE_URL / SQUEEZER_BROKER_URL
-squeezer keys create NAME
-squeezer db upgrade | downgrade
-"""
+"""Commands that run the service: serve (embedded defaults), worker, keys, db migrations."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import typer
 from sqlalchemy.orm import Session, sessionmaker
 
 from squeezer.settings import Settings, get_settings
 
-app = typer.Typer(help="Squeezer: accuracy-aware neural-network compression.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-app.add_typer(db_app, name="db")
-
-KEY_FILE = "api_key"
 
 
-def key_file(settings: Settings) -> Path:
-    """Where `serve` keeps the local key, so the CLI and the SDK find it without configuration."""
-    return settings.home / KEY_FILE
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(db_app, name="db")
+    app.command()(worker)
+    app.command()(serve)
 
 
 def _sessions(settings: Settings) -> sessionmaker[Session]:
@@ -67,7 +57,6 @@ def keys_create(name: str) -> None:
     typer.echo(secret)
 
 
-@app.command()
 def worker() -> None:
     """Run one worker process (one per GPU; CPU when there is none)."""
     from squeezer.worker.celery_app import run_worker
@@ -75,7 +64,6 @@ def worker() -> None:
     run_worker(get_settings())
 
 
-@app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """The API and one worker on the embedded defaults (SQLite, SQLite broker, local files)."""
     import uvicorn
@@ -87,7 +75,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url())
-    path = key_file(settings)
+    path = settings.key_file()
     if not path.exists():
         with _sessions(settings)() as session:
             _, secret = create_key(session, "local")
@@ -102,11 +90,3 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     finally:
         worker_process.terminate()
         worker_process.wait(timeout=30)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

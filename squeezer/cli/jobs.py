@@ -1,0 +1,191 @@
+"""Commands that use the service through the SDK: submit, and jobs ls | show | watch | cancel | download.
+
+The URL and key come from --url / --api-key, SQUEEZER_URL / SQUEEZER_API_KEY, or the key file that
+`squeezer serve` writes. Failures print the service's message and exit with status 2; `watch` and
+`submit --watch` exit with 1 when the job did not succeed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Column, Table
+
+from squeezer.client import Client, ClientError, JobRead
+
+jobs_app = typer.Typer(help="Follow, cancel and download jobs.", no_args_is_help=True)
+console = Console()
+UrlOption = Annotated[str | None, typer.Option("--url", envvar="SQUEEZER_URL", help="the service's URL")]
+KeyOption = Annotated[str | None, typer.Option("--api-key", envvar="SQUEEZER_API_KEY", help="an API key")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(submit)
+    app.add_typer(jobs_app, name="jobs")
+
+
+@contextmanager
+def _client(url: str | None, api_key: str | None) -> Iterator[Client]:
+    try:
+        with Client(url, api_key) as client:
+            yield client
+    except ClientError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _recipe(recipe: str | None, epochs: int | None, lr: float | None) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if recipe:
+        text = Path(recipe).read_text(encoding="utf-8") if Path(recipe).is_file() else recipe
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"not a JSON file or JSON object: {exc}", param_hint="--recipe") from exc
+    if epochs is not None:
+        values["epochs"] = epochs
+    if lr is not None:
+        values["lr"] = lr
+    return values
+
+
+def _finished(job: JobRead) -> None:
+    colour = {"succeeded": "green", "failed": "red"}.get(job.status, "yellow")
+    console.print(f"job {job.id} [{colour}]{job.status}[/{colour}]" + (f": {job.error}" if job.error else ""))
+    if job.status != "succeeded":
+        raise typer.Exit(1)
+
+
+def submit(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a torch.export archive (.pt2)")],
+    config: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="NNCF config JSON")],
+    train: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="training data, .npz or .safetensors")],
+    val: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="validation data, .npz or .safetensors")],
+    recipe: Annotated[str | None, typer.Option(help="training recipe: a JSON file or inline JSON")] = None,
+    epochs: Annotated[int | None, typer.Option(help="recipe epochs (configs without accuracy-aware training)")] = None,
+    lr: Annotated[float | None, typer.Option(help="recipe learning rate")] = None,
+    name: Annotated[str | None, typer.Option(help="job name (default: the model file's name)")] = None,
+    priority: Annotated[int, typer.Option(min=0, max=9)] = 0,
+    watch: Annotated[bool, typer.Option(help="follow the job with a progress bar until it ends")] = False,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Upload a model, a config and data, and submit a compression job."""
+    with _client(url, api_key) as client:
+        model_artifact = client.artifacts.upload(model, "model")
+        config_artifact = client.artifacts.upload(config, "config")
+        train_artifact = client.artifacts.upload(train, "dataset")
+        val_artifact = client.artifacts.upload(val, "dataset")
+        job = client.jobs.create(
+            name or model.stem,
+            model_artifact,
+            config_artifact,
+            train_artifact,
+            val_artifact,
+            _recipe(recipe, epochs, lr),
+            priority,
+        )
+        console.print(f"submitted job {job.id} ({job.status})")
+        if watch:
+            _finished(client.jobs.wait(job, progress=True))
+
+
+@jobs_app.command("ls")
+def list_jobs(
+    status: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """The newest jobs of this key."""
+    with _client(url, api_key) as client:
+        page = client.jobs.list(status=status, limit=limit)  # type: ignore[arg-type]  # the service names bad values
+    table = Table(
+        Column("id", no_wrap=True, min_width=32),  # ids are copied from here: never wrapped
+        "name",
+        Column("status", no_wrap=True),
+        "epoch",
+        "metric",
+        "rate",
+        "created",
+    )
+    for job in page.items:
+        metric = f"{job.current_metric:.4g}" if job.current_metric is not None else ""
+        rate = f"{job.compression_rate:.3g}" if job.compression_rate is not None else ""
+        total = f"/{job.total_epochs}" if job.total_epochs else ""
+        table.add_row(
+            job.id, job.name, job.status, f"{job.epoch}{total}", metric, rate, f"{job.created_at:%Y-%m-%d %H:%M}"
+        )
+    console.print(table)
+    console.print(f"{len(page.items)} of {page.total}")
+
+
+@jobs_app.command("show")
+def show(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
+    """A job's state, its per-epoch history and its exports."""
+    with _client(url, api_key) as client:
+        job, metrics, exports = client.jobs.get(job_id), client.jobs.metrics(job_id), client.jobs.exports(job_id)
+    summary = Table(show_header=False)
+    for field, value in job.model_dump().items():
+        if value is not None:
+            summary.add_row(field, str(value))
+    console.print(summary)
+    if metrics:
+        history = Table("epoch", "stage", "metric", "budget", "rate", "loss", "seconds", title="metrics")
+        for m in metrics:
+            rate = "" if m.compression_rate is None else f"{m.compression_rate:.3g}"
+            loss = "" if m.loss is None else f"{m.loss:.4g}"
+            row = (
+                str(m.epoch),
+                m.stage,
+                f"{m.metric:.4g}",
+                f"{m.accuracy_budget:.3g}",
+                rate,
+                loss,
+                f"{m.wall_time_s:.1f}",
+            )
+            history.add_row(*row)
+        console.print(history)
+    if exports:
+        files = Table("kind", "file", "bytes", "sha256", title="exports")
+        for e in exports:
+            files.add_row(e.kind, e.filename, str(e.size_bytes), e.sha256[:16])
+        console.print(files)
+
+
+@jobs_app.command("watch")
+def watch_job(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
+    """Follow a job with a progress bar until it ends; exit status 1 unless it succeeded."""
+    with _client(url, api_key) as client:
+        job = client.jobs.wait(job_id, progress=True)
+    _finished(job)
+
+
+@jobs_app.command("cancel")
+def cancel(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
+    """Stop a job: a queued one at once, a running one after its current epoch (what it made is kept)."""
+    with _client(url, api_key) as client:
+        job = client.jobs.cancel(job_id)
+    console.print(f"job {job.id} {job.status}")
+
+
+@jobs_app.command("download")
+def download(
+    job_id: str,
+    kind: Annotated[
+        str, typer.Option(help="onnx, stripped, checkpoint, original_graph, compressed_graph, log")
+    ] = "onnx",
+    output: Annotated[Path, typer.Option("-o", "--output", help="a file, or a folder for the service's name")] = Path(),
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Download one of a job's exports (checked against its SHA-256)."""
+    with _client(url, api_key) as client:
+        path = client.jobs.download(job_id, kind, output)
+    console.print(f"wrote {path}")

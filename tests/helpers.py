@@ -1,0 +1,86 @@
+"""Helpers shared by the tests that run jobs through the API: real inputs, and waiting for a result."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+import numpy as np
+import torch
+import uvicorn
+
+from squeezer.examples.digits import digits_tensors
+from squeezer.examples.models import MLP
+
+
+def write_digits_job_files(folder):
+    """An MLP as a .pt2 archive and digits train/val .npz files on disk; returns their paths."""
+    torch.manual_seed(0)
+    program = torch.export.export(
+        MLP(hidden=32).eval(), (torch.rand(2, 64),), dynamic_shapes=({0: torch.export.Dim("b", min=1)},)
+    )
+    paths = {"model": folder / "m.pt2", "train": folder / "train.npz", "val": folder / "val.npz"}
+    torch.export.save(program, paths["model"])
+    x, y = digits_tensors(image_size=None)
+    for name, sl in (("train", slice(0, 1200)), ("val", slice(1200, None))):
+        np.savez(paths[name], x=x[sl].numpy(), y=y[sl].numpy())
+    return paths
+
+
+def upload_digits_job_inputs(client, headers, tmp_path):
+    """The files of `write_digits_job_files`, uploaded; returns their artifact ids."""
+    paths = write_digits_job_files(tmp_path)
+    ids = {}
+    for name, kind in (("train", "dataset"), ("val", "dataset"), ("model", "model")):
+        response = client.post(
+            "/v1/artifacts",
+            headers=headers,
+            data={"kind": kind},
+            files={"file": (paths[name].name, paths[name].read_bytes())},
+        )
+        ids[name] = response.json()["id"]
+    return ids
+
+
+def wait_for_job(client, headers, job_id, timeout=180.0):
+    """Poll until the job succeeded or failed (or the timeout passed); returns the last status."""
+    deadline = time.monotonic() + timeout
+    status = "queued"
+    while status not in ("succeeded", "failed") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = client.get(f"/v1/jobs/{job_id}", headers=headers).json()["status"]
+    return status
+
+
+class RecordingQueue:
+    """A `JobQueue` that keeps what it was given: for tests that run jobs by hand, or not at all."""
+
+    def __init__(self, reachable=True):
+        self.jobs = []
+        self.reachable = reachable
+
+    def enqueue(self, job_id, priority):
+        self.jobs.append((job_id, priority))
+
+    def ping(self):
+        if not self.reachable:
+            raise ConnectionError("broker down (test)")
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """Serve `app` with uvicorn on a free loopback port in a thread; yields the base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
