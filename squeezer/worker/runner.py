@@ -211,6 +211,7 @@ def run_job(
     if nncf_config.model.input_info is None:
         nncf_config["input_info"] = {"sample_size": list(shape)}
     register_default_init_args(nncf_config, init_loader, device=device)
+    original_keys = set(model.state_dict())
     ctrl, cmodel = create_compressed_model(model, nncf_config)
 
     def train_epoch_fn(
@@ -269,7 +270,7 @@ def run_job(
     except JobCancelled:
         status = "cancelled"
         metric, rate = (records[-1]["metric"], records[-1]["compression_rate"]) if records else (None, None)
-    artifacts = _write_outputs(ctrl, cmodel, workdir)
+    artifacts = _write_outputs(ctrl, cmodel, workdir, original_keys)
     logger.info("%s: metric %s, compression rate %s; wrote %s", status, metric, rate, ", ".join(sorted(artifacts)))
     return JobResult(
         status,
@@ -283,7 +284,24 @@ def run_job(
     )
 
 
-def _write_outputs(ctrl: Any, model: nn.Module, workdir: Path) -> dict[str, str]:
+def plain_state_dict(stripped: nn.Module, keys: set[str]) -> dict[str, torch.Tensor]:
+    """The stripped model's tensors under the original model's keys: a parametrized weight is stored
+    as its effective (fake-quantized, masked) value, so `load_state_dict` on the user's class takes it."""
+    marker = ".parametrizations.weight.original"
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for key, value in stripped.state_dict().items():
+            if key.endswith(marker):
+                key, value = (
+                    key.removesuffix(marker) + ".weight",
+                    stripped.get_submodule(key.removesuffix(marker)).weight,
+                )
+            if key in keys:
+                out[key] = value.detach().cpu().clone()
+    return out
+
+
+def _write_outputs(ctrl: Any, model: nn.Module, workdir: Path, model_keys: set[str]) -> dict[str, str]:
     """The verified ONNX, the stripped weights, the checkpoint to resume compression elsewhere, the graphs."""
     from safetensors.torch import save_file
 
@@ -296,8 +314,7 @@ def _write_outputs(ctrl: Any, model: nn.Module, workdir: Path) -> dict[str, str]
         {"state_dict": model.state_dict(), "compression_state": ctrl.get_compression_state()}, paths["checkpoint"]
     )
     # safetensors, not a pickle: whoever downloads the weights can load them without trusting us
-    stripped = {k: v.detach().cpu().clone() for k, v in ctrl.strip().state_dict().items()}
-    save_file(stripped, str(paths["stripped"]))
+    save_file(plain_state_dict(ctrl.strip(), model_keys), str(paths["stripped"]))
     for name in ("original_graph.dot", "compressed_graph.dot"):
         if (workdir / name).exists():
             paths[name.removesuffix(".dot")] = workdir / name
