@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test lint bench
+.PHONY: install system-deps demo demo-library serve test lint bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -11,15 +11,29 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-demo: install  ## compress a digits CNN to INT8 and export ONNX
+demo: install  ## the service on the embedded defaults: a digits CNN in, a verified INT8 ONNX out
+	$(PY) -m squeezer.examples.service_demo
+
+demo-library: install  ## the same compression with the library only, in-process
 	$(PY) -m squeezer.examples.demo
+
+serve: install  ## the API and one worker on the embedded defaults, until Ctrl-C
+	$(VENV)/bin/squeezer serve
+
+# the servers the service tests start for real (Redis, PostgreSQL); installed only when missing
+system-deps:
+	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends redis-server postgresql; \
+	fi
 
 lint: install
 	$(PY) -m ruff check squeezer tests bench
 	$(PY) -m ruff format --check squeezer tests bench
 	$(PY) -m mypy
 
-test: lint  ## what CI runs
+test: lint system-deps  ## what CI runs
 	$(PY) -m pytest -q
 
 bench: install

@@ -53,3 +53,25 @@ def cnn_config(tmp_path):
         }
 
     return make
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real Redis, started once for the session (only when a test asks for it)."""
+    from tests.servers import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL, started once for the session (only when a test asks for it)."""
+    from tests.servers import PostgresServer
+
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()

@@ -71,7 +71,7 @@ class RecordingQueue:
 @contextlib.contextmanager
 def live_server(app):
     """Serve `app` with uvicorn on a free loopback port in a thread; yields the base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

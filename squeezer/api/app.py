@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from squeezer.api import errors
@@ -22,8 +25,19 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
         from squeezer.worker.celery_app import CeleryQueue, create_celery
 
         queue = CeleryQueue(create_celery(settings))
-    app = FastAPI(title="Squeezer", version="0.1.0", description="Accuracy-aware neural-network compression jobs")
     engine = make_engine(settings.resolved_database_url())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()  # close pooled connections on shutdown
+
+    app = FastAPI(
+        title="Squeezer",
+        version="0.1.0",
+        description="Accuracy-aware neural-network compression jobs",
+        lifespan=lifespan,
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_session_factory(engine)

@@ -49,6 +49,7 @@ class JobRead(BaseModel):
     best_metric: float | None
     compression_rate: float | None
     accuracy_budget: float | None
+    result: dict[str, Any] | None = Field(None, description="final statistics, metric and rate of a finished job")
     error: str | None
     created_at: datetime
     started_at: datetime | None

@@ -56,7 +56,9 @@ class JobProgress:
     def job(self, job: JobRead) -> None:
         self._job = job
         if self._bar is not None:
-            self._bar.update(self._task, completed=job.epoch, total=job.total_epochs, status=self._status(job))
+            total = job.total_epochs
+            done = total if job.status == "succeeded" and total else job.epoch  # early exit ends before the total
+            self._bar.update(self._task, completed=done, total=total, status=self._status(job))
 
     def metric(self, metric: MetricRead) -> None:
         if self._bar is not None:

@@ -21,22 +21,30 @@ def digits_tensors(image_size: int | None = 32) -> tuple[torch.Tensor, torch.Ten
     return x, y
 
 
+Split = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def digits_split(image_size: int | None = 32, seed: int = 0, val_fraction: float = 0.25) -> Split:
+    """Deterministic ((x, y) train, (x, y) validation) split of the 1,797 digits."""
+    x, y = digits_tensors(image_size)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = int(len(x) * val_fraction)
+    val, train = perm[:n_val], perm[n_val:]
+    return (x[train], y[train]), (x[val], y[val])
+
+
 def digits_loaders(
     image_size: int | None = 32, batch_size: int = 64, seed: int = 0, val_fraction: float = 0.25
 ) -> tuple[DataLoader, DataLoader]:
-    """Deterministic train/validation split of the 1,797 digits."""
-    x, y = digits_tensors(image_size)
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(x), generator=g)
-    n_val = int(len(x) * val_fraction)
-    val, train = perm[:n_val], perm[n_val:]
+    """Loaders over `digits_split` (training shuffled, reproducibly)."""
+    (x_train, y_train), (x_val, y_val) = digits_split(image_size, seed, val_fraction)
     train_loader = DataLoader(
-        TensorDataset(x[train], y[train]),
+        TensorDataset(x_train, y_train),
         batch_size=batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
     )
-    val_loader = DataLoader(TensorDataset(x[val], y[val]), batch_size=256)
+    val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=256)
     return train_loader, val_loader
 
 

@@ -1,0 +1,111 @@
+"""The product end to end on the embedded defaults: start `squeezer serve` (SQLite, a SQLite broker,
+files under ./.squeezer), submit a digits CNN with an INT8 + early-exit config through the SDK, follow it,
+download the verified ONNX and run it in onnxruntime.
+
+python -m squeezer.examples.service_demo [--home .squeezer] [--port 8000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from squeezer.client import Client
+from squeezer.examples.digits import accuracy, digits_loaders, digits_split, train_epoch
+from squeezer.examples.models import ResidualCNN
+
+CONFIG = {
+    "input_info": {"sample_size": [1, 1, 32, 32]},
+    "compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 256}}},
+    "accuracy_aware_training": {
+        "mode": "early_exit",
+        "params": {"maximal_absolute_accuracy_degradation": 1.0, "maximal_total_epochs": 4},
+    },
+}
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"squeezer serve exited with {server.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"the service at {url} did not become ready in {timeout:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, default=Path(".squeezer"))
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    if not _port_is_free(args.port):
+        raise SystemExit(f"port {args.port} is taken; pass --port")
+
+    torch.manual_seed(0)
+    train, val = digits_loaders(image_size=32)
+    model = ResidualCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 5)
+    for _ in range(5):
+        train_epoch(model, train, optimizer)
+        schedule.step()
+    print(f"trained a digits CNN: FP32 accuracy {accuracy(model, val):.2f}%")
+
+    url = f"http://127.0.0.1:{args.port}"
+    env = {**os.environ, "SQUEEZER_HOME": str(args.home)}
+    args.home.mkdir(parents=True, exist_ok=True)
+    log_path = args.home / "serve.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "squeezer.cli", "serve", "--port", str(args.port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_ready(url, server)
+        print(f"squeezer serve is up on {url} (log: {log_path})")
+        os.environ["SQUEEZER_HOME"] = str(args.home)  # the SDK finds the key file serve wrote
+        train_xy, (x_val, y_val) = digits_split(image_size=32)  # the split the model was trained on
+        with Client(url) as client:
+            job = client.compress(model, torch.rand(1, 1, 32, 32), CONFIG, train_xy, (x_val, y_val), {"lr": 1e-4})
+            print(f"submitted job {job.id}")
+            job = client.jobs.wait(job, progress=True)
+            if job.status != "succeeded":
+                raise SystemExit(f"job {job.status}: {job.error}")
+            onnx = client.jobs.download(job, "onnx", args.home / "demo" / "model.int8.onnx")
+            metrics = client.jobs.metrics(job)
+        print(f"epochs: {[(m.epoch, round(m.metric, 2)) for m in metrics]}")
+        session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+        logits = session.run(None, {session.get_inputs()[0].name: x_val.numpy()})[0]
+        int8 = 100.0 * float((np.argmax(logits, 1) == y_val.numpy()).mean())
+        print(f"INT8 ONNX: {onnx} ({onnx.stat().st_size / 1024:.0f} KiB)")
+        uncompressed = (job.result or {}).get("uncompressed_metric")
+        print(f"onnxruntime accuracy {int8:.2f}% (the job measured FP32 at {uncompressed:.2f}%; allowed drop 1.0)")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
