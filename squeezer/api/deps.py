@@ -37,14 +37,15 @@ def get_current_key(request: Request, session: SessionDep) -> ApiKey:
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
 
 
-def get_store(request: Request) -> LocalStore:
+# trivial dependencies are async so they run on the event loop instead of costing a threadpool hop each
+async def get_store(request: Request) -> LocalStore:
     return request.app.state.store
 
 
 StoreDep = Annotated[LocalStore, Depends(get_store)]
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 

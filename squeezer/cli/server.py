@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Annotated
 
 import typer
 from sqlalchemy.orm import Session, sessionmaker
@@ -57,10 +58,14 @@ def keys_create(name: str) -> None:
     typer.echo(secret)
 
 
-def worker() -> None:
+def worker(
+    nice: Annotated[int, typer.Option(min=0, max=19, help="lower the worker's CPU priority by this much")] = 0,
+) -> None:
     """Run one worker process (one per GPU; CPU when there is none)."""
     from squeezer.worker.celery_app import run_worker
 
+    if nice:
+        os.nice(nice)
     run_worker(get_settings())
 
 
@@ -83,7 +88,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         path.chmod(0o600)
     secret = path.read_text(encoding="utf-8").strip()
     env = {**os.environ, "SQUEEZER_HOME": str(settings.home)}
-    worker_process = subprocess.Popen([sys.executable, "-m", "squeezer.worker.celery_app"], env=env)
+    # training takes every core it gets; on one machine the API must still answer status polls promptly
+    worker_process = subprocess.Popen([sys.executable, "-m", "squeezer.cli", "worker", "--nice", "10"], env=env)
     typer.echo(f"Squeezer API on http://{host}:{port} (docs: /docs)\nAPI key: {secret}\nkey file: {path}")
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

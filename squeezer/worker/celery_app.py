@@ -64,7 +64,7 @@ class CeleryQueue:
 
 
 def run_worker(settings: Settings | None = None, concurrency: int = 1) -> None:
-    """A worker process (the future `squeezer worker`): solo pool, one job at a time."""
+    """A worker process (`squeezer worker`): solo pool, one job at a time."""
     create_celery(settings).worker_main(
         [
             "worker",
