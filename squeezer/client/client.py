@@ -284,7 +284,8 @@ class Jobs:
         timeout = httpx.Timeout(10.0, read=read_timeout)
         with self._c.stream("GET", f"/v1/jobs/{_id(job)}/events", headers=headers, timeout=timeout) as response:
             for sse in EventSource(response).iter_sse():
-                yield JobEvent(sse.event, sse.id or None, sse.json())
+                if sse.data:  # keep-alive comments arrive as events without data
+                    yield JobEvent(sse.event, sse.id or None, sse.json())
 
     def wait(self, job: str | JobRead, progress: bool = False, timeout: float | None = None) -> JobRead:
         """Follow the job until it succeeded, failed or was cancelled, and return it.

@@ -74,6 +74,7 @@ class Artifact(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     storage_path: Mapped[str] = mapped_column(Text)
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # shapes read at upload (never by unpickling)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 

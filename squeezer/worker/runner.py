@@ -71,7 +71,7 @@ def load_dataset(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 
             arrays = load_file(str(path))
         else:
-            with np.load(path, allow_pickle=False) as npz:
+            with path.open("rb") as handle, np.load(handle, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:
         raise JobInputError(f"{path.name} is not a readable .npz or .safetensors file: {exc}") from exc

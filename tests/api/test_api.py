@@ -159,6 +159,50 @@ def test_bad_job_requests(api, artifacts, change, status, message):
     assert api.get("/v1/jobs", headers=api.alice).json()["total"] == 0  # nothing stored
 
 
+def _npz(**arrays):
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        (
+            {"x": np.zeros((8, 32), np.float32), "y": np.zeros(8, np.int64)},
+            r"samples have shape \(32,\), the model takes \(64,\)",
+        ),
+        ({"x": np.zeros((8, 64), np.float32), "y": np.arange(8) * 2}, r"labels must be in \[0, 9\], found \[0, 14\]"),
+        ({"x": np.zeros((8, 64), np.float32), "y": np.zeros(8, np.float32)}, "must be a 1-D integer array"),
+        ({"x": np.zeros((8, 64), np.float32), "y": -np.ones(8, np.int64)}, r"found \[-1, -1\]"),
+    ],
+)
+def test_data_that_does_not_fit_the_model_is_refused_at_submit(api, artifacts, arrays, message):
+    model, _ = artifacts
+    bad = upload(api, api.alice, "dataset", "bad.npz", _npz(**arrays)).json()
+    good = upload(api, api.alice, "dataset", "good.npz", npz_bytes()).json()
+    body = {"name": "x", "model": model["id"], "config": CONFIG, "train_data": good["id"], "val_data": bad["id"]}
+    response = api.post("/v1/jobs", headers=api.alice, json=body)
+    assert response.status_code == 422 and response.json()["path"] == "$.val_data", response.text
+    assert re.search(message, response.json()["detail"]) and response.json()["detail"].startswith("val_data: ")
+    assert api.get("/v1/jobs", headers=api.alice).json()["total"] == 0 and api.queued == []
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_npz(x=np.array([{"os": "system"}], dtype=object), y=np.zeros(1, np.int64)), "not a readable"),  # a pickle
+        (_npz(x=np.zeros((4, 64), np.float32)), "must hold arrays 'x' and 'y'"),
+        (_npz(x=np.zeros((4, 64), np.float32), y=np.zeros(3, np.int64)), "the same number of samples"),
+        (b"PK\x03\x04 truncated", "not a readable"),
+    ],
+)
+def test_unreadable_datasets_are_refused_at_upload(api, data, message):
+    response = upload(api, api.alice, "dataset", "d.npz", data)
+    assert response.status_code == 422 and message in response.json()["detail"], response.text
+    assert not [p for p in api.app.state.store.root.rglob("*") if p.is_file()]  # nothing kept
+
+
 def test_wrong_kind_bad_files_and_limits(api, artifacts):
     model, data = artifacts
     body = {"name": "x", "model": data["id"], "config": CONFIG, "train_data": data["id"], "val_data": data["id"]}

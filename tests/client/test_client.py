@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 
+import fastapi.routing
 import onnxruntime as ort
 import pytest
 import torch
@@ -47,8 +48,9 @@ def service(tmp_path):
         yield app, queue, client, other
 
 
-def test_compress_wait_and_download(service, tmp_path):
+def test_compress_wait_and_download(service, tmp_path, monkeypatch):
     app, queue, client, other = service
+    monkeypatch.setattr(fastapi.routing, "_PING_INTERVAL", 0.05)  # keep-alives between events, as on long jobs
     torch.manual_seed(0)
     x, y = digits_tensors(image_size=None)
     job = client.compress(

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from squeezer.api import create_app
 from squeezer.api.keys import create_key
-from squeezer.db import Export, Job, JobMetric
+from squeezer.db import Artifact, Export, Job, JobMetric
 from squeezer.db.migrate import upgrade
 from squeezer.settings import Settings
 from squeezer.worker.execute import execute_job
@@ -112,13 +112,22 @@ def test_exports_download_with_etag_and_events_replay_the_history(service):
     assert [i for _, i, _ in resumed if i] == ["epoch-1"]
 
 
-def test_bad_data_fails_the_job_with_its_reason(service):
+def test_bad_data_is_refused_at_submit_and_fails_the_job_in_the_worker(service):
     app, client, headers, ids, _, tmp_path = service
     buf = io.BytesIO()
     np.savez(buf, x=np.zeros((4, 32), np.float32), y=np.zeros(4, np.int64))
     wrong = client.post(
         "/v1/artifacts", headers=headers, data={"kind": "dataset"}, files={"file": ("wrong.npz", buf.getvalue())}
     ).json()["id"]
+    body = {"name": "job", "model": ids["model"], "config": {"compression": {"algorithm": "quantization"}}}
+    refused = client.post("/v1/jobs", headers=headers, json={**body, "train_data": wrong, "val_data": ids["val"]})
+    assert refused.status_code == 422
+    assert refused.json()["detail"] == "train_data: samples have shape (32,), the model takes (64,)"
+
+    # an archive whose layout the API cannot read has no recorded shapes: the worker's own check decides
+    with app.state.sessions() as session:
+        session.get(Artifact, ids["model"]).meta = None
+        session.commit()
     job_id = submit(client, headers, {**ids, "train": wrong}, {"compression": {"algorithm": "quantization"}})
     assert execute_job(job_id, app.state.sessions, app.state.store, tmp_path / "work") == "failed"
     job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Form, Request, UploadFile
 from sqlalchemy import select
 
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from squeezer.api.errors import ApiError
+from squeezer.api.inspection import dataset_summary, model_signature
 from squeezer.api.schemas import ArtifactRead
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.db import Artifact, ArtifactKind
@@ -26,8 +27,8 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _check_content(kind: str, filename: str, head: bytes, store: LocalStore, key: str) -> None:
-    """What a model, a dataset and a config must look like; nothing is deserialized."""
+def _check_content(kind: str, filename: str, head: bytes, store: LocalStore, key: str) -> dict[str, Any] | None:
+    """What a model, a dataset and a config must look like (nothing is unpickled); returns what was learnt."""
     if kind == "model" and not head.startswith(ZIP_MAGIC):
         raise ApiError(422, "Invalid model archive", f"{filename} is not a torch.export archive (.pt2 zip file)")
     if kind == "dataset":
@@ -43,6 +44,10 @@ def _check_content(kind: str, filename: str, head: bytes, store: LocalStore, key
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(422, "Invalid compression config", f"{filename} is not JSON: {exc}") from exc
         NNCFConfig.validate(data)  # ConfigError -> 422 with the JSON path
+        return None
+    if kind == "model":
+        return model_signature(store.path(key))
+    return dataset_summary(store.path(key), filename)
 
 
 @router.post("", status_code=201, response_model=ArtifactRead)
@@ -63,7 +68,7 @@ async def upload_artifact(
     with store.path(stored.key).open("rb") as f:
         head = f.read(8)
     try:
-        _check_content(kind, filename, head, store, stored.key)
+        meta = _check_content(kind, filename, head, store, stored.key)
     except Exception:
         # a rejected upload leaves nothing behind (unless the same bytes belong to a stored artifact)
         if session.scalars(select(Artifact).where(Artifact.sha256 == stored.sha256)).first() is None:
@@ -83,6 +88,7 @@ async def upload_artifact(
         size_bytes=stored.size_bytes,
         sha256=stored.sha256,
         storage_path=stored.key,
+        meta=meta,
     )
     session.add(artifact)
     session.commit()

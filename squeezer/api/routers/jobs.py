@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from squeezer.api.deps import CurrentKey, SessionDep, StoreDep
 from squeezer.api.errors import ApiError
+from squeezer.api.inspection import check_job_data
 from squeezer.api.routers.artifacts import owned_artifact
 from squeezer.api.schemas import JobCreate, JobPage, JobRead, MetricRead, Status
 from squeezer.compression.config.nncf_config import NNCFConfig
@@ -33,12 +34,12 @@ def _artifact_of_kind(session: SessionDep, key: ApiKey, artifact_id: str, kind: 
 
 @router.post("", status_code=201, response_model=JobRead)
 def create_job(body: JobCreate, request: Request, key: CurrentKey, session: SessionDep, store: StoreDep) -> Job:
-    spec: dict[str, Any] = {
-        "model": _artifact_of_kind(session, key, body.model, ArtifactKind.model, "model").id,
-        "train_data": _artifact_of_kind(session, key, body.train_data, ArtifactKind.dataset, "train_data").id,
-        "val_data": _artifact_of_kind(session, key, body.val_data, ArtifactKind.dataset, "val_data").id,
-        "recipe": body.recipe.model_dump(),
-    }
+    model_artifact = _artifact_of_kind(session, key, body.model, ArtifactKind.model, "model")
+    spec: dict[str, Any] = {"model": model_artifact.id, "recipe": body.recipe.model_dump()}
+    for field in ("train_data", "val_data"):
+        data = _artifact_of_kind(session, key, getattr(body, field), ArtifactKind.dataset, field)
+        check_job_data(model_artifact.meta, data.meta, body.recipe.task, field)  # 422 before anything is queued
+        spec[field] = data.id
     if isinstance(body.config, str):
         artifact = _artifact_of_kind(session, key, body.config, ArtifactKind.config, "config")
         config = json.loads(store.path(artifact.storage_path).read_text(encoding="utf-8"))

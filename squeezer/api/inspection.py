@@ -1,0 +1,141 @@
+"""What the API may learn from an upload without running it: a `.pt2` archive's input and output shapes
+(from the JSON graph inside it; its pickled parts are never opened) and a dataset's array shapes, dtypes
+and label range (read with `allow_pickle=False`). Jobs whose data do not fit are refused at submit time;
+the worker checks again on the real tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from squeezer.api.errors import ApiError
+
+
+def _dim(size: dict[str, Any]) -> int | None:
+    return size.get("as_int")  # None: a symbolic (dynamic) dimension
+
+
+def model_signature(path: Path) -> dict[str, Any] | None:
+    """{"inputs": [[None, 1, 32, 32]], "outputs": [[None, 10]]} from `models/model.json`; None if unreadable."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("models/model.json"))
+            program = json.loads(archive.read(name))
+        graph = program["graph_module"]["graph"]
+        signature = program["graph_module"]["signature"]
+
+        def shapes(specs: list[dict[str, Any]], key: str) -> list[list[int | None]]:
+            found = []
+            for spec in specs:
+                tensor = spec.get(key, {}).get("arg", {}).get("as_tensor")
+                if tensor is not None:
+                    found.append([_dim(s) for s in graph["tensor_values"][tensor["name"]]["sizes"]])
+            return found
+
+        return {
+            "inputs": shapes(signature["input_specs"], "user_input"),
+            "outputs": shapes(signature["output_specs"], "user_output"),
+        }
+    except (zipfile.BadZipFile, StopIteration, KeyError, TypeError, ValueError):
+        return None  # an archive layout this torch does not write; the worker still checks
+
+
+def _summary(x: np.ndarray | Any, y: np.ndarray) -> dict[str, Any]:
+    integer = np.issubdtype(y.dtype, np.integer)
+    return {
+        "x_shape": list(x.shape),
+        "x_dtype": str(x.dtype),
+        "y_shape": list(y.shape),
+        "y_dtype": str(y.dtype),
+        "y_min": int(y.min()) if integer and y.size else None,
+        "y_max": int(y.max()) if integer and y.size else None,
+    }
+
+
+def dataset_summary(path: Path, filename: str) -> dict[str, Any]:
+    """Shapes and label range of a `.npz` / `.safetensors` dataset; 422 when it is not one."""
+    try:
+        if filename.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="numpy") as f:
+                if not {"x", "y"} <= set(f.keys()):
+                    raise ApiError(
+                        422, "Invalid dataset", f"{filename} must hold arrays 'x' and 'y'; has {sorted(f.keys())}"
+                    )
+                x_slice = f.get_slice("x")
+                x_shape, x_dtype = x_slice.get_shape(), x_slice.get_dtype()
+                summary = _summary(np.empty((0,)), f.get_tensor("y"))
+                summary.update(x_shape=list(x_shape), x_dtype=str(x_dtype))
+        else:
+            with (
+                path.open("rb") as handle,
+                np.load(handle, allow_pickle=False) as npz,
+            ):  # numpy leaks its own handle on bad zips
+                if not {"x", "y"} <= set(npz.files):
+                    raise ApiError(
+                        422, "Invalid dataset", f"{filename} must hold arrays 'x' and 'y'; has {sorted(npz.files)}"
+                    )
+                summary = _summary(npz["x"], npz["y"])
+    except ApiError:
+        raise
+    except Exception as exc:  # pickled object arrays, truncated files, wrong headers
+        raise ApiError(422, "Invalid dataset", f"{filename} is not a readable .npz / .safetensors file: {exc}") from exc
+    if not summary["x_shape"] or not summary["y_shape"] or summary["x_shape"][0] != summary["y_shape"][0]:
+        raise ApiError(
+            422,
+            "Invalid dataset",
+            f"{filename}: x has shape {summary['x_shape']} and y {summary['y_shape']}; "
+            "they must have the same number of samples",
+        )
+    return summary
+
+
+def check_job_data(model: dict[str, Any] | None, data: dict[str, Any] | None, task: str, field: str) -> None:
+    """422 naming `field` when the dataset cannot feed the model (the same rules as the worker's)."""
+    if data is None:
+        return
+    if model and len(model.get("inputs", [])) == 1:
+        takes = model["inputs"][0][1:]
+        has = data["x_shape"][1:]
+        if len(takes) != len(has) or any(t is not None and t != h for t, h in zip(takes, has, strict=False)):
+            raise ApiError(
+                422,
+                "Data do not fit the model",
+                f"{field}: samples have shape {tuple(has)}, the model takes {tuple(takes)}",
+                path=f"$.{field}",
+            )
+    outputs = model.get("outputs") if model else None
+    single_output = outputs[0] if outputs and len(outputs) == 1 and outputs[0] else None
+    if task == "regression" and single_output is not None:
+        gives, wants = single_output[1:], data["y_shape"][1:]
+        if len(gives) != len(wants) or any(g is not None and g != w for g, w in zip(gives, wants, strict=False)):
+            raise ApiError(
+                422,
+                "Data do not fit the model",
+                f"{field}: regression targets have shape {tuple(wants)}, the model outputs {tuple(gives)}",
+                path=f"$.{field}",
+            )
+    if task == "classification":
+        if data["y_min"] is None or len(data["y_shape"]) != 1:
+            raise ApiError(
+                422,
+                "Data do not fit the model",
+                f"{field}: classification labels must be a 1-D integer array, "
+                f"got {data['y_dtype']} {tuple(data['y_shape'])}",
+                path=f"$.{field}",
+            )
+        classes = single_output[-1] if single_output is not None else None
+        if data["y_min"] < 0 or (classes is not None and data["y_max"] >= classes):
+            allowed = f"[0, {classes - 1}]" if classes is not None else "non-negative"
+            raise ApiError(
+                422,
+                "Data do not fit the model",
+                f"{field}: labels must be in {allowed}, found [{data['y_min']}, {data['y_max']}]",
+                path=f"$.{field}",
+            )
