@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -48,6 +49,12 @@ class LocalStore:
     @staticmethod
     def key_for(sha256: str) -> str:
         return f"{sha256[:2]}/{sha256}"
+
+    def delete_tree(self, prefix: str) -> None:
+        """Remove every file under `prefix` (a job's exports when the job is deleted)."""
+        target = self.path(prefix)
+        if target.is_dir():
+            shutil.rmtree(target)
 
     def save_file(self, key: str, source: str | os.PathLike[str]) -> StoredFile:
         """Copy a local file to `key` atomically (temp file, then rename), hashing it on the way."""

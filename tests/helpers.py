@@ -84,3 +84,20 @@ def live_server(app):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def app_with_two_keys(tmp_path, **settings):
+    """A migrated API on a real SQLite database and store, a recording queue, and keys for alice and bob."""
+    from squeezer.api import create_app
+    from squeezer.api.keys import create_key
+    from squeezer.db.migrate import upgrade
+    from squeezer.settings import Settings
+
+    config = Settings(home=tmp_path, **settings)
+    upgrade(config.resolved_database_url())
+    queue = RecordingQueue()
+    app = create_app(config, queue=queue)
+    with app.state.sessions() as session:
+        _, alice = create_key(session, "alice")
+        _, bob = create_key(session, "bob")
+    return app, queue, alice, bob

@@ -96,46 +96,34 @@ def dataset_summary(path: Path, filename: str) -> dict[str, Any]:
     return summary
 
 
+def _fits(shape: list[int | None], actual: list[int]) -> bool:
+    """`actual` matches `shape`, where None (a dynamic dimension) matches anything."""
+    return len(shape) == len(actual) and all(d is None or d == a for d, a in zip(shape, actual, strict=True))
+
+
 def check_job_data(model: dict[str, Any] | None, data: dict[str, Any] | None, task: str, field: str) -> None:
     """422 naming `field` when the dataset cannot feed the model (the same rules as the worker's)."""
     if data is None:
         return
-    if model and len(model.get("inputs", [])) == 1:
-        takes = model["inputs"][0][1:]
-        has = data["x_shape"][1:]
-        if len(takes) != len(has) or any(t is not None and t != h for t, h in zip(takes, has, strict=False)):
-            raise ApiError(
-                422,
-                "Data do not fit the model",
-                f"{field}: samples have shape {tuple(has)}, the model takes {tuple(takes)}",
-                path=f"$.{field}",
-            )
+
+    def unfit(detail: str) -> ApiError:
+        return ApiError(422, "Data do not fit the model", f"{field}: {detail}", path=f"$.{field}")
+
+    inputs = model.get("inputs") if model else None
+    if inputs and len(inputs) == 1 and not _fits(inputs[0][1:], data["x_shape"][1:]):
+        raise unfit(f"samples have shape {tuple(data['x_shape'][1:])}, the model takes {tuple(inputs[0][1:])}")
     outputs = model.get("outputs") if model else None
-    single_output = outputs[0] if outputs and len(outputs) == 1 and outputs[0] else None
-    if task == "regression" and single_output is not None:
-        gives, wants = single_output[1:], data["y_shape"][1:]
-        if len(gives) != len(wants) or any(g is not None and g != w for g, w in zip(gives, wants, strict=False)):
-            raise ApiError(
-                422,
-                "Data do not fit the model",
-                f"{field}: regression targets have shape {tuple(wants)}, the model outputs {tuple(gives)}",
-                path=f"$.{field}",
-            )
+    output = outputs[0] if outputs and len(outputs) == 1 and outputs[0] else None
+    if task == "regression" and output is not None and not _fits(output[1:], data["y_shape"][1:]):
+        raise unfit(
+            f"regression targets have shape {tuple(data['y_shape'][1:])}, the model outputs {tuple(output[1:])}"
+        )
     if task == "classification":
         if data["y_min"] is None or len(data["y_shape"]) != 1:
-            raise ApiError(
-                422,
-                "Data do not fit the model",
-                f"{field}: classification labels must be a 1-D integer array, "
-                f"got {data['y_dtype']} {tuple(data['y_shape'])}",
-                path=f"$.{field}",
+            raise unfit(
+                f"classification labels must be a 1-D integer array, got {data['y_dtype']} {tuple(data['y_shape'])}"
             )
-        classes = single_output[-1] if single_output is not None else None
+        classes = output[-1] if output is not None else None
         if data["y_min"] < 0 or (classes is not None and data["y_max"] >= classes):
             allowed = f"[0, {classes - 1}]" if classes is not None else "non-negative"
-            raise ApiError(
-                422,
-                "Data do not fit the model",
-                f"{field}: labels must be in {allowed}, found [{data['y_min']}, {data['y_max']}]",
-                path=f"$.{field}",
-            )
+            raise unfit(f"labels must be in {allowed}, found [{data['y_min']}, {data['y_max']}]")

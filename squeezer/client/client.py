@@ -114,27 +114,13 @@ class Client:
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send, retrying as the module docstring says; an error status raises its `ApiError` class."""
-        method = method.upper()
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            response: httpx.Response | None = None
-            try:
-                response = self.http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                # a refused connection sent nothing, so even a POST may go again
-                if last or (method not in SAFE_METHODS and not isinstance(exc, httpx.ConnectError)):
-                    raise errors.ServiceUnavailable(f"{method} {self.url}{path} failed: {exc}") from exc
-            else:
-                if response.status_code < 400:
-                    return response
-                if last or method not in SAFE_METHODS or response.status_code not in RETRY_STATUSES:
-                    raise _problem(response)
-            time.sleep(self._delay(attempt, response))
-        raise AssertionError("unreachable")
+        with self.stream(method, path, **kwargs) as response:
+            response.read()
+        return response
 
     @contextlib.contextmanager
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
-        """A streamed response, retried like `request()` until its status line arrives (not after)."""
+        """A streamed response; failures before its status line arrives are retried (never after)."""
         method = method.upper()
         for attempt in range(self.retries + 1):
             last = attempt == self.retries

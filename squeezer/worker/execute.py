@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import traceback
 from collections.abc import Callable, Iterator
@@ -195,4 +196,5 @@ def execute_job(job_id: str, sessions: sessionmaker[Session], store: LocalStore,
             "uncompressed_metric": result.uncompressed_metric,
         },
     )
+    shutil.rmtree(workdir, ignore_errors=True)  # everything worth keeping is in the store now
     return status.value

@@ -11,23 +11,13 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from squeezer.api import create_app
-from squeezer.api.keys import create_key
-from squeezer.db.migrate import upgrade
 from squeezer.examples.models import MLP
-from squeezer.settings import Settings
-from tests.helpers import RecordingQueue
+from tests.helpers import app_with_two_keys
 
 
 @pytest.fixture
 def api(tmp_path):
-    settings = Settings(home=tmp_path, max_upload_bytes=200_000)
-    upgrade(settings.resolved_database_url())
-    queue = RecordingQueue()
-    app = create_app(settings, queue=queue)
-    with app.state.sessions() as session:
-        _, alice = create_key(session, "alice")
-        _, bob = create_key(session, "bob")
+    app, queue, alice, bob = app_with_two_keys(tmp_path, max_upload_bytes=200_000)
     client = TestClient(app)
     client.queued = queue.jobs
     client.alice = {"Authorization": f"Bearer {alice}"}
@@ -186,6 +176,17 @@ def test_data_that_does_not_fit_the_model_is_refused_at_submit(api, artifacts, a
     assert response.status_code == 422 and response.json()["path"] == "$.val_data", response.text
     assert re.search(message, response.json()["detail"]) and response.json()["detail"].startswith("val_data: ")
     assert api.get("/v1/jobs", headers=api.alice).json()["total"] == 0 and api.queued == []
+
+
+def test_regression_targets_must_match_the_model_output(api, artifacts):
+    model, _ = artifacts
+    targets = upload(
+        api, api.alice, "dataset", "t.npz", _npz(x=np.zeros((8, 64), np.float32), y=np.zeros((8, 3)))
+    ).json()
+    body = {"name": "r", "model": model["id"], "config": CONFIG, "train_data": targets["id"], "val_data": targets["id"]}
+    response = api.post("/v1/jobs", headers=api.alice, json={**body, "recipe": {"task": "regression"}})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "train_data: regression targets have shape (3,), the model outputs (10,)"
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from squeezer.api import create_app
-from squeezer.api.keys import create_key
 from squeezer.client import (
     AuthenticationError,
     Client,
@@ -27,23 +25,15 @@ from squeezer.client import (
     ServerError,
     ServiceUnavailable,
 )
-from squeezer.db.migrate import upgrade
 from squeezer.examples.digits import digits_tensors
 from squeezer.examples.models import MLP
-from squeezer.settings import Settings
 from squeezer.worker.execute import execute_job
-from tests.helpers import RecordingQueue, live_server
+from tests.helpers import app_with_two_keys, live_server
 
 
 @pytest.fixture
 def service(tmp_path):
-    settings = Settings(home=tmp_path, max_upload_bytes=2_000_000)
-    upgrade(settings.resolved_database_url())
-    queue = RecordingQueue()
-    app = create_app(settings, queue=queue)
-    with app.state.sessions() as session:
-        _, alice = create_key(session, "alice")
-        _, bob = create_key(session, "bob")
+    app, queue, alice, bob = app_with_two_keys(tmp_path, max_upload_bytes=2_000_000)
     with live_server(app) as url, Client(url, alice, backoff_s=0.01) as client, Client(url, bob) as other:
         yield app, queue, client, other
 

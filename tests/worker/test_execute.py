@@ -111,6 +111,11 @@ def test_exports_download_with_etag_and_events_replay_the_history(service):
     resumed = _sse(client.get(f"/v1/jobs/{job_id}/events", headers={**headers, "Last-Event-ID": "epoch-0"}).text)
     assert [i for _, i, _ in resumed if i] == ["epoch-1"]
 
+    assert not (tmp_path / "work" / job_id).exists()  # the worker's scratch folder goes once exports are stored
+    assert client.delete(f"/v1/jobs/{job_id}", headers=headers).status_code == 204
+    assert not (app.state.store.root / "jobs" / job_id).exists()  # exports go with their job
+    assert client.get(f"/v1/artifacts/{ids['model']}", headers=headers).status_code == 200  # uploads stay
+
 
 def test_bad_data_is_refused_at_submit_and_fails_the_job_in_the_worker(service):
     app, client, headers, ids, _, tmp_path = service

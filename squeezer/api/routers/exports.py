@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
@@ -63,6 +65,6 @@ def download_export(
     return FileResponse(
         path,
         media_type=MEDIA_TYPES.get(kind, "application/octet-stream"),
-        filename=f"{job.name}-{EXPORT_FILENAMES.get(kind, kind)}".replace("/", "_"),
+        filename=re.sub(r"[^A-Za-z0-9._-]", "_", f"{job.name}-{EXPORT_FILENAMES.get(kind, kind)}"),  # a header value
         headers=headers,
     )

@@ -107,10 +107,12 @@ def cancel_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
 
 
 @router.delete("/{job_id}", status_code=204)
-def delete_job(job_id: str, key: CurrentKey, session: SessionDep) -> Response:
+def delete_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep) -> Response:
+    """The job, its metrics and its exports (rows and files); uploaded artifacts stay for other jobs."""
     job = owned_job(session, key, job_id)
     if job.status in (JobStatus.running, JobStatus.cancelling):
         raise ApiError(409, "Job is running", f"cancel job {job_id} first; it is {job.status.value}")
     session.delete(job)
-    session.commit()
+    session.commit()  # the rows first: a file left behind by a crash here is garbage, not a dangling row
+    store.delete_tree(f"jobs/{job.id}")
     return Response(status_code=204)
