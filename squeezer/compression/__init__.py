@@ -12,6 +12,7 @@ from squeezer.compression.api import create_compressed_model, load_state, strip
 from squeezer.compression.config import NNCFConfig, SqueezerConfig
 from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
 from squeezer.compression.export.onnx_export import export_onnx
+from squeezer.compression.graph.archive import UnsafeArchive, load_exported_program
 from squeezer.compression.graph.lift import lift_exported_program
 from squeezer.compression.graph.modules import register_module
 from squeezer.compression.init_args import InitDataLoader, register_default_init_args
@@ -23,10 +24,12 @@ __all__ = [
     "InitDataLoader",
     "NNCFConfig",
     "SqueezerConfig",
+    "UnsafeArchive",
     "create_accuracy_aware_training_loop",
     "create_compressed_model",
     "export_onnx",
     "lift_exported_program",
+    "load_exported_program",
     "load_state",
     "register_default_init_args",
     "register_module",

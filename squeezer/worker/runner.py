@@ -4,7 +4,7 @@ nothing about the database, the broker or HTTP.
 
 Progress goes out through `on_epoch(record)`; `should_cancel()` is asked after every epoch; the
 loop state is saved in `workdir` after every epoch so a job whose worker died resumes there.
-Model archives can carry pickles: call this in a process that holds no credentials.
+Model archives are loaded without unpickling anything (`graph/archive.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from squeezer.compression import (
     register_default_init_args,
 )
 from squeezer.compression.accuracy_aware import FixedEpochsLoop, TrainingLoop
+from squeezer.compression.graph.archive import UnsafeArchive, load_exported_program
 from squeezer.errors import SqueezerError
 from squeezer.recipe import Recipe
 
@@ -87,7 +88,9 @@ def load_dataset(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 def load_model(path: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
     """The archive as a trainable model, and its input shape (batch dimension first)."""
     try:
-        program = torch.export.load(str(path))
+        program = load_exported_program(path)  # never unpickles: the archive is an upload
+    except UnsafeArchive as exc:
+        raise JobInputError(f"the model archive was refused: {exc}") from exc
     except Exception as exc:
         raise JobInputError(f"the model is not a torch.export archive (.pt2): {exc}") from exc
     inputs = [
