@@ -20,6 +20,12 @@ class Settings(BaseSettings):
     broker_url: str = Field(default="", description="Celery broker; default sqla+sqlite:///<home>/broker.db")
     storage_url: str = Field(default="", description="artifact store directory; default <home>/artifacts")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    heartbeat_s: float = Field(default=10.0, gt=0, description="how often a worker stamps its running job")
+    stale_after_s: float = Field(
+        default=60.0, gt=0, description="a running job without a heartbeat this long is requeued"
+    )
+    max_attempts: int = Field(default=3, ge=1, description="claims of one job before a crashing job is failed")
+    sweep_interval_s: float = Field(default=15.0, gt=0, description="how often the API looks for stale jobs")
     url: str = Field(default="http://127.0.0.1:8000", description="the API the SDK and the CLI talk to")
     api_key: str = Field(default="", description="the SDK's and the CLI's key; default: the key file of serve")
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 
 from squeezer.api import errors
@@ -13,6 +16,26 @@ from squeezer.api.routers import artifacts, events, exports, health, jobs
 from squeezer.db import make_engine, make_session_factory
 from squeezer.settings import Settings, get_settings
 from squeezer.storage import LocalStore
+from squeezer.worker.recovery import recover_stale_jobs
+
+logger = logging.getLogger(__name__)
+
+
+async def _sweep_stale_jobs(app: FastAPI) -> None:
+    """Every `sweep_interval_s`: requeue running jobs whose worker stopped beating (worker/recovery.py)."""
+    settings: Settings = app.state.settings
+    while True:
+        await anyio.sleep(settings.sweep_interval_s)
+        try:
+            await anyio.to_thread.run_sync(
+                recover_stale_jobs,
+                app.state.sessions,
+                app.state.queue.enqueue,
+                settings.stale_after_s,
+                settings.max_attempts,
+            )
+        except Exception:  # the next sweep tries again; the API keeps serving
+            logger.exception("stale-job sweep failed")
 
 
 def create_app(settings: Settings | None = None, queue: JobQueue | None = None) -> FastAPI:
@@ -28,8 +51,10 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
     engine = make_engine(settings.resolved_database_url())
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(_sweep_stale_jobs(app))
         yield
+        sweeper.cancel()
         engine.dispose()  # close pooled connections on shutdown
 
     app = FastAPI(

@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(keys_app, name="keys")
     app.add_typer(db_app, name="db")
     app.command()(worker)
+    app.command()(recover)
     app.command()(serve)
 
 
@@ -67,6 +68,17 @@ def worker(
     if nice:
         os.nice(nice)
     run_worker(get_settings())
+
+
+def recover() -> None:
+    """Requeue running jobs whose worker stopped beating, once (the API also does this periodically)."""
+    from squeezer.worker.celery_app import CeleryQueue, create_celery
+    from squeezer.worker.recovery import recover_stale_jobs
+
+    settings = get_settings()
+    queue = CeleryQueue(create_celery(settings))
+    done = recover_stale_jobs(_sessions(settings), queue.enqueue, settings.stale_after_s, settings.max_attempts)
+    typer.echo(", ".join(f"{k}: {len(v)}" for k, v in done.items()))
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:

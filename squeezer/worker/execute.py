@@ -26,6 +26,7 @@ from squeezer.db import Artifact, Export, Job, JobMetric, JobStatus
 from squeezer.db.models import EXPORT_FILENAMES
 from squeezer.recipe import Recipe
 from squeezer.storage import LocalStore
+from squeezer.worker.recovery import Heartbeat
 from squeezer.worker.runner import JobInputError, run_job
 
 logger = logging.getLogger(__name__)
@@ -143,8 +144,14 @@ def _job_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def execute_job(job_id: str, sessions: sessionmaker[Session], store: LocalStore, work_root: str | Path) -> str:
-    """Run job `job_id` if it can be claimed; returns its final status (or 'skipped')."""
+def execute_job(
+    job_id: str, sessions: sessionmaker[Session], store: LocalStore, work_root: str | Path, heartbeat_s: float = 10.0
+) -> str:
+    """Run job `job_id` if it can be claimed; returns its final status (or 'skipped').
+
+    `work_root` must be shared by the workers that may resume each other's jobs (it is `<home>/work`):
+    the loop state saved there after every epoch is where a requeued job continues.
+    """
     if not claim(sessions, job_id):
         logger.info("job %s was not queued (already taken or cancelled); skipping", job_id)
         return "skipped"
@@ -160,7 +167,7 @@ def execute_job(job_id: str, sessions: sessionmaker[Session], store: LocalStore,
     workdir = Path(work_root) / job_id
     log_path = workdir / "job.log"
     try:
-        with _job_log(log_path):
+        with _job_log(log_path), Heartbeat(sessions, job_id, heartbeat_s):
             result = run_job(
                 paths["model"],
                 spec["config"],

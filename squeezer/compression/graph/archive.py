@@ -70,12 +70,12 @@ def load_exported_program(path: str | Path) -> torch.export.ExportedProgram:
         with zipfile.ZipFile(path) as archive:
             pickled = _pickled_entries(archive)
     except (zipfile.BadZipFile, OSError, json.JSONDecodeError, AttributeError) as exc:
-        raise UnsafeArchive(f"not a readable torch.export archive: {exc}") from exc
+        raise UnsafeArchive(f"not a torch.export archive (.pt2): {exc}") from exc
     if pickled:
         raise UnsafeArchive(f"the archive carries pickled objects, which are not loaded: {', '.join(pickled[:5])}")
     try:
-        with _weights_only():
-            return torch.export.load(str(path))
+        with _weights_only(), open(path, "rb") as f:  # a file object: store paths have no .pt2 suffix
+            return torch.export.load(f)
     except pickle.UnpicklingError as exc:
         reason = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line), str(exc))
         raise UnsafeArchive(f"the archive carries a pickled object that is not plain tensors ({reason})") from exc

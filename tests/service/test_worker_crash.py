@@ -1,0 +1,88 @@
+"""A worker killed with SIGKILL in the middle of an epoch: the stale-job sweep requeues the job, a second
+worker resumes it from the last completed epoch, and the result equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from squeezer.api import create_app
+from squeezer.api.keys import create_key
+from squeezer.client import Client
+from squeezer.db import Job, JobMetric
+from squeezer.db.migrate import upgrade
+from squeezer.recipe import Recipe
+from squeezer.settings import Settings
+from squeezer.worker.runner import run_job
+from tests.helpers import live_server, write_digits_job_files
+
+CONFIG = {"compression": {"algorithm": "quantization"}}
+RECIPE = {"epochs": 5, "batch_size": 8, "lr": 1e-3, "seed": 3}
+
+
+def _worker(env, log_path):
+    with log_path.open("a") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "squeezer.worker.celery_app"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def _epochs_done(app, job_id):
+    with app.state.sessions() as session:
+        return session.query(JobMetric).filter_by(job_id=job_id).count() - 1
+
+
+@pytest.mark.slow
+def test_a_killed_worker_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    files = write_digits_job_files(tmp_path)
+    reference = run_job(
+        files["model"], CONFIG, files["train"], files["val"], Recipe(**RECIPE), tmp_path / "reference"
+    )  # the same job, never interrupted
+
+    settings = Settings(home=tmp_path / "home", heartbeat_s=0.5, stale_after_s=3, sweep_interval_s=0.5)
+    upgrade(settings.resolved_database_url())
+    app = create_app(settings)  # its lifespan runs the stale-job sweep
+    with app.state.sessions() as session:
+        _, secret = create_key(session, "crash")
+    env = {**os.environ, "SQUEEZER_HOME": str(settings.home), "SQUEEZER_HEARTBEAT_S": "0.5"}
+    log_path = tmp_path / "workers.log"
+    first = _worker(env, log_path)
+    second = None
+    try:
+        with live_server(app) as url, Client(url, secret) as client:
+            ids = {n: client.artifacts.upload(p, "model" if n == "model" else "dataset") for n, p in files.items()}
+            job = client.jobs.create("crash", ids["model"], CONFIG, ids["train"], ids["val"], RECIPE)
+            seen = {}
+            deadline = time.monotonic() + 300
+            while len(seen) < 2 and time.monotonic() < deadline:
+                seen.setdefault(_epochs_done(app, job.id), time.monotonic())
+                seen.pop(0, None), seen.pop(-1, None)
+                time.sleep(0.02)
+            time.sleep((seen[2] - seen[1]) / 2)  # half an epoch into epoch 3
+            assert _epochs_done(app, job.id) == 2, "the kill must land in the middle of epoch 3"
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(timeout=30)
+            second = _worker(env, log_path)  # another worker: the job comes back to it through the sweep
+            done = client.jobs.wait(job, timeout=300)
+            metrics = client.jobs.metrics(job)
+    finally:
+        for worker in (first, second):
+            if worker is not None and worker.poll() is None:
+                worker.terminate()
+                worker.wait(timeout=60)
+    app.state.engine.dispose()
+
+    assert done.status == "succeeded", done.error
+    with app.state.sessions() as session:
+        assert session.get(Job, done.id).attempts == 2  # claimed twice: once per worker
+    app.state.engine.dispose()
+    assert [m.epoch for m in metrics] == list(range(6))  # no gap, no duplicate
+    assert [m.metric for m in metrics] == [r["metric"] for r in reference.records]
+    assert metrics[0].loss is None and reference.records[0]["loss"] is None  # epoch 0 is the untrained evaluation
+    assert [m.loss for m in metrics[1:]] == pytest.approx([r["loss"] for r in reference.records[1:]], rel=1e-5)
+    assert done.result["metric"] == reference.metric

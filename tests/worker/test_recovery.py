@@ -1,0 +1,61 @@
+"""The stale-job sweep on a real database: what it requeues, fails and finishes; and the heartbeat."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from squeezer.db import ApiKey, Job, JobStatus
+from squeezer.worker.recovery import Heartbeat, recover_stale_jobs
+from tests.helpers import app_with_two_keys
+
+
+def _job(session, owner, status, beat_age_s, attempts):
+    job = Job(
+        owner_id=owner,
+        name=f"{status}-{attempts}",
+        spec={},
+        status=status,
+        attempts=attempts,
+        priority=attempts,
+        heartbeat_at=datetime.now(UTC) - timedelta(seconds=beat_age_s),
+    )
+    session.add(job)
+    session.commit()
+    return job.id
+
+
+def test_the_sweep_requeues_fails_and_finishes_stale_jobs(tmp_path):
+    app, queue, _, _ = app_with_two_keys(tmp_path)
+    sessions = app.state.sessions
+    with sessions() as session:
+        owner = session.query(ApiKey).first().id
+        lost = _job(session, owner, JobStatus.running, 120, attempts=1)
+        alive = _job(session, owner, JobStatus.running, 5, attempts=1)
+        hopeless = _job(session, owner, JobStatus.running, 120, attempts=3)
+        stopping = _job(session, owner, JobStatus.cancelling, 120, attempts=1)
+        waiting = _job(session, owner, JobStatus.queued, 120, attempts=0)
+
+    done = recover_stale_jobs(sessions, queue.enqueue, stale_after_s=60, max_attempts=3)
+    assert done == {"requeued": [lost], "failed": [hopeless], "cancelled": [stopping]}
+    assert queue.jobs == [(lost, 1)]  # back on the queue with its priority
+    with sessions() as session:
+        status = {j.id: j for j in session.query(Job)}
+        assert status[lost].status == JobStatus.queued and status[lost].attempts == 1
+        assert status[alive].status == JobStatus.running and status[waiting].status == JobStatus.queued
+        assert status[hopeless].status == JobStatus.failed and "giving up after 3" in status[hopeless].error
+        assert status[stopping].status == JobStatus.cancelled and status[stopping].finished_at is not None
+    # a second sweep finds nothing: every change was conditional on the stale heartbeat
+    assert recover_stale_jobs(sessions, queue.enqueue, 60, 3) == {"requeued": [], "failed": [], "cancelled": []}
+
+
+def test_the_heartbeat_stamps_a_running_job(tmp_path):
+    app, _, _, _ = app_with_two_keys(tmp_path)
+    sessions = app.state.sessions
+    with sessions() as session:
+        job_id = _job(session, session.query(ApiKey).first().id, JobStatus.running, 600, attempts=1)
+    with Heartbeat(sessions, job_id, interval_s=0.05):
+        time.sleep(0.3)
+    with sessions() as session:
+        beat = session.get(Job, job_id).heartbeat_at
+    assert datetime.now(UTC) - beat.replace(tzinfo=UTC) < timedelta(seconds=5)
