@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     broker_url: str = Field(default="", description="Celery broker; default sqla+sqlite:///<home>/broker.db")
     storage_url: str = Field(default="", description="artifact store directory; default <home>/artifacts")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    rate_limit: str = Field(default="1200/minute", description="requests per key, in `limits` notation")
+    rate_limit_storage: str = Field(default="memory://", description="where counts live; redis://... to share them")
+    max_active_jobs_per_key: int = Field(default=20, ge=1, description="queued + running jobs one key may have")
+    max_storage_bytes_per_key: int = Field(default=20 * 1024**3, ge=1, description="bytes of uploads per key")
     heartbeat_s: float = Field(default=10.0, gt=0, description="how often a worker stamps its running job")
     stale_after_s: float = Field(
         default=60.0, gt=0, description="a running job without a heartbeat this long is requeued"

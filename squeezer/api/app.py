@@ -9,6 +9,10 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from limits import parse as parse_limit
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from squeezer.api import errors
 from squeezer.api.queue import JobQueue
@@ -19,6 +23,7 @@ from squeezer.storage import LocalStore
 from squeezer.worker.recovery import recover_stale_jobs
 
 logger = logging.getLogger(__name__)
+MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
 
 
 async def _sweep_stale_jobs(app: FastAPI) -> None:
@@ -68,7 +73,12 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
     app.state.sessions = make_session_factory(engine)
     app.state.store = LocalStore(settings.resolved_storage_dir())
     app.state.queue = queue
+    app.state.limiter = MovingWindowRateLimiter(storage_from_string(settings.rate_limit_storage))
+    app.state.rate = parse_limit(settings.rate_limit)
     errors.install(app)
+    # bodies are counted while they arrive, so an oversized upload is cut off before it is spooled anywhere
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_upload_bytes + MULTIPART_SLACK)
+    app.add_middleware(errors.ProblemForBodyLimit, limit=settings.max_upload_bytes)  # outside it: sees its 413
     for router in (health.router, artifacts.router, jobs.router, events.router, exports.router):
         app.include_router(router)
     return app

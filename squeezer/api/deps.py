@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -31,7 +33,21 @@ def get_current_key(request: Request, session: SessionDep) -> ApiKey:
     key = find_key(session, secret.strip())
     if key is None:
         raise ApiError(401, "Unauthorized", "unknown or revoked API key")
+    _rate_limit(request, key.id)
     return key
+
+
+def _rate_limit(request: Request, key_id: str) -> None:
+    """429 with Retry-After once a key is over `settings.rate_limit` (a moving window)."""
+    limiter, rate = request.app.state.limiter, request.app.state.rate
+    if not limiter.hit(rate, key_id):
+        retry = max(1, math.ceil(limiter.get_window_stats(rate, key_id).reset_time - time.time()))
+        raise ApiError(
+            429,
+            "Too many requests",
+            f"this key is over its rate limit of {request.app.state.settings.rate_limit}; retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+        )
 
 
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]

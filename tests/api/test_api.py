@@ -217,7 +217,53 @@ def test_wrong_kind_bad_files_and_limits(api, artifacts):
     assert bad_config.status_code == 422 and bad_config.json()["path"] == "$.compression.algorithm"
     too_big = upload(api, api.alice, "dataset", "big.npz", b"PK\x03\x04" + b"0" * 300_000)
     assert too_big.status_code == 413 and too_big.json()["limit_bytes"] == 200_000
+    just_over = upload(api, api.alice, "dataset", "big.npz", b"PK\x03\x04" + b"0" * 200_000)  # under the body slack
+    assert just_over.status_code == 413 and just_over.json()["title"] == "Upload too large"
     malformed = api.post("/v1/jobs", headers={**api.alice, "content-type": "application/json"}, content=b"{nope")
     assert malformed.status_code == 422 and malformed.headers["content-type"] == "application/problem+json"
     assert api.get("/v1/jobs", headers={"Authorization": "Bearer sq_wrong"}).status_code == 401
     assert api.get("/v1/jobs").status_code == 401
+
+
+def test_an_upload_without_a_length_is_cut_off_while_it_streams(api):
+    def body():  # chunked: no Content-Length to refuse up front
+        boundary = b'--x\r\nContent-Disposition: form-data; name="file"; filename="d.npz"\r\n\r\n'
+        yield boundary
+        for _ in range(100):
+            yield b"0" * 65_536  # 6.5 MB in all, far over the 200 kB limit
+        yield b"\r\n--x--\r\n"
+
+    response = api.post(
+        "/v1/artifacts",
+        headers={**api.alice, "content-type": "multipart/form-data; boundary=x"},
+        content=body(),
+    )
+    assert response.status_code == 413 and response.json()["limit_bytes"] == 200_000
+    assert not [p for p in api.app.state.store.root.rglob("*") if p.is_file()]  # nothing spooled into the store
+
+
+def test_rate_limit_and_quotas_answer_429(tmp_path):
+    archive = pt2_bytes(tmp_path)
+    quota = len(archive) + 20_000
+    app, _, alice, bob = app_with_two_keys(
+        tmp_path, rate_limit="4/minute", max_active_jobs_per_key=1, max_storage_bytes_per_key=quota
+    )
+    client = TestClient(app)
+    alice, bob = {"Authorization": f"Bearer {alice}"}, {"Authorization": f"Bearer {bob}"}
+    model = upload(client, alice, "model", "m.pt2", archive).json()
+    data = upload(client, alice, "dataset", "d.npz", npz_bytes()).json()
+    body = {"name": "x", "model": model["id"], "config": CONFIG, "train_data": data["id"], "val_data": data["id"]}
+    assert client.post("/v1/jobs", headers=alice, json=body).status_code == 201
+    busy = client.post("/v1/jobs", headers=alice, json=body)  # request 4: within the rate, over the job quota
+    assert busy.status_code == 429 and "1 queued or running jobs; the limit is 1" in busy.json()["detail"]
+    limited = client.get("/v1/jobs", headers=alice)  # request 5 in a minute
+    assert limited.status_code == 429 and "rate limit of 4/minute" in limited.json()["detail"]
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert client.get("/v1/jobs", headers=bob).status_code == 200  # limits are per key
+
+    bob_model = upload(client, bob, "model", "m.pt2", archive)  # bob's own quota: the archive fits
+    assert bob_model.status_code == 201
+    big = upload(client, bob, "dataset", "big.npz", _npz(x=np.zeros((200, 64), np.float32), y=np.zeros(200, np.int64)))
+    assert big.status_code == 429 and big.json()["limit_bytes"] == quota
+    assert f"the limit is {quota}" in big.json()["detail"]
+    assert {p.name for p in app.state.store.root.rglob("*") if p.is_file()} == {model["sha256"], data["sha256"]}

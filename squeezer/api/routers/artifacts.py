@@ -6,16 +6,16 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import APIRouter, Form, Request, UploadFile
-from sqlalchemy import select
+from fastapi import APIRouter, Form, UploadFile
+from sqlalchemy import func, select
 
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from squeezer.api.errors import ApiError
 from squeezer.api.inspection import dataset_summary, model_signature
 from squeezer.api.schemas import ArtifactRead
 from squeezer.compression.config.nncf_config import NNCFConfig
-from squeezer.db import Artifact, ArtifactKind
-from squeezer.storage import LocalStore, UploadTooLarge
+from squeezer.db import ApiKey, Artifact, ArtifactKind
+from squeezer.storage import LocalStore
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 CHUNK = 1 << 20
@@ -50,9 +50,20 @@ def _check_content(kind: str, filename: str, head: bytes, store: LocalStore, key
     return dataset_summary(store.path(key), filename)
 
 
+def _check_storage_quota(session: SessionDep, key: ApiKey, size: int, limit: int) -> None:
+    used = session.scalar(select(func.coalesce(func.sum(Artifact.size_bytes), 0)).where(Artifact.owner_id == key.id))
+    if (used or 0) + size > limit:
+        raise ApiError(
+            429,
+            "Storage quota reached",
+            f"this upload ({size} bytes) would take this key to {(used or 0) + size} bytes; the limit is {limit}",
+            limit_bytes=limit,
+            used_bytes=used or 0,
+        )
+
+
 @router.post("", status_code=201, response_model=ArtifactRead)
 async def upload_artifact(
-    request: Request,
     key: CurrentKey,
     session: SessionDep,
     store: StoreDep,
@@ -60,27 +71,26 @@ async def upload_artifact(
     file: UploadFile,
     kind: Literal["model", "dataset", "config"] = Form(...),
 ) -> Artifact:
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > settings.max_upload_bytes + CHUNK:  # multipart overhead aside, refuse before reading
-        raise UploadTooLarge(settings.max_upload_bytes)
+    # the app's body limit already stopped oversized requests while they streamed in; this limit is exact
     stored = await store.save_stream(_chunks(file), settings.max_upload_bytes)
     filename = (file.filename or "upload").rsplit("/", 1)[-1][:255]
     with store.path(stored.key).open("rb") as f:
         head = f.read(8)
+    existing = session.scalars(
+        select(Artifact).where(
+            Artifact.owner_id == key.id, Artifact.sha256 == stored.sha256, Artifact.kind == ArtifactKind(kind)
+        )
+    ).first()
+    if existing is not None:  # the same bytes again: the same artifact, nothing more stored
+        return existing
     try:
+        _check_storage_quota(session, key, stored.size_bytes, settings.max_storage_bytes_per_key)
         meta = _check_content(kind, filename, head, store, stored.key)
     except Exception:
         # a rejected upload leaves nothing behind (unless the same bytes belong to a stored artifact)
         if session.scalars(select(Artifact).where(Artifact.sha256 == stored.sha256)).first() is None:
             store.path(stored.key).unlink(missing_ok=True)
         raise
-    existing = session.scalars(
-        select(Artifact).where(
-            Artifact.owner_id == key.id, Artifact.sha256 == stored.sha256, Artifact.kind == ArtifactKind(kind)
-        )
-    ).first()
-    if existing is not None:
-        return existing
     artifact = Artifact(
         owner_id=key.id,
         kind=ArtifactKind(kind),

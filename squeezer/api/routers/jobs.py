@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import func, select
 
-from squeezer.api.deps import CurrentKey, SessionDep, StoreDep
+from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from squeezer.api.errors import ApiError
 from squeezer.api.inspection import check_job_data
 from squeezer.api.routers.artifacts import owned_artifact
@@ -32,8 +32,26 @@ def _artifact_of_kind(session: SessionDep, key: ApiKey, artifact_id: str, kind: 
     return artifact
 
 
+ACTIVE = (JobStatus.queued, JobStatus.running, JobStatus.cancelling)
+
+
+def _check_job_quota(session: SessionDep, key: ApiKey, limit: int) -> None:
+    active = session.scalar(select(func.count()).where(Job.owner_id == key.id, Job.status.in_(ACTIVE))) or 0
+    if active >= limit:
+        raise ApiError(
+            429,
+            "Job quota reached",
+            f"this key has {active} queued or running jobs; the limit is {limit}. "
+            "Wait for one to finish, or cancel one.",
+            limit=limit,
+        )
+
+
 @router.post("", status_code=201, response_model=JobRead)
-def create_job(body: JobCreate, request: Request, key: CurrentKey, session: SessionDep, store: StoreDep) -> Job:
+def create_job(
+    body: JobCreate, request: Request, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep
+) -> Job:
+    _check_job_quota(session, key, settings.max_active_jobs_per_key)
     model_artifact = _artifact_of_kind(session, key, body.model, ArtifactKind.model, "model")
     spec: dict[str, Any] = {"model": model_artifact.id, "recipe": body.recipe.model_dump()}
     for field in ("train_data", "val_data"):
