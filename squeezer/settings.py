@@ -29,6 +29,7 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="a running job without a heartbeat this long is requeued"
     )
     max_attempts: int = Field(default=3, ge=1, description="claims of one job before a crashing job is failed")
+    requeue_after_s: float = Field(default=300.0, gt=0, description="a queued job's message is sent again this often")
     sweep_interval_s: float = Field(default=15.0, gt=0, description="how often the API looks for stale jobs")
     url: str = Field(default="http://127.0.0.1:8000", description="the API the SDK and the CLI talk to")
     api_key: str = Field(default="", description="the SDK's and the CLI's key; default: the key file of serve")

@@ -39,7 +39,10 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: flo
 
 
 class RedisServer:
-    def __init__(self, folder: Path) -> None:
+    """`persistent`: an append-only file, so queued messages survive a restart (as in docker-compose)."""
+
+    def __init__(self, folder: Path, persistent: bool = True) -> None:
+        self.persistent = persistent
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.fail(f"redis-server is not installed: {INSTALL_HINT}")
@@ -54,7 +57,7 @@ class RedisServer:
 
     def start(self) -> None:
         args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-        args += ["--save", "", "--appendonly", "yes"]  # the broker's queue survives a restart, as in production
+        args += ["--save", "", "--appendonly", "yes" if self.persistent else "no"]
         with self.log.open("a") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         _wait_for_port(self.port, self.process, self.log)

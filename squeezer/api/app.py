@@ -27,7 +27,8 @@ MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
 
 
 async def _sweep_stale_jobs(app: FastAPI) -> None:
-    """Every `sweep_interval_s`: requeue running jobs whose worker stopped beating (worker/recovery.py)."""
+    """Every `sweep_interval_s`: requeue running jobs whose worker stopped beating, and send again the
+    messages of jobs queued too long (worker/recovery.py)."""
     settings: Settings = app.state.settings
     while True:
         await anyio.sleep(settings.sweep_interval_s)
@@ -38,6 +39,7 @@ async def _sweep_stale_jobs(app: FastAPI) -> None:
                 app.state.queue.enqueue,
                 settings.stale_after_s,
                 settings.max_attempts,
+                settings.requeue_after_s,
             )
         except Exception:  # the next sweep tries again; the API keeps serving
             logger.exception("stale-job sweep failed")

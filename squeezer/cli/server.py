@@ -77,7 +77,9 @@ def recover() -> None:
 
     settings = get_settings()
     queue = CeleryQueue(create_celery(settings))
-    done = recover_stale_jobs(_sessions(settings), queue.enqueue, settings.stale_after_s, settings.max_attempts)
+    done = recover_stale_jobs(
+        _sessions(settings), queue.enqueue, settings.stale_after_s, settings.max_attempts, settings.requeue_after_s
+    )
     typer.echo(", ".join(f"{k}: {len(v)}" for k, v in done.items()))
 
 

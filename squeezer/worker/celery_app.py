@@ -35,6 +35,13 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_queue_max_priority=9,
         task_default_priority=0,
     )
+    if _is_redis(settings.resolved_broker_url()):
+        # one Redis list per priority, read highest first (Redis has no priority queue of its own)
+        app.conf.broker_transport_options = {
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+            "sep": ":",
+        }
 
     @app.task(name=TASK)
     def run(job_id: str) -> str:
@@ -49,14 +56,23 @@ def _resources(database_url: str, storage_dir: str) -> tuple[Any, LocalStore]:
     return make_session_factory(make_engine(database_url)), LocalStore(storage_dir)
 
 
+def _is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "redis+socket://"))
+
+
 class CeleryQueue:
-    """The API's `JobQueue` on Celery: only the job id travels; the row holds everything else."""
+    """The API's `JobQueue` on Celery: only the job id travels; the row holds everything else.
+
+    A job's priority runs 0 (normal) to 9 (most urgent). AMQP brokers read it that way; Celery's Redis
+    transport serves 0 first, so the number is turned around there.
+    """
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self._reversed = _is_redis(str(app.conf.broker_url))
 
     def enqueue(self, job_id: str, priority: int) -> None:
-        self.app.send_task(TASK, args=[job_id], priority=priority)
+        self.app.send_task(TASK, args=[job_id], priority=9 - priority if self._reversed else priority)
 
     def ping(self) -> None:
         with self.app.connection_for_write() as connection:

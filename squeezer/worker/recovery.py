@@ -1,11 +1,13 @@
-"""Jobs whose worker died: found by their heartbeat, queued again to resume, or failed after N attempts.
+"""Jobs whose worker died, or whose message was lost: found in the database, the truth, and sent again.
 
 A worker refreshes `job.heartbeat_at` while it runs a job (`Heartbeat`). `recover_stale_jobs` (run
 periodically by the API, and by `squeezer recover`) looks for running jobs whose heartbeat is older
 than `stale_after_s`: each goes back to `queued` and to the queue, and the next worker resumes it from
 the loop state its predecessor saved after the last completed epoch; after `max_attempts` claims it
-ends `failed` with the reason. Every change is a conditional UPDATE on the stale heartbeat, so two
-sweeps, or a sweep racing a late heartbeat, cannot both act on one job.
+ends `failed` with the reason. Queued jobs whose message was sent more than `requeue_after_s` ago (a
+broker that restarted without its data, or was down at submit) are sent again; a duplicate message is
+harmless, because a worker claims a job with a conditional UPDATE. Every change here is conditional on
+the value the sweep read, so two sweeps, or a sweep racing a late heartbeat, cannot both act on one job.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from squeezer.db import Job, JobStatus
@@ -59,10 +61,15 @@ def recover_stale_jobs(
     enqueue: Callable[[str, int], None],
     stale_after_s: float,
     max_attempts: int,
+    requeue_after_s: float | None = None,
 ) -> dict[str, list[str]]:
-    """Requeue (or fail, or finish cancelling) jobs whose worker stopped beating; returns what it did."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=stale_after_s)
-    done: dict[str, list[str]] = {"requeued": [], "failed": [], "cancelled": []}
+    """Requeue (or fail, or finish cancelling) jobs whose worker stopped beating, and send again the
+    messages of jobs queued for longer than `requeue_after_s`; returns what it did."""
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(seconds=stale_after_s)
+    done: dict[str, list[str]] = {"requeued": [], "failed": [], "cancelled": [], "resent": []}
+    if requeue_after_s is not None:
+        done["resent"] = _resend_queued(sessions, enqueue, now - timedelta(seconds=requeue_after_s))
     with sessions() as session:
         stale = session.execute(
             select(Job.id, Job.status, Job.attempts, Job.priority, Job.heartbeat_at).where(
@@ -82,7 +89,7 @@ def recover_stale_jobs(
                 }
                 outcome = "failed"
             else:
-                values = {"status": JobStatus.queued, "worker_id": None}
+                values = {"status": JobStatus.queued, "worker_id": None, "enqueued_at": datetime.now(UTC)}
                 outcome = "requeued"
             result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
                 update(Job).where(Job.id == job_id, Job.status == status, Job.heartbeat_at == beat).values(**values)
@@ -94,3 +101,28 @@ def recover_stale_jobs(
                     enqueue(job_id, priority)
                 logger.warning("job %s: worker lost during attempt %d; %s", job_id, attempts, outcome)
     return done
+
+
+def _resend_queued(sessions: sessionmaker[Session], enqueue: Callable[[str, int], None], cutoff: datetime) -> list[str]:
+    resent = []
+    with sessions() as session:
+        waiting = session.execute(
+            select(Job.id, Job.priority, Job.enqueued_at).where(
+                Job.status == JobStatus.queued, or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff)
+            )
+        ).all()
+        for job_id, priority, sent in waiting:
+            same = Job.enqueued_at.is_(None) if sent is None else Job.enqueued_at == sent
+            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.queued, same)
+                .values(enqueued_at=datetime.now(UTC))
+            )
+            session.commit()
+            if result.rowcount:
+                try:
+                    enqueue(job_id, priority)
+                    resent.append(job_id)
+                except Exception:  # still no broker: the next sweep tries again
+                    logger.warning("could not send job %s again", job_id, exc_info=True)
+    return resent

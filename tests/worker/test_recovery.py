@@ -37,7 +37,7 @@ def test_the_sweep_requeues_fails_and_finishes_stale_jobs(tmp_path):
         waiting = _job(session, owner, JobStatus.queued, 120, attempts=0)
 
     done = recover_stale_jobs(sessions, queue.enqueue, stale_after_s=60, max_attempts=3)
-    assert done == {"requeued": [lost], "failed": [hopeless], "cancelled": [stopping]}
+    assert done == {"requeued": [lost], "failed": [hopeless], "cancelled": [stopping], "resent": []}
     assert queue.jobs == [(lost, 1)]  # back on the queue with its priority
     with sessions() as session:
         status = {j.id: j for j in session.query(Job)}
@@ -46,7 +46,34 @@ def test_the_sweep_requeues_fails_and_finishes_stale_jobs(tmp_path):
         assert status[hopeless].status == JobStatus.failed and "giving up after 3" in status[hopeless].error
         assert status[stopping].status == JobStatus.cancelled and status[stopping].finished_at is not None
     # a second sweep finds nothing: every change was conditional on the stale heartbeat
-    assert recover_stale_jobs(sessions, queue.enqueue, 60, 3) == {"requeued": [], "failed": [], "cancelled": []}
+    assert recover_stale_jobs(sessions, queue.enqueue, 60, 3) == {
+        "requeued": [],
+        "failed": [],
+        "cancelled": [],
+        "resent": [],
+    }
+
+
+def test_queued_jobs_whose_message_may_be_lost_are_sent_again(tmp_path):
+    app, queue, _, _ = app_with_two_keys(tmp_path)
+    sessions = app.state.sessions
+    with sessions() as session:
+        owner = session.query(ApiKey).first().id
+        old, fresh, never = (
+            Job(owner_id=owner, name=n, spec={}, priority=p, enqueued_at=at)
+            for n, p, at in (
+                ("old", 7, datetime.now(UTC) - timedelta(seconds=600)),
+                ("fresh", 1, datetime.now(UTC)),
+                ("never", 2, None),  # the broker was down when it was submitted
+            )
+        )
+        session.add_all([old, fresh, never])
+        session.commit()
+        old_id, never_id = old.id, never.id
+    done = recover_stale_jobs(sessions, queue.enqueue, 60, 3, requeue_after_s=300)
+    assert sorted(done["resent"]) == sorted([old_id, never_id])
+    assert sorted(queue.jobs) == sorted([(old_id, 7), (never_id, 2)])
+    assert recover_stale_jobs(sessions, queue.enqueue, 60, 3, requeue_after_s=300)["resent"] == []  # not again yet
 
 
 def test_the_heartbeat_stamps_a_running_job(tmp_path):

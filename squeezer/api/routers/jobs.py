@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -17,6 +19,7 @@ from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.db import ApiKey, Artifact, ArtifactKind, Job, JobMetric, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+logger = logging.getLogger(__name__)
 TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
 
 
@@ -70,7 +73,12 @@ def create_job(
     job = Job(owner_id=key.id, name=body.name, priority=body.priority, spec=spec, total_epochs=total)
     session.add(job)
     session.commit()
-    request.app.state.queue.enqueue(job.id, job.priority)
+    try:
+        request.app.state.queue.enqueue(job.id, job.priority)
+        job.enqueued_at = datetime.now(UTC)
+        session.commit()
+    except Exception:  # the broker is down: the job is stored, and the sweep sends it once the broker is back
+        logger.warning("could not enqueue job %s; the sweep will send it", job.id, exc_info=True)
     return job
 
 

@@ -1,0 +1,91 @@
+"""The broker loses its messages (a Redis without persistence restarted) and is down at submit time:
+every job still runs, exactly once, and a waiting high-priority job runs before normal ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import pytest
+import redis
+
+from squeezer.api import create_app
+from squeezer.api.keys import create_key
+from squeezer.client import Client
+from squeezer.db import Job
+from squeezer.db.migrate import upgrade
+from squeezer.settings import Settings
+from tests.helpers import live_server, write_digits_job_files
+from tests.servers import RedisServer
+
+CONFIG = {"compression": {"algorithm": "quantization"}}
+
+
+def _wait(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_lost_messages_are_sent_again_and_priorities_are_honoured(tmp_path):
+    broker = RedisServer(tmp_path, persistent=False)
+    broker.start()
+    settings = Settings(home=tmp_path / "home", broker_url=broker.url, requeue_after_s=3, sweep_interval_s=0.5)
+    upgrade(settings.resolved_database_url())
+    app = create_app(settings)
+    with app.state.sessions() as session:
+        _, secret = create_key(session, "faults")
+    files = write_digits_job_files(tmp_path)
+    worker = None
+    try:
+        with live_server(app) as url, Client(url, secret, retries=0) as client:
+            ids = {n: client.artifacts.upload(p, "model" if n == "model" else "dataset") for n, p in files.items()}
+
+            def submit(name, priority):
+                return client.jobs.create(name, ids["model"], CONFIG, ids["train"], ids["val"], {"epochs": 1}, priority)
+
+            normal, urgent = submit("normal", 0), submit("urgent", 9)
+            broker.stop()
+            broker.start()  # no persistence: both messages are gone
+            assert redis.Redis.from_url(broker.url).dbsize() == 0
+
+            broker.stop()
+            middle = submit("middle", 5)  # accepted while the broker is down: stored, sent later
+            assert middle.status == "queued"
+            down = client.http.get("/readyz")
+            assert down.status_code == 503 and "broker unreachable" in down.json()["detail"]
+            broker.start()
+
+            restarted = datetime.now(UTC)
+
+            def all_sent_again():
+                with app.state.sessions() as session:
+                    jobs = session.query(Job).all()
+                    return all(j.enqueued_at and j.enqueued_at.replace(tzinfo=UTC) > restarted for j in jobs)
+
+            _wait(all_sent_again)  # by the API's sweep; only then does a worker start
+            env = {**os.environ, "SQUEEZER_HOME": str(settings.home), "SQUEEZER_BROKER_URL": broker.url}
+            with (tmp_path / "worker.log").open("w") as log:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "squeezer.worker.celery_app"], env=env, stdout=log, stderr=subprocess.STDOUT
+                )
+            done = [client.jobs.wait(job, timeout=300) for job in (normal, urgent, middle)]
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=60)
+        broker.stop()
+    app.state.engine.dispose()
+
+    assert [j.status for j in done] == ["succeeded"] * 3
+    with app.state.sessions() as session:
+        rows = {j.name: j for j in session.query(Job)}
+        assert {name: j.attempts for name, j in rows.items()} == {"normal": 1, "urgent": 1, "middle": 1}  # once each
+        order = sorted(rows, key=lambda name: rows[name].started_at)
+    app.state.engine.dispose()
+    assert order == ["urgent", "middle", "normal"]  # priority 9, then 5, then 0
