@@ -75,7 +75,7 @@ class Service:
     def __init__(self, home: Path, broker_url: str | None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "SQUEEZER_HOME": str(home)}
+        env = {**os.environ, "SQUEEZER_HOME": str(home), "SQUEEZER_RATE_LIMIT": "1000000/minute"}  # raw capacity
         if broker_url:
             env["SQUEEZER_BROKER_URL"] = broker_url
         self.home = home
