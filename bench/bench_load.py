@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,9 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
+from service_common import free_port, wait_ready
 
 from squeezer.client import Client
 from squeezer.client.packaging import export_model
@@ -34,12 +33,6 @@ from squeezer.examples.models import MLP
 RESULTS = Path(__file__).parent / "results"
 CONFIG = {"compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 64}}}}
 RECIPE = {"epochs": 1, "batch_size": 32}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -56,7 +49,7 @@ def main() -> None:
     np.savez(root / "train.npz", x=x_train[:256].numpy(), y=y_train[:256].numpy())
     np.savez(root / "val.npz", x=x_val[:128].numpy(), y=y_val[:128].numpy())
 
-    redis_port, api_port = _free_port(), _free_port()
+    redis_port, api_port = free_port(), free_port()
     redis = subprocess.Popen(
         ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""], stdout=subprocess.DEVNULL
     )
@@ -74,13 +67,7 @@ def main() -> None:
     second = subprocess.Popen([*cli, "worker", "--nice", "10"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{api_port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        wait_ready(url)
         key = (root / "home" / "api_key").read_text().strip()
         with Client(url, key) as client:
             ids = {

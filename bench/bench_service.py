@@ -15,7 +15,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from service_common import free_port, wait_ready
 
 from squeezer.client import Client
 from squeezer.client.packaging import export_model
@@ -39,12 +39,6 @@ CONFIG = {
     "input_info": {"sample_size": [1, 1, 32, 32]},
     "compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 256}}},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def job_files(folder: Path) -> dict[str, Path]:
@@ -73,7 +67,7 @@ class Service:
     """`squeezer serve` in a subprocess (embedded defaults, or a Redis broker)."""
 
     def __init__(self, home: Path, broker_url: str | None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "SQUEEZER_HOME": str(home), "SQUEEZER_RATE_LIMIT": "1000000/minute"}  # raw capacity
         if broker_url:
@@ -83,15 +77,7 @@ class Service:
         self.log = (home / "serve.log").open("w")
         cmd = [sys.executable, "-m", "squeezer.cli", "serve", "--port", str(self.port)]
         self.process = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError(f"service not ready; see {home / 'serve.log'}")
+        wait_ready(self.url)
         time.sleep(3)  # let the worker process finish importing torch and connect to the broker
         self.key = (home / "api_key").read_text().strip()
 
@@ -223,7 +209,7 @@ def main() -> None:
     if "redis" in brokers:
         if shutil.which("redis-server") is None:
             raise SystemExit("redis-server is not installed (make system-deps), or pass --broker embedded")
-        redis_port = _free_port()
+        redis_port = free_port()
         redis = subprocess.Popen(
             ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
             stdout=subprocess.DEVNULL,
