@@ -7,17 +7,31 @@ The URL and key come from --url / --api-key, SQUEEZER_URL / SQUEEZER_API_KEY, or
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from squeezer.api.schemas import Status
 from squeezer.client import Client, ClientError, JobRead
+
+
+class JobState(enum.StrEnum):
+    """The API's job states, as CLI choices (a test keeps the two lists equal)."""
+
+    queued = "queued"
+    running = "running"
+    cancelling = "cancelling"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
 
 jobs_app = typer.Typer(help="Follow, cancel and download jobs.", no_args_is_help=True)
 console = Console()
@@ -98,14 +112,14 @@ def submit(
 
 @jobs_app.command("ls")
 def list_jobs(
-    status: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
+    status: Annotated[JobState | None, typer.Option(help="only jobs in this state")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """The newest jobs of this key."""
     with _client(url, api_key) as client:
-        page = client.jobs.list(status=status, limit=limit)  # type: ignore[arg-type]  # the service names bad values
+        page = client.jobs.list(status=cast(Status, status.value) if status else None, limit=limit)
     table = Table(
         Column("id", no_wrap=True, min_width=32),  # ids are copied from here: never wrapped
         "name",

@@ -187,6 +187,8 @@ class Client:
             return self.artifacts.upload(dataset_bytes(data), "dataset", filename=filename).id
         if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
             return self.artifacts.upload(Path(data), "dataset").id
+        if isinstance(data, os.PathLike) or (isinstance(data, str) and data.endswith((".npz", ".safetensors"))):
+            raise FileNotFoundError(f"no dataset file {str(data)!r}")
         if isinstance(data, (str, ArtifactRead)):
             return _id(data)
         raise TypeError(f"data must be an (x, y) pair, a .npz/.safetensors file or an artifact id, not {data!r}")

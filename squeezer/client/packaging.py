@@ -6,7 +6,6 @@ torch is imported here only, so the rest of the SDK starts fast.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -55,4 +54,4 @@ def config_dict(config: Any) -> dict[str, Any]:
     loaded = jstyleson.loads(path.read_text(encoding="utf-8"))
     if not isinstance(loaded, dict):
         raise ValueError(f"{path}: a compression config is a JSON object, got {type(loaded).__name__}")
-    return json.loads(json.dumps(loaded))
+    return loaded

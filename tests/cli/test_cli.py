@@ -9,17 +9,21 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import get_args
 
 import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 
+from squeezer.api.schemas import Status
+from squeezer.cli.jobs import JobState
 from tests.helpers import write_digits_job_files
 
 
 def run_cli(*args, home):
-    env = {**os.environ, "SQUEEZER_HOME": str(home)}
+    env = {**os.environ, "SQUEEZER_HOME": str(home), "COLUMNS": "200"}  # no wrapped messages
     return subprocess.run(
         [sys.executable, "-m", "squeezer.cli", *args], env=env, capture_output=True, text=True, timeout=120
     )
@@ -30,6 +34,12 @@ def test_db_and_keys_commands(tmp_path):
     created = run_cli("keys", "create", "ci", home=tmp_path)
     assert created.returncode == 0 and created.stdout.strip().startswith("sq_")
     assert run_cli("db", "downgrade", home=tmp_path).returncode == 0
+
+
+def test_the_cli_offers_exactly_the_api_job_states():
+    assert {s.value for s in JobState} == set(get_args(Status))
+    result = run_cli("jobs", "ls", "--status", "bogus", home=Path("/nonexistent"))
+    assert result.returncode == 2 and "'bogus' is not one of 'queued'" in result.stdout + result.stderr
 
 
 def _free_port():
