@@ -62,8 +62,11 @@ class LocalStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         data = Path(source).read_bytes()
         tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
         return StoredFile(hashlib.sha256(data).hexdigest(), len(data), key)
 
     async def save_stream(self, chunks: AsyncIterator[bytes], limit: int) -> StoredFile:

@@ -9,6 +9,7 @@ every epoch's record becomes a `job_metric` row as soon as it exists.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -125,6 +126,16 @@ def _store_exports(sessions: sessionmaker[Session], store: LocalStore, job_id: s
         session.commit()
 
 
+def failure_reason(exc: BaseException) -> str:
+    """What the job row says about a failure; a full disk is named as such."""
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    # torch.save reports a short write as a RuntimeError from its zip writer (inline_container.cc)
+    if full or (isinstance(exc, RuntimeError) and "inline_container.cc" in str(exc)):
+        where = f" writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
+        return f"storage full{where} ({exc}); files written before, the last checkpoint included, are intact"
+    return f"{type(exc).__name__}: {exc}"
+
+
 @contextlib.contextmanager
 def _job_log(path: Path) -> Iterator[None]:
     """Everything the library and the runner log while the job runs also goes to the job's own log."""
@@ -186,11 +197,16 @@ def execute_job(
         logger.error("job %s failed:\n%s", job_id, traceback.format_exc())
         with contextlib.suppress(OSError), log_path.open("a", encoding="utf-8") as log:
             log.write(traceback.format_exc())
-        _store_exports(sessions, store, job_id, {"log": str(log_path)})
-        _finish(sessions, job_id, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(OSError):  # a full disk must not keep the failure from being recorded
+            _store_exports(sessions, store, job_id, {"log": str(log_path)})
+        _finish(sessions, job_id, JobStatus.failed, error=failure_reason(exc))
         return JobStatus.failed.value
     result.artifacts["log"] = str(log_path)
-    _store_exports(sessions, store, job_id, result.artifacts)
+    try:
+        _store_exports(sessions, store, job_id, result.artifacts)
+    except OSError as exc:
+        _finish(sessions, job_id, JobStatus.failed, error=failure_reason(exc))
+        return JobStatus.failed.value
     status = JobStatus.cancelled if result.status == "cancelled" else JobStatus.succeeded
     _finish(
         sessions,

@@ -352,8 +352,11 @@ class TrainingLoop:
         }
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)  # the previous state stays whole until the new one is complete
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def load_state(self, path: str | os.PathLike[str]) -> None:
         """Resume from `save_state`; call before `run` (which then continues where the state ended)."""
