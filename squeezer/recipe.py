@@ -20,9 +20,9 @@ class Recipe(BaseModel):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
     lr_schedule: Literal["constant", "cosine", "step"] = "constant"
-    lr_step_epochs: int = Field(default=10, ge=1)
+    lr_step_epochs: int = Field(default=10, ge=1, le=10000)
     lr_gamma: float = Field(default=0.1, gt=0, le=1)
     batch_size: int = Field(default=64, ge=1, le=65536)
     epochs: int = Field(default=3, ge=1, le=10000, description="epochs when the config has no accuracy_aware_training")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"

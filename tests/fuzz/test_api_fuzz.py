@@ -19,7 +19,8 @@ CASES: list[str] = []
 
 
 @schema.parametrize()
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+# derandomized: CI tries the same cases every run (a random run once found offset=2**63 -> 500, now fixed)
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_no_input_breaks_the_api(case):
     CASES.append(case.operation.label)
     with _app.state.sessions() as session:

@@ -39,7 +39,7 @@ def _parse(data):
         assert exc.path.startswith("$") and str(exc)
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1000, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(json_values)
 def test_any_json_parses_or_is_a_config_error(data):
     CASES["any"] += 1
@@ -56,7 +56,7 @@ def _paths(value, prefix=()):
             yield from _paths(v, (*prefix, i))
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=2000, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_a_real_config_with_one_value_replaced_parses_or_is_a_config_error(data):
     CASES["mutated"] += 1

@@ -101,7 +101,7 @@ def list_jobs(
     key: CurrentKey,
     session: SessionDep,
     status: Status | None = None,
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=2**31 - 1),  # the database takes 64-bit integers; fuzzing sent 2**63
     limit: int = Query(50, ge=1, le=500),
 ) -> JobPage:
     query = select(Job).where(Job.owner_id == key.id)
