@@ -25,9 +25,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-from service_common import free_port, wait_ready
+from service_common import free_port
 
-from squeezer.client import Client
+from squeezer.client import Client, wait_ready
 from squeezer.client.packaging import export_model
 from squeezer.examples.digits import digits_loaders, digits_split, train_epoch
 from squeezer.examples.models import ResidualCNN

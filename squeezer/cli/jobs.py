@@ -7,7 +7,6 @@ The URL and key come from --url / --api-key, SQUEEZER_URL / SQUEEZER_API_KEY, or
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,18 +19,7 @@ from rich.table import Column, Table
 
 from squeezer.api.schemas import Status
 from squeezer.client import Client, ClientError, JobRead
-
-
-class JobState(enum.StrEnum):
-    """The API's job states, as CLI choices (a test keeps the two lists equal)."""
-
-    queued = "queued"
-    running = "running"
-    cancelling = "cancelling"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
+from squeezer.db.models import JobStatus  # sqlalchemy is loaded by the CLI anyway
 
 jobs_app = typer.Typer(help="Follow, cancel and download jobs.", no_args_is_help=True)
 console = Console()
@@ -112,7 +100,7 @@ def submit(
 
 @jobs_app.command("ls")
 def list_jobs(
-    status: Annotated[JobState | None, typer.Option(help="only jobs in this state")] = None,
+    status: Annotated[JobStatus | None, typer.Option(help="only jobs in this state")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
     url: UrlOption = None,
     api_key: KeyOption = None,

@@ -1,7 +1,7 @@
 """The Python SDK of the Squeezer service: `Client`, its typed responses and its error classes."""
 
 from squeezer.api.schemas import ArtifactRead, ExportRead, JobPage, JobRead, MetricRead
-from squeezer.client.client import Client, JobEvent
+from squeezer.client.client import Client, JobEvent, wait_ready
 from squeezer.client.errors import (
     ApiError,
     AuthenticationError,
@@ -41,4 +41,5 @@ __all__ = [
     "RateLimited",
     "ServerError",
     "ServiceUnavailable",
+    "wait_ready",
 ]

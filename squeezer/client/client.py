@@ -17,7 +17,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -333,6 +333,21 @@ class Jobs:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         return target
+
+
+def wait_ready(url: str, timeout: float = 120.0, alive: Callable[[], bool] | None = None) -> None:
+    """Block until `url`/readyz answers 200 (database and broker up); `alive()` False stops early."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise errors.ServiceUnavailable(f"the service at {url} stopped before it was ready")
+        try:
+            if httpx.get(f"{url.rstrip('/')}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise errors.ServiceUnavailable(f"the service at {url} was not ready within {timeout:.0f} s")
 
 
 def _filename(response: httpx.Response, kind: str) -> str:

@@ -12,15 +12,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from squeezer.client import Client
+from squeezer.client import Client, wait_ready
 from squeezer.examples.digits import accuracy, digits_loaders, digits_split, train_epoch
 from squeezer.examples.models import ResidualCNN
 
@@ -37,20 +35,6 @@ CONFIG = {
 def _port_is_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def _wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"squeezer serve exited with {server.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the service at {url} did not become ready in {timeout:.0f} s")
 
 
 def main() -> None:
@@ -83,7 +67,7 @@ def main() -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_ready(url, server)
+        wait_ready(url, alive=lambda: server.poll() is None)
         print(f"squeezer serve is up on {url} (log: {log_path})")
         os.environ["SQUEEZER_HOME"] = str(args.home)  # the SDK finds the key file serve wrote
         train_xy, (x_val, y_val) = digits_split(image_size=32)  # the split the model was trained on

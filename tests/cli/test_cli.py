@@ -5,21 +5,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import get_args
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 
 from squeezer.api.schemas import Status
-from squeezer.cli.jobs import JobState
+from squeezer.client import wait_ready
+from squeezer.db import JobStatus
 from tests.helpers import write_digits_job_files
+from tests.servers import free_port
 
 
 def run_cli(*args, home):
@@ -36,22 +35,16 @@ def test_db_and_keys_commands(tmp_path):
     assert run_cli("db", "downgrade", home=tmp_path).returncode == 0
 
 
-def test_the_cli_offers_exactly_the_api_job_states():
-    assert {s.value for s in JobState} == set(get_args(Status))
+def test_the_cli_offers_exactly_the_job_states():
+    assert {s.value for s in JobStatus} == set(get_args(Status))  # the database's states are the API's
     result = run_cli("jobs", "ls", "--status", "bogus", home=Path("/nonexistent"))
     assert result.returncode == 2 and "'bogus' is not one of 'queued'" in result.stdout + result.stderr
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_serve_and_the_job_commands_on_the_embedded_defaults(tmp_path):
     """`squeezer serve` as a subprocess; then submit, watch, list, show, download through the CLI only."""
-    port = _free_port()
+    port = free_port()
     home = tmp_path / "home"
     env = {**os.environ, "SQUEEZER_HOME": str(home), "SQUEEZER_URL": f"http://127.0.0.1:{port}", "COLUMNS": "160"}
     env.pop("SQUEEZER_API_KEY", None)  # the CLI must find the key file serve writes
@@ -70,13 +63,7 @@ def test_serve_and_the_job_commands_on_the_embedded_defaults(tmp_path):
         )
 
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        wait_ready(f"http://127.0.0.1:{port}", timeout=60, alive=lambda: server.poll() is None)
         files = write_digits_job_files(tmp_path)
         config = tmp_path / "int8.json"
         config.write_text(json.dumps({"compression": {"algorithm": "quantization"}}))

@@ -24,6 +24,7 @@ from squeezer.client import (
     PayloadTooLarge,
     ServerError,
     ServiceUnavailable,
+    wait_ready,
 )
 from squeezer.examples.digits import digits_tensors
 from squeezer.examples.models import MLP
@@ -153,3 +154,15 @@ def test_an_unreachable_service_is_named():
     client = Client(f"http://127.0.0.1:{port}", "sq_key", retries=1, backoff_s=0.01)
     with pytest.raises(ServiceUnavailable, match=re.escape(f"127.0.0.1:{port}")), client:
         client.jobs.list()
+
+
+def test_wait_ready_returns_once_ready_and_names_a_dead_service(service):
+    _, _, client, _ = service
+    wait_ready(client.url, timeout=10)  # a live API with its database and queue: returns at once
+    with pytest.raises(ServiceUnavailable, match="stopped before it was ready"):
+        wait_ready(client.url.replace(client.url.rsplit(":", 1)[1], "1"), timeout=10, alive=lambda: False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ServiceUnavailable, match="not ready within 1 s"):
+        wait_ready(f"http://127.0.0.1:{port}", timeout=1)
