@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, description="claims of one job before a crashing job is failed")
     requeue_after_s: float = Field(default=300.0, gt=0, description="a queued job's message is sent again this often")
     sweep_interval_s: float = Field(default=15.0, gt=0, description="how often the API looks for stale jobs")
+    sandbox: Literal["landlock", "process"] = Field(
+        default="landlock",
+        description="how a worker runs a job: landlock (own process, confined; Linux 6.7+) or process (own process, "
+        "no credentials, unconfined: only for trusted uploads)",
+    )
     url: str = Field(default="http://127.0.0.1:8000", description="the API the SDK and the CLI talk to")
     api_key: str = Field(default="", description="the SDK's and the CLI's key; default: the key file of serve")
 

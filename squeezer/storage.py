@@ -9,12 +9,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from squeezer.errors import SqueezerError
+
+CHUNK_BYTES = 1024 * 1024
 
 
 class StorageError(SqueezerError):
@@ -57,17 +60,28 @@ class LocalStore:
             shutil.rmtree(target)
 
     def save_file(self, key: str, source: str | os.PathLike[str]) -> StoredFile:
-        """Copy a local file to `key` atomically (temp file, then rename), hashing it on the way."""
+        """Copy a regular file to `key` atomically (temp file, then rename), hashing it on the way.
+
+        `source` is opened without following a link: a job process writes the files copied from
+        its folder, and must not be able to point one at the database.
+        """
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        data = Path(source).read_bytes()
+        digest, size = hashlib.sha256(), 0
         tmp = target.with_name(f".{target.name}.tmp")
         try:
-            tmp.write_bytes(data)
+            with open(os.open(source, os.O_RDONLY | os.O_NOFOLLOW), "rb") as src:
+                if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                    raise StorageError(f"{source} is not a regular file")
+                with tmp.open("wb") as out:
+                    while chunk := src.read(CHUNK_BYTES):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        return StoredFile(hashlib.sha256(data).hexdigest(), len(data), key)
+        return StoredFile(digest.hexdigest(), size, key)
 
     async def save_stream(self, chunks: AsyncIterator[bytes], limit: int) -> StoredFile:
         """Hash and write while reading; stop as soon as `limit` is passed (nothing is kept then)."""

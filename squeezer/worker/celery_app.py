@@ -46,7 +46,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     @app.task(name=TASK)
     def run(job_id: str) -> str:
         sessions, store = _resources(settings.resolved_database_url(), str(settings.resolved_storage_dir()))
-        return execute_job(job_id, sessions, store, settings.home / "work", settings.heartbeat_s)
+        return execute_job(job_id, sessions, store, settings.home / "work", settings.heartbeat_s, settings.sandbox)
 
     return app
 

@@ -4,18 +4,19 @@
 without a broker. The row is the truth: claiming is one conditional UPDATE (a duplicate delivery
 finds the row taken and does nothing), cancellation is read from the row after every epoch, and
 every epoch's record becomes a `job_metric` row as soon as it exists.
+
+The job itself runs in a job process (`sandbox/`) that holds the upload but no credentials: this
+process relays its epochs to the database and copies its outputs to the store.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import shutil
 import socket
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from squeezer.db import Artifact, Export, Job, JobMetric, JobStatus
 from squeezer.db.models import EXPORT_FILENAMES
-from squeezer.recipe import Recipe
 from squeezer.storage import LocalStore
+from squeezer.worker.failures import failure_reason
 from squeezer.worker.recovery import Heartbeat
-from squeezer.worker.runner import JobInputError, run_job
+from squeezer.worker.sandbox.child import WORKDIR_FILES
+from squeezer.worker.sandbox.confine import SandboxUnavailable, require_landlock
+from squeezer.worker.sandbox.process import JobProcessFailed, run_job_process
+from squeezer.worker.sandbox.protocol import EpochMessage, JobRequest
+
+RUN_JOB = "squeezer.worker.runner:run_job"
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +61,9 @@ def claim(sessions: sessionmaker[Session], job_id: str) -> bool:
         return bool(result.rowcount)
 
 
-def _record_epoch(sessions: sessionmaker[Session], job_id: str) -> Callable[[dict[str, Any]], None]:
-    def record(r: dict[str, Any]) -> None:
+def _record_epoch(sessions: sessionmaker[Session], job_id: str) -> Callable[[EpochMessage], None]:
+    def record(message: EpochMessage) -> None:
+        r = message.model_dump()
         with sessions() as session:
             job = session.get(Job, job_id)
             assert job is not None
@@ -112,12 +119,16 @@ def _finish(sessions: sessionmaker[Session], job_id: str, status: JobStatus, **v
         session.commit()
 
 
-def _store_exports(sessions: sessionmaker[Session], store: LocalStore, job_id: str, artifacts: dict[str, str]) -> None:
+def _store_exports(
+    sessions: sessionmaker[Session], store: LocalStore, job_id: str, workdir: Path, kinds: Sequence[str]
+) -> None:
+    """Copy the job process's outputs to the store: by kind, from fixed names, never through a link."""
     with sessions() as session:
-        for kind, path in artifacts.items():
-            if kind not in EXPORT_FILENAMES:
+        for kind in kinds:
+            source = workdir / WORKDIR_FILES[kind]
+            if source.is_symlink() or not source.is_file():
                 continue
-            stored = store.save_file(f"jobs/{job_id}/{EXPORT_FILENAMES[kind]}", path)
+            stored = store.save_file(f"jobs/{job_id}/{EXPORT_FILENAMES[kind]}", source)
             row = session.scalars(select(Export).where(Export.job_id == job_id, Export.kind == kind)).first()
             if row is None:  # a re-run job replaces its exports
                 row = Export(job_id=job_id, kind=kind)
@@ -126,42 +137,23 @@ def _store_exports(sessions: sessionmaker[Session], store: LocalStore, job_id: s
         session.commit()
 
 
-def failure_reason(exc: BaseException) -> str:
-    """What the job row says about a failure; a full disk is named as such."""
-    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-    # torch.save reports a short write as a RuntimeError from its zip writer (inline_container.cc)
-    if full or (isinstance(exc, RuntimeError) and "inline_container.cc" in str(exc)):
-        where = f" writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
-        return f"storage full{where} ({exc}); files written before, the last checkpoint included, are intact"
-    return f"{type(exc).__name__}: {exc}"
-
-
-@contextlib.contextmanager
-def _job_log(path: Path) -> Iterator[None]:
-    """Everything the library and the runner log while the job runs also goes to the job's own log."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("squeezer")
-    previous = root.level
-    root.addHandler(handler)
-    if root.getEffectiveLevel() > logging.INFO:
-        root.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(previous)
-        handler.close()
-
-
 def execute_job(
-    job_id: str, sessions: sessionmaker[Session], store: LocalStore, work_root: str | Path, heartbeat_s: float = 10.0
+    job_id: str,
+    sessions: sessionmaker[Session],
+    store: LocalStore,
+    work_root: str | Path,
+    heartbeat_s: float = 10.0,
+    sandbox: str = "landlock",
+    target: str = RUN_JOB,
+    import_paths: Sequence[str] = (),
 ) -> str:
     """Run job `job_id` if it can be claimed; returns its final status (or 'skipped').
 
-    `work_root` must be shared by the workers that may resume each other's jobs (it is `<home>/work`):
-    the loop state saved there after every epoch is where a requeued job continues.
+    The job runs in its own process (`sandbox/`): confined with Landlock (`sandbox="landlock"`), or
+    only without credentials (`"process"`). `target` is what that process calls (tests substitute
+    a hostile loader for `run_job`, and `import_paths` to find it). `work_root` must be shared by
+    the workers that may resume each other's jobs (it is `<home>/work`): the loop state saved there
+    after every epoch is where a requeued job continues.
     """
     if not claim(sessions, job_id):
         logger.info("job %s was not queued (already taken or cancelled); skipping", job_id)
@@ -174,49 +166,50 @@ def execute_job(
         for field in ("model", "train_data", "val_data"):
             artifact = session.get(Artifact, spec[field])
             assert artifact is not None
-            paths[field] = store.path(artifact.storage_path)
-    workdir = Path(work_root) / job_id
-    log_path = workdir / "job.log"
+            paths[field] = str(store.path(artifact.storage_path))
+    workdir = Path(work_root).resolve() / job_id
+    request = JobRequest(
+        target=target,
+        arguments={
+            "model_path": paths["model"],
+            "config": spec["config"],
+            "train_path": paths["train_data"],
+            "val_path": paths["val_data"],
+            "recipe": spec["recipe"],
+            "workdir": str(workdir),
+        },
+        readable=list(paths.values()),
+        workdir=str(workdir),
+        confine=sandbox == "landlock",
+        import_paths=list(import_paths),
+    )
     try:
-        with _job_log(log_path), Heartbeat(sessions, job_id, heartbeat_s):
-            result = run_job(
-                paths["model"],
-                spec["config"],
-                paths["train_data"],
-                paths["val_data"],
-                Recipe.model_validate(spec["recipe"]),
-                workdir,
-                on_epoch=_record_epoch(sessions, job_id),
-                should_cancel=_cancel_requested(sessions, job_id),
-            )
-    except JobInputError as exc:
-        _store_exports(sessions, store, job_id, {"log": str(log_path)})
+        if request.confine:
+            require_landlock()
+        with Heartbeat(sessions, job_id, heartbeat_s):
+            done = run_job_process(request, _record_epoch(sessions, job_id), _cancel_requested(sessions, job_id))
+    except (JobProcessFailed, SandboxUnavailable) as exc:
+        if not (isinstance(exc, JobProcessFailed) and exc.input_error):
+            logger.error("job %s failed: %s", job_id, exc)
+        with contextlib.suppress(OSError):  # a full disk must not keep the failure from being recorded
+            _store_exports(sessions, store, job_id, workdir, ["log"])
         _finish(sessions, job_id, JobStatus.failed, error=str(exc))
         return JobStatus.failed.value
-    except Exception as exc:  # the reason goes to the row; the traceback to the logs
-        logger.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        with contextlib.suppress(OSError), log_path.open("a", encoding="utf-8") as log:
-            log.write(traceback.format_exc())
-        with contextlib.suppress(OSError):  # a full disk must not keep the failure from being recorded
-            _store_exports(sessions, store, job_id, {"log": str(log_path)})
-        _finish(sessions, job_id, JobStatus.failed, error=failure_reason(exc))
-        return JobStatus.failed.value
-    result.artifacts["log"] = str(log_path)
     try:
-        _store_exports(sessions, store, job_id, result.artifacts)
+        _store_exports(sessions, store, job_id, workdir, done.outputs)
     except OSError as exc:
         _finish(sessions, job_id, JobStatus.failed, error=failure_reason(exc))
         return JobStatus.failed.value
-    status = JobStatus.cancelled if result.status == "cancelled" else JobStatus.succeeded
+    status = JobStatus.cancelled if done.status == "cancelled" else JobStatus.succeeded
     _finish(
         sessions,
         job_id,
         status,
         result={
-            "statistics": result.statistics,
-            "metric": result.metric,
-            "compression_rate": result.compression_rate,
-            "uncompressed_metric": result.uncompressed_metric,
+            "statistics": done.statistics,
+            "metric": done.metric,
+            "compression_rate": done.compression_rate,
+            "uncompressed_metric": done.uncompressed_metric,
         },
     )
     shutil.rmtree(workdir, ignore_errors=True)  # everything worth keeping is in the store now

@@ -1,6 +1,7 @@
 """The job runner: plain functions that turn a model archive, a config, data and a recipe into a
-compressed, onnxruntime-verified ONNX file. Celery tasks (and tests) call `run_job`; it knows
-nothing about the database, the broker or HTTP.
+compressed, onnxruntime-verified ONNX file. A worker calls `run_job` inside a job process of its
+own (`sandbox/`), library users and tests call it directly; it knows nothing about the database, the
+broker or HTTP.
 
 Progress goes out through `on_epoch(record)`; `should_cancel()` is asked after every epoch; the
 loop state is saved in `workdir` after every epoch so a job whose worker died resumes there.
@@ -181,12 +182,13 @@ def run_job(
     config: dict[str, Any],
     train_path: str | Path,
     val_path: str | Path,
-    recipe: Recipe,
+    recipe: Recipe | dict[str, Any],
     workdir: str | Path,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> JobResult:
     """Compress the archived model as `config` says, training with `recipe`; files land in `workdir`."""
+    recipe = Recipe.model_validate(recipe)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     random.seed(recipe.seed)

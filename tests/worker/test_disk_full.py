@@ -10,13 +10,13 @@ import sys
 
 import torch
 
-from squeezer.worker.execute import failure_reason
+from squeezer.worker.failures import failure_reason
 
 CHILD = r"""
 import json, resource, signal, sys
 from pathlib import Path
 from squeezer.recipe import Recipe
-from squeezer.worker.execute import failure_reason
+from squeezer.worker.failures import failure_reason
 from squeezer.worker.runner import run_job
 
 root, work = Path(sys.argv[1]), Path(sys.argv[2])

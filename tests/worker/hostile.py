@@ -1,0 +1,51 @@
+"""A job target that loads the upload the unsafe way, standing in for a bug in our loader or in torch:
+`torch.export.load` unpickles, so code carried by the archive runs inside the job process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_unsafely(model_path: str, **_: Any) -> None:
+    import torch
+
+    torch.export.load(model_path)
+    raise RuntimeError("the archive loaded and its payload did not stop the job")
+
+
+def kill_itself(**_: Any) -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def send_invalid_message(**_: Any) -> None:
+    """Write to the events pipe directly: a 'done' that names an output outside the known kinds."""
+    import os
+    import sys
+
+    os.write(
+        int(sys.argv[2]), b'{"type": "done", "status": "succeeded", "uncompressed_metric": 1.0, "outputs": ["../db"]}\n'
+    )
+
+
+def link_outputs_to_the_database(workdir: str, **_: Any) -> Any:
+    """Claim success with outputs that are links to the worker's database (<home>/squeezer.db)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    database = Path(workdir).parent.parent / "squeezer.db"
+    (Path(workdir) / "model.onnx").symlink_to(database)
+    (Path(workdir) / "stripped_model.safetensors").symlink_to(database)
+    return SimpleNamespace(status="succeeded", uncompressed_metric=1.0, metric=1.0, compression_rate=1.0, statistics={})
+
+
+def sleep_forever(workdir: str, **_: Any) -> None:
+    import os
+    import time
+    from pathlib import Path
+
+    (Path(workdir) / "pid").write_text(str(os.getpid()))
+    while True:
+        time.sleep(1)
