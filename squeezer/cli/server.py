@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from typing import Annotated
@@ -61,10 +62,17 @@ def keys_create(name: str) -> None:
 
 def worker(
     nice: Annotated[int, typer.Option(min=0, max=19, help="lower the worker's CPU priority by this much")] = 0,
+    exit_with_parent: Annotated[
+        bool, typer.Option(hidden=True, help="stop (SIGTERM) when the process that started it exits")
+    ] = False,
 ) -> None:
     """Run one worker process (one per GPU; CPU when there is none)."""
     from squeezer.worker.celery_app import run_worker
 
+    if exit_with_parent:
+        from squeezer.worker.lifetime import die_with_parent
+
+        die_with_parent(os.getppid(), signal.SIGTERM)
     if nice:
         os.nice(nice)
     run_worker(get_settings())
@@ -102,8 +110,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         path.chmod(0o600)
     secret = path.read_text(encoding="utf-8").strip()
     env = {**os.environ, "SQUEEZER_HOME": str(settings.home)}
-    # training takes every core it gets; on one machine the API must still answer status polls promptly
-    worker_process = subprocess.Popen([sys.executable, "-m", "squeezer.cli", "worker", "--nice", "10"], env=env)
+    # training takes every core it gets; on one machine the API must still answer status polls promptly.
+    # --exit-with-parent: uvicorn re-raises a SIGTERM after its graceful shutdown, which ends this process
+    # before the `finally` below; the worker must stop then too.
+    command = [sys.executable, "-m", "squeezer.cli", "worker", "--nice", "10", "--exit-with-parent"]
+    worker_process = subprocess.Popen(command, env=env)
     typer.echo(f"Squeezer API on http://{host}:{port} (docs: /docs)\nAPI key: {secret}\nkey file: {path}")
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

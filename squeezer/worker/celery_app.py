@@ -11,11 +11,13 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready
 
 from squeezer.db import make_engine, make_session_factory
 from squeezer.settings import Settings, get_settings
 from squeezer.storage import LocalStore
 from squeezer.worker.execute import execute_job
+from squeezer.worker.sandbox.process import prestart_job_process
 
 TASK = "squeezer.run_job"
 
@@ -54,6 +56,12 @@ def create_celery(settings: Settings | None = None) -> Celery:
 @lru_cache
 def _resources(database_url: str, storage_dir: str) -> tuple[Any, LocalStore]:
     return make_session_factory(make_engine(database_url)), LocalStore(storage_dir)
+
+
+@worker_ready.connect
+def _prestart_job_process(**_: Any) -> None:
+    """The first job's process imports torch while the worker waits for it (solo pool: same thread)."""
+    prestart_job_process()
 
 
 def _is_redis(url: str) -> bool:

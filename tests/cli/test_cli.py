@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import get_args
 
@@ -94,3 +95,22 @@ def test_serve_and_the_job_commands_on_the_embedded_defaults(tmp_path):
     output = (tmp_path / "serve.log").read_text()
     secret = (home / "api_key").read_text().strip()
     assert f"Squeezer API on http://127.0.0.1:{port}" in output and secret in output
+    # its worker and the worker's job process stop with it (uvicorn ends serve by re-raising the SIGTERM)
+    deadline = time.monotonic() + 30
+    while _processes_of(home) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_of(home) == []
+
+
+def _processes_of(home):
+    """Live processes started with SQUEEZER_HOME=home (the serve's worker) or by them."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().split(") ")[1][0]
+        except (OSError, IndexError):
+            continue
+        if f"SQUEEZER_HOME={home}".encode() in environ.split(b"\0") and state != "Z":
+            found.append(proc.name)
+    return found

@@ -1,5 +1,6 @@
-"""The broker loses its messages (a Redis without persistence restarted) and is down at submit time:
-every job still runs, exactly once, and a waiting high-priority job runs before normal ones."""
+"""The broker restarts: with persistence (AOF, as in docker-compose) a queued job's message survives and a
+running job finishes; without it the messages are lost, and when it is down at submit time they are
+never sent. Every job still runs, exactly once, and a waiting high-priority job runs before normal ones."""
 
 from __future__ import annotations
 
@@ -69,11 +70,7 @@ def test_lost_messages_are_sent_again_and_priorities_are_honoured(tmp_path):
                     return all(j.enqueued_at and j.enqueued_at.replace(tzinfo=UTC) > restarted for j in jobs)
 
             _wait(all_sent_again)  # by the API's sweep; only then does a worker start
-            env = {**os.environ, "SQUEEZER_HOME": str(settings.home), "SQUEEZER_BROKER_URL": broker.url}
-            with (tmp_path / "worker.log").open("w") as log:
-                worker = subprocess.Popen(
-                    [sys.executable, "-m", "squeezer.worker.celery_app"], env=env, stdout=log, stderr=subprocess.STDOUT
-                )
+            worker = _start_worker(settings, broker, tmp_path / "worker.log")
             done = [client.jobs.wait(job, timeout=300) for job in (normal, urgent, middle)]
     finally:
         if worker is not None:
@@ -89,3 +86,60 @@ def test_lost_messages_are_sent_again_and_priorities_are_honoured(tmp_path):
         order = sorted(rows, key=lambda name: rows[name].started_at)
     app.state.engine.dispose()
     assert order == ["urgent", "middle", "normal"]  # priority 9, then 5, then 0
+
+
+def _start_worker(settings, broker, log_path):
+    env = {**os.environ, "SQUEEZER_HOME": str(settings.home), "SQUEEZER_BROKER_URL": broker.url}
+    with log_path.open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "squeezer.worker.celery_app"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+@pytest.mark.slow
+def test_a_persistent_redis_restarted_under_a_running_and_a_queued_job_loses_neither(tmp_path):
+    broker = RedisServer(tmp_path, persistent=True)
+    broker.start()
+    # the sweep would send lost messages again after an hour: this test shows the AOF alone keeps them
+    settings = Settings(home=tmp_path / "home", broker_url=broker.url, requeue_after_s=3600, sweep_interval_s=0.5)
+    upgrade(settings.resolved_database_url())
+    app = create_app(settings)
+    with app.state.sessions() as session:
+        _, secret = create_key(session, "restart")
+    files = write_digits_job_files(tmp_path)
+    worker = None
+    try:
+        with live_server(app) as url, Client(url, secret, retries=0) as client:
+            ids = {n: client.artifacts.upload(p, "model" if n == "model" else "dataset") for n, p in files.items()}
+            first, second = (
+                client.jobs.create(name, ids["model"], CONFIG, ids["train"], ids["val"], {"epochs": 3})
+                for name in ("first", "second")
+            )
+            sent = _enqueued_at(app)
+            worker = _start_worker(settings, broker, tmp_path / "worker.log")
+            _wait(lambda: client.jobs.get(first.id).status == "running")
+            assert client.jobs.get(second.id).status == "queued"
+
+            broker.stop()  # while `first` trains and `second` waits in the queue
+            broker.start()
+            assert redis.Redis.from_url(broker.url).dbsize() > 0  # the queue came back from the AOF
+
+            done = [client.jobs.wait(job, timeout=300) for job in (first, second)]
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=60)
+        broker.stop()
+
+    assert [j.status for j in done] == ["succeeded"] * 2
+    assert _enqueued_at(app) == sent  # neither message was sent again
+    with app.state.sessions() as session:
+        rows = {j.name: j for j in session.query(Job)}
+        assert {name: j.attempts for name, j in rows.items()} == {"first": 1, "second": 1}
+        assert [m.epoch for m in rows["first"].metrics] == [0, 1, 2, 3]
+    app.state.engine.dispose()
+
+
+def _enqueued_at(app):
+    with app.state.sessions() as session:
+        return {j.name: j.enqueued_at for j in session.query(Job)}

@@ -1,5 +1,7 @@
-"""A worker killed with SIGKILL in the middle of an epoch: the stale-job sweep requeues the job, a second
-worker resumes it from the last completed epoch, and the result equals an uninterrupted run."""
+"""The API is stopped while one job runs and another waits, and the worker is killed with SIGKILL in the
+middle of an epoch while the API is down. A new API process's stale-job sweep requeues the job, a
+second worker resumes it from the last completed epoch, the result equals an uninterrupted run, and
+the waiting job runs once."""
 
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def _epochs_done(app, job_id):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
+def test_a_killed_worker_job_resumes_across_an_api_restart_and_matches_an_uninterrupted_run(tmp_path):
     files = write_digits_job_files(tmp_path)
     reference = run_job(
         files["model"], CONFIG, files["train"], files["val"], Recipe(**RECIPE), tmp_path / "reference"
@@ -46,7 +48,7 @@ def test_a_killed_worker_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
 
     settings = Settings(home=tmp_path / "home", heartbeat_s=0.5, stale_after_s=3, sweep_interval_s=0.5)
     upgrade(settings.resolved_database_url())
-    app = create_app(settings)  # its lifespan runs the stale-job sweep
+    app = create_app(settings)  # its lifespan runs the stale-job sweep (not while it is stopped)
     with app.state.sessions() as session:
         _, secret = create_key(session, "crash")
     env = {**os.environ, "SQUEEZER_HOME": str(settings.home), "SQUEEZER_HEARTBEAT_S": "0.5"}
@@ -57,19 +59,25 @@ def test_a_killed_worker_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
         with live_server(app) as url, Client(url, secret) as client:
             ids = {n: client.artifacts.upload(p, "model" if n == "model" else "dataset") for n, p in files.items()}
             job = client.jobs.create("crash", ids["model"], CONFIG, ids["train"], ids["val"], RECIPE)
+            waiting = client.jobs.create("waiting", ids["model"], CONFIG, ids["train"], ids["val"], {"epochs": 1})
             seen = {}
             deadline = time.monotonic() + 300
             while len(seen) < 2 and time.monotonic() < deadline:
                 seen.setdefault(_epochs_done(app, job.id), time.monotonic())
                 seen.pop(0, None), seen.pop(-1, None)
                 time.sleep(0.02)
-            time.sleep((seen[2] - seen[1]) / 2)  # half an epoch into epoch 3
-            assert _epochs_done(app, job.id) == 2, "the kill must land in the middle of epoch 3"
-            os.kill(first.pid, signal.SIGKILL)
-            first.wait(timeout=30)
-            second = _worker(env, log_path)  # another worker: the job comes back to it through the sweep
+        # the API stops here, with `crash` running and `waiting` queued
+        time.sleep(max(0.0, (seen[2] - seen[1]) / 2 - (time.monotonic() - seen[2])))  # half into epoch 3
+        assert _epochs_done(app, job.id) == 2, "the kill must land in the middle of epoch 3"
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        app.state.engine.dispose()
+        second = _worker(env, log_path)  # another worker: the job comes back to it through the new API's sweep
+        app = create_app(settings)
+        with live_server(app) as url, Client(url, secret) as client:
             done = client.jobs.wait(job, timeout=300)
             metrics = client.jobs.metrics(job)
+            assert client.jobs.wait(waiting, timeout=300).status == "succeeded"
     finally:
         for worker in (first, second):
             if worker is not None and worker.poll() is None:
@@ -80,6 +88,7 @@ def test_a_killed_worker_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert done.status == "succeeded", done.error
     with app.state.sessions() as session:
         assert session.get(Job, done.id).attempts == 2  # claimed twice: once per worker
+        assert session.get(Job, waiting.id).attempts == 1
     app.state.engine.dispose()
     assert [m.epoch for m in metrics] == list(range(6))  # no gap, no duplicate
     assert [m.metric for m in metrics] == [r["metric"] for r in reference.records]

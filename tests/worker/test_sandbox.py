@@ -35,7 +35,8 @@ from squeezer.worker.execute import execute_job
 HOSTILE_LOADER = "tests.worker.hostile:load_unsafely"  # in place of run_job: it unpickles the upload
 settings = get_settings()
 sessions, store = _resources(settings.resolved_database_url(), str(settings.resolved_storage_dir()))
-job_id, sandbox, repo = sys.argv[1:]
+sandbox, repo = sys.argv[1:]
+job_id = sys.stdin.readline().strip()  # the job is submitted once this process runs: the payload knows its pid
 print(execute_job(job_id, sessions, store, settings.home / "work", 10.0, sandbox, HOSTILE_LOADER, [repo]))
 """
 
@@ -49,14 +50,14 @@ def probe(name, action):
         report[name] = "denied: " + type(exc).__name__
 probe("own data", lambda: len(open(OWN_DATA, "rb").read()))
 probe("own folder", lambda: open("payload_was_here", "w").write("x"))
-probe("worker's environment", lambda: SECRET.encode() in open(f"/proc/{os.getppid()}/environ", "rb").read())
+probe("worker's environment", lambda: SECRET.encode() in open(f"/proc/{WORKER_PID}/environ", "rb").read())
 probe("database", lambda: open(DATABASE, "rb").read(16))
 probe("other key's upload", lambda: open(OTHER_UPLOAD, "rb").read(16))
 probe("other job's folder", lambda: open(OTHER_STATE, "rb").read())
 probe("list the jobs' folders", lambda: os.listdir(WORK_ROOT))
 probe("write to the store", lambda: open(STORE + "/planted", "w").write("x"))
 probe("redis", lambda: socket.create_connection(("127.0.0.1", REDIS_PORT), timeout=2).close())
-probe("signal the worker", lambda: os.kill(os.getppid(), 0))
+probe("signal the worker", lambda: os.kill(WORKER_PID, 0))
 json.dump(report, open("payload_report.json", "w"))
 raise RuntimeError("the payload ran")
 """
@@ -119,10 +120,19 @@ def test_a_pickle_payload_in_an_upload_reaches_nothing_but_its_own_job(tmp_path,
         "STORE": str(app.state.store.root),
         "REDIS_PORT": redis_server.port,
     }
-    prelude = "".join(f"{name} = {value!r}\n" for name, value in constants.items())
-    evil = hostile_archive((tmp_path / "bob" / "m.pt2").read_bytes(), prelude + PROBES)
 
     def run(sandbox: str) -> tuple[dict, Job]:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", WORKER, sandbox, str(REPO)],
+            env=worker_env,
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        prelude = "".join(f"{name} = {value!r}\n" for name, value in (constants | {"WORKER_PID": worker.pid}).items())
+        evil = hostile_archive((tmp_path / "bob" / "m.pt2").read_bytes(), prelude + PROBES)
         response = client.post(
             "/v1/artifacts", headers=as_bob, data={"kind": "model"}, files={"file": ("evil.pt2", evil)}
         )
@@ -133,15 +143,8 @@ def test_a_pickle_payload_in_an_upload_reaches_nothing_but_its_own_job(tmp_path,
         response = client.post("/v1/jobs", headers=as_bob, json=body)
         assert response.status_code == 201, response.text
         job_id = response.json()["id"]
-        worker = subprocess.run(
-            [sys.executable, "-c", WORKER, job_id, sandbox, str(REPO)],
-            env=worker_env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        status = worker.stdout.strip().splitlines()[-1] if worker.stdout.strip() else worker.stderr[-2000:]
+        out, err = worker.communicate(job_id + "\n", timeout=300)
+        status = out.strip().splitlines()[-1] if out.strip() else err[-2000:]
         assert status == "failed"
         report = json.loads((work_root / job_id / "payload_report.json").read_text())
         with app.state.sessions() as session:

@@ -1,15 +1,19 @@
 """The job process: `python -m squeezer.worker.sandbox.child PARENT_PID EVENTS_FD`.
 
-It starts with an environment that holds no credentials, dies with the worker that started it,
-reads one `JobRequest` line from stdin, confines itself (`confine.py`) while it is still a single
-thread, and only then imports torch and runs the job. Each epoch goes out as a JSON line on
-EVENTS_FD and waits for the worker's answer on stdin ("continue" or "cancel"); the last line is
-`done` or `failed`. Its log is `job.log` in its own folder, the only one it can write.
+It starts with an environment that holds no credentials and dies with the worker that started it.
+It imports torch and the runner first (a worker starts the next job's process in advance, so this
+happens while the worker waits), then reads one `JobRequest` line from stdin and forks: the fork is
+single-threaded, which Landlock needs (it restricts the calling thread and what it starts later,
+and imports have started BLAS threads by then). The fork confines itself (`confine.py`), runs the
+job, and the first process exits as the fork did.
+
+Each epoch goes out as a JSON line on EVENTS_FD and waits for the worker's answer on stdin
+("continue" or "cancel"); the last line is `done` or `failed`. The job's log is `job.log` in its
+own folder, the only one it can write.
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import logging
@@ -20,7 +24,19 @@ import traceback
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-PR_SET_PDEATHSIG = 1
+from squeezer.worker.lifetime import die_with_parent
+
+WARM_IMPORTS = (
+    "squeezer.worker.runner",
+    "squeezer.compression.export",
+    "torch.onnx",
+    "onnx",
+    "onnxruntime",
+    "safetensors.torch",
+    "squeezer.worker.sandbox.confine",
+    "squeezer.worker.sandbox.protocol",
+    "squeezer.worker.failures",
+)
 WORKDIR_FILES = {  # output kind -> file name in the job's folder (the worker copies only these)
     "onnx": "model.onnx",
     "stripped": "stripped_model.safetensors",
@@ -29,13 +45,6 @@ WORKDIR_FILES = {  # output kind -> file name in the job's folder (the worker co
     "compressed_graph": "compressed_graph.dot",
     "log": "job.log",
 }
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the worker died before the line above took effect
-        os._exit(1)
 
 
 class Channel:
@@ -74,7 +83,8 @@ def run(request_line: str, channel: Channel) -> None:
     request = JobRequest.model_validate_json(request_line)
     workdir = Path(request.workdir)
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
-    os.environ["TMPDIR"] = str(workdir / "tmp")
+    os.chdir(workdir)
+    os.environ.update(HOME=str(workdir), TMPDIR=str(workdir / "tmp"))
     sys.path[:0] = request.import_paths
     if request.confine:
         from squeezer.worker.sandbox.confine import confine
@@ -110,11 +120,41 @@ def run(request_line: str, channel: Channel) -> None:
     )
 
 
+def _exit_as(status: int) -> None:
+    """Exit the way the fork did, so that the worker sees its exit code or its signal."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig != signal.SIGKILL:
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
 def main() -> None:
     parent_pid, events_fd = int(sys.argv[1]), int(sys.argv[2])
-    _die_with_parent(parent_pid)
-    channel = Channel(os.fdopen(events_fd, "wb"), sys.stdin)
-    run(sys.stdin.readline(), channel)
+    die_with_parent(parent_pid)
+    # the slow part (torch, the exporters), done before the job comes
+    for module in WARM_IMPORTS:
+        importlib.import_module(module)
+
+    request = sys.stdin.readline()
+    if not request:  # the worker is gone or no longer needs us
+        return
+    pid = os.fork()
+    if pid:
+        os.close(events_fd)
+        _exit_as(os.waitpid(pid, 0)[1])
+    die_with_parent(os.getppid())
+    try:
+        run(request, Channel(os.fdopen(events_fd, "wb"), sys.stdin))
+        status = 0
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
