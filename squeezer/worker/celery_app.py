@@ -17,7 +17,7 @@ from squeezer.db import make_engine, make_session_factory
 from squeezer.settings import Settings, get_settings
 from squeezer.storage import LocalStore
 from squeezer.worker.execute import execute_job
-from squeezer.worker.sandbox.process import prestart_job_process
+from squeezer.worker.sandbox.process import prestart_job_server
 
 TASK = "squeezer.run_job"
 
@@ -59,9 +59,9 @@ def _resources(database_url: str, storage_dir: str) -> tuple[Any, LocalStore]:
 
 
 @worker_ready.connect
-def _prestart_job_process(**_: Any) -> None:
-    """The first job's process imports torch while the worker waits for it (solo pool: same thread)."""
-    prestart_job_process()
+def _prestart_job_server(**_: Any) -> None:
+    """The job process server imports torch while the worker waits for its first job (solo pool: same thread)."""
+    prestart_job_server()
 
 
 def _is_redis(url: str) -> bool:

@@ -23,11 +23,16 @@ def kill_itself(**_: Any) -> None:
 def send_invalid_message(**_: Any) -> None:
     """Write to the events pipe directly: a 'done' that names an output outside the known kinds."""
     import os
-    import sys
+    from pathlib import Path
 
-    os.write(
-        int(sys.argv[2]), b'{"type": "done", "status": "succeeded", "uncompressed_metric": 1.0, "outputs": ["../db"]}\n'
-    )
+    message = b'{"type": "done", "status": "succeeded", "uncompressed_metric": 1.0, "outputs": ["../db"]}\n'
+    for fd in map(int, os.listdir("/proc/self/fd")):  # the events pipe: the one pipe open for writing
+        info = Path(f"/proc/self/fdinfo/{fd}")
+        if fd <= 2 or not info.exists():
+            continue
+        flags = next(line for line in info.read_text().splitlines() if line.startswith("flags:"))
+        if int(flags.split()[1], 8) & os.O_ACCMODE == os.O_WRONLY:
+            os.write(fd, message)
 
 
 def link_outputs_to_the_database(workdir: str, **_: Any) -> Any:
@@ -49,3 +54,20 @@ def sleep_forever(workdir: str, **_: Any) -> None:
     (Path(workdir) / "pid").write_text(str(os.getpid()))
     while True:
         time.sleep(1)
+
+
+def leave_a_child_behind(**_: Any) -> Any:
+    """Fork a process that keeps the job's pipes open and runs on, then report success."""
+    import os
+    import time
+    from types import SimpleNamespace
+
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()  # not even in our process group
+        while True:
+            time.sleep(1)
+    statistics = {"child_pid": pid}
+    return SimpleNamespace(
+        status="succeeded", uncompressed_metric=1.0, metric=1.0, compression_rate=1.0, statistics=statistics
+    )

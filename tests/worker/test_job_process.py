@@ -66,6 +66,13 @@ def test_outputs_that_are_links_are_never_copied(submitted):
     assert database not in stored
 
 
+def test_what_a_job_process_leaves_running_is_killed_when_it_ends(submitted):
+    app, job_id = submitted
+    status, job, _ = run(app, job_id, "leave_a_child_behind")  # returns: its pipes were not held open
+    assert status == "succeeded"
+    assert not _alive(job.result["statistics"]["child_pid"])
+
+
 def test_a_worker_without_landlock_refuses_jobs_with_the_fix_in_the_reason(submitted, monkeypatch):
     monkeypatch.setattr("squeezer.worker.sandbox.confine.landlock_abi", lambda: 0)
     status, job, _ = run(*submitted, "kill_itself")

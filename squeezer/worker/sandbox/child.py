@@ -1,15 +1,17 @@
-"""The job process: `python -m squeezer.worker.sandbox.child PARENT_PID EVENTS_FD`.
+"""The job processes: `python -m squeezer.worker.sandbox.child WORKER_PID CONTROL_FD`.
 
-It starts with an environment that holds no credentials and dies with the worker that started it.
-It imports torch and the runner first (a worker starts the next job's process in advance, so this
-happens while the worker waits), then reads one `JobRequest` line from stdin and forks: the fork is
-single-threaded, which Landlock needs (it restricts the calling thread and what it starts later,
-and imports have started BLAS threads by then). The fork confines itself (`confine.py`), runs the
-job, and the first process exits as the fork did.
+A worker starts this once (its "job process server"), with an environment that holds no
+credentials; it dies with the worker. It imports torch and the runner once, then, for each job,
+receives two fresh pipes over CONTROL_FD (a UNIX socket) and forks. The fork is single-threaded,
+which Landlock needs (it restricts the calling thread and what that starts later, and the imports
+have started BLAS threads), so the fork can confine itself (`confine.py`) before it reads the
+request and runs the job. The server then reports the fork's pid and, once it has ended, its exit
+code. Forking a warm process costs milliseconds; starting one and importing torch, about 3 s.
 
-Each epoch goes out as a JSON line on EVENTS_FD and waits for the worker's answer on stdin
-("continue" or "cancel"); the last line is `done` or `failed`. The job's log is `job.log` in its
-own folder, the only one it can write.
+The fork reads the `JobRequest` as the first line of its answers pipe. Each epoch goes out as a JSON
+line on its events pipe and waits for the worker's answer ("continue" or "cancel"); the last line is
+`done` or `failed`. Fresh pipes per job: nothing a job leaves behind can reach the next one. The
+job's log is `job.log` in its own folder, the only one it can write.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import importlib
 import json
 import logging
 import os
-import signal
+import socket
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from squeezer.worker.lifetime import die_with_parent
+from squeezer.worker.lifetime import become_subreaper, die_with_parent, kill_children
 
 WARM_IMPORTS = (
     "squeezer.worker.runner",
@@ -120,33 +122,11 @@ def run(request_line: str, channel: Channel) -> None:
     )
 
 
-def _exit_as(status: int) -> None:
-    """Exit the way the fork did, so that the worker sees its exit code or its signal."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        if sig != signal.SIGKILL:
-            signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
-    os._exit(os.waitstatus_to_exitcode(status))
-
-
-def main() -> None:
-    parent_pid, events_fd = int(sys.argv[1]), int(sys.argv[2])
-    die_with_parent(parent_pid)
-    # the slow part (torch, the exporters), done before the job comes
-    for module in WARM_IMPORTS:
-        importlib.import_module(module)
-
-    request = sys.stdin.readline()
-    if not request:  # the worker is gone or no longer needs us
-        return
-    pid = os.fork()
-    if pid:
-        os.close(events_fd)
-        _exit_as(os.waitpid(pid, 0)[1])
-    die_with_parent(os.getppid())
+def _job(events_fd: int, answers_fd: int) -> None:
+    """The fork: run the request that comes first on the answers pipe, then exit."""
+    answers = os.fdopen(answers_fd, "r", encoding="utf-8")
     try:
-        run(request, Channel(os.fdopen(events_fd, "wb"), sys.stdin))
+        run(answers.readline(), Channel(os.fdopen(events_fd, "wb"), answers))
         status = 0
     except BaseException:
         traceback.print_exc()
@@ -155,6 +135,36 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def serve(control: socket.socket) -> None:
+    """Fork one job per request, one at a time, and tell the worker each fork's pid and exit code."""
+    while True:
+        message, fds, _, _ = socket.recv_fds(control, 64, 2)
+        if not message:  # the worker closed the channel: it is gone or no longer needs us
+            return
+        events_fd, answers_fd = fds
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            die_with_parent(os.getppid())
+            _job(events_fd, answers_fd)
+        os.close(events_fd)
+        os.close(answers_fd)
+        control.send(json.dumps({"pid": pid}).encode())
+        _, status = os.waitpid(pid, 0)
+        kill_children()  # what the job left running (it could hold its pipes open, or keep computing)
+        control.send(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode())
+
+
+def main() -> None:
+    parent_pid, control_fd = int(sys.argv[1]), int(sys.argv[2])
+    die_with_parent(parent_pid)
+    become_subreaper()
+    for module in WARM_IMPORTS:  # the slow part (torch, the exporters), done once per worker
+        importlib.import_module(module)
+    with socket.socket(fileno=control_fd) as control:
+        serve(control)
 
 
 if __name__ == "__main__":

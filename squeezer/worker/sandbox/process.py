@@ -1,23 +1,25 @@
-"""Start a job process (`child.py`) and relay what it says; the worker side of the sandbox.
+"""Run a job in a job process (`child.py`) and relay what it says; the worker side of the sandbox.
 
 The worker holds the credentials (database, broker, store) and the job process holds the upload.
 The process gets an environment of a few harmless variables, a folder of its own and read access to
 its inputs; its messages are validated (`protocol.py`) and its outputs are copied by kind from fixed
 names in its folder, never from a path it chose, and never through a link.
+
+Job processes are forks of a job process server, started once per worker, which has imported torch.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -68,76 +70,98 @@ def job_environment() -> dict[str, str]:
     return env
 
 
-@dataclass
-class JobProcess:
-    """A started job process: `stdin` takes the request and the answers, `events` gives its messages."""
+class JobServer:
+    """The job process server: a process without credentials that forks one job process per job.
 
-    process: subprocess.Popen[str]
-    events: IO[bytes]
+    One job at a time; `launch` gives the job's pid and pipes, `wait` its exit code.
+    """
 
-    @classmethod
-    def start(cls) -> JobProcess:
-        read_fd, write_fd = os.pipe()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "squeezer.worker.sandbox.child", str(os.getpid()), str(write_fd)],
-            stdin=subprocess.PIPE,
-            pass_fds=(write_fd,),
-            env=job_environment(),
-            cwd="/",
-            text=True,
-        )
-        os.close(write_fd)
-        return cls(process, os.fdopen(read_fd, "rb"))
+    def __init__(self) -> None:
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "squeezer.worker.sandbox.child", str(os.getpid()), str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                env=job_environment(),
+                cwd="/",
+            )
+        logger.info("job process server %d started", self.process.pid)
 
-    def discard(self) -> None:
-        """Stop a job process that has not been given a job."""
-        self.events.close()
-        if self.process.stdin is not None:
-            with contextlib.suppress(BrokenPipeError):
-                self.process.stdin.close()
-        self.process.kill()
-        self.process.wait()
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def _receive(self, timeout: float | None = None) -> dict[str, int]:
+        self.control.settimeout(timeout)
+        message = self.control.recv(256)
+        if not message:
+            raise JobProcessFailed(f"the job process server exited ({self.process.wait()}); see the worker's log")
+        reply: dict[str, int] = json.loads(message)
+        return reply
+
+    def launch(self) -> tuple[int, IO[bytes], IO[str]]:
+        """Fork a job process; its pid, its events (read) and its answers (write, the request first)."""
+        events_r, events_w = os.pipe()
+        answers_r, answers_w = os.pipe()
+        try:
+            socket.send_fds(self.control, [b"job"], [events_w, answers_r])
+        finally:
+            os.close(events_w)
+            os.close(answers_r)
+        events, answers = os.fdopen(events_r, "rb"), os.fdopen(answers_w, "w", encoding="utf-8")
+        try:
+            return self._receive()["pid"], events, answers
+        except BaseException:
+            events.close()
+            answers.close()
+            raise
+
+    def wait(self, pid: int) -> int:
+        """The job's exit code (negative: the signal that killed it); kills it after EXIT_GRACE_S."""
+        try:
+            return self._receive(timeout=EXIT_GRACE_S)["exit"]
+        except TimeoutError:
+            logger.warning("job process %d did not exit after its last message; killing it", pid)
+            os.kill(pid, signal.SIGKILL)  # not reaped until the server reports it: the pid is still its
+            return self._receive()["exit"]
+
+    def close(self) -> None:
+        self.control.close()  # the server exits when its channel closes
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
-# the next job's process, started in advance. Only the main thread keeps one (Celery's solo pool runs
-# jobs there): a job process dies with the thread that started it, so another thread's would be lost.
-_spare: JobProcess | None = None
+# The main thread keeps its server between jobs (Celery's solo pool runs jobs there). A server dies
+# with the thread that started it, so any other thread starts one for its job and closes it after.
+_server: JobServer | None = None
 
 
 def _on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def take_job_process() -> JobProcess:
-    """The job process started after the previous job (its imports done meanwhile), or a new one."""
-    global _spare
-    spare, _spare = (_spare, None) if _on_main_thread() else (None, _spare)
-    if spare is not None and spare.process.poll() is None:
-        logger.info("job process %d (started in advance)", spare.process.pid)
-        return spare
-    if spare is not None:
-        spare.discard()
-    job = JobProcess.start()
-    logger.info("job process %d (started now)", job.process.pid)
-    return job
-
-
-def prestart_job_process() -> None:
-    """Start the next job's process now, so that it has imported torch by the time a job comes."""
-    global _spare
-    if _on_main_thread() and _spare is None:
-        _spare = JobProcess.start()
+def prestart_job_server() -> JobServer:
+    """The main thread's server, started now if needed: it imports torch while the worker waits."""
+    global _server
+    if _server is None or not _server.alive():
+        if _server is not None:
+            _server.close()
+        _server = JobServer()
+    return _server
 
 
 @atexit.register
-def _discard_spare() -> None:
-    global _spare
-    if _spare is not None:
-        _spare.discard()
-        _spare = None
+def _close_server() -> None:
+    global _server
+    if _server is not None:
+        _server.close()
+        _server = None
 
 
-def _read_messages(events: IO[bytes]) -> bytes:
+def _read_message(events: IO[bytes]) -> bytes:
     line = events.readline(MAX_MESSAGE_BYTES + 1)
     if line and not line.endswith(b"\n"):
         raise JobProcessFailed(f"the job process sent a message longer than {MAX_MESSAGE_BYTES} bytes")
@@ -156,48 +180,51 @@ def run_job_process(
     request: JobRequest,
     on_epoch: Callable[[EpochMessage], None],
     should_cancel: Callable[[], bool],
-    prestart: bool = True,
 ) -> DoneMessage:
-    """Run `request` in a job process; its `done` message, or `JobProcessFailed`.
-
-    Then start the next job's process (`prestart=True`): it imports torch and the runner while this
-    worker waits for its next job, which saves that job about 3 s.
-    """
+    """Run `request` in a job process; its `done` message, or `JobProcessFailed`."""
     Path(request.workdir).mkdir(parents=True, exist_ok=True)
-    job = take_job_process()
-    process, events = job.process, job.events
-    assert process.stdin is not None
-    answered = False  # True once it sent its last message: it is expected to exit by itself
+    server = prestart_job_server() if _on_main_thread() else JobServer()
     try:
-        with events:
-            process.stdin.write(request.model_dump_json() + "\n")
-            process.stdin.flush()
-            while line := _read_messages(events):
+        return _relay(server, request, on_epoch, should_cancel)
+    finally:
+        if server is not _server:
+            server.close()
+
+
+def _relay(
+    server: JobServer,
+    request: JobRequest,
+    on_epoch: Callable[[EpochMessage], None],
+    should_cancel: Callable[[], bool],
+) -> DoneMessage:
+    pid, events, answers = server.launch()
+    final: DoneMessage | JobProcessFailed | None = None
+    try:
+        with events, answers:
+            answers.write(request.model_dump_json() + "\n")
+            answers.flush()
+            while final is None and (line := _read_message(events)):
                 try:
                     message = parse_message.validate_json(line)
                 except ValidationError as exc:
                     raise JobProcessFailed(f"the job process sent an invalid message: {exc}") from exc
-                if not isinstance(message, EpochMessage):
-                    answered = True
-                    if message.type == "failed":
-                        raise JobProcessFailed(message.reason, message.input_error)
-                    return message
-                on_epoch(message)
-                process.stdin.write("cancel\n" if should_cancel() else "continue\n")
-                process.stdin.flush()
-        raise JobProcessFailed(_death(process.wait()))
-    except BrokenPipeError as exc:  # it died while we wrote to it
-        raise JobProcessFailed(_death(process.wait())) from exc
-    finally:
-        if not answered and process.poll() is None:  # we stop listening (an error here): so does it
-            process.kill()
-        with contextlib.suppress(BrokenPipeError):
-            process.stdin.close()
-        try:
-            process.wait(timeout=EXIT_GRACE_S)
-        except subprocess.TimeoutExpired:
-            logger.warning("job process %d did not exit after its last message; killing it", process.pid)
-            process.kill()
-            process.wait()
-        if prestart:
-            prestart_job_process()
+                if isinstance(message, EpochMessage):
+                    on_epoch(message)
+                    answers.write("cancel\n" if should_cancel() else "continue\n")
+                    answers.flush()
+                elif message.type == "failed":
+                    final = JobProcessFailed(message.reason, message.input_error)
+                else:
+                    final = message
+    except BrokenPipeError:  # it died while we wrote to it: the exit code below says how
+        pass
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # we stop listening (an error here), so it stops too
+        server.wait(pid)
+        raise
+    code = server.wait(pid)
+    if isinstance(final, JobProcessFailed):
+        raise final
+    if final is None:
+        raise JobProcessFailed(_death(code))
+    return final
