@@ -29,7 +29,6 @@ from squeezer.db.models import EXPORT_FILENAMES
 from squeezer.storage import LocalStore
 from squeezer.worker.failures import failure_reason
 from squeezer.worker.recovery import Heartbeat
-from squeezer.worker.sandbox.child import WORKDIR_FILES
 from squeezer.worker.sandbox.confine import SandboxUnavailable, require_landlock
 from squeezer.worker.sandbox.process import JobProcessFailed, run_job_process
 from squeezer.worker.sandbox.protocol import EpochMessage, JobRequest
@@ -125,7 +124,7 @@ def _store_exports(
     """Copy the job process's outputs to the store: by kind, from fixed names, never through a link."""
     with sessions() as session:
         for kind in kinds:
-            source = workdir / WORKDIR_FILES[kind]
+            source = workdir / EXPORT_FILENAMES[kind]
             if source.is_symlink() or not source.is_file():
                 continue
             stored = store.save_file(f"jobs/{job_id}/{EXPORT_FILENAMES[kind]}", source)

@@ -6,7 +6,7 @@ receives two fresh pipes over CONTROL_FD (a UNIX socket) and forks. The fork is 
 which Landlock needs (it restricts the calling thread and what that starts later, and the imports
 have started BLAS threads), so the fork can confine itself (`confine.py`) before it reads the
 request and runs the job. The server then reports the fork's pid and, once it has ended, its exit
-code. Forking a warm process costs milliseconds; starting one and importing torch, about 3 s.
+code. Forking a warm process costs milliseconds; starting one and importing all that, about 6 s.
 
 The fork reads the `JobRequest` as the first line of its answers pipe. Each epoch goes out as a JSON
 line on its events pipe and waits for the worker's answer ("continue" or "cancel"); the last line is
@@ -27,6 +27,7 @@ import traceback
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
+from squeezer.db.models import EXPORT_FILENAMES  # the runner writes its outputs under these names
 from squeezer.worker.lifetime import become_subreaper, die_with_parent, kill_children
 
 # imported once by the server, so that no job pays for them. Beyond the runner, torch imports these
@@ -53,18 +54,10 @@ WARM_IMPORTS = (
     "torch.utils.flop_counter",
     *(f"torch.onnx._internal.torchscript_exporter.symbolic_opset{v}" for v in (7, 8, *range(11, 21))),
 )
-WORKDIR_FILES = {  # output kind -> file name in the job's folder (the worker copies only these)
-    "onnx": "model.onnx",
-    "stripped": "stripped_model.safetensors",
-    "checkpoint": "compression_checkpoint.pt",
-    "original_graph": "original_graph.dot",
-    "compressed_graph": "compressed_graph.dot",
-    "log": "job.log",
-}
 
 
 class Channel:
-    """JSON lines out on the events pipe; one-word answers in on stdin."""
+    """JSON lines out on the events pipe; one-word answers in on the answers pipe."""
 
     def __init__(self, events: BinaryIO, answers: TextIO) -> None:
         self.events, self.answers = events, answers
@@ -131,7 +124,7 @@ def run(request_line: str, channel: Channel) -> None:
             "metric": result.metric,
             "compression_rate": result.compression_rate,
             "statistics": result.statistics,
-            "outputs": sorted(k for k, name in WORKDIR_FILES.items() if (workdir / name).is_file()),
+            "outputs": sorted(k for k, name in EXPORT_FILENAMES.items() if (workdir / name).is_file()),
         }
     )
 
