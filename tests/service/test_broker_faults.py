@@ -32,16 +32,23 @@ def _wait(predicate, timeout=120.0):
         time.sleep(0.1)
 
 
-@pytest.mark.slow
-def test_lost_messages_are_sent_again_and_priorities_are_honoured(tmp_path):
-    broker = RedisServer(tmp_path, persistent=False)
+def _service(tmp_path, persistent, requeue_after_s):
+    """A running Redis, a migrated API (not yet serving) on it, a key and the digits job files."""
+    broker = RedisServer(tmp_path, persistent=persistent)
     broker.start()
-    settings = Settings(home=tmp_path / "home", broker_url=broker.url, requeue_after_s=3, sweep_interval_s=0.5)
+    settings = Settings(
+        home=tmp_path / "home", broker_url=broker.url, requeue_after_s=requeue_after_s, sweep_interval_s=0.5
+    )
     upgrade(settings.resolved_database_url())
     app = create_app(settings)
     with app.state.sessions() as session:
         _, secret = create_key(session, "faults")
-    files = write_digits_job_files(tmp_path)
+    return broker, settings, app, secret, write_digits_job_files(tmp_path)
+
+
+@pytest.mark.slow
+def test_lost_messages_are_sent_again_and_priorities_are_honoured(tmp_path):
+    broker, settings, app, secret, files = _service(tmp_path, persistent=False, requeue_after_s=3)
     worker = None
     try:
         with live_server(app) as url, Client(url, secret, retries=0) as client:
@@ -98,15 +105,8 @@ def _start_worker(settings, broker, log_path):
 
 @pytest.mark.slow
 def test_a_persistent_redis_restarted_under_a_running_and_a_queued_job_loses_neither(tmp_path):
-    broker = RedisServer(tmp_path, persistent=True)
-    broker.start()
     # the sweep would send lost messages again after an hour: this test shows the AOF alone keeps them
-    settings = Settings(home=tmp_path / "home", broker_url=broker.url, requeue_after_s=3600, sweep_interval_s=0.5)
-    upgrade(settings.resolved_database_url())
-    app = create_app(settings)
-    with app.state.sessions() as session:
-        _, secret = create_key(session, "restart")
-    files = write_digits_job_files(tmp_path)
+    broker, settings, app, secret, files = _service(tmp_path, persistent=True, requeue_after_s=3600)
     worker = None
     try:
         with live_server(app) as url, Client(url, secret, retries=0) as client:
