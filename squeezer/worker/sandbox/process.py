@@ -11,6 +11,7 @@ Job processes are forks of a job process server, started once per worker, which 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -122,7 +123,7 @@ class JobServer:
             return self._receive(timeout=EXIT_GRACE_S)["exit"]
         except TimeoutError:
             logger.warning("job process %d did not exit after its last message; killing it", pid)
-            os.kill(pid, signal.SIGKILL)  # not reaped until the server reports it: the pid is still its
+            _kill(pid)
             return self._receive()["exit"]
 
     def close(self) -> None:
@@ -159,6 +160,13 @@ def _close_server() -> None:
     if _server is not None:
         _server.close()
         _server = None
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL a job process that has not been reported as ended. Its server reaps it just before that
+    report, so the pid is the job's, or freed a moment ago (then there is nothing to kill)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _read_message(events: IO[bytes]) -> bytes:
@@ -219,7 +227,7 @@ def _relay(
     except BrokenPipeError:  # it died while we wrote to it: the exit code below says how
         pass
     except BaseException:
-        os.kill(pid, signal.SIGKILL)  # we stop listening (an error here), so it stops too
+        _kill(pid)  # we stop listening (an error here), so it stops too
         server.wait(pid)
         raise
     code = server.wait(pid)
