@@ -154,7 +154,14 @@ def test_a_pickle_payload_in_an_upload_reaches_nothing_but_its_own_job(tmp_path,
     bare, job = run("process")
     assert not [k for k in bare["environment"] if k.startswith("SQUEEZER")]  # the environment is scrubbed anyway
     assert bare["worker's environment"] == "allowed: True"
-    for name in ("database", "other key's upload", "other job's folder", "redis", "signal the worker"):
+    for name in (
+        "database",
+        "other key's upload",
+        "other job's folder",
+        "list the jobs' folders",
+        "redis",
+        "signal the worker",
+    ):
         assert bare[name].startswith("allowed"), (name, bare[name])
 
     (app.state.store.root / "planted").unlink()  # it could write to the store, too
