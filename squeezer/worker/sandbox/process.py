@@ -62,7 +62,7 @@ class JobProcessFailed(SqueezerError):
 
     def __init__(self, reason: str, input_error: bool = False) -> None:
         super().__init__(reason)
-        self.reason, self.input_error = reason, input_error
+        self.input_error = input_error
 
 
 def job_environment() -> dict[str, str]:
