@@ -14,6 +14,12 @@ from squeezer.examples.models import ResidualCNN
 SPEC_EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "examples"
 
 
+@pytest.fixture(autouse=True)
+def _private_state_home(tmp_path_factory, monkeypatch):
+    """`squeezer serve` records itself under $XDG_STATE_HOME; tests (and the servers they spawn) use their own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture(scope="session")
 def digits32():
     """(train_loader, val_loader) of 1x32x32 digits."""

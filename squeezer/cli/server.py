@@ -97,6 +97,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
 
     from squeezer.api import create_app
     from squeezer.api.keys import create_key
+    from squeezer.client.discovery import LocalService, client_url
     from squeezer.db.migrate import upgrade
 
     settings = get_settings()
@@ -109,13 +110,18 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         path.write_text(secret + "\n", encoding="utf-8")
         path.chmod(0o600)
     secret = path.read_text(encoding="utf-8").strip()
+    # the SDK and the CLI find this service from any folder through this per-user record
+    record = LocalService(client_url(host, port), secret, os.getpid(), str(settings.home.resolve())).publish()
     env = {**os.environ, "SQUEEZER_HOME": str(settings.home)}
     # training takes every core it gets; on one machine the API must still answer status polls promptly.
     # --exit-with-parent: uvicorn re-raises a SIGTERM after its graceful shutdown, which ends this process
     # before the `finally` below; the worker must stop then too.
     command = [sys.executable, "-m", "squeezer.cli", "worker", "--nice", "10", "--exit-with-parent"]
     worker_process = subprocess.Popen(command, env=env)
-    typer.echo(f"Squeezer API on http://{host}:{port} (docs: /docs)\nAPI key: {secret}\nkey file: {path}")
+    typer.echo(
+        f"Squeezer API on http://{host}:{port} (docs: /docs)\nAPI key: {secret}\nkey file: {path} "
+        f"(and {record}, for the CLI and the SDK in any folder)"
+    )
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     finally:

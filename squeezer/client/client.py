@@ -1,6 +1,6 @@
 """`Client`: the Python SDK of the Squeezer service (httpx underneath, the API's own pydantic types on top).
 
-    client = Client()  # SQUEEZER_URL / SQUEEZER_API_KEY, else the key file `squeezer serve` wrote
+    client = Client()  # SQUEEZER_URL / SQUEEZER_API_KEY, else the local `squeezer serve` (discovery.py)
     job = client.compress(model, torch.rand(1, 1, 32, 32), "int8.json", (x_train, y_train), (x_val, y_val))
     job = client.jobs.wait(job, progress=True)
     client.jobs.download(job, "onnx", "model.onnx")
@@ -28,6 +28,7 @@ from httpx_sse import EventSource
 from squeezer import __version__
 from squeezer.api.schemas import ArtifactRead, ExportRead, JobPage, JobRead, MetricRead, Status
 from squeezer.client import errors
+from squeezer.client.discovery import find_service
 from squeezer.client.packaging import config_dict, dataset_bytes, export_model
 from squeezer.recipe import Recipe
 from squeezer.settings import Settings
@@ -79,14 +80,7 @@ class Client:
         retries: int = 3,
         backoff_s: float = 0.25,
     ) -> None:
-        settings = Settings()
-        self.url = (url or settings.url).rstrip("/")
-        api_key = api_key or settings.api_key or self._key_from_file(settings)
-        if not api_key:
-            raise errors.ClientError(
-                f"no API key: pass api_key=, set SQUEEZER_API_KEY, or run 'squeezer serve' "
-                f"(it writes {settings.key_file()})"
-            )
+        self.url, api_key = find_service(url, api_key, Settings())
         self.retries, self.backoff_s = retries, backoff_s
         self.http = httpx.Client(
             base_url=self.url,
@@ -95,11 +89,6 @@ class Client:
         )
         self.artifacts = Artifacts(self)
         self.jobs = Jobs(self)
-
-    @staticmethod
-    def _key_from_file(settings: Settings) -> str:
-        path = settings.key_file()
-        return path.read_text(encoding="utf-8").strip() if path.is_file() else ""
 
     def close(self) -> None:
         self.http.close()
