@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from squeezer.recipe import Recipe
+
+
+def _as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC), PostgreSQL aware ones in the session's zone."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# every timestamp the API returns is timezone-aware UTC, serialized as ISO 8601 ending in `Z`
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
@@ -20,7 +29,7 @@ class ArtifactRead(BaseModel):
     filename: str
     size_bytes: int
     sha256: str
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class JobCreate(BaseModel):
@@ -51,9 +60,9 @@ class JobRead(BaseModel):
     accuracy_budget: float | None
     result: dict[str, Any] | None = Field(None, description="final statistics, metric and rate of a finished job")
     error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
 
 
 class JobPage(BaseModel):

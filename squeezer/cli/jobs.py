@@ -1,15 +1,17 @@
 """Commands that use the service through the SDK: submit, and jobs ls | show | watch | cancel | download.
 
-The URL and key come from --url / --api-key, SQUEEZER_URL / SQUEEZER_API_KEY, or the key file that
-`squeezer serve` writes. Failures print the service's message and exit with status 2; `watch` and
+The URL and key come from --url / --api-key, SQUEEZER_URL / SQUEEZER_API_KEY, the key file that
+`squeezer serve` writes in its folder, or the record of the running local service (client/discovery.py). Failures print the service's message and exit with status 2; `watch` and
 `submit --watch` exit with 1 when the job did not succeed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -22,7 +24,18 @@ from squeezer.client import Client, ClientError, JobRead
 from squeezer.db.models import JobStatus  # sqlalchemy is loaded by the CLI anyway
 
 jobs_app = typer.Typer(help="Follow, cancel and download jobs.", no_args_is_help=True)
-console = Console()
+
+
+def _make_console() -> Console:
+    """A terminal's own width; piped or captured, rich would cut every line at 80 columns (ids and
+    names included), so then tables keep their natural width. COLUMNS, when set, wins."""
+    console = Console()
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console
+    return Console(width=100_000)
+
+
+console = _make_console()
 UrlOption = Annotated[str | None, typer.Option("--url", envvar="SQUEEZER_URL", help="the service's URL")]
 KeyOption = Annotated[str | None, typer.Option("--api-key", envvar="SQUEEZER_API_KEY", help="an API key")]
 
@@ -55,6 +68,26 @@ def _recipe(recipe: str | None, epochs: int | None, lr: float | None) -> dict[st
     if lr is not None:
         values["lr"] = lr
     return values
+
+
+def _shown(value: Any) -> str:
+    """A value for people: 4 significant digits, UTC timestamps to the second, JSON for lists."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds").replace("+00:00", "Z")
+    if isinstance(value, list):
+        return json.dumps(value)
+    return str(value)
+
+
+def _rows(prefix: str, values: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(dotted name, shown value) for every set value; nested dicts (`result`) become dotted names."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _rows(f"{prefix}{key}.", value)
+        elif value is not None:
+            yield f"{prefix}{key}", _shown(value)
 
 
 def _finished(job: JobRead) -> None:
@@ -134,9 +167,8 @@ def show(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
     with _client(url, api_key) as client:
         job, metrics, exports = client.jobs.get(job_id), client.jobs.metrics(job_id), client.jobs.exports(job_id)
     summary = Table(show_header=False)
-    for field, value in job.model_dump().items():
-        if value is not None:
-            summary.add_row(field, str(value))
+    for field, value in _rows("", job.model_dump()):
+        summary.add_row(field, value)
     console.print(summary)
     if metrics:
         history = Table("epoch", "stage", "metric", "budget", "rate", "loss", "seconds", title="metrics")

@@ -45,6 +45,8 @@ class JobProgress:
     @staticmethod
     def _status(job: JobRead) -> str:
         parts: list[str] = [job.status]
+        if job.status == "succeeded" and job.total_epochs and job.epoch < job.total_epochs:
+            parts.append(f"done after {job.epoch} of {job.total_epochs} epochs")
         if job.stage:
             parts.append(job.stage)
         if job.current_metric is not None:
@@ -56,9 +58,8 @@ class JobProgress:
     def job(self, job: JobRead) -> None:
         self._job = job
         if self._bar is not None:
-            total = job.total_epochs
-            done = total if job.status == "succeeded" and total else job.epoch  # early exit ends before the total
-            self._bar.update(self._task, completed=done, total=total, status=self._status(job))
+            # epochs trained, even when an early exit ends the job before its total: the status says why
+            self._bar.update(self._task, completed=job.epoch, total=job.total_epochs, status=self._status(job))
 
     def metric(self, metric: MetricRead) -> None:
         if self._bar is not None:

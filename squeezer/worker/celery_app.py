@@ -7,10 +7,12 @@ a real worker process, no server to install.
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import SecurityWarning
 from celery.signals import worker_ready
 
 from squeezer.db import make_engine, make_session_factory
@@ -87,8 +89,16 @@ class CeleryQueue:
             connection.ensure_connection(max_retries=1, timeout=2)
 
 
+def silence_root_warning() -> None:
+    """Celery warns on every start as root, which is how containers run. Only pickle makes root unsafe
+    (Celery then refuses to start without C_FORCE_ROOT) and this app accepts JSON only. Celery has no
+    setting for the warning, so exactly that one is filtered, the way the `warnings` module documents."""
+    warnings.filterwarnings("ignore", "You're running the worker with superuser privileges", SecurityWarning)
+
+
 def run_worker(settings: Settings | None = None, concurrency: int = 1) -> None:
     """A worker process (`squeezer worker`): solo pool, one job at a time."""
+    silence_root_warning()
     create_celery(settings).worker_main(
         [
             "worker",
