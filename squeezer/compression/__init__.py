@@ -1,21 +1,46 @@
 """The compression library: NNCF-compatible training-time compression for PyTorch models.
 
-Importing it registers the algorithms; it never imports the service.
+Its names load lazily (PEP 562): the API validates configs with `squeezer.compression.config`, which
+needs pydantic only, and must not pay for torch, onnx and torch-pruning. The first name taken from
+here imports the library and registers its algorithms; it never imports the service.
 """
 
-from squeezer.compression import distillation as _distillation  # noqa: F401
-from squeezer.compression import pruning as _pruning  # noqa: F401
-from squeezer.compression import quantization as _quantization  # noqa: F401  (registers the algorithm)
-from squeezer.compression import sparsity as _sparsity  # noqa: F401
-from squeezer.compression.accuracy_aware import create_accuracy_aware_training_loop
-from squeezer.compression.api import create_compressed_model, load_state, strip
-from squeezer.compression.config import NNCFConfig, SqueezerConfig
-from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
-from squeezer.compression.export.onnx_export import export_onnx
-from squeezer.compression.graph.archive import UnsafeArchive, load_exported_program
-from squeezer.compression.graph.lift import lift_exported_program
-from squeezer.compression.graph.modules import register_module
-from squeezer.compression.init_args import InitDataLoader, register_default_init_args
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from squeezer.compression.accuracy_aware import create_accuracy_aware_training_loop
+    from squeezer.compression.api import create_compressed_model, load_state, strip
+    from squeezer.compression.config import NNCFConfig, SqueezerConfig
+    from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
+    from squeezer.compression.export.onnx_export import export_onnx
+    from squeezer.compression.graph.archive import UnsafeArchive, load_exported_program
+    from squeezer.compression.graph.lift import lift_exported_program
+    from squeezer.compression.graph.modules import register_module
+    from squeezer.compression.init_args import InitDataLoader, register_default_init_args
+
+_SOURCES = {
+    "create_accuracy_aware_training_loop": "squeezer.compression.accuracy_aware",
+    "create_compressed_model": "squeezer.compression.api",
+    "load_state": "squeezer.compression.api",
+    "strip": "squeezer.compression.api",
+    "NNCFConfig": "squeezer.compression.config",
+    "SqueezerConfig": "squeezer.compression.config",
+    "CompositeController": "squeezer.compression.controller",
+    "CompressionController": "squeezer.compression.controller",
+    "CompressionStage": "squeezer.compression.controller",
+    "export_onnx": "squeezer.compression.export.onnx_export",
+    "UnsafeArchive": "squeezer.compression.graph.archive",
+    "load_exported_program": "squeezer.compression.graph.archive",
+    "lift_exported_program": "squeezer.compression.graph.lift",
+    "register_module": "squeezer.compression.graph.modules",
+    "InitDataLoader": "squeezer.compression.init_args",
+    "register_default_init_args": "squeezer.compression.init_args",
+}
+# importing these registers the algorithms with squeezer.compression.build
+_ALGORITHM_PACKAGES = ("distillation", "pruning", "quantization", "sparsity")
 
 __all__ = [
     "CompositeController",
@@ -29,9 +54,25 @@ __all__ = [
     "create_compressed_model",
     "export_onnx",
     "lift_exported_program",
+    "load_algorithms",
     "load_exported_program",
     "load_state",
     "register_default_init_args",
     "register_module",
     "strip",
 ]
+
+
+def load_algorithms() -> None:
+    """Register every built-in algorithm (idempotent: modules are imported once)."""
+    for package in _ALGORITHM_PACKAGES:
+        importlib.import_module(f"squeezer.compression.{package}")
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'squeezer.compression' has no attribute {name!r}")
+    load_algorithms()
+    value = getattr(importlib.import_module(_SOURCES[name]), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value

@@ -13,6 +13,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from squeezer.compression import load_algorithms
 from squeezer.compression.build import ALGORITHMS, PRIORITY, BuildContext
 from squeezer.compression.config.models import InputInfo
 from squeezer.compression.config.nncf_config import NNCFConfig
@@ -136,6 +137,7 @@ def create_compressed_model(
     if dump_graphs and traced is not None:
         write_dot(traced.gm, traced.names, log_dir / "original_graph.dot")
 
+    load_algorithms()  # a direct import of this module has not registered them yet
     algorithms = sorted(cfg.compression, key=lambda a: PRIORITY.get(a.algorithm, 100))
     children: dict[str, CompressionController] = {}
     for algo in algorithms:

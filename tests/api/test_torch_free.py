@@ -1,0 +1,29 @@
+"""The API process validates configs and recipes with pydantic alone: it never imports torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("torch", "onnx", "onnxruntime", "torch_pruning")
+
+
+def _modules_after(statement: str) -> set[str]:
+    code = f"import sys\n{statement}\nprint('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+def test_the_api_app_imports_without_torch():
+    loaded = _modules_after("import squeezer.api.app; squeezer.api.app.create_app")
+    assert "squeezer.compression.config.nncf_config" in loaded  # it does validate configs
+    assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_the_library_names_still_load_from_the_package():
+    loaded = _modules_after(
+        "from squeezer import NNCFConfig, create_compressed_model\n"
+        "from squeezer.compression.build import ALGORITHMS\n"
+        "assert {'quantization', 'filter_pruning', 'magnitude_sparsity', 'knowledge_distillation'} <= set(ALGORITHMS)"
+    )
+    assert "torch" in loaded
