@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from squeezer.examples.configs import CONFIG_DIR
 from squeezer.examples.digits import accuracy, digits_loaders, train_epoch
 from squeezer.examples.models import ResidualCNN
 
-SPEC_EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "examples"
+# the project's own sample configs (shipped in the package); tests never read outside the repository
+SAMPLE_CONFIGS: Path = CONFIG_DIR
 
 
 @pytest.fixture(autouse=True)

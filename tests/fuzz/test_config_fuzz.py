@@ -12,11 +12,9 @@ from hypothesis import strategies as st
 
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.errors import ConfigError
-from tests.conftest import SPEC_EXAMPLES
+from tests.conftest import SAMPLE_CONFIGS
 
-SAMPLES = (
-    [jstyleson.loads(p.read_text()) for p in sorted(SPEC_EXAMPLES.glob("*.json"))] if SPEC_EXAMPLES.exists() else []
-)
+SAMPLES = [jstyleson.loads(p.read_text()) for p in sorted(SAMPLE_CONFIGS.glob("*.json"))]
 SAMPLES.append(
     {
         "input_info": {"sample_size": [1, 3, 32, 32]},

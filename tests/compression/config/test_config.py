@@ -9,13 +9,32 @@ import pytest
 
 from squeezer import ConfigError, NNCFConfig
 from squeezer.compression.init_args import QuantizationRangeInitArgs, register_default_init_args
-from tests.conftest import SPEC_EXAMPLES
+from tests.conftest import SAMPLE_CONFIGS
 
-SAMPLES = sorted(SPEC_EXAMPLES.glob("*.json"))
+SAMPLES = sorted(SAMPLE_CONFIGS.glob("*.json"))
 
 
-def test_all_fifteen_samples_are_present():
-    assert len(SAMPLES) == 15
+def test_samples_cover_every_algorithm_and_loop():
+    """The shipped samples are the user's starting points: each algorithm and loop has one."""
+    algorithms, modes, precision = set(), set(), set()
+    for path in SAMPLES:
+        config = NNCFConfig.from_json(path)
+        algorithms |= {a.algorithm for a in config.model.compression}
+        if "accuracy_aware_training" in config:
+            modes.add(config["accuracy_aware_training"]["mode"])
+        for algo in config.model.compression:
+            if algo.algorithm == "quantization" and algo.initializer.precision is not None:
+                precision.add(algo.initializer.precision.type or "manual")
+    assert algorithms == {
+        "quantization",
+        "magnitude_sparsity",
+        "rb_sparsity",
+        "const_sparsity",
+        "filter_pruning",
+        "knowledge_distillation",
+    }
+    assert modes == {"early_exit", "adaptive_compression_level"}
+    assert precision == {"manual", "hawq", "autoq"}
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
