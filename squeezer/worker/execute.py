@@ -1,9 +1,13 @@
 """Run one job row: claim it, run it, and record everything in the database as it happens.
 
 `execute_job(job_id, ...)` is what the Celery task calls; it holds the logic so it can be tested
-without a broker. The row is the truth: claiming is one conditional UPDATE (a duplicate delivery
-finds the row taken and does nothing), cancellation is read from the row after every epoch, and
-every epoch's record becomes a `job_metric` row as soon as it exists.
+without a broker. The row is the truth, and every change to it is a conditional transition
+(`squeezer.jobs.transitions`) on this worker's claim: a duplicate delivery finds the row taken and
+does nothing, cancellation is read from the row after every epoch, every epoch's record becomes a
+`job_metric` row as soon as it exists, and a job that is no longer ours (requeued by the sweep,
+deleted) is stopped without writing anything. A worker that is stopping (Ctrl-C, SIGTERM, `docker
+compose stop`) stops its job process and puts the job back on the queue, to resume from its last
+completed epoch.
 
 The job itself runs in a job process (`sandbox/`) that holds the upload but no credentials: this
 process relays its epochs to the database and copies its outputs to the store.
@@ -13,24 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
-import socket
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from squeezer.db import Artifact, Export, Job, JobMetric, JobStatus
+from squeezer.db import Artifact, Export, Job, JobStatus
 from squeezer.db.models import EXPORT_FILENAMES
+from squeezer.jobs import transitions
 from squeezer.storage import LocalStore
 from squeezer.worker.failures import failure_reason
 from squeezer.worker.recovery import Heartbeat
 from squeezer.worker.sandbox.confine import SandboxUnavailable, require_landlock
-from squeezer.worker.sandbox.process import JobProcessFailed, run_job_process
+from squeezer.worker.sandbox.process import JobInterrupted, JobProcessFailed, JobRun, run_job_process
 from squeezer.worker.sandbox.protocol import EpochMessage, JobRequest
 
 RUN_JOB = "squeezer.worker.runner:run_job"
@@ -38,60 +40,16 @@ RUN_JOB = "squeezer.worker.runner:run_job"
 logger = logging.getLogger(__name__)
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def claim(sessions: sessionmaker[Session], job_id: str) -> bool:
-    """queued -> running in one conditional UPDATE; False if another delivery got there first."""
-    with sessions() as session:
-        result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.queued)
-            .values(
-                status=JobStatus.running,
-                attempts=Job.attempts + 1,
-                worker_id=worker_id(),
-                started_at=datetime.now(UTC),
-                heartbeat_at=datetime.now(UTC),
-            )
-        )
-        session.commit()
-        return bool(result.rowcount)
-
-
-def _record_epoch(sessions: sessionmaker[Session], job_id: str) -> Callable[[EpochMessage], None]:
+def _record_epoch(
+    sessions: sessionmaker[Session], job_id: str, owner: str, run: JobRun
+) -> Callable[[EpochMessage], None]:
     def record(message: EpochMessage) -> None:
         r = message.model_dump()
         with sessions() as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            values = {
-                k: r[k]
-                for k in (
-                    "phase",
-                    "stage",
-                    "metric",
-                    "accuracy_budget",
-                    "compression_rate",
-                    "compression_rate_target",
-                    "loss",
-                    "lr",
-                    "wall_time_s",
-                )
-            }
-            row = session.scalars(select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.epoch == r["epoch"]))
-            existing = row.first()
-            if existing is None:  # a resumed job repeats an epoch: update, never duplicate
-                session.add(JobMetric(job_id=job_id, epoch=r["epoch"], **values))
-            else:
-                for key, value in values.items():
-                    setattr(existing, key, value)
-            job.epoch, job.stage, job.current_metric = r["epoch"], r["stage"], r["metric"]
-            job.best_metric = max(job.best_metric or r["metric"], r["metric"])
-            job.compression_rate, job.accuracy_budget = r["compression_rate"], r["accuracy_budget"]
-            job.heartbeat_at = datetime.now(UTC)
-            session.commit()
+            if not transitions.record_epoch(session, job_id, owner, r["epoch"], r):
+                logger.warning("job %s is no longer this worker's (requeued or deleted); stopping it", job_id)
+                run.interrupt("lost")
+                return
         logger.info("job %s epoch %d: metric %.4f", job_id, r["epoch"], r["metric"])
 
     return record
@@ -106,16 +64,32 @@ def _cancel_requested(sessions: sessionmaker[Session], job_id: str) -> Callable[
     return ask
 
 
-def _finish(sessions: sessionmaker[Session], job_id: str, status: JobStatus, **values: Any) -> None:
+def _finish(sessions: sessionmaker[Session], job_id: str, owner: str, status: JobStatus, **values: Any) -> str:
     with sessions() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            return
-        job.status = status
-        job.finished_at = datetime.now(UTC)
-        for key, value in values.items():
-            setattr(job, key, value)
-        session.commit()
+        if not transitions.finish(session, job_id, owner, status, **values):
+            logger.warning("job %s ended %s, but it is no longer this worker's; not recorded", job_id, status.value)
+            return "lost"
+    return status.value
+
+
+def _requeue(
+    sessions: sessionmaker[Session], job_id: str, owner: str, enqueue: Callable[[str, int], None] | None
+) -> str:
+    """The worker is stopping: the job goes back to the queue (or ends cancelled, if it was being cancelled)."""
+    with sessions() as session:
+        status = transitions.requeue_stopped(session, job_id, owner)
+        priority = session.scalar(select(Job.priority).where(Job.id == job_id))
+    if status is None:
+        return "lost"
+    logger.warning("job %s stopped with its worker; %s", job_id, status.value)
+    if status == JobStatus.queued and enqueue is not None and priority is not None:
+        try:
+            enqueue(job_id, priority)
+            with sessions() as session:
+                transitions.mark_enqueued(session, job_id)
+        except Exception:  # no broker now: the sweep sends it (a requeued job's message counts as never sent)
+            logger.warning("could not send job %s again; the sweep will", job_id, exc_info=True)
+    return "requeued" if status == JobStatus.queued else status.value
 
 
 def _store_exports(
@@ -136,6 +110,11 @@ def _store_exports(
         session.commit()
 
 
+def _still_ours(sessions: sessionmaker[Session], job_id: str, owner: str) -> bool:
+    with sessions() as session:
+        return transitions.heartbeat(session, job_id, owner)
+
+
 def execute_job(
     job_id: str,
     sessions: sessionmaker[Session],
@@ -145,19 +124,23 @@ def execute_job(
     sandbox: str = "landlock",
     target: str = RUN_JOB,
     import_paths: Sequence[str] = (),
+    enqueue: Callable[[str, int], None] | None = None,
 ) -> str:
-    """Run job `job_id` if it can be claimed; returns its final status (or 'skipped').
+    """Run job `job_id` if it can be claimed; returns its final status, or 'skipped' (not claimed),
+    'requeued' (the worker is stopping), 'lost' (no longer this worker's).
 
     The job runs in its own process (`sandbox/`): confined with Landlock (`sandbox="landlock"`), or
     only without credentials (`"process"`). `target` is what that process calls (tests substitute
     a hostile loader for `run_job`, and `import_paths` to find it). `work_root` must be shared by
     the workers that may resume each other's jobs (it is `<home>/work`): the loop state saved there
-    after every epoch is where a requeued job continues.
+    after every epoch is where a requeued job continues. `enqueue` sends a job stopped with its
+    worker again (without it, the sweep does, after `requeue_after_s`).
     """
-    if not claim(sessions, job_id):
-        logger.info("job %s was not queued (already taken or cancelled); skipping", job_id)
-        return "skipped"
+    owner = transitions.new_owner()
     with sessions() as session:
+        if not transitions.claim(session, job_id, owner):
+            logger.info("job %s was not queued (already taken or cancelled); skipping", job_id)
+            return "skipped"
         job = session.get(Job, job_id)
         assert job is not None
         spec = dict(job.spec)
@@ -182,27 +165,39 @@ def execute_job(
         confine=sandbox == "landlock",
         import_paths=list(import_paths),
     )
+    run = JobRun()
     try:
         if request.confine:
             require_landlock()
-        with Heartbeat(sessions, job_id, heartbeat_s):
-            done = run_job_process(request, _record_epoch(sessions, job_id), _cancel_requested(sessions, job_id))
+        with Heartbeat(sessions, job_id, owner, heartbeat_s, on_lost=lambda: run.interrupt("lost")):
+            done = run_job_process(
+                request, _record_epoch(sessions, job_id, owner, run), _cancel_requested(sessions, job_id), run
+            )
+    except JobInterrupted as exc:
+        if exc.reason == "stopping":
+            return _requeue(sessions, job_id, owner, enqueue)
+        logger.warning("job %s: %s", job_id, exc)
+        return "lost"
     except (JobProcessFailed, SandboxUnavailable) as exc:
         if not (isinstance(exc, JobProcessFailed) and exc.input_error):
             logger.error("job %s failed: %s", job_id, exc)
+        if not _still_ours(sessions, job_id, owner):
+            return "lost"
         with contextlib.suppress(OSError):  # a full disk must not keep the failure from being recorded
             _store_exports(sessions, store, job_id, workdir, ["log"])
-        _finish(sessions, job_id, JobStatus.failed, error=str(exc))
-        return JobStatus.failed.value
+        return _finish(sessions, job_id, owner, JobStatus.failed, error=str(exc))
+    if not _still_ours(sessions, job_id, owner):  # its exports are the new owner's to write
+        logger.warning("job %s finished, but it is no longer this worker's; not recorded", job_id)
+        return "lost"
     try:
         _store_exports(sessions, store, job_id, workdir, done.outputs)
     except OSError as exc:
-        _finish(sessions, job_id, JobStatus.failed, error=failure_reason(exc))
-        return JobStatus.failed.value
+        return _finish(sessions, job_id, owner, JobStatus.failed, error=failure_reason(exc))
     status = JobStatus.cancelled if done.status == "cancelled" else JobStatus.succeeded
-    _finish(
+    outcome = _finish(
         sessions,
         job_id,
+        owner,
         status,
         result={
             "statistics": done.statistics,
@@ -211,5 +206,6 @@ def execute_job(
             "uncompressed_metric": done.uncompressed_metric,
         },
     )
-    shutil.rmtree(workdir, ignore_errors=True)  # everything worth keeping is in the store now
-    return status.value
+    if outcome != "lost":
+        shutil.rmtree(workdir, ignore_errors=True)  # everything worth keeping is in the store now
+    return outcome

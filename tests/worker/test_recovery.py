@@ -6,13 +6,15 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from squeezer.db import ApiKey, Job, JobStatus
-from squeezer.worker.recovery import Heartbeat, recover_stale_jobs
+from squeezer.jobs.transitions import recover_stale_jobs
+from squeezer.worker.recovery import Heartbeat
 from tests.helpers import app_with_two_keys
 
 
-def _job(session, owner, status, beat_age_s, attempts):
+def _job(session, owner, status, beat_age_s, attempts, worker_id=None):
     job = Job(
         owner_id=owner,
+        worker_id=worker_id,
         name=f"{status}-{attempts}",
         spec={},
         status=status,
@@ -80,8 +82,8 @@ def test_the_heartbeat_stamps_a_running_job(tmp_path):
     app, _, _, _ = app_with_two_keys(tmp_path)
     sessions = app.state.sessions
     with sessions() as session:
-        job_id = _job(session, session.query(ApiKey).first().id, JobStatus.running, 600, attempts=1)
-    with Heartbeat(sessions, job_id, interval_s=0.05):
+        job_id = _job(session, session.query(ApiKey).first().id, JobStatus.running, 600, 1, worker_id="w:1:a")
+    with Heartbeat(sessions, job_id, "w:1:a", interval_s=0.05):
         time.sleep(0.3)
     with sessions() as session:
         beat = session.get(Job, job_id).heartbeat_at

@@ -17,6 +17,7 @@ from squeezer.api.routers.artifacts import owned_artifact
 from squeezer.api.schemas import JobCreate, JobPage, JobRead, MetricRead, Status
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.db import ApiKey, Artifact, ArtifactKind, Job, JobMetric, JobStatus
+from squeezer.jobs import transitions
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 logger = logging.getLogger(__name__)
@@ -124,11 +125,14 @@ def job_metrics(job_id: str, key: CurrentKey, session: SessionDep) -> list[JobMe
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
 def cancel_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
-    job = owned_job(session, key, job_id)
-    if job.status in TERMINAL:
+    """queued: cancelled at once; running: cancelling (the worker stops after the epoch). One conditional
+    transition, so a cancel racing a worker's claim or finish never overwrites what the worker did."""
+    owned_job(session, key, job_id)
+    cancelled = transitions.cancel(session, job_id)
+    session.expire_all()
+    job = owned_job(session, key, job_id)  # as the transition left it (404 if it was deleted meanwhile)
+    if cancelled is None:
         raise ApiError(409, "Job already finished", f"job {job_id} is {job.status.value}")
-    job.status = JobStatus.cancelled if job.status == JobStatus.queued else JobStatus.cancelling
-    session.commit()
     return job
 
 
@@ -136,7 +140,9 @@ def cancel_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
 def delete_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep) -> Response:
     """The job, its metrics and its exports (rows and files); uploaded artifacts stay for other jobs."""
     job = owned_job(session, key, job_id)
-    if job.status in (JobStatus.running, JobStatus.cancelling):
+    if not transitions.settle_for_delete(session, job_id):  # a queued job is cancelled first: no worker claims it now
+        session.expire_all()
+        job = owned_job(session, key, job_id)
         raise ApiError(409, "Job is running", f"cancel job {job_id} first; it is {job.status.value}")
     session.delete(job)
     session.commit()  # the rows first: a file left behind by a crash here is garbage, not a dangling row
