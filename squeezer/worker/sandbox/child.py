@@ -21,6 +21,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -165,6 +166,10 @@ def serve(control: socket.socket) -> None:
 
 
 def main() -> None:
+    # The worker alone decides when a job stops (it kills the fork, and the job resumes from its last
+    # epoch); a SIGINT or SIGTERM meant for the worker's whole group must not end us, or our forks, first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent_pid, control_fd = int(sys.argv[1]), int(sys.argv[2])
     die_with_parent(parent_pid)
     become_subreaper()

@@ -6,6 +6,12 @@ its inputs; its messages are validated (`protocol.py`) and its outputs are copie
 names in its folder, never from a path it chose, and never through a link.
 
 Job processes are forks of a job process server, started once per worker, which has imported torch.
+
+Only the worker decides when a job stops. The server runs in a process group of its own and ignores
+SIGINT and SIGTERM (so do its forks), so a terminal's Ctrl-C or a process manager's SIGTERM to the
+worker's group reaches the worker alone. A stopping worker (`request_stop`, on Celery's shutdown) kills
+its job process and gets `JobInterrupted`: the job is resumable from its last completed epoch, not
+failed. The same happens to a job that is no longer this worker's (`JobRun.interrupt("lost")`).
 """
 
 from __future__ import annotations
@@ -60,9 +66,62 @@ EXIT_GRACE_S = 30.0
 class JobProcessFailed(SqueezerError):
     """The job process reported a failure, sent something invalid, or died."""
 
-    def __init__(self, reason: str, input_error: bool = False) -> None:
+    def __init__(self, reason: str, input_error: bool = False, reported: bool = False) -> None:
         super().__init__(reason)
         self.input_error = input_error
+        self.reported = reported  # the job said it failed (it did not just die)
+
+
+class JobInterrupted(SqueezerError):
+    """The worker stopped the job process before it finished: the worker is stopping (`reason`
+    "stopping") or the job is no longer its own ("lost"). Nothing failed; the job can resume."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the job process was stopped ({reason}) before it finished")
+        self.reason = reason
+
+
+class JobRun:
+    """One job process as the worker sees it, which another thread or a signal handler can interrupt.
+
+    No lock: `interrupt` may run in a signal handler on the thread that is inside `started`, and both
+    only assign and then read, so whichever comes second sees the other's write and kills the process.
+    """
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.reason: str | None = None
+
+    def started(self, pid: int) -> None:
+        self.pid = pid
+        if self.reason is not None:
+            _kill(pid)
+
+    def ended(self) -> None:
+        self.pid = None
+
+    def interrupt(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        pid = self.pid
+        if pid is not None:
+            _kill(pid)
+
+
+_stopping = threading.Event()
+_runs: set[JobRun] = set()
+
+
+def request_stop() -> None:
+    """The worker is stopping: kill the job processes now (each job keeps its last completed epoch) and
+    start no other. Safe in a signal handler."""
+    _stopping.set()
+    for run in list(_runs):
+        run.interrupt("stopping")
+
+
+def stop_requested() -> bool:
+    return _stopping.is_set()
 
 
 def job_environment() -> dict[str, str]:
@@ -86,6 +145,7 @@ class JobServer:
                 pass_fds=(theirs.fileno(),),
                 env=job_environment(),
                 cwd="/",
+                process_group=0,  # signals to the worker's group (a terminal's Ctrl-C) are the worker's to act on
             )
         logger.info("job process server %d started", self.process.pid)
 
@@ -188,15 +248,30 @@ def run_job_process(
     request: JobRequest,
     on_epoch: Callable[[EpochMessage], None],
     should_cancel: Callable[[], bool],
+    run: JobRun | None = None,
 ) -> DoneMessage:
-    """Run `request` in a job process; its `done` message, or `JobProcessFailed`."""
-    Path(request.workdir).mkdir(parents=True, exist_ok=True)
-    server = prestart_job_server() if _on_main_thread() else JobServer()
+    """Run `request` in a job process; its `done` message, or `JobProcessFailed`, or `JobInterrupted`
+    when it was stopped through `run` (or by `request_stop`) before it finished."""
+    run = run or JobRun()
+    _runs.add(run)
+    if _stopping.is_set():
+        run.interrupt("stopping")
     try:
-        return _relay(server, request, on_epoch, should_cancel)
+        if run.reason is not None:
+            raise JobInterrupted(run.reason)
+        Path(request.workdir).mkdir(parents=True, exist_ok=True)
+        server = prestart_job_server() if _on_main_thread() else JobServer()
+        try:
+            return _relay(server, request, on_epoch, should_cancel, run)
+        except JobProcessFailed as exc:
+            if run.reason is not None and not exc.reported:  # its death, or its server's, was ours
+                raise JobInterrupted(run.reason) from exc
+            raise
+        finally:
+            if server is not _server:
+                server.close()
     finally:
-        if server is not _server:
-            server.close()
+        _runs.discard(run)
 
 
 def _relay(
@@ -204,8 +279,25 @@ def _relay(
     request: JobRequest,
     on_epoch: Callable[[EpochMessage], None],
     should_cancel: Callable[[], bool],
+    run: JobRun,
 ) -> DoneMessage:
     pid, events, answers = server.launch()
+    run.started(pid)
+    try:
+        return _listen(server, pid, events, answers, request, on_epoch, should_cancel)
+    finally:
+        run.ended()
+
+
+def _listen(
+    server: JobServer,
+    pid: int,
+    events: IO[bytes],
+    answers: IO[str],
+    request: JobRequest,
+    on_epoch: Callable[[EpochMessage], None],
+    should_cancel: Callable[[], bool],
+) -> DoneMessage:
     final: DoneMessage | JobProcessFailed | None = None
     try:
         with events, answers:
@@ -221,7 +313,7 @@ def _relay(
                     answers.write("cancel\n" if should_cancel() else "continue\n")
                     answers.flush()
                 elif message.type == "failed":
-                    final = JobProcessFailed(message.reason, message.input_error)
+                    final = JobProcessFailed(message.reason, message.input_error, reported=True)
                 else:
                     final = message
     except BrokenPipeError:  # it died while we wrote to it: the exit code below says how
