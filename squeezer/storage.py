@@ -37,6 +37,19 @@ class StoredFile:
     key: str  # relative path inside the store
 
 
+def _publish_once(tmp: str | os.PathLike[str], target: Path) -> None:
+    """Move `tmp` to `target` unless a file is there already: that one has the same bytes (its name is
+    their hash) and must keep its inode, since a confined job process may read it by a Landlock rule
+    bound to that inode. A link fails instead of replacing, so two concurrent uploads cannot swap it."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        pass  # the same bytes are stored; the temp file is dropped by the caller
+    except OSError:  # a file system without hard links
+        if not target.exists():
+            os.replace(tmp, target)
+
+
 class LocalStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
@@ -100,7 +113,7 @@ class LocalStore:
             key = self.key_for(sha)
             target = self.path(key)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)  # same content, same key: replacing is harmless
+            _publish_once(tmp, target)
             return StoredFile(sha, size, key)
         finally:
             if os.path.exists(tmp):
