@@ -128,3 +128,36 @@ def test_logarithm_scale_state_and_forward():
     q.apply_minmax(torch.tensor([-3.0]), torch.tensor([3.0]), lower_bound=0.1)
     assert_close(q.scale.exp(), torch.tensor([3.0]))
     assert_close(q(torch.tensor([3.0])), torch.tensor([3.0]))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        QuantizerSpec(signedness_to_force=True),  # the per-tensor CPU kernel
+        QuantizerSpec(signedness_to_force=True, per_channel=True, scale_shape=(1, 3, 1, 1)),
+        QuantizerSpec(mode="asymmetric"),
+    ],
+    ids=["symmetric-per-tensor", "symmetric-per-channel", "asymmetric"],
+)
+@pytest.mark.parametrize(
+    "inplace_op",
+    [lambda t: t.relu_(), lambda t: torch.nn.functional.hardswish(t, inplace=True), lambda t: t.add_(1.0)],
+    ids=["relu_", "hardswish_", "add_"],
+)
+def test_inplace_op_after_quantizer_keeps_gradients(spec, inplace_op):
+    """Real models write into a quantized tensor (ReLU(inplace=True), `out += identity`) before backward."""
+    torch.manual_seed(0)
+    q = FakeQuantizer(spec)
+    x = torch.randn(2, 3, 4, 4) * 2
+
+    def grads(op):
+        q.zero_grad()
+        xx = x.clone().requires_grad_(True)
+        (op(q(xx)) * torch.arange(xx.numel()).reshape(xx.shape)).sum().backward()
+        return xx.grad, [p.grad.clone() for p in q.parameters()]
+
+    reference = grads(lambda t: inplace_op(t.clone()))  # the same op on a copy: nothing saved is modified
+    grad_x, grad_params = grads(inplace_op)
+    assert_close(grad_x, reference[0])
+    for got, expected in zip(grad_params, reference[1], strict=True):
+        assert_close(got, expected)
