@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from fastapi import FastAPI
@@ -45,6 +46,25 @@ async def _sweep_stale_jobs(app: FastAPI) -> None:
             logger.exception("stale-job sweep failed")
 
 
+def _routes(lifespan: Any = None) -> FastAPI:
+    """The routes and their problem+json errors: all that the OpenAPI document is made of."""
+    app = FastAPI(
+        title="Squeezer",
+        version="0.1.0",
+        description="Accuracy-aware neural-network compression jobs",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for router in (health.router, artifacts.router, jobs.router, events.router, exports.router):
+        app.include_router(router)
+    return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API's OpenAPI document, without settings, a database or a store (clients and fuzzers read it)."""
+    return _routes().openapi()
+
+
 def create_app(settings: Settings | None = None, queue: JobQueue | None = None) -> FastAPI:
     """The API on `settings`; new jobs go to `queue` (by default Celery on the configured broker).
 
@@ -64,12 +84,7 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
         sweeper.cancel()
         engine.dispose()  # close pooled connections on shutdown
 
-    app = FastAPI(
-        title="Squeezer",
-        version="0.1.0",
-        description="Accuracy-aware neural-network compression jobs",
-        lifespan=lifespan,
-    )
+    app = _routes(lifespan)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_session_factory(engine)
@@ -77,10 +92,7 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
     app.state.queue = queue
     app.state.limiter = MovingWindowRateLimiter(storage_from_string(settings.rate_limit_storage))
     app.state.rate = parse_limit(settings.rate_limit)
-    errors.install(app)
     # bodies are counted while they arrive, so an oversized upload is cut off before it is spooled anywhere
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_upload_bytes + MULTIPART_SLACK)
     app.add_middleware(errors.ProblemForBodyLimit, limit=settings.max_upload_bytes)  # outside it: sees its 413
-    for router in (health.router, artifacts.router, jobs.router, events.router, exports.router):
-        app.include_router(router)
     return app
