@@ -95,7 +95,10 @@ def _remove_norm(module: nn.Module, keep: torch.Tensor) -> None:
 def remove_channels(model: nn.Module, groups: list[ChannelGroup], masks: dict[int, torch.Tensor]) -> int:
     """Cut the channels whose group mask is 0 out of `model` in place; returns how many went."""
     removed = 0
+    # a consumer or norm behind a concatenation belongs to several groups: its keep masks are
+    # gathered over all of them first and it is sliced once, in its original channel numbering
     in_keep: dict[str, torch.Tensor] = {}
+    norm_keep: dict[str, torch.Tensor] = {}
     for group in groups:
         mask = masks[group.id]
         if bool(mask.bool().all()):
@@ -108,12 +111,14 @@ def remove_channels(model: nn.Module, groups: list[ChannelGroup], masks: dict[in
         for member in group.norms:
             norm = model.get_submodule(member.name)
             if isinstance(norm, NORMS):
-                keep = member.keep_mask(mask, cast(nn.modules.batchnorm._BatchNorm, norm).num_features)
-                _remove_norm(norm, torch.nonzero(keep).flatten())
+                current = norm_keep.get(member.name, torch.ones(norm.num_features))
+                norm_keep[member.name] = current * member.keep_mask(mask, current.numel())
         for member in group.consumers:
             consumer = model.get_submodule(member.name)
             current = in_keep.get(member.name, torch.ones(_input_size(consumer)))
             in_keep[member.name] = current * member.keep_mask(mask, current.numel())
+    for name, keep_mask in norm_keep.items():
+        _remove_norm(model.get_submodule(name), torch.nonzero(keep_mask).flatten())
     for name, keep_mask in in_keep.items():
         _remove_inputs(model.get_submodule(name), torch.nonzero(keep_mask).flatten())
     return removed
