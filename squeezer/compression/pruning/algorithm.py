@@ -14,9 +14,18 @@ from squeezer.compression.build import BuildContext, register_algorithm
 from squeezer.compression.config.models import FilterPruningConfig
 from squeezer.compression.controller import CompressionController, CompressionStage, Statistics
 from squeezer.compression.graph.surgery import fold_parametrizations, original_weight
-from squeezer.compression.graph.trace import tensor_meta
 from squeezer.compression.init_args import LeGRInitArgs
-from squeezer.compression.pruning.groups import NORMS, PRUNABLE, ChannelGroup, Member, find_groups, out_axis
+from squeezer.compression.pruning.check import check_groups
+from squeezer.compression.pruning.flops import layer_flops, weighted
+from squeezer.compression.pruning.groups import (
+    NORMS,
+    ChannelGroup,
+    Member,
+    SkippedLayers,
+    find_groups,
+    is_conv1d,
+    out_axis,
+)
 from squeezer.compression.pruning.importance import filter_importance, keep_count_uniform
 from squeezer.compression.pruning.legr import learn_ranking, load_ranking, save_ranking
 from squeezer.compression.pruning.masks import FilterMask
@@ -45,11 +54,13 @@ class FilterPruningController(CompressionController):
         section: FilterPruningConfig,
         groups: list[ChannelGroup],
         layer_flops: dict[str, int],
+        skipped: list[SkippedLayers] | None = None,
     ) -> None:
         super().__init__(model, ctx)
         params = section.params
         self.params = params
         self.groups = groups
+        self.skipped = skipped or []  # layers left whole, with the reason (statistics and log)
         self.layer_flops = layer_flops  # per output channel x input channel unit, see _flops
         self.importance = params.filter_importance
         self.all_weights = bool(params.all_weights)
@@ -199,10 +210,11 @@ class FilterPruningController(CompressionController):
         outs: dict[str, int] = {}
         ins: dict[str, int] = {}
         for name, module in self.model.named_modules():
-            if isinstance(module, PRUNABLE):
+            if weighted(module):
                 w = original_weight(module)
-                outs[name] = int(w.shape[out_axis(module)])
-                ins[name] = int(w.shape[1 - out_axis(module)]) * (getattr(module, "groups", 1) or 1)
+                axis = 1 if is_conv1d(module) else out_axis(module)  # Conv1D stores its weight (in, out)
+                outs[name] = int(w.shape[axis])
+                ins[name] = int(w.shape[1 - axis]) * (getattr(module, "groups", 1) or 1)
         if masks is None:
             return outs, ins
         for group in self.groups:
@@ -235,7 +247,7 @@ class FilterPruningController(CompressionController):
         outs, ins = self._channels(masks)
         total = 0
         for name, module in self.model.named_modules():
-            if isinstance(module, PRUNABLE):
+            if weighted(module):
                 w = original_weight(module)
                 kernel = w[0, 0].numel() if w.dim() > 2 else 1
                 groups = getattr(module, "groups", 1) or 1
@@ -303,6 +315,8 @@ class FilterPruningController(CompressionController):
                 "flops": {"full": full_flops, "current": flops},
                 "params": {"full": full_params, "current": params},
                 "groups": len(self.groups),
+                "skipped_layers": {name: s.reason for s in self.skipped if not s.by_rule for name in s.layers},
+                "layers_left_by_rule": {name: s.reason for s in self.skipped if s.by_rule for name in s.layers},
             },
         )
         return stats
@@ -341,37 +355,6 @@ class FilterPruningController(CompressionController):
         return model
 
 
-def _layer_flops(ctx: BuildContext) -> dict[str, int]:
-    """2 x output positions x kernel size per (output channel x input channel/group) of each layer."""
-    flops: dict[str, int] = {}
-    if ctx.traced is None:
-        return flops
-    modules = ctx.traced.modules
-    batch = None
-    for node in ctx.traced.gm.graph.nodes:
-        if node.op == "placeholder" and tensor_meta(node) is not None:
-            batch = int(tensor_meta(node)[0])  # type: ignore[index]
-            break
-    for node in ctx.traced.gm.graph.nodes:
-        module = modules.get(str(node.target)) if node.op == "call_module" else None
-        if not isinstance(module, PRUNABLE) or str(node.target) in flops:
-            continue
-        shape = tensor_meta(node)
-        if shape is None:
-            continue
-        w = original_weight(module)
-        kernel = w[0, 0].numel() if w.dim() > 2 else 1
-        positions = (
-            math.prod(shape[2:])
-            if isinstance(
-                module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d
-            )
-            else math.prod(shape[:-1]) // (batch or 1)
-        )
-        flops[str(node.target)] = 2 * positions * kernel
-    return flops
-
-
 @register_algorithm("filter_pruning")
 def build_filter_pruning(ctx: BuildContext, section: FilterPruningConfig) -> FilterPruningController:
     params = section.params
@@ -390,19 +373,26 @@ def build_filter_pruning(ctx: BuildContext, section: FilterPruningConfig) -> Fil
     allowed = {layer.module_name for layer in scoped_layers(ctx, section, "filter_pruning")}
     if ctx.builder_state is not None:
         groups = [ChannelGroup.from_dict(g) for g in ctx.builder_state["groups"]]
+        skipped = [SkippedLayers.from_dict(s) for s in ctx.builder_state.get("skipped", [])]
     else:
-        groups = find_groups(ctx, allowed, bool(params.prune_first_conv), bool(params.prune_downsample_convs))
+        groups, skipped = find_groups(ctx, allowed, bool(params.prune_first_conv), bool(params.prune_downsample_convs))
+        groups, broken = check_groups(ctx.model, groups, ctx.example_inputs)
+        skipped += broken
+        for gid, group in enumerate(groups):
+            group.id = gid
+        _log_skipped(skipped)
         if not groups:
             logger.warning("filter pruning found no prunable channel group in the model")
     for group in groups:
         for member in group.producers:
             if not original_weight(ctx.model.get_submodule(member.name)).requires_grad:
                 raise CompressionError(f"frozen layers are not allowed for filter pruning: {member.name}")
-    ctrl = FilterPruningController(ctx.model, ctx, section, groups, _layer_flops(ctx))
+    ctrl = FilterPruningController(ctx.model, ctx, section, groups, layer_flops(ctx.model, ctx.example_inputs), skipped)
     if ctrl.learned_ranking:
         ctrl.ranking = _ranking(ctx, ctrl, section)
     ctrl.builder_state = {
         "groups": [g.to_dict() for g in groups],
+        "skipped": [s.to_dict() for s in skipped],
         "ranking": {str(k): list(v) for k, v in (ctrl.ranking or {}).items()},
     }
     if ctx.should_init and ctrl.ranking:
@@ -430,3 +420,12 @@ def _ranking(
     if params.save_ranking_coeffs_path:
         save_ranking(ranking, params.save_ranking_coeffs_path)
     return ranking
+
+
+def _log_skipped(skipped: list[SkippedLayers]) -> None:
+    """Layers the config leaves whole are routine (info); layers left for a limitation are news (warning)."""
+    for s in skipped:
+        if s.by_rule:
+            logger.info("filter pruning leaves %s whole: %s", ", ".join(s.layers), s.reason)
+        else:
+            logger.warning("filter pruning leaves %s whole: %s", ", ".join(s.layers), s.reason)

@@ -8,8 +8,10 @@ convs, layers feeding a model output, scopes) and reduced to what masks and remo
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch_pruning as tp
@@ -73,6 +75,41 @@ class ChannelGroup:
         return cls(d["id"], d["n"], **members)
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's `Conv1D` (GPT-2): a Linear whose weight is stored (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+
+
+def grouped(module: nn.Module) -> bool:
+    """A grouped (not depthwise) convolution: its input channels come in equal blocks per group."""
+    return isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and 1 < module.groups != module.in_channels
+
+
+def depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups == module.in_channels > 1
+
+
+@dataclass
+class SkippedLayers:
+    """Layers left whole, and why: a user reads this in `ctrl.statistics()` and the log."""
+
+    layers: list[str]
+    reason: str
+    by_rule: bool = False  # left whole by a rule (output layer, scopes, first conv, ...), not for a limitation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": self.layers, "reason": self.reason, "by_rule": self.by_rule}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SkippedLayers:
+        return cls(list(d["layers"]), str(d["reason"]), bool(d.get("by_rule", False)))
+
+
+# torch-pruning's dependency analysis is unbounded on some models (Swin-T: over 600 s); after this
+# many seconds the layers not analysed yet are left whole.
+ANALYSIS_TIME_LIMIT_S = 120.0
+
+
 def _fx_nodes(ctx: BuildContext) -> dict[str, fx.Node]:
     if ctx.traced is None:
         return {}
@@ -95,63 +132,205 @@ def _reaches_output(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
-def find_groups(ctx: BuildContext, allowed: set[str], prune_first: bool, prune_downsample: bool) -> list[ChannelGroup]:
-    """Groups whose every producer is allowed (scope, first conv, stride, grouping, not an output layer)."""
+def _graph_output_layers(graph: tp.DependencyGraph) -> set[nn.Module]:
+    """Layers whose outputs reach a model output without passing another prunable layer, read from
+    torch-pruning's graph (the only graph there is when the model cannot be traced with torch.fx)."""
+    result: set[nn.Module] = set()
+    for module, start in graph.module2node.items():
+        if not isinstance(module, PRUNABLE):
+            continue
+        stack, seen = [start], set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if not node.outputs:
+                result.add(module)
+                break
+            stack += [n for n in node.outputs if not isinstance(n.module, PRUNABLE)]
+    return result
+
+
+def _flat_tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model output that autograd can walk back (tuples, dicts, ModelOutput, caches)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.grad_fn is not None else []
+    if isinstance(out, dict):
+        out = list(out.values())
+    elif not isinstance(out, list | tuple):
+        out = list(vars(out).values()) if hasattr(out, "__dict__") else []
+    return [t for item in out for t in _flat_tensors(item)]
+
+
+def _shared_weights(model: nn.Module) -> dict[str, list[str]]:
+    """Module name -> the other modules holding the same weight tensor (tied embeddings / LM heads)."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for t in module._parameters.values():
+            if t is not None:
+                owners.setdefault(id(t), []).append(name)
+    return {n: [o for o in names if o != n] for names in owners.values() if len(names) > 1 for n in names}
+
+
+def _channels(module: nn.Module, out: bool) -> int:
+    """How many output (or input) channels a layer has, the range torch-pruning's indices must fall in."""
+    if isinstance(module, NORMS):
+        return int(module.num_features)
+    w = cast(torch.Tensor, module.weight)
+    if not out and isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        return int(module.in_channels)
+    return int(w.shape[out_axis(module) if out else in_axis(module)])
+
+
+UNSUPPORTED = "these channels reach {}, whose channels cannot be removed"
+TIED = "tied weights: {}"
+GROUPED = "grouped convolutions would lose channels unevenly across their groups: {}"
+OUT_OF_RANGE = "torch-pruning mapped these channels beyond the channels of {} (a reshape such as a channel shuffle)"
+PARAMETER = "these channels reach {}, parameters outside a layer Squeezer can cut"
+
+
+def _problem(
+    module: nn.Module, name: str, member: Member, as_output: bool, shared: dict[str, list[str]]
+) -> tuple[str, str] | None:
+    """Why a group touching `module` this way cannot be pruned safely, as (message template, the
+    layer's part of it); None: it can."""
+    if not isinstance(module, PRUNABLE + NORMS):
+        return UNSUPPORTED, f"{name} ({type(module).__name__})"
+    if name in shared:
+        return TIED, f"{name} shares its weight with {', '.join(shared[name])}"
+    if grouped(module):
+        return GROUPED, f"{name} (groups={module.groups})"
+    size = _channels(module, as_output or isinstance(module, NORMS))
+    if member.idxs and (max(member.idxs) >= size or min(member.idxs) < 0):
+        return OUT_OF_RANGE, f"{name} ({size})"
+    return None
+
+
+def _reason(problems: list[tuple[str, str]]) -> str:
+    """One sentence per kind of problem, naming every layer it concerns."""
+    by_kind: dict[str, list[str]] = {}
+    for template, part in problems:
+        by_kind.setdefault(template, [])
+        if part not in by_kind[template]:
+            by_kind[template].append(part)
+    return "; ".join(template.format(", ".join(parts)) for template, parts in by_kind.items())
+
+
+def find_groups(
+    ctx: BuildContext, allowed: set[str], prune_first: bool, prune_downsample: bool
+) -> tuple[list[ChannelGroup], list[SkippedLayers]]:
+    """Groups whose every producer is allowed (scope, first conv, stride, grouping, not an output layer)
+    and whose every member torch-pruning and channel removal can handle; the others are returned as
+    skipped, with the reason."""
     model = copy.deepcopy(ctx.original if ctx.original is not None else ctx.model).eval()
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
     nodes = _fx_nodes(ctx)
     fx_modules = ctx.traced.modules if ctx.traced is not None else {}
     first = first_layers(ctx.traced.gm, PRUNABLE) if ctx.traced is not None else set()
+    shared = _shared_weights(model)
 
-    def eligible(name: str) -> bool:
+    def rule(name: str) -> str | None:
+        """Why the config's rules keep this producer (None: they do not)."""
         m = modules[name]
-        if name not in allowed or not isinstance(m, PRUNABLE):
-            return False
-        if name in nodes and _reaches_output(nodes[name], fx_modules):
-            return False
+        if name not in allowed:
+            return "outside the scopes of filter_pruning"
         if name in first and not prune_first:
-            return False
-        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            if m.groups > 1 and m.groups != m.in_channels:
-                return False
-            if any(s != 1 for s in m.stride) and not prune_downsample:
-                return False
-        return True
+            return "the first convolution (prune_first_conv is false)"
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and any(s != 1 for s in m.stride) and not prune_downsample:
+            return "a downsampling convolution (prune_downsample_convs is false)"
+        return None
 
-    output_layers = [
-        modules[n] for n in nodes if isinstance(modules.get(n), PRUNABLE) and _reaches_output(nodes[n], fx_modules)
-    ]
     args, kwargs = ctx.example_inputs
-    args = tuple(a.detach() for a in args)
-    graph = tp.DependencyGraph().build_dependency(
-        model, example_inputs=args, forward_fn=lambda m, _: m(*args, **kwargs)
-    )
+    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    try:
+        graph = tp.DependencyGraph().build_dependency(
+            model,
+            example_inputs=args,
+            forward_fn=lambda m, _: _flat_tensors(m(*args, **kwargs)),
+            verbose=False,
+        )
+    except Exception as exc:  # torch-pruning cannot follow the model: nothing is pruned, and the user is told
+        reason = f"torch-pruning could not analyse the model: {type(exc).__name__}: {exc}".splitlines()[0]
+        return [], [SkippedLayers([n for n, m in modules.items() if isinstance(m, PRUNABLE)], reason)]
+    output_layers = _graph_output_layers(graph) | {
+        modules[n] for n in nodes if isinstance(modules.get(n), PRUNABLE) and _reaches_output(nodes[n], fx_modules)
+    }
     groups: list[ChannelGroup] = []
-    for tp_group in graph.get_all_groups(ignored_layers=output_layers, root_module_types=list(PRUNABLE)):
-        group = ChannelGroup(len(groups), len(tp_group[0].idxs))
-        ok = True
-        for item in tp_group:
-            module = item.dep.target.module
-            if module not in names:
-                continue  # torch-pruning's stand-ins for elementwise ops and reshapes: nothing to prune
-            member = Member(names[module], [int(i) for i in item.idxs], [int(r) for r in item.root_idxs])
-            if isinstance(module, PRUNABLE) and item.dep.handler.__name__ == "prune_out_channels":
-                # a depthwise conv is pruned through its producers; its own filters follow
-                depthwise = (
-                    isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups == module.in_channels > 1
-                )
-                ok &= eligible(member.name) or depthwise
-                group.producers.append(member)
-            elif isinstance(module, NORMS):
-                group.norms.append(member)
-            elif isinstance(module, PRUNABLE):
-                group.consumers.append(member)
-            else:
-                ok = False  # a layer kind whose channels we do not know how to remove
-        if ok and group.producers:
+    skipped: list[SkippedLayers] = []
+    visited: set[nn.Module] = set()
+    deadline = time.monotonic() + ANALYSIS_TIME_LIMIT_S
+    roots = [m for m in graph.module2node if isinstance(m, PRUNABLE) and m in names]
+    for i, root in enumerate(roots):
+        if root in visited:
+            continue
+        if time.monotonic() > deadline:
+            left = [names[m] for m in roots[i:] if m not in visited]
+            reason = f"torch-pruning's dependency analysis took longer than {ANALYSIS_TIME_LIMIT_S:g} s"
+            skipped.append(SkippedLayers(left, reason))
+            break
+        group, problem = _group_of(graph, root, names, output_layers, shared, rule, len(groups))
+        visited |= {modules[m.name] for m in (group.producers if group else [])}
+        visited.add(root)
+        if problem is not None:
+            skipped.append(problem)
+        elif group is not None and group.producers:
             groups.append(group)
-    return groups
+    return groups, skipped
+
+
+def _group_of(
+    graph: tp.DependencyGraph,
+    root: nn.Module,
+    names: dict[nn.Module, str],
+    output_layers: set[nn.Module],
+    shared: dict[str, list[str]],
+    rule: Callable[[str], str | None],
+    gid: int,
+) -> tuple[ChannelGroup | None, SkippedLayers | None]:
+    """The channel group rooted at `root`'s outputs, or why its layers are left whole."""
+    try:
+        pruner = graph.get_pruner_of_module(root)
+        tp_group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
+    except Exception as exc:  # e.g. ZeroDivisionError in its reshape index mapping (channel shuffle)
+        reason = f"torch-pruning failed on this group: {type(exc).__name__}: {exc}".splitlines()[0]
+        return None, SkippedLayers([names[root]], reason)
+    group = ChannelGroup(gid, len(tp_group[0].idxs))
+    problems: list[tuple[str, str]] = []
+    rules: list[str] = []
+    for item in tp_group:
+        target = item.dep.target.module
+        if isinstance(target, nn.Parameter):
+            param = graph._param_to_name.get(target, "a parameter")
+            problems.append((PARAMETER, param))
+            continue
+        if target not in names:
+            continue  # torch-pruning's stand-ins for elementwise ops, concatenations and reshapes
+        name = names[target]
+        member = Member(name, [int(i) for i in item.idxs], [int(r) for r in item.root_idxs])
+        as_output = isinstance(target, PRUNABLE) and item.dep.handler.__name__ == "prune_out_channels"
+        problem = _problem(target, name, member, as_output, shared)
+        if problem is None and as_output and not depthwise(target):
+            # a depthwise conv is pruned through its producers; its own filters follow
+            if target in output_layers:
+                rules.append(f"{name} computes a model output (its channels are what the model returns)")
+            elif (by_rule := rule(name)) is not None:
+                rules.append(f"{name} is {by_rule}")
+        if problem is not None:
+            problems.append(problem)
+        if as_output:
+            group.producers.append(member)
+        elif isinstance(target, NORMS):
+            group.norms.append(member)
+        else:
+            group.consumers.append(member)
+    layers = sorted(set(group.producer_names)) or [names[root]]
+    if problems:
+        return group, SkippedLayers(layers, _reason(problems))
+    if rules:
+        return group, SkippedLayers(layers, "; ".join(dict.fromkeys(rules)), by_rule=True)
+    return group, None
 
 
 def example_device(ctx: BuildContext) -> torch.device:
