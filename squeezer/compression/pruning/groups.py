@@ -7,9 +7,12 @@ convs, layers feeding a model output, scopes) and reduced to what masks and remo
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -108,6 +111,37 @@ class SkippedLayers:
 # torch-pruning's dependency analysis is unbounded on some models (Swin-T: over 600 s); after this
 # many seconds the layers not analysed yet are left whole.
 ANALYSIS_TIME_LIMIT_S = 120.0
+
+
+class AnalysisTimeout(Exception):
+    """torch-pruning ran past ANALYSIS_TIME_LIMIT_S."""
+
+
+@contextlib.contextmanager
+def _until(deadline: float) -> Iterator[None]:
+    """Interrupt the block at `deadline` (time.monotonic()) with AnalysisTimeout: a SIGALRM timer in
+    the main thread; in other threads only the checks between groups bound the time."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise AnalysisTimeout
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise AnalysisTimeout
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, remaining)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _too_slow() -> str:
+    return f"torch-pruning's dependency analysis took longer than {ANALYSIS_TIME_LIMIT_S:g} s"
 
 
 def _fx_nodes(ctx: BuildContext) -> dict[str, fx.Node]:
@@ -244,33 +278,37 @@ def find_groups(
 
     args, kwargs = ctx.example_inputs
     args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    everything = [n for n, m in modules.items() if isinstance(m, PRUNABLE)]
+    deadline = time.monotonic() + ANALYSIS_TIME_LIMIT_S
     try:
-        graph = tp.DependencyGraph().build_dependency(
-            model,
-            example_inputs=args,
-            forward_fn=lambda m, _: _flat_tensors(m(*args, **kwargs)),
-            verbose=False,
-        )
+        with _until(deadline):
+            graph = tp.DependencyGraph().build_dependency(
+                model,
+                example_inputs=args,
+                forward_fn=lambda m, _: _flat_tensors(m(*args, **kwargs)),
+                verbose=False,
+            )
+    except AnalysisTimeout:
+        return [], [SkippedLayers(everything, _too_slow())]
     except Exception as exc:  # torch-pruning cannot follow the model: nothing is pruned, and the user is told
         reason = f"torch-pruning could not analyse the model: {type(exc).__name__}: {exc}".splitlines()[0]
-        return [], [SkippedLayers([n for n, m in modules.items() if isinstance(m, PRUNABLE)], reason)]
+        return [], [SkippedLayers(everything, reason)]
     output_layers = _graph_output_layers(graph) | {
         modules[n] for n in nodes if isinstance(modules.get(n), PRUNABLE) and _reaches_output(nodes[n], fx_modules)
     }
     groups: list[ChannelGroup] = []
     skipped: list[SkippedLayers] = []
     visited: set[nn.Module] = set()
-    deadline = time.monotonic() + ANALYSIS_TIME_LIMIT_S
     roots = [m for m in graph.module2node if isinstance(m, PRUNABLE) and m in names]
     for i, root in enumerate(roots):
         if root in visited:
             continue
-        if time.monotonic() > deadline:
-            left = [names[m] for m in roots[i:] if m not in visited]
-            reason = f"torch-pruning's dependency analysis took longer than {ANALYSIS_TIME_LIMIT_S:g} s"
-            skipped.append(SkippedLayers(left, reason))
+        try:
+            with _until(deadline):
+                group, problem = _group_of(graph, root, names, output_layers, shared, rule, len(groups))
+        except AnalysisTimeout:
+            skipped.append(SkippedLayers([names[m] for m in roots[i:] if m not in visited], _too_slow()))
             break
-        group, problem = _group_of(graph, root, names, output_layers, shared, rule, len(groups))
         visited |= {modules[m.name] for m in (group.producers if group else [])}
         visited.add(root)
         if problem is not None:
@@ -293,6 +331,8 @@ def _group_of(
     try:
         pruner = graph.get_pruner_of_module(root)
         tp_group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
+    except AnalysisTimeout:
+        raise
     except Exception as exc:  # e.g. ZeroDivisionError in its reshape index mapping (channel shuffle)
         reason = f"torch-pruning failed on this group: {type(exc).__name__}: {exc}".splitlines()[0]
         return None, SkippedLayers([names[root]], reason)

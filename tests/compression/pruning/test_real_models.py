@@ -9,6 +9,8 @@ come from transformers with small random configs.
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -303,6 +305,30 @@ def test_analysis_past_its_time_limit_leaves_the_rest_whole(monkeypatch):
     assert ctrl.groups == []
     left = skipped(ctrl)
     assert "took longer than 0 s" in left["stem"] and "layers.2.5" in left
+    assert_strip_matches_masked(ctrl, model, torch.rand(2, 3, 16, 16))
+
+
+class StuckInAnalysis(nn.Module):
+    """Stands for Swin-T, on which torch-pruning's analysis never ends: its forward hangs only while
+    torch-pruning traces it (autograd recording), not during build, FLOPs counting or inference."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if isinstance(y, torch.Tensor) and y.grad_fn is not None:
+            time.sleep(600)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_analysis_that_hangs_is_interrupted(monkeypatch):
+    monkeypatch.setattr(groups_module, "ANALYSIS_TIME_LIMIT_S", 0.5)
+    ctrl, model = build(StuckInAnalysis(), IMAGE)
+    assert ctrl.groups == []
+    assert "took longer than 0.5 s" in skipped(ctrl)["conv"]
     assert_strip_matches_masked(ctrl, model, torch.rand(2, 3, 16, 16))
 
 
