@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
+
 from squeezer.errors import SqueezerError
 
 CHUNK_BYTES = 1024 * 1024
@@ -103,12 +105,16 @@ class LocalStore:
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-")
         try:
             with os.fdopen(fd, "wb") as out:
+
+                def append(chunk: bytes) -> None:
+                    digest.update(chunk)
+                    out.write(chunk)
+
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > limit:
                         raise UploadTooLarge(limit)
-                    digest.update(chunk)
-                    out.write(chunk)
+                    await anyio.to_thread.run_sync(append, chunk)  # hashing and writing block: off the loop
             sha = digest.hexdigest()
             key = self.key_for(sha)
             target = self.path(key)

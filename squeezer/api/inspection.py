@@ -1,18 +1,18 @@
 """What the API may learn from an upload without running it: a `.pt2` archive's input and output shapes
-(from the JSON graph inside it; its pickled parts are never opened) and a dataset's array shapes, dtypes
-and label range (read with `allow_pickle=False`). Jobs whose data do not fit are refused at submit time;
-the worker checks again on the real tensors.
+(from the JSON graph inside it; its pickled parts are never opened) and a dataset's array shapes, dtypes,
+label range and finiteness (from the array headers and one streamed pass: `datasets.py`). Jobs whose data
+do not fit are refused at submit time; the worker checks again on the real tensors.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from squeezer.api.datasets import scan_npz, scan_safetensors
 from squeezer.api.errors import ApiError
 
 
@@ -45,55 +45,40 @@ def model_signature(path: Path) -> dict[str, Any] | None:
         return None  # an archive layout this torch does not write; the worker still checks
 
 
-def _summary(x: np.ndarray | Any, y: np.ndarray) -> dict[str, Any]:
-    integer = np.issubdtype(y.dtype, np.integer)
-    return {
-        "x_shape": list(x.shape),
-        "x_dtype": str(x.dtype),
-        "y_shape": list(y.shape),
-        "y_dtype": str(y.dtype),
-        "y_min": int(y.min()) if integer and y.size else None,
-        "y_max": int(y.max()) if integer and y.size else None,
-    }
-
-
 def dataset_summary(path: Path, filename: str) -> dict[str, Any]:
-    """Shapes and label range of a `.npz` / `.safetensors` dataset; 422 when it is not one."""
+    """Shapes, label range and finiteness of a `.npz` / `.safetensors` dataset, read from its headers and
+    one streamed pass (never loaded whole); 422 when it is not one, or when it holds NaN or inf."""
     try:
-        if filename.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="numpy") as f:
-                if not {"x", "y"} <= set(f.keys()):
-                    raise ApiError(
-                        422, "Invalid dataset", f"{filename} must hold arrays 'x' and 'y'; has {sorted(f.keys())}"
-                    )
-                x_slice = f.get_slice("x")
-                x_shape, x_dtype = x_slice.get_shape(), x_slice.get_dtype()
-                summary = _summary(np.empty((0,)), f.get_tensor("y"))
-                summary.update(x_shape=list(x_shape), x_dtype=str(x_dtype))
-        else:
-            with (
-                path.open("rb") as handle,
-                np.load(handle, allow_pickle=False) as npz,
-            ):  # numpy leaks its own handle on bad zips
-                if not {"x", "y"} <= set(npz.files):
-                    raise ApiError(
-                        422, "Invalid dataset", f"{filename} must hold arrays 'x' and 'y'; has {sorted(npz.files)}"
-                    )
-                summary = _summary(npz["x"], npz["y"])
-    except ApiError:
-        raise
+        scan = scan_safetensors if filename.endswith(".safetensors") else scan_npz
+        arrays = scan(path, ("x", "y"))
+    except KeyError as exc:
+        found = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+        raise ApiError(422, "Invalid dataset", f"{filename} must hold arrays 'x' and 'y'; has {found}") from exc
     except Exception as exc:  # pickled object arrays, truncated files, wrong headers
         raise ApiError(422, "Invalid dataset", f"{filename} is not a readable .npz / .safetensors file: {exc}") from exc
-    if not summary["x_shape"] or not summary["y_shape"] or summary["x_shape"][0] != summary["y_shape"][0]:
+    x, y = arrays["x"], arrays["y"]
+    if not x.shape or not y.shape or x.shape[0] != y.shape[0]:
         raise ApiError(
             422,
             "Invalid dataset",
-            f"{filename}: x has shape {summary['x_shape']} and y {summary['y_shape']}; "
-            "they must have the same number of samples",
+            f"{filename}: x has shape {x.shape} and y {y.shape}; they must have the same number of samples",
         )
-    return summary
+    for name, array in arrays.items():
+        if array.non_finite:
+            raise ApiError(
+                422,
+                "Invalid dataset",
+                f"{filename}: {name} has {array.non_finite} NaN or infinite values (of {math.prod(array.shape)}); "
+                "training data must be finite: drop or impute those samples",
+            )
+    return {
+        "x_shape": x.shape,
+        "x_dtype": x.dtype,
+        "y_shape": y.shape,
+        "y_dtype": y.dtype,
+        "y_min": y.min,
+        "y_max": y.max,
+    }
 
 
 def _fits(shape: list[int | None], actual: list[int]) -> bool:

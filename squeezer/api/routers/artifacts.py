@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import anyio
 from fastapi import APIRouter, Form, UploadFile
 from sqlalchemy import func, select
 
@@ -15,7 +16,7 @@ from squeezer.api.inspection import dataset_summary, model_signature
 from squeezer.api.schemas import ArtifactRead
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.db import ApiKey, Artifact, ArtifactKind
-from squeezer.storage import LocalStore
+from squeezer.storage import LocalStore, StoredFile
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 CHUNK = 1 << 20
@@ -70,10 +71,21 @@ async def upload_artifact(
     settings: SettingsDep,
     file: UploadFile,
     kind: Literal["model", "dataset", "config"] = Form(...),
-) -> Artifact:
+) -> ArtifactRead:
     # the app's body limit already stopped oversized requests while they streamed in; this limit is exact
     stored = await store.save_stream(_chunks(file), settings.max_upload_bytes)
     filename = (file.filename or "upload").rsplit("/", 1)[-1][:255]
+    # the database and the inspection (a pass over up to max_upload_bytes) block: off the event loop
+    return await anyio.to_thread.run_sync(
+        _register_upload, session, key, store, stored, kind, filename, settings.max_storage_bytes_per_key
+    )
+
+
+def _register_upload(
+    session: SessionDep, key: ApiKey, store: LocalStore, stored: StoredFile, kind: str, filename: str, quota: int
+) -> ArtifactRead:
+    """The artifact row of a stored upload once its content passed the checks of its kind; read back in this
+    thread, so that nothing touches the database on the event loop."""
     with store.path(stored.key).open("rb") as f:
         head = f.read(8)
     existing = session.scalars(
@@ -82,9 +94,9 @@ async def upload_artifact(
         )
     ).first()
     if existing is not None:  # the same bytes again: the same artifact, nothing more stored
-        return existing
+        return ArtifactRead.model_validate(existing)
     try:
-        _check_storage_quota(session, key, stored.size_bytes, settings.max_storage_bytes_per_key)
+        _check_storage_quota(session, key, stored.size_bytes, quota)
         meta = _check_content(kind, filename, head, store, stored.key)
     except Exception:
         # a rejected upload leaves nothing behind (unless the same bytes belong to a stored artifact)
@@ -102,7 +114,7 @@ async def upload_artifact(
     )
     session.add(artifact)
     session.commit()
-    return artifact
+    return ArtifactRead.model_validate(artifact)
 
 
 def owned_artifact(session: SessionDep, key: CurrentKey, artifact_id: str) -> Artifact:
