@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install system-deps demo demo-library serve test lint bench
+.PHONY: install system-deps demo demo-library serve test lint bench zoo
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -40,3 +40,6 @@ test: lint system-deps  ## what CI runs
 
 bench: install
 	$(PY) bench/bench_quantization.py
+
+zoo: install  ## the full model-zoo matrix (bench/results/zoo.json and a table); about an hour on 2 cores
+	$(PY) bench/bench_zoo.py

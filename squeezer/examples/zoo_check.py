@@ -1,0 +1,175 @@
+"""One zoo case: a model we did not write, one compression config, one way in (the library on the
+eager model, or the service's path: `torch.export` -> `.pt2` -> safe load -> lift). Compress, train a
+few steps, export to ONNX (which verifies onnxruntime against the compressed model) and report the
+exact reason when any step fails. Used by `tests/zoo/` and `bench/bench_zoo.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from squeezer.examples.zoo import ZOO, ZooModel, build
+
+logger = logging.getLogger(__name__)
+
+QUANTIZATION = {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 4}}}
+ALGORITHMS: dict[str, list[dict[str, Any]]] = {
+    "int8": [QUANTIZATION],
+    "sparsity": [{"algorithm": "magnitude_sparsity", "sparsity_init": 0.5}],
+    "pruning": [{"algorithm": "filter_pruning", "pruning_init": 0.3}],
+    "int8+kd": [QUANTIZATION, {"algorithm": "knowledge_distillation", "type": "softmax"}],
+}
+PATHS = ("library", "service")
+
+
+@dataclass
+class CaseResult:
+    model: str
+    algorithm: str
+    path: str
+    ok: bool
+    stage: str = "done"  # the step that failed: build / lift / compress / train / export / parity
+    reason: str = ""
+    seconds: float = 0.0
+    parity: float | None = None  # onnxruntime vs the compressed torch model, max |diff| / max |out|
+    size_ratio: float | None = None  # ONNX file size / FP32 ONNX-equivalent parameter bytes
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _targets(spec: ZooModel, out: torch.Tensor, batch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    if out.dim() == 3:  # language model: one target per token
+        return torch.randint(0, out.shape[-1], out.shape[:2], generator=generator)
+    return torch.randint(0, out.shape[-1], (batch,), generator=generator)
+
+
+def _task_loss(out: Any, y: torch.Tensor) -> torch.Tensor:
+    logits = out if isinstance(out, torch.Tensor) else out[0]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+def _to_service_model(model: nn.Module, x: torch.Tensor, workdir: Path) -> nn.Module:
+    """What the worker does with an upload: a `.pt2` with a dynamic batch, loaded without unpickling."""
+    from squeezer.compression.graph.archive import load_exported_program
+    from squeezer.compression.graph.lift import lift_exported_program
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    path = workdir / "model.pt2"
+    torch.export.save(program, str(path))
+    return lift_exported_program(load_exported_program(path))
+
+
+def run_case(name: str, algorithm: str, path: str, workdir: Path, steps: int = 2, batch: int = 4) -> CaseResult:
+    """Run one case; never raises for a failure of the model under test (it is reported instead)."""
+    from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
+
+    spec = ZOO[name]
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = CaseResult(name, algorithm, path, ok=False, stage="build")
+    start = time.perf_counter()
+    try:
+        model = build(name)
+        x = spec.example_input(batch)
+        if path == "service":
+            result.stage = "lift"
+            model = _to_service_model(model, x, workdir)
+        with torch.no_grad():
+            reference = model(x)
+        y = _targets(spec, reference if isinstance(reference, torch.Tensor) else reference[0], batch)
+        result.stage = "compress"
+        info: dict[str, Any] = {"sample_size": [1, *spec.input_shape[1:]]}
+        if spec.kind == "tokens":
+            info["type"] = "long"
+        config = NNCFConfig.from_dict(
+            {"input_info": info, "log_dir": str(workdir / "logs"), "compression": copy.deepcopy(ALGORITHMS[algorithm])}
+        )
+        data = [(spec.example_input(batch, seed=s), y) for s in range(2)]
+        register_default_init_args(config, data, criterion=nn.CrossEntropyLoss())
+        ctrl, compressed = create_compressed_model(model, config, dump_graphs=False)
+        result.stage = "train"
+        optimizer = torch.optim.SGD(compressed.parameters(), lr=1e-3)
+        compressed.train()
+        ctrl.scheduler.epoch_step()
+        for step in range(steps):
+            ctrl.scheduler.step()
+            xb, yb = data[step % len(data)]
+            loss = _task_loss(compressed(xb), yb) + ctrl.loss()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the training loss is {float(loss)} at step {step}")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        compressed.eval()
+        result.details["compression_rate"] = _rate(ctrl)
+        result.stage = "export"
+        onnx_path = workdir / f"{name}.{algorithm}.{path}.onnx"
+        ctrl.export_model(str(onnx_path))
+        result.stage = "parity"
+        result.parity = _parity(compressed, onnx_path, x)
+        params = sum(p.numel() * 4 for p in build(name).parameters())
+        result.size_ratio = onnx_path.stat().st_size / params if params else None
+        result.ok, result.stage = True, "done"
+    except Exception as exc:  # the report is the product here
+        result.reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        logger.debug("%s %s %s failed:\n%s", name, algorithm, path, traceback.format_exc())
+    result.seconds = round(time.perf_counter() - start, 2)
+    return result
+
+
+def _rate(ctrl: Any) -> float | None:
+    try:
+        rate = float(ctrl.compression_rate)
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    return rate if math.isfinite(rate) else None
+
+
+def _parity(model: nn.Module, onnx_path: Path, x: torch.Tensor) -> float:
+    import onnxruntime as ort
+
+    with torch.no_grad():
+        out = model(x)
+    expected = (out if isinstance(out, torch.Tensor) else out[0]).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    actual = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    return float(np.max(np.abs(expected - actual)) / max(float(np.max(np.abs(expected))), 1e-12))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else "")[:300]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m squeezer.examples.zoo_check MODEL ALGORITHM PATH WORKDIR OUT.json`: one case, run in
+    its own process by the benchmark so that a hang or a crash costs one cell, not the table."""
+    import json
+    import sys
+    import warnings
+
+    args = argv if argv is not None else sys.argv[1:]
+    name, algorithm, path, workdir, out = args
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    result = run_case(name, algorithm, path, Path(workdir))
+    Path(out).write_text(json.dumps(result.to_dict()))
+
+
+if __name__ == "__main__":
+    main()
