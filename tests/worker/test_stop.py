@@ -1,0 +1,180 @@
+"""A worker that is stopped (what Celery's shutdown signals call: `request_stop`) kills its job process
+and puts the job back in `queued`, with the loop state of its last completed epoch, without counting
+the attempt; the next run resumes it and its history equals an uninterrupted run. The job process
+server and its forks leave SIGINT and SIGTERM to the worker."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from squeezer.db import Job, JobMetric, JobStatus
+from squeezer.jobs import transitions
+from squeezer.recipe import Recipe
+from squeezer.worker.execute import execute_job
+from squeezer.worker.runner import run_job
+from squeezer.worker.sandbox import process
+from tests.helpers import app_with_two_keys, upload_digits_job_inputs, write_digits_job_files
+from tests.worker.pausing import BATCH_SIZE, MID_EPOCH_3, marker
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = {"compression": {"algorithm": "quantization"}}
+RECIPE = {"epochs": 5, "batch_size": BATCH_SIZE, "lr": 1e-3, "seed": 3}
+
+
+@pytest.fixture
+def stop(monkeypatch):
+    """This test's own stop flag (`request_stop` sets it for the whole process)."""
+    event = threading.Event()
+    monkeypatch.setattr(process, "_stopping", event)
+    return event
+
+
+@pytest.fixture
+def service(tmp_path):
+    app, _, alice, _ = app_with_two_keys(tmp_path)
+    client = TestClient(app)
+    headers = {"Authorization": f"Bearer {alice}"}
+    ids = upload_digits_job_inputs(client, headers, tmp_path)
+
+    def submit(recipe):
+        body = {"name": "j", "model": ids["model"], "train_data": ids["train"], "val_data": ids["val"]}
+        response = client.post("/v1/jobs", headers=headers, json=body | {"config": CONFIG, "recipe": recipe})
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    return app, submit
+
+
+def _when_file_appears(path, then):
+    """Run `then()` on a thread once `path` exists (the job process writes it at a known point)."""
+
+    def watch():
+        deadline = time.monotonic() + 300
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        then()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def _execute(app, job_id, sent, **kwargs):
+    return execute_job(
+        job_id, app.state.sessions, app.state.store, app.state.settings.home / "work",
+        enqueue=lambda *job: sent.append(job), import_paths=[str(REPO)], **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_mid_epoch_requeues_its_job_which_resumes_as_if_never_stopped(service, stop, tmp_path):
+    app, submit = service
+    (tmp_path / "reference").mkdir()
+    files = write_digits_job_files(tmp_path / "reference")
+    reference = run_job(files["model"], CONFIG, files["train"], files["val"], Recipe(**RECIPE), tmp_path / "ref")
+    job_id = submit(RECIPE)
+    workdir = app.state.settings.home / "work" / job_id
+    sent: list[tuple[str, int]] = []
+
+    watcher = _when_file_appears(workdir / marker(MID_EPOCH_3), process.request_stop)
+    status = _execute(app, job_id, sent, target="tests.worker.pausing:run_job_paused_mid_epoch_3")
+    watcher.join()
+    assert status == "requeued"
+    with app.state.sessions() as session:
+        job = session.get(Job, job_id)
+        epochs = [m.epoch for m in session.query(JobMetric).filter_by(job_id=job_id).order_by(JobMetric.epoch)]
+    assert job.status == JobStatus.queued and job.error is None and job.worker_id is None
+    assert job.attempts == 0  # a stop is not a failed attempt
+    assert job.epoch == 2 and epochs == [0, 1, 2]  # stopped half into epoch 3
+    assert sent == [(job_id, 0)] and job.enqueued_at is not None  # sent again by the stopping worker
+    assert (workdir / "loop_state.pt").is_file()  # kept for the next worker
+
+    stop.clear()  # the next worker
+    assert _execute(app, job_id, sent) == "succeeded"
+    with app.state.sessions() as session:
+        job = session.get(Job, job_id)
+        metrics = session.query(JobMetric).filter_by(job_id=job_id).order_by(JobMetric.epoch).all()
+    assert job.attempts == 1 and job.finished_at is not None
+    assert [m.epoch for m in metrics] == list(range(6))  # no gap, no duplicate
+    assert [m.metric for m in metrics] == [r["metric"] for r in reference.records]
+    assert [m.loss for m in metrics[1:]] == pytest.approx([r["loss"] for r in reference.records[1:]], rel=1e-5)
+    assert job.result["metric"] == reference.metric
+
+
+def test_a_job_being_cancelled_ends_cancelled_when_its_worker_stops(service, stop):
+    app, submit = service
+    job_id = submit({"epochs": 1})
+    sent: list[tuple[str, int]] = []
+
+    def cancel_then_stop():
+        with app.state.sessions() as session:
+            assert transitions.cancel(session, job_id) == JobStatus.cancelling
+        process.request_stop()
+
+    pid_file = app.state.settings.home / "work" / job_id / "pid"
+    watcher = _when_file_appears(pid_file, cancel_then_stop)
+    assert _execute(app, job_id, sent, target="tests.worker.hostile:sleep_forever") == "cancelled"
+    watcher.join()
+    with app.state.sessions() as session:
+        job = session.get(Job, job_id)
+    assert job.status == JobStatus.cancelled and job.finished_at is not None and sent == []
+
+
+def test_a_stop_that_also_killed_the_job_process_server_still_requeues_the_job(service, stop):
+    app, submit = service
+    job_id = submit({"epochs": 1})
+    sent: list[tuple[str, int]] = []
+
+    def stop_and_kill_the_server():
+        process.request_stop()
+        server = process.prestart_job_server()
+        os.kill(server.process.pid, 9)
+
+    watcher = _when_file_appears(app.state.settings.home / "work" / job_id / "pid", stop_and_kill_the_server)
+    assert _execute(app, job_id, sent, target="tests.worker.hostile:sleep_forever") == "requeued"
+    watcher.join()
+    with app.state.sessions() as session:
+        assert session.get(Job, job_id).status == JobStatus.queued
+
+
+def test_a_stopping_worker_starts_no_job_process(service, stop):
+    app, submit = service
+    job_id = submit({"epochs": 1})
+    process.request_stop()
+    sent: list[tuple[str, int]] = []
+    assert _execute(app, job_id, sent, target="tests.worker.hostile:kill_itself") == "requeued"
+    assert sent == [(job_id, 0)] and not (app.state.settings.home / "work" / job_id / "job.log").exists()
+
+
+def _ignored_signals(pid):
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("SigIgn:"))
+    mask = int(line.split()[1], 16)
+    return {sig for sig in (2, 15) if mask & (1 << (sig - 1))}
+
+
+def test_the_job_process_server_and_its_jobs_leave_sigint_and_sigterm_to_the_worker(service, stop):
+    app, submit = service
+    job_id = submit({"epochs": 1})
+    pid_file = app.state.settings.home / "work" / job_id / "pid"
+    seen = {}
+
+    def look_then_stop():
+        server = process.prestart_job_server().process.pid
+        job = int(pid_file.read_text())
+        seen.update(
+            server=_ignored_signals(server),
+            job=_ignored_signals(job),
+            group=os.getpgid(server) == server != os.getpgid(0),
+        )
+        process.request_stop()
+
+    watcher = _when_file_appears(pid_file, look_then_stop)
+    assert _execute(app, job_id, [], target="tests.worker.hostile:sleep_forever") == "requeued"
+    watcher.join()
+    assert seen == {"server": {2, 15}, "job": {2, 15}, "group": True}  # a terminal's Ctrl-C reaches the worker only
