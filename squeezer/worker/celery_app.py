@@ -3,6 +3,10 @@
 JSON only, late acks and prefetch 1, so a message is acknowledged after the job ran and a worker
 holds one job at a time. The embedded default broker is kombu's SQLAlchemy transport on SQLite:
 a real worker process, no server to install.
+
+A worker told to stop (SIGTERM, Ctrl-C: warm or cold shutdown) stops its job process at once and
+sends the job again, back in `queued` with its last epoch's loop state (`execute.py`); it then exits
+without waiting for the epoch to end.
 """
 
 from __future__ import annotations
@@ -13,13 +17,13 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import SecurityWarning
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 
 from squeezer.db import make_engine, make_session_factory
 from squeezer.settings import Settings, get_settings
 from squeezer.storage import LocalStore
 from squeezer.worker.execute import execute_job
-from squeezer.worker.sandbox.process import prestart_job_server
+from squeezer.worker.sandbox.process import prestart_job_server, request_stop
 
 TASK = "squeezer.run_job"
 
@@ -50,7 +54,15 @@ def create_celery(settings: Settings | None = None) -> Celery:
     @app.task(name=TASK)
     def run(job_id: str) -> str:
         sessions, store = _resources(settings.resolved_database_url(), str(settings.resolved_storage_dir()))
-        return execute_job(job_id, sessions, store, settings.home / "work", settings.heartbeat_s, settings.sandbox)
+        return execute_job(
+            job_id,
+            sessions,
+            store,
+            settings.home / "work",
+            settings.heartbeat_s,
+            settings.sandbox,
+            enqueue=CeleryQueue(app).enqueue,
+        )
 
     return app
 
@@ -64,6 +76,12 @@ def _resources(database_url: str, storage_dir: str) -> tuple[Any, LocalStore]:
 def _prestart_job_server(**_: Any) -> None:
     """The job process server imports torch while the worker waits for its first job (solo pool: same thread)."""
     prestart_job_server()
+
+
+@worker_shutting_down.connect
+def _stop_jobs(**_: Any) -> None:
+    """Sent from Celery's SIGTERM / SIGINT / SIGQUIT handler, on the thread that runs the job (solo pool)."""
+    request_stop()
 
 
 def _is_redis(url: str) -> bool:
