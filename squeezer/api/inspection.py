@@ -10,22 +10,61 @@ import json
 import math
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from squeezer.api.datasets import scan_npz, scan_safetensors
 from squeezer.api.errors import ApiError
+
+if TYPE_CHECKING:
+    from squeezer.compression.config.models import InputInfo
 
 
 def _dim(size: dict[str, Any]) -> int | None:
     return size.get("as_int")  # None: a symbolic (dynamic) dimension
 
 
-def model_signature(path: Path) -> dict[str, Any] | None:
-    """{"inputs": [[None, 1, 32, 32]], "outputs": [[None, 10]]} from `models/model.json`; None if unreadable."""
+def _not_an_export(filename: str, names: list[str]) -> ApiError:
+    saved = any(n.endswith("data.pkl") for n in names)
+    what = "a torch.save file (pickled weights), " if saved else "a zip file, "
+    return ApiError(
+        422,
+        "Invalid model archive",
+        f"{filename} is {what}not a torch.export archive (it has no models/model.json); export the model with "
+        "torch.export.export(model, (example,), dynamic_shapes=...) and save it with torch.export.save(program, "
+        "'model.pt2'), or let the SDK do both: Client.compress(model, example, ...)",
+    )
+
+
+def _static_batch(filename: str, inputs: list[list[int | None]]) -> ApiError:
+    shape = next(s for s in inputs if s and s[0] is not None)
+    return ApiError(
+        422,
+        "Model has a static batch size",
+        f"{filename} was exported with a static batch of {shape[0]} (input shape {shape}), so it cannot train on "
+        "batches; export it with a dynamic batch dimension: torch.export.export(model, (example,), "
+        "dynamic_shapes=({0: torch.export.Dim('batch')},)) (the SDK's Client.compress does this)",
+    )
+
+
+def model_signature(path: Path, filename: str = "model.pt2") -> dict[str, Any] | None:
+    """{"inputs": [[None, 1, 32, 32]], "outputs": [[None, 10]]} from `models/model.json`.
+
+    422 when the file is not a torch.export archive or its inputs have a static batch; None when the
+    graph is laid out in a way this code does not know (the worker still checks).
+    """
     try:
         with zipfile.ZipFile(path) as archive:
-            name = next(n for n in archive.namelist() if n.endswith("models/model.json"))
+            names = archive.namelist()
+            name = next((n for n in names if n.endswith("models/model.json")), None)
+            if name is None:
+                raise _not_an_export(filename, names)
             program = json.loads(archive.read(name))
+    except ApiError:
+        raise
+    except Exception as exc:  # a broken zip, an unknown compression, a model.json that is not JSON
+        detail = f"{filename} is not a readable torch.export archive: {exc}"
+        raise ApiError(422, "Invalid model archive", detail) from exc
+    try:
         graph = program["graph_module"]["graph"]
         signature = program["graph_module"]["signature"]
 
@@ -37,12 +76,15 @@ def model_signature(path: Path) -> dict[str, Any] | None:
                     found.append([_dim(s) for s in graph["tensor_values"][tensor["name"]]["sizes"]])
             return found
 
-        return {
+        found = {
             "inputs": shapes(signature["input_specs"], "user_input"),
             "outputs": shapes(signature["output_specs"], "user_output"),
         }
-    except (zipfile.BadZipFile, StopIteration, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None  # an archive layout this torch does not write; the worker still checks
+    if any(s and s[0] is not None for s in found["inputs"]):
+        raise _static_batch(filename, found["inputs"])
+    return found
 
 
 def dataset_summary(path: Path, filename: str) -> dict[str, Any]:
@@ -112,3 +154,29 @@ def check_job_data(model: dict[str, Any] | None, data: dict[str, Any] | None, ta
         if data["y_min"] < 0 or (classes is not None and data["y_max"] >= classes):
             allowed = f"[0, {classes - 1}]" if classes is not None else "non-negative"
             raise unfit(f"labels must be in {allowed}, found [{data['y_min']}, {data['y_max']}]")
+
+
+def check_input_info(model: dict[str, Any] | None, config: dict[str, Any], infos: list[InputInfo] | None) -> None:
+    """422 naming the config's `input_info` when it does not describe the model's inputs (the batch may differ)."""
+    inputs = model.get("inputs") if model else None
+    if not infos or not inputs:
+        return
+    single = isinstance(config.get("input_info"), dict)  # NNCF allows one object for a single input
+    if len(infos) != len(inputs):
+        raise ApiError(
+            422,
+            "Config does not fit the model",
+            f"config: input_info describes {len(infos)} inputs, the model takes {len(inputs)}",
+            path="$.config.input_info",
+        )
+    for i, (info, shape) in enumerate(zip(infos, inputs, strict=True)):
+        if not _fits(shape[1:], info.sample_size[1:]):
+            where = "$.config.input_info" + ("" if single else f"[{i}]") + ".sample_size"
+            expected = ["B", *("any" if d is None else d for d in shape[1:])]
+            raise ApiError(
+                422,
+                "Config does not fit the model",
+                f"config: input_info sample_size {info.sample_size} does not match the model's input "
+                f"{shape} (as [batch, ...]: {expected}); fix input_info or leave it out to take the model's",
+                path=where,
+            )

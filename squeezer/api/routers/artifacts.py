@@ -47,7 +47,7 @@ def _check_content(kind: str, filename: str, head: bytes, store: LocalStore, key
         NNCFConfig.validate(data)  # ConfigError -> 422 with the JSON path
         return None
     if kind == "model":
-        return model_signature(store.path(key))
+        return model_signature(store.path(key), filename)
     return dataset_summary(store.path(key), filename)
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from squeezer.api.errors import ApiError
-from squeezer.api.inspection import check_job_data
+from squeezer.api.inspection import check_input_info, check_job_data
 from squeezer.api.routers.artifacts import owned_artifact
 from squeezer.api.schemas import JobCreate, JobPage, JobRead, MetricRead, Status
 from squeezer.compression.config.nncf_config import NNCFConfig
@@ -68,6 +68,7 @@ def create_job(
     else:
         config = body.config
     model = NNCFConfig.validate(config)  # 422 naming the JSON path, before anything is stored
+    check_input_info(model_artifact.meta, config, model.input_info)
     spec["config"] = config
     aa = model.accuracy_aware_training
     total = aa.params.maximal_total_epochs if aa is not None else body.recipe.epochs
