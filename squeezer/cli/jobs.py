@@ -21,6 +21,7 @@ from rich.table import Column, Table
 
 from squeezer.api.schemas import Status
 from squeezer.client import Client, ClientError, JobRead
+from squeezer.client.validation import check_config, check_recipe
 from squeezer.db.models import JobStatus  # sqlalchemy is loaded by the CLI anyway
 
 jobs_app = typer.Typer(help="Follow, cancel and download jobs.", no_args_is_help=True)
@@ -113,6 +114,8 @@ def submit(
 ) -> None:
     """Upload a model, a config and data, and submit a compression job."""
     with _client(url, api_key) as client:
+        checked_recipe = check_recipe(_recipe(recipe, epochs, lr))  # InvalidInput (exit 2) before any upload
+        check_config(config)
         model_artifact = client.artifacts.upload(model, "model")
         config_artifact = client.artifacts.upload(config, "config")
         train_artifact = client.artifacts.upload(train, "dataset")
@@ -123,7 +126,7 @@ def submit(
             config_artifact,
             train_artifact,
             val_artifact,
-            _recipe(recipe, epochs, lr),
+            checked_recipe,
             priority,
         )
         console.print(f"submitted job {job.id} ({job.status})")

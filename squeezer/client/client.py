@@ -29,7 +29,8 @@ from squeezer import __version__
 from squeezer.api.schemas import ArtifactRead, ExportRead, JobPage, JobRead, MetricRead, Status
 from squeezer.client import errors
 from squeezer.client.discovery import find_service
-from squeezer.client.packaging import config_dict, dataset_bytes, export_model
+from squeezer.client.packaging import dataset_bytes, export_model
+from squeezer.client.validation import check_config, check_recipe
 from squeezer.recipe import Recipe
 from squeezer.settings import Settings
 
@@ -158,16 +159,17 @@ class Client:
         `config`: a dict / `NNCFConfig` or a JSON file. Data: an (x, y) pair of arrays or tensors, a
         `.npz` / `.safetensors` file, or the id of an uploaded dataset.
         """
+        config_json, checked_recipe = check_config(config), check_recipe(recipe)  # before any upload
         with tempfile.TemporaryDirectory(prefix="squeezer-") as tmp:
             archive = export_model(model, example_input, Path(tmp) / "model.pt2", dynamic_batch)
             model_artifact = self.artifacts.upload(archive, "model")
         return self.jobs.create(
             name=name or type(model).__name__,
             model=model_artifact,
-            config=config_dict(config),
+            config=config_json,
             train_data=self._dataset(train_data, "train.npz"),
             val_data=self._dataset(val_data, "val.npz"),
-            recipe=recipe,
+            recipe=checked_recipe,
             priority=priority,
         )
 
@@ -227,7 +229,7 @@ class Jobs:
             "config": config if isinstance(config, dict) else _id(config),
             "train_data": _id(train_data),
             "val_data": _id(val_data),
-            "recipe": Recipe.model_validate(recipe or {}).model_dump(),
+            "recipe": check_recipe(recipe).model_dump(),
             "priority": priority,
         }
         return JobRead.model_validate(self._c.request("POST", "/v1/jobs", json=body).json())
