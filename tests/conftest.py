@@ -11,6 +11,11 @@ import torch
 from squeezer.examples.configs import CONFIG_DIR
 from squeezer.examples.digits import accuracy, digits_loaders, train_epoch
 from squeezer.examples.models import ResidualCNN
+from squeezer.examples.zoo import prepare_torchvision
+
+# torchvision's PyPI wheel cannot load its C++ ops beside CPU torch, and transformers and timm import it
+# themselves: make that import work before any test triggers it (see squeezer.examples.zoo)
+prepare_torchvision()
 
 # the project's own sample configs (shipped in the package); tests never read outside the repository
 SAMPLE_CONFIGS: Path = CONFIG_DIR

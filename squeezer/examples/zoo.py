@@ -32,7 +32,20 @@ _missing_ops_library: torch.library.Library | None = None  # kept alive: droppin
 
 def import_torchvision() -> ModuleType:
     """`import torchvision`, also where its C++ ops cannot load (see the module docstring)."""
+    if importlib.util.find_spec("torchvision") is None:
+        raise ModuleNotFoundError("torchvision is not installed: pip install -e '.[zoo]'")
+    prepare_torchvision()
+    import torchvision
+
+    return torchvision
+
+
+def prepare_torchvision() -> None:
+    """Make a later `import torchvision` work, by whoever imports it: transformers and timm do so
+    themselves when torchvision is installed. Does nothing when torchvision is not installed."""
     global _missing_ops_library
+    if importlib.util.find_spec("torchvision") is None:
+        return
     if _missing_ops_library is None and not _torchvision_ops_load():
         logger.info(
             "torchvision's C++ extension does not load with this torch (%s); declaring torchvision::nms and "
@@ -43,15 +56,12 @@ def import_torchvision() -> ModuleType:
         library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         library.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
         _missing_ops_library = library
-    import torchvision
-
-    return torchvision
 
 
 def _torchvision_ops_load() -> bool:
     spec = importlib.util.find_spec("torchvision")
     if spec is None or spec.origin is None:
-        raise ModuleNotFoundError("torchvision is not installed: pip install -e '.[zoo]'")
+        return False
     if hasattr(torch.ops.torchvision, "nms"):
         return True
     extension = next(Path(spec.origin).parent.glob("_C*.so"), None)
@@ -134,6 +144,7 @@ class _LogitsOnly(nn.Module):
 
 def _hf(kind: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
+        prepare_torchvision()  # transformers imports torchvision when it is installed
         hf: Any = importlib.import_module("transformers")  # untyped use: the configs differ per model
 
         small: dict[str, Any] = {"num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
