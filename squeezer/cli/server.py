@@ -114,16 +114,33 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     record = LocalService(client_url(host, port), secret, os.getpid(), str(settings.home.resolve())).publish()
     env = {**os.environ, "SQUEEZER_HOME": str(settings.home)}
     # training takes every core it gets; on one machine the API must still answer status polls promptly.
-    # --exit-with-parent: uvicorn re-raises a SIGTERM after its graceful shutdown, which ends this process
-    # before the `finally` below; the worker must stop then too.
+    # --exit-with-parent: should this process die without the `finally` below (SIGKILL), the worker stops too.
     command = [sys.executable, "-m", "squeezer.cli", "worker", "--nice", "10", "--exit-with-parent"]
     worker_process = subprocess.Popen(command, env=env)
     typer.echo(
         f"Squeezer API on http://{host}:{port} (docs: /docs)\nAPI key: {secret}\nkey file: {path} "
         f"(and {record}, for the CLI and the SDK in any folder)"
     )
+    # uvicorn re-raises SIGINT / SIGTERM after its graceful shutdown; both must come through the `finally`
+    # (SIGTERM's default action would end this process before it), which waits for the worker to stop.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     finally:
-        worker_process.terminate()
-        worker_process.wait(timeout=30)
+        _stop_worker(worker_process)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_worker(worker_process: subprocess.Popen[bytes], grace_s: float = 60.0) -> None:
+    """SIGTERM (Celery's warm shutdown): the worker stops its job at once and puts it back in the queue,
+    to continue from its last completed epoch when a worker starts again; then it exits."""
+    typer.echo("stopping: a running job goes back to the queue and continues from its last epoch next time")
+    worker_process.terminate()
+    try:
+        worker_process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:  # stuck: the sweep requeues its job once its heartbeat is stale
+        worker_process.kill()
+        worker_process.wait()

@@ -32,7 +32,13 @@ from squeezer.storage import LocalStore
 from squeezer.worker.failures import failure_reason
 from squeezer.worker.recovery import Heartbeat
 from squeezer.worker.sandbox.confine import SandboxUnavailable, require_landlock
-from squeezer.worker.sandbox.process import JobInterrupted, JobProcessFailed, JobRun, run_job_process
+from squeezer.worker.sandbox.process import (
+    JobInterrupted,
+    JobProcessFailed,
+    JobRun,
+    run_job_process,
+    stop_requested,
+)
 from squeezer.worker.sandbox.protocol import EpochMessage, JobRequest
 
 RUN_JOB = "squeezer.worker.runner:run_job"
@@ -83,12 +89,7 @@ def _requeue(
         return "lost"
     logger.warning("job %s stopped with its worker; %s", job_id, status.value)
     if status == JobStatus.queued and enqueue is not None and priority is not None:
-        try:
-            enqueue(job_id, priority)
-            with sessions() as session:
-                transitions.mark_enqueued(session, job_id)
-        except Exception:  # no broker now: the sweep sends it (a requeued job's message counts as never sent)
-            logger.warning("could not send job %s again; the sweep will", job_id, exc_info=True)
+        _send_again(sessions, job_id, priority, enqueue)
     return "requeued" if status == JobStatus.queued else status.value
 
 
@@ -110,6 +111,27 @@ def _store_exports(
         session.commit()
 
 
+def _hand_back(sessions: sessionmaker[Session], job_id: str, enqueue: Callable[[str, int], None] | None) -> str:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != JobStatus.queued or enqueue is None:
+            return "skipped"
+        priority = job.priority
+    _send_again(sessions, job_id, priority, enqueue)
+    return "skipped"
+
+
+def _send_again(
+    sessions: sessionmaker[Session], job_id: str, priority: int, enqueue: Callable[[str, int], None]
+) -> None:
+    try:
+        enqueue(job_id, priority)
+        with sessions() as session:
+            transitions.mark_enqueued(session, job_id)
+    except Exception:  # no broker now: the sweep sends it (a requeued job's message counts as never sent)
+        logger.warning("could not send job %s again; the sweep will", job_id, exc_info=True)
+
+
 def _still_ours(sessions: sessionmaker[Session], job_id: str, owner: str) -> bool:
     with sessions() as session:
         return transitions.heartbeat(session, job_id, owner)
@@ -126,8 +148,8 @@ def execute_job(
     import_paths: Sequence[str] = (),
     enqueue: Callable[[str, int], None] | None = None,
 ) -> str:
-    """Run job `job_id` if it can be claimed; returns its final status, or 'skipped' (not claimed),
-    'requeued' (the worker is stopping), 'lost' (no longer this worker's).
+    """Run job `job_id` if it can be claimed; returns its final status, or 'skipped' (not claimed, or
+    the worker is stopping), 'requeued' (stopped with the worker), 'lost' (no longer this worker's).
 
     The job runs in its own process (`sandbox/`): confined with Landlock (`sandbox="landlock"`), or
     only without credentials (`"process"`). `target` is what that process calls (tests substitute
@@ -136,6 +158,8 @@ def execute_job(
     after every epoch is where a requeued job continues. `enqueue` sends a job stopped with its
     worker again (without it, the sweep does, after `requeue_after_s`).
     """
+    if stop_requested():  # the worker is stopping: the job stays queued, its message goes back for the next
+        return _hand_back(sessions, job_id, enqueue)
     owner = transitions.new_owner()
     with sessions() as session:
         if not transitions.claim(session, job_id, owner):

@@ -1,10 +1,15 @@
 """Job targets that pause at a chosen training batch, so that a test stops a worker exactly mid-epoch
 (not after a guessed time). Imported inside the job process, or by the job process server through
-`tests/service/pause_hook/`."""
+`pause_hook` (a `sitecustomize` for a whole service started by a test)."""
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
+import sys
 import threading
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,3 +45,38 @@ def run_job_paused_mid_epoch_3(**arguments: Any) -> Any:
 
     pause_at_batch(runner, MID_EPOCH_3)
     return runner.run_job(**arguments)
+
+
+class _PauseWhenImported(importlib.abc.MetaPathFinder):
+    """Wraps the runner's loss as the runner is imported (the job process server imports it at start)."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> ModuleSpec | None:
+        if name != "squeezer.worker.runner":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.loader is not None
+        exec_module = spec.loader.exec_module
+
+        def exec_then_pause(module: ModuleType) -> None:
+            exec_module(module)
+            pause_at_batch(module, self.batch)
+
+        spec.loader.exec_module = exec_then_pause  # type: ignore[method-assign]
+        return spec
+
+
+def pause_hook(folder: Path, batch: int) -> Path:
+    """A folder with a `sitecustomize` that makes every job process of a service started with it on
+    PYTHONPATH pause at its `batch`-th training batch (`PYTHONPATH` is among what a job process inherits)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parents[2]
+    (folder / "sitecustomize.py").write_text(
+        f"import sys\nsys.path.append({str(repo)!r})\n"
+        f"from tests.worker.pausing import _PauseWhenImported\n"
+        f"sys.meta_path.insert(0, _PauseWhenImported({batch}))\n"
+    )
+    return folder

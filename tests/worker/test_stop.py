@@ -143,13 +143,16 @@ def test_a_stop_that_also_killed_the_job_process_server_still_requeues_the_job(s
         assert session.get(Job, job_id).status == JobStatus.queued
 
 
-def test_a_stopping_worker_starts_no_job_process(service, stop):
+def test_a_stopping_worker_leaves_a_job_it_receives_queued_and_sends_it_again(service, stop):
     app, submit = service
     job_id = submit({"epochs": 1})
     process.request_stop()
     sent: list[tuple[str, int]] = []
-    assert _execute(app, job_id, sent, target="tests.worker.hostile:kill_itself") == "requeued"
-    assert sent == [(job_id, 0)] and not (app.state.settings.home / "work" / job_id / "job.log").exists()
+    assert _execute(app, job_id, sent, target="tests.worker.hostile:kill_itself") == "skipped"
+    with app.state.sessions() as session:
+        job = session.get(Job, job_id)
+    assert (job.status, job.attempts, job.worker_id) == (JobStatus.queued, 0, None)  # never claimed
+    assert sent == [(job_id, 0)]  # the message goes back for the next worker
 
 
 def _ignored_signals(pid):
