@@ -3,6 +3,7 @@ upload with their count, label ranges span every chunk, and a large array is nev
 
 from __future__ import annotations
 
+import asyncio
 import io
 import tracemalloc
 import zipfile
@@ -89,3 +90,21 @@ def test_a_large_dataset_is_scanned_without_loading_it(tmp_path):
         tracemalloc.stop()
     assert summary["x_shape"] == [12_000, 1024] and (summary["y_min"], summary["y_max"]) == (0, 9)
     assert peak < 24 << 20, f"peak {peak / 2**20:.1f} MiB while scanning a 48 MiB array"
+
+
+def test_the_upload_inspects_datasets_off_the_event_loop(api, monkeypatch):  # noqa: F811
+    from squeezer.api.routers import artifacts as route
+
+    on_loop = []
+
+    def spy(path, filename):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:  # no loop in this thread: a worker thread
+            on_loop.append(False)
+        return dataset_summary(path, filename)
+
+    monkeypatch.setattr(route, "dataset_summary", spy)
+    response = upload(api, api.alice, "dataset", "d.npz", _npz(x=np.zeros((8, 64), np.float32), y=np.zeros(8, int)))
+    assert response.status_code == 201 and on_loop == [False]
