@@ -47,6 +47,9 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
     aten.tanh.default: torch.tanh,
     aten.gelu.default: F.gelu,
     aten.silu.default: F.silu,
+    aten.hardswish.default: F.hardswish,
+    aten.hardsigmoid.default: F.hardsigmoid,
+    aten.scaled_dot_product_attention.default: F.scaled_dot_product_attention,
     aten.hardtanh.default: F.hardtanh,
     aten.hardtanh_.default: F.hardtanh,
     aten.mean.dim: torch.mean,
@@ -58,6 +61,27 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
     # x.size(d) stays symbolic when the model is traced again (ONNX export keeps the dynamic batch)
     aten.sym_size.int: torch.Tensor.size,
 }
+
+
+def _inplace(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn(x, inplace=True)`, named like `fn`: the scope name of `nn.Hardswish(inplace=True)`'s op."""
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, fn(x, inplace=True))
+
+    apply.__name__ = apply.__qualname__ = fn.__name__
+    apply.__doc__ = f"{fn.__name__}(x, inplace=True)"
+    return apply
+
+
+# in-place activations stay in place: a later node may read the tensor they modified
+_FUNCTIONS.update(
+    {
+        aten.hardswish_.default: _inplace(F.hardswish),
+        aten.hardsigmoid_.default: _inplace(F.hardsigmoid),
+        aten.silu_.default: _inplace(F.silu),
+    }
+)
 
 
 def _resolve_class(path: Any) -> Any:
@@ -87,6 +111,15 @@ def _ensure_parents(root: nn.Module, path: str, classes: dict[str, Any]) -> nn.M
     return parent
 
 
+def _get_path(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
 class _Lifter:
     def __init__(self, gm: fx.GraphModule) -> None:
         self.old = gm
@@ -96,6 +129,7 @@ class _Lifter:
         self.params = dict(gm.named_parameters())
         self.buffers = dict(gm.named_buffers())
         self.classes: dict[str, Any] = {}
+        self.constants: dict[str, torch.Tensor] = {}
         for node in gm.graph.nodes:
             for qualname, cls in (node.meta.get("nn_module_stack") or {}).values():
                 self.classes.setdefault(qualname, cls)
@@ -182,6 +216,15 @@ class _Lifter:
                 ln.weight, ln.bias = cast(nn.Parameter, self.tensor(w)), cast(nn.Parameter, self.tensor(b))
                 return self.add_module(self.owner(w), ln), [x]
             return None
+        if t is aten.embedding.default:
+            w, indices = args[0], args[1]
+            weight = self.tensor(w)
+            if weight is None:
+                return None
+            padding_idx = args[2] if len(args) > 2 and args[2] != -1 else None
+            embedding = nn.Embedding(weight.shape[0], weight.shape[1], padding_idx=padding_idx)
+            embedding.weight = cast(nn.Parameter, weight)
+            return self.add_module(self.owner(w), embedding), [indices]
         if t in (aten.dropout.default, aten.dropout_.default):
             stack = list((node.meta.get("nn_module_stack") or {}).values())
             path = stack[-1][0] if stack and "Dropout" in str(stack[-1][1]) else f"dropout_{node.name}"
@@ -223,21 +266,33 @@ class _Lifter:
         root_cls = self.classes.get("")
         name = root_cls.__name__ if isinstance(root_cls, type) else str(root_cls or "LiftedModel").rpartition(".")[2]
         gm = fx.GraphModule(self.root, self.graph, name)  # named like the original model class
+        for target, constant in self.constants.items():  # GraphModule made them persistent buffers
+            prefix, _, attr = target.rpartition(".")
+            gm.get_submodule(prefix).register_buffer(attr, constant, persistent=False)
         gm.graph.lint()
         return gm
 
     def _attach_attr(self, target: str) -> bool:
-        """Keep parameters/buffers used directly by the graph (e.g. a positional embedding)."""
+        """Keep parameters/buffers used directly by the graph (e.g. a positional embedding), and the
+        constant tensors export lifts out of the code (`lifted_tensor_0`: Swin's attention mask
+        pieces) as non-persistent buffers, so the state dict keeps the original keys."""
         tensor = self.by_name(target)
         if tensor is None:
-            return False
+            constant = _get_path(self.old, target)
+            if not isinstance(constant, torch.Tensor):
+                return False
+            setattr(_ensure_parents(self.root, target, self.classes), target.rpartition(".")[2], constant)
+            self.constants[target] = constant
+            return True
         parent = _ensure_parents(self.root, target, self.classes)
         name = target.rpartition(".")[2]
         if isinstance(tensor, nn.Parameter):
             if name not in parent._parameters:
                 parent.register_parameter(name, tensor)
         elif name not in parent._buffers:
-            parent.register_buffer(name, tensor)
+            owner = _get_path(self.old, target.rpartition(".")[0]) if "." in target else self.old
+            persistent = not (isinstance(owner, nn.Module) and name in owner._non_persistent_buffers_set)
+            parent.register_buffer(name, tensor, persistent=persistent)
         return True
 
 

@@ -91,7 +91,10 @@ def op_name_of(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_function":
         if node.target in _OPERATORS:
             return _OPERATORS[node.target]
-        name = getattr(node.target, "__name__", str(node.target))
+        if isinstance(node.target, torch._ops.OpOverload):  # aten.hardswish_.default -> hardswish_
+            name = node.target.overloadpacket.__name__
+        else:  # a scope name is a module name in the compressed model: no dots
+            name = getattr(node.target, "__name__", str(node.target)).replace(".", "_")
         if node.kwargs.get("inplace"):
             name += "_"
         return name

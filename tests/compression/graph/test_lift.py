@@ -4,16 +4,44 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from squeezer import NNCFConfig, create_compressed_model
 from squeezer.compression import lift_exported_program
 from squeezer.examples.models import MLP, DigitsTransformer, MobileNetV2Tiny, ResidualCNN
+
+
+class RealWorldPatterns(nn.Module):
+    """What torchvision/timm models do and our example models do not: in-place Hardswish/SiLU
+    (MobileNetV3, EfficientNet), `out += identity` (ResNet), F.scaled_dot_product_attention (ViT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.hardswish = nn.Hardswish(inplace=True)
+        self.silu = nn.SiLU(inplace=True)
+        self.qkv = nn.Linear(8, 24)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.stem(x))
+        out = self.silu(self.hardswish(self.bn(self.conv(x))))
+        out += x
+        tokens = F.hardswish(out).flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+        return self.head(F.scaled_dot_product_attention(q, k, v).mean(1))
+
 
 CASES = [
     (ResidualCNN, (1, 1, 32, 32)),
     (MLP, (1, 64)),
     (DigitsTransformer, (1, 64)),
     (MobileNetV2Tiny, (1, 3, 32, 32)),
+    (RealWorldPatterns, (1, 3, 8, 8)),
 ]
 
 
@@ -59,6 +87,8 @@ def test_lifted_model_compresses_like_the_original(cls, shape, tmp_path):
         return {p.id for p in ctrl.setup.activations} | {w.id for w in ctrl.setup.weights}
 
     assert ids(ctrl_b) == ids(ctrl_a)  # same scope names, same placement
+    compressed.train()
+    compressed(torch.rand(4, *shape[1:])).sum().backward()  # in-place ops after quantizers included
     path = ctrl_b.export_model(tmp_path / "m.onnx")  # verified in onnxruntime
     assert path.exists()
 
@@ -77,3 +107,42 @@ def test_lifted_cnn_prunes_physically(tmp_path):
     stripped = ctrl.strip()
     assert stripped.layer2.conv1.out_channels == 16
     assert stripped(torch.rand(3, 1, 32, 32)).shape == (3, 10)
+
+
+class TokenModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16, padding_idx=0)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(1))
+
+
+def test_lifted_embedding_is_a_layer_with_its_weight_quantized(tmp_path):
+    torch.manual_seed(0)
+    original = TokenModel().eval()
+    ids = torch.randint(0, 50, (2, 7))
+    program = torch.export.export(original, (ids,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    lifted = lift_exported_program(program)
+    assert isinstance(lifted.embed, nn.Embedding) and lifted.embed.padding_idx == 0
+    torch.testing.assert_close(lifted(ids), original(ids))
+    config = {"input_info": {"sample_size": [1, 7], "type": "long"}, "compression": {"algorithm": "quantization"}}
+    ctrl, _ = create_compressed_model(lifted, NNCFConfig.from_dict(config), dump_graphs=False)
+    assert "TokenModel/Embedding[embed]/embedding_0|WEIGHT" in {w.id for w in ctrl.setup.weights}
+
+
+def test_lifted_constant_tensors_are_kept_out_of_the_state_dict():
+    class WithConstant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) + torch.tensor([1.0, 2.0, 3.0, 4.0])  # export lifts it as lifted_tensor_0
+
+    original = WithConstant().eval()
+    x = torch.rand(2, 4)
+    lifted = lift_exported_program(torch.export.export(original, (x,)))
+    torch.testing.assert_close(lifted(x), original(x))
+    assert sorted(lifted.state_dict()) == sorted(original.state_dict())
