@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -21,7 +20,7 @@ from squeezer.settings import Settings
 from squeezer.worker.runner import run_job
 from tests.helpers import write_digits_job_files
 from tests.servers import free_port
-from tests.worker.pausing import BATCH_SIZE, BATCHES_PER_EPOCH, MID_EPOCH_3, marker, pause_hook
+from tests.worker.pausing import BATCH_SIZE, BATCHES_PER_EPOCH, MID_EPOCH_3, marker, pause_hook, wait_for_file
 
 CONFIG = {"compression": {"algorithm": "quantization"}}
 RECIPE = {"epochs": 5, "batch_size": BATCH_SIZE, "lr": 1e-3, "seed": 3}
@@ -57,13 +56,6 @@ class Serve:
             self.process.wait()
 
 
-def _wait_for(path, serve):
-    deadline = time.monotonic() + 300
-    while not path.exists() and serve.process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert path.exists(), f"the job never reached {path.name}"
-
-
 def _row(sessions, job_id):
     with sessions() as session:
         job = session.get(Job, job_id)
@@ -86,13 +78,15 @@ def test_serve_stopped_by_sigint_then_sigterm_mid_epoch_finishes_the_job_as_if_n
             job_id = client.jobs.create("stopped", ids["model"], CONFIG, ids["train"], ids["val"], RECIPE).id
         workdir = home / "work" / job_id
 
-        _wait_for(workdir / marker(MID_EPOCH_3), serves[-1])  # paused half into epoch 3
+        wait_for_file(workdir / marker(MID_EPOCH_3), serves[-1].process)  # paused half into epoch 3
         serves[-1].signal_group(signal.SIGINT)
         job, epochs = _row(sessions, job_id)
         assert (job.status, job.error, job.attempts, epochs) == (JobStatus.queued, None, 0, [0, 1, 2])
 
         serves.append(Serve(home, log_path, pause_hook(tmp_path / "hook4", MID_EPOCH_4_OF_A_RUN_RESUMED_AT_3)))
-        _wait_for(workdir / marker(MID_EPOCH_4_OF_A_RUN_RESUMED_AT_3), serves[-1])  # resumed, half into epoch 4
+        wait_for_file(
+            workdir / marker(MID_EPOCH_4_OF_A_RUN_RESUMED_AT_3), serves[-1].process
+        )  # resumed, half into epoch 4
         serves[-1].signal_group(signal.SIGTERM)
         assert serves[-1].process.returncode == 128 + signal.SIGTERM  # after waiting for its worker
         job, epochs = _row(sessions, job_id)

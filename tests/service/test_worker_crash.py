@@ -1,7 +1,8 @@
 """The API is stopped while one job runs and another waits, and the worker is killed with SIGKILL in the
 middle of an epoch while the API is down. A new API process's stale-job sweep requeues the job, a
 second worker resumes it from the last completed epoch, the result equals an uninterrupted run, and
-the waiting job runs once."""
+the waiting job runs once. The first worker's job processes pause half into epoch 3
+(`tests/worker/pausing.py`), so the kill lands there by construction, not after a guessed time."""
 
 from __future__ import annotations
 
@@ -9,22 +10,22 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from squeezer.api import create_app
 from squeezer.api.keys import create_key
 from squeezer.client import Client
-from squeezer.db import Job, JobMetric
+from squeezer.db import Job
 from squeezer.db.migrate import upgrade
 from squeezer.recipe import Recipe
 from squeezer.settings import Settings
 from squeezer.worker.runner import run_job
 from tests.helpers import live_server, write_digits_job_files
+from tests.worker.pausing import BATCH_SIZE, MID_EPOCH_3, marker, pause_hook, wait_for_file
 
 CONFIG = {"compression": {"algorithm": "quantization"}}
-RECIPE = {"epochs": 5, "batch_size": 8, "lr": 1e-3, "seed": 3}
+RECIPE = {"epochs": 5, "batch_size": BATCH_SIZE, "lr": 1e-3, "seed": 3}
 
 
 def _worker(env, log_path):
@@ -32,11 +33,6 @@ def _worker(env, log_path):
         return subprocess.Popen(
             [sys.executable, "-m", "squeezer.worker.celery_app"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
-
-
-def _epochs_done(app, job_id):
-    with app.state.sessions() as session:
-        return session.query(JobMetric).filter_by(job_id=job_id).count() - 1
 
 
 @pytest.mark.slow
@@ -53,22 +49,16 @@ def test_a_killed_worker_job_resumes_across_an_api_restart_and_matches_an_uninte
         _, secret = create_key(session, "crash")
     env = {**os.environ, "SQUEEZER_HOME": str(settings.home), "SQUEEZER_HEARTBEAT_S": "0.5"}
     log_path = tmp_path / "workers.log"
-    first = _worker(env, log_path)
+    hook = pause_hook(tmp_path / "hook", MID_EPOCH_3)
+    first = _worker({**env, "PYTHONPATH": os.pathsep.join(filter(None, (str(hook), env.get("PYTHONPATH"))))}, log_path)
     second = None
     try:
         with live_server(app) as url, Client(url, secret) as client:
             ids = {n: client.artifacts.upload(p, "model" if n == "model" else "dataset") for n, p in files.items()}
             job = client.jobs.create("crash", ids["model"], CONFIG, ids["train"], ids["val"], RECIPE)
             waiting = client.jobs.create("waiting", ids["model"], CONFIG, ids["train"], ids["val"], {"epochs": 1})
-            seen = {}
-            deadline = time.monotonic() + 300
-            while len(seen) < 2 and time.monotonic() < deadline:
-                seen.setdefault(_epochs_done(app, job.id), time.monotonic())
-                seen.pop(0, None), seen.pop(-1, None)
-                time.sleep(0.02)
+            wait_for_file(settings.home / "work" / job.id / marker(MID_EPOCH_3), first)  # paused half into epoch 3
         # the API stops here, with `crash` running and `waiting` queued
-        time.sleep(max(0.0, (seen[2] - seen[1]) / 2 - (time.monotonic() - seen[2])))  # half into epoch 3
-        assert _epochs_done(app, job.id) == 2, "the kill must land in the middle of epoch 3"
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
         app.state.engine.dispose()

@@ -8,6 +8,7 @@ import importlib.abc
 import importlib.util
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
@@ -21,6 +22,14 @@ MID_EPOCH_3 = 2 * BATCHES_PER_EPOCH + BATCHES_PER_EPOCH // 2  # epochs 1 and 2 t
 
 def marker(batch: int) -> str:
     return f"paused-at-batch-{batch}"
+
+
+def wait_for_file(path: Path, process: Any) -> None:
+    """Until the paused job process writes `path` (while `process`, a Popen that runs it, is alive)."""
+    deadline = time.monotonic() + 300
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"the job never reached {path.name}"
 
 
 def pause_at_batch(runner: ModuleType, batch: int) -> None:
