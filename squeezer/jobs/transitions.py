@@ -2,8 +2,8 @@
 
 The job row is the truth, and several processes change it: the API (cancel, delete), workers
 (claim, progress, finish, requeue when stopped) and the stale-job sweep. Each transition names the
-state it expects and, when a worker makes it, the claim that worker holds (`owner`, unique per
-claim); when the row is no longer so, it changes nothing and says so. So two writers can never both
+state it expects and, when a worker makes it, the claim that worker holds (`owner`, the `worker_id`
+it wrote); when the row is no longer so, it changes nothing and says so. So two writers can never both
 act on one job: a cancel that arrives after a success finds the job finished, a claim and a cancel
 of a queued job cannot both win, and a worker whose job was requeued by the sweep (or deleted) can
 no longer write to it and stops its job process.
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import socket
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,8 +52,10 @@ EPOCH_FIELDS = (
 
 
 def new_owner() -> str:
-    """This worker's name for one claim: host and pid (for people), and a token (for the conditions)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    """The claimant's name: host and pid. A worker process runs one job at a time on its main thread, so
+    no two live claims share it; a job run on another thread (tests, tools) adds the thread's id."""
+    thread = "" if threading.current_thread() is threading.main_thread() else f":{threading.get_ident()}"
+    return f"{socket.gethostname()}:{os.getpid()}{thread}"
 
 
 def _apply(session: Session, statement: Update) -> bool:

@@ -181,3 +181,24 @@ def test_the_job_process_server_and_its_jobs_leave_sigint_and_sigterm_to_the_wor
     assert _execute(app, job_id, [], target="tests.worker.hostile:sleep_forever") == "requeued"
     watcher.join()
     assert seen == {"server": {2, 15}, "job": {2, 15}, "group": True}  # a terminal's Ctrl-C reaches the worker only
+
+
+def test_a_worker_whose_job_was_requeued_by_the_sweep_stops_it_and_writes_nothing(service, stop):
+    app, submit = service
+    job_id = submit({"epochs": 1})
+    pid_file = app.state.settings.home / "work" / job_id / "pid"
+    sent: list[tuple[str, int]] = []
+
+    def sweep():  # as if this worker had been unreachable for longer than stale_after_s
+        done = transitions.recover_stale_jobs(app.state.sessions, lambda *job: sent.append(job), 0, 3)
+        assert done["requeued"] == [job_id]
+
+    watcher = _when_file_appears(pid_file, sweep)
+    status = _execute(app, job_id, [], target="tests.worker.hostile:sleep_forever", heartbeat_s=0.05)
+    watcher.join()
+    assert status == "lost"  # its next heartbeat found the job gone and killed the job process
+    with app.state.sessions() as session:
+        job = session.get(Job, job_id)
+    assert (job.status, job.worker_id, job.error, job.finished_at) == (JobStatus.queued, None, None, None)
+    assert sent == [(job_id, 0)]  # the sweep's message, for the next worker
+    assert not Path(f"/proc/{int(pid_file.read_text())}").exists()  # killed and reaped before execute returned
