@@ -15,7 +15,7 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from squeezer.api import errors
+from squeezer.api import docs, errors
 from squeezer.api.queue import JobQueue
 from squeezer.api.routers import artifacts, events, exports, health, jobs
 from squeezer.db import make_engine, make_session_factory
@@ -53,7 +53,10 @@ def _routes(lifespan: Any = None) -> FastAPI:
         version="0.1.0",
         description="Accuracy-aware neural-network compression jobs",
         lifespan=lifespan,
+        docs_url=None,  # served from the installed package instead of a CDN (docs.py)
+        redoc_url=None,
     )
+    docs.install(app)
     errors.install(app)
     for router in (health.router, artifacts.router, jobs.router, events.router, exports.router):
         app.include_router(router)
