@@ -152,7 +152,6 @@ class Client:
         *,
         name: str | None = None,
         priority: int = 0,
-        dynamic_batch: bool = True,
     ) -> JobRead:
         """Export `model` (torch.export, dynamic batch), upload it and the data, and submit the job.
 
@@ -161,7 +160,7 @@ class Client:
         """
         config_json, checked_recipe = check_config(config), check_recipe(recipe)  # before any upload
         with tempfile.TemporaryDirectory(prefix="squeezer-") as tmp:
-            archive = export_model(model, example_input, Path(tmp) / "model.pt2", dynamic_batch)
+            archive = export_model(model, example_input, Path(tmp) / "model.pt2")
             model_artifact = self.artifacts.upload(archive, "model")
         return self.jobs.create(
             name=name or type(model).__name__,

@@ -12,14 +12,15 @@ from typing import Any
 import numpy as np
 
 
-def export_model(model: Any, example_input: Any, path: Path, dynamic_batch: bool = True) -> Path:
-    """`torch.export` the model in eval mode, batch dimension dynamic, to a `.pt2` archive."""
+def export_model(model: Any, example_input: Any, path: Path) -> Path:
+    """`torch.export` the model in eval mode to a `.pt2` archive, batch dimension dynamic (the service
+    trains and verifies at other batch sizes, and refuses a static batch)."""
     import torch
 
     example = example_input
-    if dynamic_batch and example.shape[0] == 1:  # torch.export specializes size-1 dimensions
+    if example.shape[0] == 1:  # torch.export specializes size-1 dimensions
         example = example.expand(2, *example.shape[1:]).clone()
-    dynamic = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    dynamic = ({0: torch.export.Dim("batch", min=1)},)
     was_training = model.training
     model.eval()
     try:
