@@ -80,8 +80,8 @@ def worker(
 
 def recover() -> None:
     """Requeue running jobs whose worker stopped beating, once (the API also does this periodically)."""
+    from squeezer.jobs.transitions import recover_stale_jobs
     from squeezer.worker.celery_app import CeleryQueue, create_celery
-    from squeezer.worker.recovery import recover_stale_jobs
 
     settings = get_settings()
     queue = CeleryQueue(create_celery(settings))
