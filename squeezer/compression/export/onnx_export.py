@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from torch.ao.quantization import FakeQuantize
 from torch.nn.utils import parametrize
 
 from squeezer.compression.export.qdq_rewrite import rewrite
+from squeezer.compression.graph.modules import registration
 from squeezer.compression.graph.surgery import replace_submodule, unparametrized_copy, weight_parametrizations
 from squeezer.compression.init_args import flatten_tensors
 from squeezer.compression.quantization.placement import ACTIVATIONS_ATTR
@@ -36,7 +38,8 @@ if TYPE_CHECKING:
     from squeezer.compression.controller import CompressionController
 
 logger = logging.getLogger(__name__)
-DEFAULT_OPSET = 13
+DEFAULT_OPSET = 13  # the lowest that holds per-channel QuantizeLinear; raised when the graph needs more
+MAX_OPSET = 20  # the newest torch's TorchScript exporter writes
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -141,6 +144,9 @@ def _to_export_weight(module: nn.Module, bn: nn.Module | None) -> nn.Module:
         bias = old_bias.detach().clone() if old_bias is not None else None
     module = unparametrized_copy(module)
     out_axis = 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
+    registered = registration(module)
+    if registered is not None:  # e.g. Hugging Face's Conv1D keeps its weight (in, out)
+        out_axis = registered["weight_dim"]
     n_out = weight.shape[out_axis]
     k = torch.ones(n_out)
     if bn is not None:
@@ -250,7 +256,7 @@ def export_onnx(
     example_args: tuple[Any, ...],
     example_kwargs: dict[str, Any] | None = None,
     *,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     verify: bool = True,
@@ -259,6 +265,8 @@ def export_onnx(
 ) -> Path:
     """Export `model` (compressed or stripped) to standard ONNX and verify it in onnxruntime.
 
+    Without `opset`, the file gets the lowest opset (13 or newer) that every op of the graph
+    exports to (scaled_dot_product_attention needs 14); the log names it and why.
     `rtol` bounds the largest absolute difference relative to the largest output magnitude; a
     float rounding can move a value by one quantization step, so the check is not bit-exact.
     """
@@ -273,30 +281,60 @@ def export_onnx(
         n_out = len(flatten_tensors(export_model(*args)))
     in_names = list(input_names or [f"input.{i}" for i in range(len(args))])
     out_names = list(output_names or [f"output.{i}" for i in range(n_out)])
-    dynamic = {n: {0: "batch"} for n in [*in_names, *out_names]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(
-            export_model,
-            args,
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=in_names,
-            output_names=out_names,
-            dynamic_axes=dynamic,
-            do_constant_folding=True,
-        )
+    used_opset, reason = _export_lowest_opset(export_model, args, path, opset, in_names, out_names)
     onnx_model = onnx.load(str(path))
     counts = rewrite(onnx_model)
     tmp = path.with_suffix(path.suffix + ".tmp")
     onnx.save(onnx_model, str(tmp))
     os.replace(tmp, path)
-    logger.info("exported %s (%s)", path, counts)
+    logger.info("exported %s at ONNX opset %d (%s) (%s)", path, used_opset, reason, counts)
     if verify:
         check_args, check_kwargs = verify_inputs or (example_args, example_kwargs or {})
         verify_onnx(model, path, _ordered_args(export_model, check_args, check_kwargs), in_names, rtol)
     return path
+
+
+def _export_lowest_opset(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    path: Path,
+    opset: int | None,
+    in_names: list[str],
+    out_names: list[str],
+) -> tuple[int, str]:
+    """torch.onnx.export at `opset`, or else at the lowest opset the graph allows; (opset, why)."""
+    dynamic = {n: {0: "batch"} for n in [*in_names, *out_names]}
+    version = opset if opset is not None else DEFAULT_OPSET
+    reason = "requested" if opset is not None else "the default"
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+                torch.onnx.export(
+                    model,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    opset_version=version,
+                    input_names=in_names,
+                    output_names=out_names,
+                    dynamic_axes=dynamic,
+                    do_constant_folding=True,
+                )
+            return version, reason
+        except torch.onnx.errors.UnsupportedOperatorError as e:
+            needed = re.search(r"added in version (\d+)", str(e))
+            if opset is not None:
+                hint = f"; export with save_format='onnx_{needed[1]}'" if needed else ""
+                raise ExportError(f"{e}{hint}") from e
+            if needed is None or not version < int(needed[1]) <= MAX_OPSET:
+                raise ExportError(
+                    f"{e}: no ONNX opset up to {MAX_OPSET} (the newest torch's exporter writes) has it; "
+                    "replace that op in the model or keep it out of the exported part"
+                ) from e
+            op = re.search(r"operator '([^']+)'", str(e))
+            version = int(needed[1])
+            reason = f"{op[1] if op else 'an operator'} needs it"
 
 
 def verify_onnx(model: nn.Module, path: Path, args: tuple[Any, ...], input_names: list[str], rtol: float) -> float:
@@ -350,7 +388,7 @@ def export_compressed(
     verify: bool,
 ) -> Path:
     """`ctrl.export_model`: NNCF's save_format ("onnx" or "onnx_<opset>") and `model_args`."""
-    opset = DEFAULT_OPSET
+    opset: int | None = None  # "onnx": the lowest opset the graph allows
     if save_format not in (None, "onnx"):
         if not (isinstance(save_format, str) and save_format.startswith("onnx_") and save_format[5:].isdigit()):
             raise ValueError(f"unsupported save_format {save_format!r}; use 'onnx' or 'onnx_<opset>' (13 or newer)")

@@ -171,3 +171,33 @@ def test_unquantized_model_export_folds_bn(tmp_path):
     path = export_onnx(model, tmp_path / "fp32.onnx", (x[:1],), verify_inputs=((x,), {}))
     ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     assert "BatchNormalization" not in ops and "QuantizeLinear" not in ops
+
+
+class SelfAttention(torch.nn.Module):
+    """torchvision's ViT and HF BERT call F.scaled_dot_product_attention, which ONNX has from opset 14."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = torch.nn.Linear(16, 48)
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.head(torch.nn.functional.scaled_dot_product_attention(q, k, v).mean(1))
+
+
+def test_export_picks_the_lowest_opset_the_graph_needs(tmp_path, caplog):
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 6, 16), torch.zeros(4)) for _ in range(2)]
+    ctrl, _ = compress(SelfAttention(), batches, input_info={"sample_size": [1, 6, 16]})
+    with caplog.at_level("INFO", logger="squeezer.compression.export.onnx_export"):
+        path = ctrl.export_model(tmp_path / "m.onnx")  # verified in onnxruntime
+    model = onnx.load(str(path))
+    assert model.opset_import[0].version == 14
+    assert "opset 14 (aten::scaled_dot_product_attention needs it)" in caplog.text
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["QuantizeLinear"] > 0 and ops["MatMul"] >= 2
+    with pytest.raises(ExportError, match=r"opset version 13 .* save_format='onnx_14'"):
+        ctrl.export_model(tmp_path / "m13.onnx", save_format="onnx_13")
+    assert ctrl.export_model(tmp_path / "m17.onnx", save_format="onnx_17")  # a requested opset is kept
+    assert onnx.load(str(tmp_path / "m17.onnx")).opset_import[0].version == 17
