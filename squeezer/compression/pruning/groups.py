@@ -120,17 +120,24 @@ class AnalysisTimeout(Exception):
 @contextlib.contextmanager
 def _until(deadline: float) -> Iterator[None]:
     """Interrupt the block at `deadline` (time.monotonic()) with AnalysisTimeout: a SIGALRM timer in
-    the main thread; in other threads only the checks between groups bound the time."""
+    the main thread, nested inside one already running (pytest-timeout's, say), which is re-armed
+    afterwards; in other threads only the checks between groups bound the time."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise AnalysisTimeout
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
+    outer = signal.getitimer(signal.ITIMER_REAL)[0] if hasattr(signal, "setitimer") else 0.0
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or not hasattr(signal, "setitimer")
+        or (0 < outer <= remaining)
+    ):
+        yield  # no timer here, or the outer one fires first anyway
         return
 
     def on_alarm(signum: int, frame: Any) -> None:
         raise AnalysisTimeout
 
+    started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, remaining)
     try:
@@ -138,6 +145,8 @@ def _until(deadline: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer > 0:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3))
 
 
 def _too_slow() -> str:
