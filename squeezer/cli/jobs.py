@@ -1,14 +1,14 @@
 """Commands that use the service through the SDK: submit, and jobs ls | show | watch | cancel | download.
 
 The URL and key come from --url / --api-key, SQUEEZER_URL / SQUEEZER_API_KEY, the key file that
-`squeezer serve` writes in its folder, or the record of the running local service (client/discovery.py). Failures print the service's message and exit with status 2; `watch` and
-`submit --watch` exit with 1 when the job did not succeed.
+`squeezer serve` writes in its folder, or the record of the running local service (client/discovery.py).
+Failures print the service's message and exit with status 2; `watch` and `submit --watch` exit with 1
+when the job did not succeed.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -16,27 +16,16 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
-from rich.console import Console
 from rich.table import Column, Table
 
 from squeezer.api.schemas import Status
 from squeezer.client import Client, ClientError, JobRead
+from squeezer.client.progress import make_console
 from squeezer.client.validation import check_config, check_recipe
 from squeezer.db.models import JobStatus  # sqlalchemy is loaded by the CLI anyway
 
 jobs_app = typer.Typer(help="Follow, cancel and download jobs.", no_args_is_help=True)
-
-
-def _make_console() -> Console:
-    """A terminal's own width; piped or captured, rich would cut every line at 80 columns (ids and
-    names included), so then tables keep their natural width. COLUMNS, when set, wins."""
-    console = Console()
-    if console.is_terminal or os.environ.get("COLUMNS"):
-        return console
-    return Console(width=100_000)
-
-
-console = _make_console()
+console = make_console()
 UrlOption = Annotated[str | None, typer.Option("--url", envvar="SQUEEZER_URL", help="the service's URL")]
 KeyOption = Annotated[str | None, typer.Option("--api-key", envvar="SQUEEZER_API_KEY", help="an API key")]
 

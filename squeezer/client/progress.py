@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from squeezer.api.schemas import JobRead, MetricRead
+
+
+def make_console() -> Console:
+    """A terminal's own width; piped or captured, rich would cut every line at 80 columns (ids, names,
+    the bar's status), so then lines keep their natural width. COLUMNS, when set, wins."""
+    console = Console()
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console
+    return Console(width=100_000)
 
 
 class JobProgress:
@@ -21,7 +32,7 @@ class JobProgress:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[status]}"),
                 TimeElapsedColumn(),
-                console=console,
+                console=console or make_console(),
                 transient=False,
             )
             if enabled

@@ -131,3 +131,17 @@ def test_only_celerys_superuser_warning_is_silenced(monkeypatch):
         check_privileges(["json"])
         with pytest.raises(SecurityWarning, match="another"):
             warnings.warn(SecurityWarning("another security warning"), stacklevel=1)
+
+
+def test_a_piped_progress_bar_keeps_its_whole_line(capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    fields = {f: None for f in JobRead.model_fields}
+    job = JobRead(
+        **fields
+        | {"id": "j", "name": LONG_NAME, "priority": 0, "created_at": datetime.now(UTC), "status": "running"}
+        | {"epoch": 2, "total_epochs": 6, "stage": "FULLY_COMPRESSED", "current_metric": 97.7, "compression_rate": 0.8}
+    )
+    with JobProgress(job) as bar:  # its own console, on the captured (not a terminal) stdout
+        bar.job(job)
+    line = next(line for line in capsys.readouterr().out.splitlines() if LONG_NAME in line)
+    assert "2/6" in line and "metric 97.7" in line and "rate 0.8" in line
