@@ -11,8 +11,11 @@ without waiting for the epoch to end.
 
 from __future__ import annotations
 
+import signal
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
+from types import FrameType
 from typing import Any
 
 from celery import Celery
@@ -82,6 +85,27 @@ def _prestart_job_server(**_: Any) -> None:
 def _stop_jobs(**_: Any) -> None:
     """Sent from Celery's SIGTERM / SIGINT / SIGQUIT handler, on the thread that runs the job (solo pool)."""
     request_stop()
+
+
+@worker_ready.connect
+def _stop_jobs_first(**_: Any) -> None:
+    """Stop the job before Celery's own shutdown handlers run: on a cold shutdown (SIGQUIT, a second
+    Ctrl-C) Celery cancels the running task first, which the solo pool answers by raising into it,
+    before `worker_shutting_down` is sent. Celery has installed its handlers by the time it is ready."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        celery_handler = signal.getsignal(sig)
+        if callable(celery_handler):
+            signal.signal(sig, _stopping_jobs_first(celery_handler))
+
+
+def _stopping_jobs_first(
+    celery_handler: Callable[[int, FrameType | None], Any],
+) -> Callable[[int, FrameType | None], Any]:
+    def handler(signum: int, frame: FrameType | None) -> Any:
+        request_stop()
+        return celery_handler(signum, frame)
+
+    return handler
 
 
 def _is_redis(url: str) -> bool:

@@ -1,5 +1,6 @@
 """A worker stopped as `docker compose stop` / `restart` stops it: SIGTERM to the worker alone (PID 1 of
-its container), in the middle of an epoch, with PostgreSQL and a Redis broker as in docker-compose.yml.
+its container), in the middle of an epoch, with PostgreSQL and a Redis broker as in docker-compose.yml;
+and the same with SIGQUIT, Celery's cold shutdown (which cancels the running task).
 The job goes back to `queued` with its last completed epoch and the stopping worker sends it again; the
 next worker (the restarted container) finishes it with the history and result of an uninterrupted run."""
 
@@ -40,12 +41,15 @@ def _container_worker(env, log_path):
 
 
 @pytest.mark.slow
-def test_a_worker_stopped_like_docker_compose_stop_leaves_its_job_to_the_next(tmp_path, redis_server, postgres_server):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGQUIT], ids=["warm", "cold"])
+def test_a_worker_stopped_like_docker_compose_stop_leaves_its_job_to_the_next(
+    tmp_path, redis_server, postgres_server, stop_signal
+):
     files = write_digits_job_files(tmp_path)
     reference = run_job(files["model"], CONFIG, files["train"], files["val"], Recipe(**RECIPE), tmp_path / "ref")
     settings = Settings(
         home=tmp_path / "data",
-        database_url=postgres_server.create_database("compose_stop"),
+        database_url=postgres_server.create_database(f"compose_stop_{stop_signal.name.lower()}"),
         broker_url=redis_server.url,
     )
     upgrade(settings.resolved_database_url())
@@ -70,8 +74,9 @@ def test_a_worker_stopped_like_docker_compose_stop_leaves_its_job_to_the_next(tm
             ids = {n: client.artifacts.upload(p, "model" if n == "model" else "dataset") for n, p in files.items()}
             job = client.jobs.create("compose", ids["model"], CONFIG, ids["train"], ids["val"], RECIPE)
             wait_for_file(settings.home / "work" / job.id / marker(MID_EPOCH_3), workers[0])
-            workers[0].send_signal(signal.SIGTERM)  # docker compose stop: SIGTERM to PID 1, SIGKILL 10 s later
-            assert workers[0].wait(timeout=120) == 0
+            workers[0].send_signal(stop_signal)  # docker compose stop: SIGTERM to PID 1, SIGKILL 10 s later
+            code = workers[0].wait(timeout=120)
+            assert code == 0
             with app.state.sessions() as session:
                 row = session.get(Job, job.id)
                 assert (row.status, row.error, row.attempts) == (JobStatus.queued, None, 0)

@@ -267,6 +267,10 @@ def run_job_process(
             if run.reason is not None and not exc.reported:  # its death, or its server's, was ours
                 raise JobInterrupted(run.reason) from exc
             raise
+        except Exception as exc:  # raised into us while we stop it (Celery's cold shutdown does): part of the stop
+            if run.reason is not None:
+                raise JobInterrupted(run.reason) from exc
+            raise
         finally:
             if server is not _server:
                 server.close()
