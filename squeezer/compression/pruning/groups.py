@@ -19,6 +19,8 @@ from typing import Any, cast
 import torch
 import torch_pruning as tp
 from torch import fx, nn
+from torch_pruning import ops
+from torch_pruning.dependency import index_mapping, shape_infer
 
 from squeezer.compression.build import BuildContext
 from squeezer.compression.graph.trace import first_layers
@@ -149,6 +151,35 @@ def _until(deadline: float) -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3))
 
 
+class _Graph(tp.DependencyGraph):
+    """torch-pruning's graph, tolerant of the concat/split/reshape nodes whose index mapping it cannot
+    compute (ZeroDivisionError in a channel shuffle's reshape, a concat of inputs of unknown size):
+    such a node is made opaque, the rest of the model is analysed, and every group through it is
+    refused."""
+
+    def _build_dependency(self, module2node: dict[Any, Any]) -> None:
+        super()._build_dependency(module2node)
+        shape_infer.init_shape_information(self)
+        self.opaque: set[Any] = set()
+        updates = {
+            ops.OPTYPE.CONCAT: index_mapping.update_concat_index_mapping,
+            ops.OPTYPE.SPLIT: index_mapping.update_split_index_mapping,
+            ops.OPTYPE.RESHAPE: index_mapping.update_reshape_index_mapping,
+            ops.OPTYPE.UNBIND: index_mapping.update_unbind_index_mapping,
+            ops.OPTYPE.EXPAND: index_mapping.update_expand_index_mapping,
+            ops.OPTYPE.SLICE: index_mapping.update_slice_index_mapping,
+        }
+        for node in module2node.values():
+            update = updates.get(node.type)
+            if update is None:
+                continue
+            try:
+                update(self, node)
+            except Exception:  # torch-pruning cannot map channels through this node
+                self.opaque.add(node)
+                node.type = ops.OPTYPE.ELEMENTWISE  # skipped by every later index-mapping update
+
+
 def _too_slow() -> str:
     return f"torch-pruning's dependency analysis took longer than {ANALYSIS_TIME_LIMIT_S:g} s"
 
@@ -231,6 +262,7 @@ TIED = "tied weights: {}"
 GROUPED = "grouped convolutions would lose channels unevenly across their groups: {}"
 OUT_OF_RANGE = "torch-pruning mapped these channels beyond the channels of {} (a reshape such as a channel shuffle)"
 PARAMETER = "these channels reach {}, parameters outside a layer Squeezer can cut"
+OPAQUE = "torch-pruning cannot map these channels through {} (a reshape such as a channel shuffle, or a concat)"
 
 
 def _problem(
@@ -291,7 +323,7 @@ def find_groups(
     deadline = time.monotonic() + ANALYSIS_TIME_LIMIT_S
     try:
         with _until(deadline):
-            graph = tp.DependencyGraph().build_dependency(
+            graph = _Graph().build_dependency(
                 model,
                 example_inputs=args,
                 forward_fn=lambda m, _: _flat_tensors(m(*args, **kwargs)),
@@ -328,7 +360,7 @@ def find_groups(
 
 
 def _group_of(
-    graph: tp.DependencyGraph,
+    graph: _Graph,
     root: nn.Module,
     names: dict[nn.Module, str],
     output_layers: set[nn.Module],
@@ -349,6 +381,8 @@ def _group_of(
     problems: list[tuple[str, str]] = []
     rules: list[str] = []
     for item in tp_group:
+        if item.dep.target in graph.opaque:
+            problems.append((OPAQUE, str(item.dep.target.grad_fn.name() if item.dep.target.grad_fn else "an op")))
         target = item.dep.target.module
         if isinstance(target, nn.Parameter):
             param = graph._param_to_name.get(target, "a parameter")

@@ -93,7 +93,8 @@ class TinyShuffleNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv1 = pointwise(3, 24)
-        self.stage2 = nn.Sequential(ShuffleBlock(24, 48, 2), ShuffleBlock(48, 48, 1))
+        # three blocks: torch-pruning's reshape index mapping divides by zero on the third shuffle
+        self.stage2 = nn.Sequential(ShuffleBlock(24, 48, 2), ShuffleBlock(48, 48, 1), ShuffleBlock(48, 48, 1))
         self.stage3 = nn.Sequential(ShuffleBlock(48, 96, 2), ShuffleBlock(96, 96, 1))
         self.conv5 = pointwise(96, 64)
         self.fc = nn.Linear(64, 10)
@@ -110,6 +111,7 @@ def test_channel_shuffle_prunes_what_it_can_and_names_the_rest():
     left = skipped(ctrl)
     assert "stage3.1.branch2.2.0" in left  # its output is shuffled into the next block
     assert "channel shuffle" in left["stage3.1.branch2.2.0"]
+    assert "cannot map these channels through" in left["stage2.2.branch2.2.0"]  # the ZeroDivisionError
     assert ctrl.statistics().filter_pruning["model_FLOPS_pruning_level"] > 0.2
     assert_strip_matches_masked(ctrl, model, torch.rand(2, 3, 16, 16))
 
