@@ -106,6 +106,7 @@ def scan_safetensors(path: Path, names: tuple[str, ...]) -> dict[str, ArrayScan]
                 for start in range(0, shape[0], step):
                     values = tensor[start : min(start + step, shape[0])]  # slices are not clamped
                     _check_dtype(name, values.dtype)
+                    scan.dtype = str(values.dtype)  # numpy's name ("int64"), as for .npz, not "I64"
                     scan.add(values)
             scans[name] = scan
     return scans

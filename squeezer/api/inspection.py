@@ -1,7 +1,8 @@
-"""What the API may learn from an upload without running it: a `.pt2` archive's input and output shapes
-(from the JSON graph inside it; its pickled parts are never opened) and a dataset's array shapes, dtypes,
-label range and finiteness (from the array headers and one streamed pass: `datasets.py`). Jobs whose data
-do not fit are refused at submit time; the worker checks again on the real tensors.
+"""What the API may learn from an upload without running it: a `.pt2` archive's input and output shapes,
+input dtypes and token-id vocabulary (from the JSON graph inside it; its pickled parts are never opened)
+and a dataset's array shapes, dtypes, label and id ranges and finiteness (from the array headers and one
+streamed pass: `datasets.py`). Jobs whose data do not fit are refused at submit time; the worker checks
+again on the real tensors.
 """
 
 from __future__ import annotations
@@ -17,6 +18,27 @@ from squeezer.api.errors import ApiError
 
 if TYPE_CHECKING:
     from squeezer.compression.config.models import InputInfo
+
+
+# torch.export's serialized ScalarType numbers (torch/_export/serde/schema.py), by numpy's names
+SCALAR_TYPES = {
+    1: "uint8",
+    2: "int8",
+    3: "int16",
+    4: "int32",
+    5: "int64",
+    6: "float16",
+    7: "float32",
+    8: "float64",
+    12: "bool",
+    13: "bfloat16",
+    28: "uint16",
+    34: "uint32",
+    35: "uint64",
+}
+INTEGER_DTYPES = {"uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64"}
+FLOAT_DTYPES = {"float16", "float32", "float64", "bfloat16"}
+EMBEDDING_OP = "torch.ops.aten.embedding.default"
 
 
 def _dim(size: dict[str, Any]) -> int | None:
@@ -46,11 +68,56 @@ def _static_batch(filename: str, inputs: list[list[int | None]]) -> ApiError:
     )
 
 
-def model_signature(path: Path, filename: str = "model.pt2") -> dict[str, Any] | None:
-    """{"inputs": [[None, 1, 32, 32]], "outputs": [[None, 10]]} from `models/model.json`.
+def _output_classes(program: dict[str, Any]) -> list[str]:
+    """Classes in the model's output structure that are neither tensors nor Python's containers (an HF
+    `ModelOutput`): the worker cannot rebuild them without the user's code, so it cannot load the archive."""
+    try:
+        spec = json.loads(program["graph_module"]["module_call_graph"][0]["signature"]["out_spec"])[1]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return []
+    found, todo = [], [spec]
+    while todo:
+        node = todo.pop()
+        if not isinstance(node, dict):
+            continue
+        kind = node.get("type")
+        if isinstance(kind, str) and not kind.startswith(("builtins.", "collections.")):
+            found.append(kind)
+        todo.extend(node.get("children_spec") or [])
+    return sorted(set(found))
 
-    422 when the file is not a torch.export archive or its inputs have a static batch; None when the
-    graph is laid out in a way this code does not know (the worker still checks).
+
+def _returns_classes(filename: str, classes: list[str]) -> ApiError:
+    return ApiError(
+        422,
+        "Model returns a custom class",
+        f"{filename} returns {', '.join(classes)}, which cannot be loaded without its code; export a model that "
+        "returns a tensor, a tuple or a dict of tensors (Client.compress does this for HF ModelOutput: it keeps "
+        "the set fields, logits first)",
+    )
+
+
+def _vocab(graph: dict[str, Any], name: str) -> int | None:
+    """The smallest embedding table indexed by input `name` directly: its ids must be below it."""
+    sizes = []
+    for node in graph["nodes"]:
+        if node.get("target") != EMBEDDING_OP:
+            continue
+        args = {a.get("name"): a.get("arg", {}).get("as_tensor", {}).get("name") for a in node.get("inputs", [])}
+        if args.get("indices") == name and args.get("weight") in graph["tensor_values"]:
+            rows = _dim(graph["tensor_values"][args["weight"]]["sizes"][0])
+            if rows is not None:
+                sizes.append(rows)
+    return min(sizes) if sizes else None
+
+
+def model_signature(path: Path, filename: str = "model.pt2") -> dict[str, Any] | None:
+    """{"inputs": [[None, 1, 32, 32]], "outputs": [[None, 10]], "input_dtypes": ["float32"],
+    "input_vocab": [None]} from `models/model.json` (for token ids: ["int64"] and the embedding's rows).
+
+    422 when the file is not a torch.export archive, its inputs have a static batch or it returns a class
+    that cannot be loaded without its code; None when the graph is laid out in a way this code does not
+    know (the worker still checks).
     """
     try:
         with zipfile.ZipFile(path) as archive:
@@ -76,14 +143,24 @@ def model_signature(path: Path, filename: str = "model.pt2") -> dict[str, Any] |
                     found.append([_dim(s) for s in graph["tensor_values"][tensor["name"]]["sizes"]])
             return found
 
-        found = {
+        names = [
+            spec["user_input"]["arg"]["as_tensor"]["name"]
+            for spec in signature["input_specs"]
+            if spec.get("user_input", {}).get("arg", {}).get("as_tensor") is not None
+        ]
+        found: dict[str, Any] = {
             "inputs": shapes(signature["input_specs"], "user_input"),
             "outputs": shapes(signature["output_specs"], "user_output"),
+            "input_dtypes": [SCALAR_TYPES.get(graph["tensor_values"][n].get("dtype")) for n in names],
+            "input_vocab": [_vocab(graph, n) for n in names],
         }
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         return None  # an archive layout this torch does not write; the worker still checks
     if any(s and s[0] is not None for s in found["inputs"]):
         raise _static_batch(filename, found["inputs"])
+    classes = _output_classes(program)
+    if classes:
+        raise _returns_classes(filename, classes)
     return found
 
 
@@ -116,6 +193,8 @@ def dataset_summary(path: Path, filename: str) -> dict[str, Any]:
     return {
         "x_shape": x.shape,
         "x_dtype": x.dtype,
+        "x_min": x.min,  # integer x (token ids) only
+        "x_max": x.max,
         "y_shape": y.shape,
         "y_dtype": y.dtype,
         "y_min": y.min,
@@ -139,8 +218,11 @@ def check_job_data(model: dict[str, Any] | None, data: dict[str, Any] | None, ta
     inputs = model.get("inputs") if model else None
     if inputs and len(inputs) == 1 and not _fits(inputs[0][1:], data["x_shape"][1:]):
         raise unfit(f"samples have shape {tuple(data['x_shape'][1:])}, the model takes {tuple(inputs[0][1:])}")
+    dtypes = model.get("input_dtypes") if model else None
+    if dtypes and len(dtypes) == 1 and dtypes[0] is not None:
+        _check_x_values(dtypes[0], (model or {}).get("input_vocab", [None])[0], data, unfit)
     outputs = model.get("outputs") if model else None
-    output = outputs[0] if outputs and len(outputs) == 1 and outputs[0] else None
+    output = outputs[0] if outputs and outputs[0] else None  # several outputs: the first are the logits
     if task == "regression" and output is not None and not _fits(output[1:], data["y_shape"][1:]):
         raise unfit(
             f"regression targets have shape {tuple(data['y_shape'][1:])}, the model outputs {tuple(output[1:])}"
@@ -154,6 +236,23 @@ def check_job_data(model: dict[str, Any] | None, data: dict[str, Any] | None, ta
         if data["y_min"] < 0 or (classes is not None and data["y_max"] >= classes):
             allowed = f"[0, {classes - 1}]" if classes is not None else "non-negative"
             raise unfit(f"labels must be in {allowed}, found [{data['y_min']}, {data['y_max']}]")
+
+
+def _check_x_values(model_dtype: str, vocab: int | None, data: dict[str, Any], unfit: Any) -> None:
+    """Token ids for an integer input (>= 0, below the embedding's rows), floats for a float input."""
+    x_dtype = data["x_dtype"]
+    if model_dtype in INTEGER_DTYPES:
+        allowed = f"in [0, {vocab - 1}]" if vocab is not None else ">= 0"
+        if x_dtype not in INTEGER_DTYPES:
+            raise unfit(f"x is {x_dtype}, the model takes {model_dtype} token ids: x must be integer ids {allowed}")
+        low, high = data.get("x_min"), data.get("x_max")
+        if low is not None and high is not None and (low < 0 or (vocab is not None and high >= vocab)):
+            raise unfit(f"token ids must be {allowed} (the model's vocabulary), found [{low}, {high}]")
+    elif model_dtype in FLOAT_DTYPES and x_dtype in INTEGER_DTYPES:
+        raise unfit(
+            f"x is {x_dtype}, the model takes {model_dtype} features: x must be a float array "
+            "(integer x is read as token ids, for a model whose input is int64)"
+        )
 
 
 def check_input_info(model: dict[str, Any] | None, config: dict[str, Any], infos: list[InputInfo] | None) -> None:
