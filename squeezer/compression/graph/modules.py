@@ -56,13 +56,26 @@ def register_module(
     return wrap
 
 
+# Third-party layers registered by name (their libraries are not imported here):
+# Hugging Face's Conv1D (GPT-2) is a Linear with its weight stored (in, out): out = x @ W + b.
+_KNOWN_LAYERS: dict[tuple[str, str], dict[str, Any]] = {
+    ("transformers.pytorch_utils", "Conv1D"): {"ignored_algorithms": {"filter_pruning"}, "weight_dim": 1},
+}
+
+
+def _registration_of(cls: type) -> dict[str, Any] | None:
+    for c in cls.__mro__:
+        if c in _REGISTERED:
+            return _REGISTERED[c]
+        known = _KNOWN_LAYERS.get((c.__module__, c.__name__))
+        if known is not None:
+            return known
+    return None
+
+
 def is_user_registered(m: nn.Module | type) -> bool:
-    cls = m if isinstance(m, type) else type(m)
-    return any(c in _REGISTERED for c in cls.__mro__)
+    return _registration_of(m if isinstance(m, type) else type(m)) is not None
 
 
 def registration(m: nn.Module) -> dict[str, Any] | None:
-    for c in type(m).__mro__:
-        if c in _REGISTERED:
-            return _REGISTERED[c]
-    return None
+    return _registration_of(type(m))

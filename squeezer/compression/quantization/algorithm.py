@@ -18,6 +18,7 @@ from squeezer.compression.controller import (
     CompressionStage,
     Statistics,
 )
+from squeezer.compression.graph.modules import registration
 from squeezer.compression.graph.scopes import check_scopes_match, matches_any
 from squeezer.compression.graph.surgery import original_weight, weight_parametrizations
 from squeezer.compression.init_args import BNAdaptationInitArgs, QuantizationRangeInitArgs
@@ -34,6 +35,7 @@ from squeezer.compression.quantization.placement import (
 from squeezer.compression.quantization.quantizer import FakeQuantizer, QuantizerSpec
 from squeezer.compression.quantization.range_init import adapt_batchnorm, init_ranges
 from squeezer.compression.quantization.strip import strip_quantizers
+from squeezer.compression.targets import is_weighted_for
 from squeezer.errors import CompressionError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -92,7 +94,9 @@ def _fallback_setup(ctx: BuildContext, cfg: QuantizationConfig) -> QuantizerSetu
     hw = ctx.cfg.target_device != "TRIAL"
     setup = QuantizerSetup()
     for name, module in ctx.model.named_modules():
-        if not isinstance(module, WEIGHTED_MODULES) or matches_any(name, cfg.ignored_scopes):
+        reg = registration(module)
+        weighted = isinstance(module, WEIGHTED_MODULES) or (reg and "quantization" not in reg["ignored_algorithms"])
+        if not weighted or matches_any(name, cfg.ignored_scopes):
             continue
         per_channel = cfg.weights.per_channel if cfg.weights.per_channel is not None else hw
         bits = cfg.weights.bits or 8
@@ -179,6 +183,7 @@ def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> Quantizati
         )
         if precision is not None:
             apply_manual_precision(setup, precision.bitwidth_per_scope)
+    _warn_fp32_matrices(ctx, setup)  # before quantizers add parameters of their own
     weight_q, act_q = _insert(ctx, setup)
     if ctx.should_init:
         _initialize(ctx, cfg, setup, weight_q, act_q)
@@ -189,6 +194,29 @@ def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> Quantizati
         "weighted_modules": len([m for m in ctx.model.modules() if isinstance(m, WEIGHTED_MODULES)]),
     }
     return ctrl
+
+
+def _warn_fp32_matrices(ctx: BuildContext, setup: QuantizerSetup) -> None:
+    """Name the weight matrices no quantizer covers because no layer owns them (nn.MultiheadAttention's
+    packed in_proj_weight): they stay FP32 in the export, which the size ratio alone does not show."""
+    quantized = {wp.module for wp in setup.weights}
+    left = [
+        f"{name}.{pname}" if name else pname
+        for name, module in ctx.model.named_modules()
+        if name not in quantized
+        and not is_weighted_for(module, "quantization")
+        and "parametrizations" not in name.split(".")  # another algorithm's weight (mask, quantizer)
+        for pname, p in module.named_parameters(recurse=False)
+        if p.dim() == 2
+    ]
+    if left:
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        warnings.warn(
+            f"{len(left)} weight matrices are not owned by a layer Squeezer quantizes and stay FP32: {shown}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        ctx.notes.append(f"FP32 weight matrices: {len(left)}")
 
 
 def _initialize(

@@ -256,9 +256,53 @@ def _weight_scale_shape(module: nn.Module, per_channel: bool) -> tuple[int, ...]
     return tuple(shape)
 
 
+def _weighted_layers(node: fx.Node, modules: dict[str, nn.Module], name: str) -> list[tuple[str, nn.Module, str]]:
+    """(module path, layer, weight quantizer id) of the layers whose weight a module call uses.
+
+    nn.MultiheadAttention is one leaf op whose `out_proj` Linear never appears as a call of its
+    own; its packed `in_proj_weight` is not a layer's weight and stays FP32 (warned by the builder).
+    """
+    target = str(node.target)
+    module = modules[target]
+    if isinstance(module, nn.MultiheadAttention):
+        return [(f"{target}.out_proj", module.out_proj, f"{name}/Linear[out_proj]/linear_0|WEIGHT")]
+    reg = registration(module)
+    weighted = isinstance(module, WEIGHTED_MODULES) or (reg and "quantization" not in reg["ignored_algorithms"])
+    if not weighted or not isinstance(getattr(module, "weight", None), torch.Tensor):
+        return []
+    return [(target, module, f"{name}|WEIGHT")]
+
+
+def weight_spec(
+    module: nn.Module, cfg: QuantizationConfig, opts: PlacementOptions, aliases: list[str], first_conv: bool
+) -> QuantizerSpec:
+    """The weight quantizer of one layer: config, scope overrides and the target device's rules."""
+    hw = opts.target_device != "TRIAL"
+    v = _override(cfg.weights, cfg.scope_overrides.weights, aliases)
+    bits = v["bits"] or 8
+    per_channel = v["per_channel"] if v["per_channel"] is not None else hw
+    signed = v["signed"] if v["signed"] is not None else (True if hw else None)
+    half = (
+        bits == 8
+        and opts.target_device in ("ANY", "CPU", "CPU_SPR")
+        and (cfg.overflow_fix == "enable" or (cfg.overflow_fix == "first_layer_only" and first_conv))
+    )
+    return QuantizerSpec(
+        num_bits=bits,
+        mode=v["mode"] or "symmetric",
+        signedness_to_force=signed,
+        narrow_range=bits == 8 and not half,
+        half_range=half,
+        per_channel=per_channel,
+        scale_shape=_weight_scale_shape(module, per_channel),
+        logarithm_scale=cfg.weights.logarithm_scale,
+        is_weights=True,
+        compression_lr_multiplier=cfg.compression_lr_multiplier,
+    )
+
+
 def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementOptions) -> QuantizerSetup:
     modules = traced.modules
-    hw = opts.target_device != "TRIAL"
     setup = QuantizerSetup()
     first_convs = first_layers(traced.gm, (nn.Conv2d, nn.Conv3d)) if cfg.overflow_fix == "first_layer_only" else set()
     section_ignored = (opts.global_ignored or []) + (cfg.ignored_scopes or [])
@@ -275,41 +319,16 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
     # ------------------------------------------------------------------ weights
     seen_modules: set[str] = set()
     for node in traced.gm.graph.nodes:
-        if node.op != "call_module" or str(node.target) in seen_modules:
+        if node.op != "call_module":
             continue
-        module = modules[str(node.target)]
-        reg = registration(module)
-        weighted = isinstance(module, WEIGHTED_MODULES) or (reg and "quantization" not in reg["ignored_algorithms"])
-        if not weighted or not isinstance(getattr(module, "weight", None), torch.Tensor):
-            continue
-        seen_modules.add(str(node.target))
-        if not considered(node, cfg.weights):
-            continue
-        v = _override(cfg.weights, cfg.scope_overrides.weights, aliases(node))
-        bits = v["bits"] or 8
-        per_channel = v["per_channel"] if v["per_channel"] is not None else hw
-        signed = v["signed"] if v["signed"] is not None else (True if hw else None)
-        half = (
-            bits == 8
-            and opts.target_device in ("ANY", "CPU", "CPU_SPR")
-            and (
-                cfg.overflow_fix == "enable"
-                or (cfg.overflow_fix == "first_layer_only" and str(node.target) in first_convs)
-            )
-        )
-        spec = QuantizerSpec(
-            num_bits=bits,
-            mode=v["mode"] or "symmetric",
-            signedness_to_force=signed,
-            narrow_range=bits == 8 and not half,
-            half_range=half,
-            per_channel=per_channel,
-            scale_shape=_weight_scale_shape(module, per_channel),
-            logarithm_scale=cfg.weights.logarithm_scale,
-            is_weights=True,
-            compression_lr_multiplier=cfg.compression_lr_multiplier,
-        )
-        setup.weights.append(WeightPoint(f"{traced.names[node]}|WEIGHT", str(node.target), spec))
+        for path, module, point_id in _weighted_layers(node, modules, traced.names[node]):
+            if path in seen_modules:
+                continue
+            seen_modules.add(path)
+            if considered(node, cfg.weights):
+                setup.weights.append(
+                    WeightPoint(point_id, path, weight_spec(module, cfg, opts, aliases(node), path in first_convs))
+                )
 
     # ------------------------------------------------------------------ activations
     # producer -> group root (union-find over producers that must share one quantizer)
