@@ -83,11 +83,47 @@ def load_dataset(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = arrays["x"], arrays["y"]
     if len(x) != len(y) or len(x) == 0:
         raise JobInputError(f"{path.name}: x has {len(x)} samples, y has {len(y)}; they must match and be > 0")
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.ascontiguousarray(y))
+    # integer x are token ids (int64, as embeddings take them); anything else is float32 features
+    x_dtype = np.int64 if x.dtype.kind in "iu" else np.float32
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=x_dtype)), torch.from_numpy(np.ascontiguousarray(y))
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What the archive's one input takes: its shape (batch first), its dtype, and for token ids the
+    vocabulary size of the embedding that reads them (None when no embedding reads the input directly)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    vocab: int | None = None
+
+    @property
+    def is_token_ids(self) -> bool:
+        return not self.dtype.is_floating_point
+
+
+def _vocab(program: torch.export.ExportedProgram, placeholder: torch.fx.Node) -> int | None:
+    """The smallest table of the embeddings that index with the input directly: ids must be below it."""
+    sizes = [
+        int(node.args[0].meta["val"].shape[0])
+        for node in program.graph.nodes
+        if node.target is torch.ops.aten.embedding.default
+        and len(node.args) > 1
+        and node.args[1] is placeholder
+        and isinstance(node.args[0], torch.fx.Node)
+        and "val" in node.args[0].meta
+    ]
+    return min(sizes) if sizes else None
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
     """The archive as a trainable model, and its input shape (batch dimension first)."""
+    model, model_input = load_model_input(path)
+    return model, model_input.shape
+
+
+def load_model_input(path: str | Path) -> tuple[nn.Module, ModelInput]:
+    """The archive as a trainable model, and what its input takes (shape, dtype, vocabulary)."""
     try:
         program = load_exported_program(path)  # never unpickles: the archive is an upload
     except UnsafeArchive as exc:
@@ -99,17 +135,43 @@ def load_model(path: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
     ]
     if len(inputs) != 1 or "val" not in inputs[0].meta:
         raise JobInputError(f"the model must take one tensor input, it takes {len(inputs)}")
-    shape = tuple(int(d) if isinstance(d, int) else 1 for d in inputs[0].meta["val"].shape)
-    return lift_exported_program(program), shape
+    value = inputs[0].meta["val"]
+    shape = tuple(int(d) if isinstance(d, int) else 1 for d in value.shape)
+    vocab = _vocab(program, inputs[0]) if not value.dtype.is_floating_point else None
+    return lift_exported_program(program), ModelInput(shape, value.dtype, vocab)
+
+
+def first_tensor(out: Any) -> torch.Tensor:
+    """The model's first tensor output (the logits of a model that returns a tuple or a dict)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    values = out.values() if isinstance(out, dict) else out
+    if isinstance(values, (tuple, list)) or isinstance(out, dict):
+        for value in values:
+            if value is not None:
+                return first_tensor(value)
+    raise JobInputError(f"the model returns {type(out).__name__}, not a tensor, a tuple or a dict of tensors")
 
 
 def check_data(
-    model: nn.Module, shape: tuple[int, ...], x: torch.Tensor, y: torch.Tensor, recipe: Recipe, name: str
+    model: nn.Module, model_input: ModelInput, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, name: str
 ) -> None:
+    shape = model_input.shape
     if tuple(x.shape[1:]) != shape[1:]:
         raise JobInputError(f"{name}: samples have shape {tuple(x.shape[1:])}, the model takes {shape[1:]}")
+    if model_input.is_token_ids:
+        if x.dtype.is_floating_point:
+            raise JobInputError(f"{name}: x is {x.dtype}; the model takes integer token ids ({model_input.dtype})")
+        low, high = int(x.min()), int(x.max())
+        if low < 0 or (model_input.vocab is not None and high >= model_input.vocab):
+            allowed = f"[0, {model_input.vocab - 1}]" if model_input.vocab is not None else "non-negative"
+            raise JobInputError(f"{name}: token ids must be in {allowed}, found [{low}, {high}]")
+    elif not x.dtype.is_floating_point:
+        raise JobInputError(
+            f"{name}: x holds integers ({x.dtype}); the model takes float features ({model_input.dtype})"
+        )
     with torch.no_grad():
-        out = model.eval()(x[:2])
+        out = first_tensor(model.eval()(x[:2]))
     if recipe.task == "classification":
         n_classes = out.shape[-1]
         if y.dtype.is_floating_point or y.dim() != 1:
@@ -149,7 +211,7 @@ def _metric(recipe: Recipe, model: nn.Module, loader: DataLoader, device: torch.
     total, score = 0, 0.0
     with torch.no_grad():
         for x, y in loader:
-            out = model(x.to(device))
+            out = first_tensor(model(x.to(device)))
             y = y.to(device)
             if recipe.task == "classification":
                 score += float((out.argmax(-1) == y).sum())
@@ -193,10 +255,13 @@ def run_job(
     workdir.mkdir(parents=True, exist_ok=True)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
-    model, shape = load_model(model_path)
+    model, model_input = load_model_input(model_path)
+    shape = model_input.shape
     (x_train, y_train), (x_val, y_val) = load_dataset(train_path), load_dataset(val_path)
-    check_data(model, shape, x_train, y_train, recipe, "train_data")
-    check_data(model, shape, x_val, y_val, recipe, "val_data")
+    check_data(model, model_input, x_train, y_train, recipe, "train_data")
+    check_data(model, model_input, x_val, y_val, recipe, "val_data")
+    if model_input.is_token_ids:  # ids are read as int64; an int32 input takes them as it was exported
+        x_train, x_val = x_train.to(model_input.dtype), x_val.to(model_input.dtype)
     device = _device(recipe)
     model.to(device)
     train_set = TensorDataset(x_train, y_train)
@@ -213,8 +278,12 @@ def run_job(
     )
 
     nncf_config = NNCFConfig.from_dict({**config, "log_dir": str(workdir)})
+    input_type = "long" if model_input.is_token_ids else "float"
     if nncf_config.model.input_info is None:
-        nncf_config["input_info"] = {"sample_size": list(shape)}
+        nncf_config["input_info"] = {"sample_size": list(shape), "type": input_type}
+    elif model_input.is_token_ids:  # the dummy inputs traced for the model must be ids too
+        infos = config["input_info"] if isinstance(config["input_info"], list) else [config["input_info"]]
+        nncf_config["input_info"] = [{**info, "type": "long"} for info in infos]
     register_default_init_args(nncf_config, init_loader, device=device)
     original_keys = set(model.state_dict())
     ctrl, cmodel = create_compressed_model(model, nncf_config)
@@ -228,7 +297,7 @@ def run_job(
         total = 0.0
         for x, y in loader:
             compression_ctrl.scheduler.step()
-            loss = _loss(recipe, model(x.to(device)), y.to(device)) + compression_ctrl.loss()
+            loss = _loss(recipe, first_tensor(model(x.to(device))), y.to(device)) + compression_ctrl.loss()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
