@@ -1,8 +1,13 @@
 """Channel groups: layers whose output channels must be pruned together.
 
 torch-pruning's dependency graph finds them (residual adds, concatenations, BatchNorm, depthwise
-convolutions); here they are filtered by the spec's rules (first conv, downsampling convs, grouped
-convs, layers feeding a model output, scopes) and reduced to what masks and removal need.
+convolutions); here they are filtered by the spec's rules (first conv, downsampling convs, layers
+feeding a model output, scopes) and reduced to what masks and removal need.
+
+Models this project did not write bring what neither torch-pruning nor channel removal can follow:
+channel shuffles, grouped convolutions, LayerNorm/Embedding/attention modules on the channels, tied
+weights. A group touching one is left whole and reported (`SkippedLayers`), never a crash; the
+analysis itself is time-bounded. `check.py` then tries every remaining group on a copy.
 """
 
 from __future__ import annotations
@@ -339,6 +344,11 @@ def find_groups(
     }
     groups: list[ChannelGroup] = []
     skipped: list[SkippedLayers] = []
+    conv1d = [n for n, m in modules.items() if is_conv1d(m)]
+    if conv1d:
+        skipped.append(
+            SkippedLayers(conv1d, "Hugging Face Conv1D layers (GPT-2) are not pruned: their weight is (in, out)")
+        )
     visited: set[nn.Module] = set()
     roots = [m for m in graph.module2node if isinstance(m, PRUNABLE) and m in names]
     for i, root in enumerate(roots):
