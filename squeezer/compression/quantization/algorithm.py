@@ -211,10 +211,9 @@ def _warn_fp32_matrices(ctx: BuildContext, setup: QuantizerSetup) -> None:
     ]
     if left:
         shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
-        warnings.warn(
-            f"{len(left)} weight matrices are not owned by a layer Squeezer quantizes and stay FP32: {shown}",
-            RuntimeWarning,
-            stacklevel=4,
+        # logged, not a Python warning: the model compresses correctly, only less than it could
+        logger.warning(
+            "%d weight matrices are not owned by a layer Squeezer quantizes and stay FP32: %s", len(left), shown
         )
         ctx.notes.append(f"FP32 weight matrices: {len(left)}")
 
