@@ -19,9 +19,9 @@ from squeezer.api import docs, errors
 from squeezer.api.queue import JobQueue
 from squeezer.api.routers import artifacts, events, exports, health, jobs
 from squeezer.db import make_engine, make_session_factory
+from squeezer.jobs.transitions import recover_stale_jobs
 from squeezer.settings import Settings, get_settings
 from squeezer.storage import LocalStore
-from squeezer.worker.recovery import recover_stale_jobs
 
 logger = logging.getLogger(__name__)
 MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
@@ -29,7 +29,7 @@ MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
 
 async def _sweep_stale_jobs(app: FastAPI) -> None:
     """Every `sweep_interval_s`: requeue running jobs whose worker stopped beating, and send again the
-    messages of jobs queued too long (worker/recovery.py)."""
+    messages of jobs queued too long (jobs/transitions.py)."""
     settings: Settings = app.state.settings
     while True:
         await anyio.sleep(settings.sweep_interval_s)

@@ -16,9 +16,8 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session, sessionmaker
 
 from squeezer.jobs import transitions
-from squeezer.jobs.transitions import recover_stale_jobs
 
-__all__ = ["Heartbeat", "recover_stale_jobs"]  # the sweep lived here; the API still imports it from here
+__all__ = ["Heartbeat"]
 
 logger = logging.getLogger(__name__)
 

@@ -18,6 +18,9 @@ def test_the_api_app_imports_without_torch():
     loaded = _modules_after("import squeezer.api.app; squeezer.api.app.create_app")
     assert "squeezer.compression.config.nncf_config" in loaded  # it does validate configs
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
+    # job states change in one module that both sides share; the API needs nothing of the worker's
+    assert "squeezer.jobs.transitions" in loaded
+    assert not any(m.startswith("squeezer.worker") for m in loaded), sorted(m for m in loaded if "worker" in m)
 
 
 def test_the_library_names_still_load_from_the_package():
