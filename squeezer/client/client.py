@@ -155,8 +155,12 @@ class Client:
     ) -> JobRead:
         """Export `model` (torch.export, dynamic batch), upload it and the data, and submit the job.
 
-        `config`: a dict / `NNCFConfig` or a JSON file. Data: an (x, y) pair of arrays or tensors, a
-        `.npz` / `.safetensors` file, or the id of an uploaded dataset.
+        `example_input`: one float tensor, or int64 token ids (batch, sequence length; the length stays
+        static). A model may return a tensor, a tuple, a dict or an HF `ModelOutput`: the archive returns
+        its tensors in order, and the service trains on the first (the logits).
+        `config`: a dict / `NNCFConfig` or a JSON file. Data: an (x, y) pair of arrays or tensors (x float
+        features, or integer token ids for an int64 input), a `.npz` / `.safetensors` file, or the id of an
+        uploaded dataset.
         """
         config_json, checked_recipe = check_config(config), check_recipe(recipe)  # before any upload
         with tempfile.TemporaryDirectory(prefix="squeezer-") as tmp:
