@@ -279,3 +279,12 @@ def check_input_info(model: dict[str, Any] | None, config: dict[str, Any], infos
                 f"{shape} (as [batch, ...]: {expected}); fix input_info or leave it out to take the model's",
                 path=where,
             )
+        dtypes = (model or {}).get("input_dtypes") or []
+        if i < len(dtypes) and dtypes[i] in FLOAT_DTYPES and info.type == "long":
+            raise ApiError(
+                422,
+                "Config does not fit the model",
+                f"config: input_info type 'long' feeds token ids, but the model's input is {dtypes[i]}; "
+                "set type 'float' or leave it out (for an int64 input the worker uses 'long' itself)",
+                path="$.config.input_info" + ("" if single else f"[{i}]") + ".type",
+            )

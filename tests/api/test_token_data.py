@@ -149,3 +149,23 @@ def test_an_archive_returning_a_model_output_is_refused_at_upload(api, tmp_path)
     assert response.status_code == 422 and response.json()["title"] == "Model returns a custom class", response.text
     assert "transformers.modeling_outputs.SequenceClassifierOutput" in response.json()["detail"]
     assert "Client.compress" in response.json()["detail"]  # says how to get an archive that loads
+
+
+def test_input_info_of_token_ids_for_a_float_model_is_refused_at_submit(api, tmp_path):
+    model = upload(api, api.alice, "model", "m.pt2", pt2_bytes(tmp_path)).json()  # an MLP on float32 x 64
+    data = upload(api, api.alice, "dataset", "d.npz", _npz(np.zeros((8, 64), np.float32), np.zeros(8, np.int64)))
+    body = {
+        "name": "mlp",
+        "model": model["id"],
+        "config": {
+            "input_info": [{"sample_size": [1, 64], "type": "long"}],
+            "compression": {"algorithm": "quantization"},
+        },
+        "train_data": data.json()["id"],
+        "val_data": data.json()["id"],
+    }
+    response = api.post("/v1/jobs", headers=api.alice, json=body)
+    assert response.status_code == 422 and response.json()["path"] == "$.config.input_info[0].type", response.text
+    assert "the model's input is float32" in response.json()["detail"]
+    body["config"]["input_info"][0]["type"] = "float"
+    assert api.post("/v1/jobs", headers=api.alice, json=body).status_code == 201
