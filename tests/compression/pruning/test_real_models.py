@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 from torch import nn
 
@@ -358,3 +359,44 @@ def test_rules_are_reported_apart_from_limitations():
     stats = ctrl.statistics().filter_pruning
     assert "computes a model output" in stats["layers_left_by_rule"]["fc"]
     assert "fc" not in stats["skipped_layers"]
+
+
+# ---------------------------------------------------------------------------------------------- torchvision
+
+
+def torchvision_models():
+    try:
+        import torchvision
+    except (ImportError, RuntimeError) as exc:  # a CPU build without its C++ ops fails with RuntimeError
+        pytest.skip(f"torchvision is not importable here: {exc}")
+    return torchvision.models
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "regnet_x_400mf", "densenet121", "vit", "swin_t"])
+def test_torchvision_models_prune_what_they_can_and_strip_to_the_same_outputs(name, monkeypatch):
+    models = torchvision_models()
+    size = [1, 3, 64, 64]
+    if name == "vit":
+        model = models.VisionTransformer(
+            image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
+        )
+        size = [1, 3, 32, 32]
+    else:
+        model = getattr(models, name)()
+    if name == "swin_t":
+        monkeypatch.setattr(groups_module, "ANALYSIS_TIME_LIMIT_S", 10.0)  # its analysis runs for over 600 s
+    torch.manual_seed(0)
+    ctrl, compressed = build(model.eval(), {"sample_size": size})
+    stats = ctrl.statistics().filter_pruning
+    reasons = " ".join(stats["skipped_layers"].values())
+    if name == "swin_t":
+        assert ctrl.groups == [] and "took longer than 10 s" in reasons
+    else:
+        assert stats["model_FLOPS_pruning_level"] > 0.2
+    if name == "regnet_x_400mf":
+        assert "grouped convolutions" in reasons
+    if name == "vit":
+        assert "MultiheadAttention" in reasons
+    stripped = assert_strip_matches_masked(ctrl, compressed, torch.rand(2, *size[1:]))
+    assert logits(stripped(torch.rand(1, *size[1:]))).shape == (1, 1000)
