@@ -94,16 +94,6 @@ def test_a_model_output_token_model_compresses_through_the_service(service, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="library (graph/lift.py, not this change's file), two faults: (1) in the job process, lifting imports "
-    "the model's classes by name (_resolve_class: transformers.models.bert...), transformers imports torchvision, "
-    "whose ops do not load with this torch: RuntimeError 'operator torchvision::nms does not exist' (only "
-    "ImportError is caught); (2) with that import working, the ONNX export fails on "
-    "torch.ops.aten.arange.default(x.size(0)) (transformers' mask over the batch): 'aten::arange() Expected a "
-    "value of type number for argument end but instead found type Tensor'; mapping aten.arange.default to "
-    "torch.arange in _FUNCTIONS fixes that (tried in-process: the job succeeds, its ONNX runs on int64 ids)",
-)
 def test_a_tiny_bert_compresses_through_the_service(service, tmp_path):
     done, val = _compress_and_run(service, tmp_path, tiny_bert())
     assert done.status == "succeeded", done.error

@@ -50,6 +50,8 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
     aten.hardswish.default: F.hardswish,
     aten.hardsigmoid.default: F.hardsigmoid,
     aten.scaled_dot_product_attention.default: F.scaled_dot_product_attention,
+    # a size read from the input (transformers' masks) stays an int for the ONNX exporter's trace
+    aten.arange.default: torch.arange,
     aten.hardtanh.default: F.hardtanh,
     aten.hardtanh_.default: F.hardtanh,
     aten.mean.dim: torch.mean,
@@ -85,10 +87,17 @@ _FUNCTIONS.update(
 
 
 def _resolve_class(path: Any) -> Any:
-    """`'torch.nn.modules.conv.Conv2d'` -> the class (for NNCF-style names); the string if unknown."""
+    """`'torch.nn.modules.conv.Conv2d'` -> the class (for NNCF-style names); the string otherwise.
+
+    The path comes from the upload, so only torch's own modules are ever imported for it: importing
+    whatever an archive names would run that package's import-time code in the job (and transformers,
+    say, imports torchvision, which may not even load). Other classes keep their dotted name, which
+    is all that scope names need."""
     if isinstance(path, type) or not isinstance(path, str) or "." not in path:
         return path
     module_name, _, cls_name = path.rpartition(".")
+    if not (module_name == "torch" or module_name.startswith("torch.")):
+        return path
     try:
         return getattr(importlib.import_module(module_name), cls_name)
     except (ImportError, AttributeError):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,3 +149,19 @@ def test_lifted_constant_tensors_are_kept_out_of_the_state_dict():
     lifted = lift_exported_program(torch.export.export(original, (x,)))
     torch.testing.assert_close(lifted(x), original(x))
     assert sorted(lifted.state_dict()) == sorted(original.state_dict())
+
+
+def test_class_names_from_an_upload_never_import_other_packages():
+    """An archive names its modules' classes; only torch's own are resolved, nothing else is imported
+    (import-time code of whatever package an upload names must not run in the job)."""
+    code = (
+        "import sys\n"
+        "from squeezer.compression.graph.lift import _resolve_class\n"
+        "import torch\n"
+        "assert _resolve_class('torch.nn.modules.conv.Conv2d') is torch.nn.Conv2d\n"
+        "assert _resolve_class('this.Zen') == 'this.Zen'\n"  # `import this` would print the Zen of Python
+        "assert _resolve_class('transformers.models.bert.modeling_bert.BertModel').endswith('BertModel')\n"
+        "print(sorted(m for m in ('this', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
