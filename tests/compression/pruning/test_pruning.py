@@ -216,7 +216,7 @@ def test_masks_zero_channels_during_training():
 
 
 def test_learned_ranking_sample_config_learns_saves_and_reloads(tmp_path, digits32):
-    from tests.conftest import SPEC_EXAMPLES
+    from tests.conftest import SAMPLE_CONFIGS
 
     train, val = digits32
     calls = {"train": 0, "validate": 0}
@@ -239,10 +239,9 @@ def test_learned_ranking_sample_config_learns_saves_and_reloads(tmp_path, digits
             x, y = next(iter(loader))
             return float((model(x).argmax(1) == y).float().mean())
 
-    config = NNCFConfig.from_json(SPEC_EXAMPLES / "resnet18_imagenet_pruning_learned_ranking.json")
-    config["input_info"]["sample_size"] = [1, 1, 32, 32]
+    config = NNCFConfig.from_json(SAMPLE_CONFIGS / "filter_pruning_learned_ranking.json")
     params = config["compression"][0]["params"]
-    # the sample's search (264 candidates x 200 steps) is sized for ImageNet; keep its shape, not its size
+    # the sample's search is sized for real training; keep its shape, not its size
     params["legr_params"].update(generations=3, population_size=4, num_samples=2, train_steps=2)
     params["save_ranking_coeffs_path"] = str(tmp_path / "ranking.json")
     register_default_init_args(config, train, train_steps_fn=train_steps_fn, validate_fn=validate_fn, val_loader=val)
@@ -252,8 +251,7 @@ def test_learned_ranking_sample_config_learns_saves_and_reloads(tmp_path, digits
     assert ctrl.compression_rate == pytest.approx(0.1, abs=0.03)  # pruning_init as a share of FLOPs
     assert (tmp_path / "ranking.json").exists()
 
-    reload = NNCFConfig.from_json(SPEC_EXAMPLES / "resnet18_imagenet_pruning_learned_ranking.json")
-    reload["input_info"]["sample_size"] = [1, 1, 32, 32]
+    reload = NNCFConfig.from_json(SAMPLE_CONFIGS / "filter_pruning_learned_ranking.json")
     reload["compression"][0]["params"]["load_ranking_coeffs_path"] = str(tmp_path / "ranking.json")
     again, _ = create_compressed_model(ResidualCNN(width=32), reload, dump_graphs=False)
     assert again.ranking == ctrl.ranking
