@@ -129,30 +129,43 @@ class _SymmetricFQ(torch.autograd.Function):
 class _SymmetricFQPerTensorCPU(torch.autograd.Function):
     """`_SymmetricFQ` for one CPU scale: Python-number step, no mask kept (4 passes forward, 3 back).
 
-    Keeps x and the grid levels, never the output it returns, which later in-place ops may modify.
-
     The STE mask is recomputed in the backward by `hardtanh_backward`, one fused pass; reading the
     scale as a number costs nothing on CPU (on CUDA it would synchronize, so CUDA keeps the mask).
+    It keeps its output, which the next layer keeps anyway (no extra memory, no extra pass); when a
+    later in-place op (ReLU(inplace=True), `out += identity`) has modified it, the backward
+    recomputes the grid levels from x instead (3 more passes, only then).
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, level_low: int, level_high: int) -> torch.Tensor:
         step = float(scale) / level_high
-        levels = torch.mul(x, 1.0 / step).round_().clamp_(level_low, level_high)
-        ctx.save_for_backward(x, levels)
+        out = torch.mul(x, 1.0 / step).round_().clamp_(level_low, level_high).mul_(step)
+        ctx.save_for_backward(x, out)
+        ctx.x, ctx.x_version = x, x._version  # for the recomputation when `out` was modified
         ctx.bounds = (step, level_low, level_high)
-        return levels * step
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, levels = ctx.saved_tensors
         step, level_low, level_high = ctx.bounds
+        try:
+            x, out = ctx.saved_tensors
+            levels = None
+        except RuntimeError:  # "modified by an inplace operation": which one, x or our output?
+            x = ctx.x
+            if x._version != ctx.x_version:
+                raise
+            levels = torch.mul(x, 1.0 / step).round_().clamp_(level_low, level_high)
         # x is inside the grid when round(x / step) is within [level_low, level_high]
         grad_x = torch.ops.aten.hardtanh_backward(grad, x, (level_low - 0.5) * step, (level_high + 0.5) * step)
         grad_scale = None
         if ctx.needs_input_grad[1]:
             flat_grad, flat_grad_x = grad.reshape(-1), grad_x.reshape(-1)
-            grad_step = torch.dot(flat_grad, levels.reshape(-1)) - torch.dot(flat_grad_x, x.reshape(-1)) / step
+            if levels is None:
+                on_grid = torch.dot(flat_grad, out.reshape(-1)) / step
+            else:
+                on_grid = torch.dot(flat_grad, levels.reshape(-1))
+            grad_step = on_grid - torch.dot(flat_grad_x, x.reshape(-1)) / step
             grad_scale = (grad_step / level_high).reshape(1)
         return grad_x, grad_scale, None, None
 

@@ -161,3 +161,14 @@ def test_inplace_op_after_quantizer_keeps_gradients(spec, inplace_op):
     assert_close(grad_x, reference[0])
     for got, expected in zip(grad_params, reference[1], strict=True):
         assert_close(got, expected)
+
+
+def test_inplace_op_on_the_quantizer_input_still_fails_loudly():
+    """Only the quantizer's own output may be modified: a changed input would give wrong gradients."""
+    q = FakeQuantizer(QuantizerSpec(signedness_to_force=True))
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    hidden = x * 2
+    out = q(hidden)
+    hidden.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
