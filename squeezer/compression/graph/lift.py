@@ -60,8 +60,12 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
     aten.avg_pool2d.default: F.avg_pool2d,
     aten.max_pool2d.default: F.max_pool2d,
     aten.contiguous.default: torch.Tensor.contiguous,
-    # x.size(d) stays symbolic when the model is traced again (ONNX export keeps the dynamic batch)
+    # x.size(d) stays symbolic when the model is traced again (ONNX export keeps the dynamic batch);
+    # so do the ops that take it, when called as torch functions rather than as aten ops
     aten.sym_size.int: torch.Tensor.size,
+    aten.expand.default: torch.Tensor.expand,
+    aten.arange.default: torch.arange,
+    aten.arange.start: torch.arange,
 }
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from squeezer import NNCFConfig, create_compressed_model
+from squeezer import NNCFConfig, create_compressed_model, export_onnx
 from squeezer.compression import lift_exported_program
 from squeezer.examples.models import MLP, DigitsTransformer, MobileNetV2Tiny, ResidualCNN
 
@@ -165,3 +165,26 @@ def test_class_names_from_an_upload_never_import_other_packages():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+class BatchSizedOps(nn.Module):
+    """ViT's class token `expand(n, -1, -1)` and BERT's `arange` of positions, sized from the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.randn(1, 1, 4))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        positions = torch.arange(x.shape[0], dtype=torch.float32).reshape(-1, 1, 1)
+        return self.fc(tokens + positions).mean(1)
+
+
+def test_lifted_ops_sized_by_the_batch_stay_dynamic_in_onnx(tmp_path):
+    torch.manual_seed(0)
+    original = BatchSizedOps().eval()
+    lifted = archive_roundtrip(original, (1, 3, 4), tmp_path)
+    x = torch.rand(5, 3, 4)
+    # exported at batch 1, checked in onnxruntime at batch 5
+    export_onnx(lifted, tmp_path / "m.onnx", (x[:1],), verify_inputs=((x,), {}))
