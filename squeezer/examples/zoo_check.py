@@ -84,7 +84,7 @@ def run_case(name: str, algorithm: str, path: str, workdir: Path, steps: int = 2
     result = CaseResult(name, algorithm, path, ok=False, stage="build")
     start = time.perf_counter()
     try:
-        model = build(name)
+        model = calibrate_batchnorm(build(name), spec)
         x = spec.example_input(batch)
         if path == "service":
             result.stage = "lift"
@@ -111,9 +111,12 @@ def run_case(name: str, algorithm: str, path: str, workdir: Path, steps: int = 2
             xb, yb = data[step % len(data)]
             loss = _task_loss(compressed(xb), yb) + ctrl.loss()
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss is {float(loss)} at step {step}")
+                raise FloatingPointError(f"the training loss is {loss.item()} at step {step}")
             optimizer.zero_grad()
             loss.backward()
+            # random weights give QAT huge gradients (NNCF's too); clip them as a real recipe would
+            grad_norm = torch.nn.utils.clip_grad_norm_(compressed.parameters(), 1.0)
+            result.details["grad_norm"] = max(result.details.get("grad_norm", 0.0), float(grad_norm))
             optimizer.step()
         compressed.eval()
         result.details["compression_rate"] = _rate(ctrl)
@@ -130,6 +133,19 @@ def run_case(name: str, algorithm: str, path: str, workdir: Path, steps: int = 2
         logger.debug("%s %s %s failed:\n%s", name, algorithm, path, traceback.format_exc())
     result.seconds = round(time.perf_counter() - start, 2)
     return result
+
+
+def calibrate_batchnorm(model: nn.Module, spec: ZooModel, batches: int = 4) -> nn.Module:
+    """BatchNorm statistics from a few batches, as a trained model has them. At their defaults (mean 0,
+    variance 1) over random weights, activations blow up or vanish layer by layer and QAT of e.g.
+    MobileNetV2 diverges at once (NNCF's too): a property of the random model, not of compression."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    model.train()
+    with torch.no_grad():
+        for seed in range(batches):
+            model(spec.example_input(8, seed=100 + seed))
+    return model.eval()
 
 
 def _rate(ctrl: Any) -> float | None:
