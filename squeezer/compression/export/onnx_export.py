@@ -188,6 +188,7 @@ def _to_export_weight(module: nn.Module, bn: nn.Module | None) -> nn.Module:
 def build_export_model(model: nn.Module) -> nn.Module:
     """A CPU, eval-mode copy of `model` made of ops that export to standard QDQ ONNX."""
     export = copy.deepcopy(model).cpu().eval()
+    _check_finite_ranges(export)
     folded: dict[nn.Module, nn.Module] = {}
     if isinstance(export, fx.GraphModule):
         modules = dict(export.named_modules())
@@ -215,6 +216,20 @@ def build_export_model(model: nn.Module) -> nn.Module:
             grid = grid_of(module)
             replace_submodule(export, name, ActivationQDQ(grid) if grid is not None else nn.Identity())
     return export
+
+
+def _check_finite_ranges(model: nn.Module) -> None:
+    """A quantizer whose range went NaN/inf (training diverged) cannot give an integer grid: say where."""
+    bad = [
+        name.replace(".parametrizations.weight.0", ".weight").replace(f"{ACTIVATIONS_ATTR}.", "")
+        for name, q in model.named_modules()
+        if isinstance(q, FakeQuantizer) and not all(bool(torch.isfinite(p).all()) for p in q.parameters())
+    ]
+    if bad:
+        raise ExportError(
+            f"{len(bad)} quantizers have a range that is not finite (training diverged; lower the learning "
+            f"rate or the compression_lr_multiplier): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+        )
 
 
 def _short_quantizer_targets(gm: fx.GraphModule) -> None:

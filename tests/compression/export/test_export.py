@@ -201,3 +201,14 @@ def test_export_picks_the_lowest_opset_the_graph_needs(tmp_path, caplog):
         ctrl.export_model(tmp_path / "m13.onnx", save_format="onnx_13")
     assert ctrl.export_model(tmp_path / "m17.onnx", save_format="onnx_17")  # a requested opset is kept
     assert onnx.load(str(tmp_path / "m17.onnx")).opset_import[0].version == 17
+
+
+def test_a_diverged_quantizer_range_is_named_at_export(tmp_path):
+    torch.manual_seed(0)
+    ctrl, compressed = compress(
+        SelfAttention(), [(torch.randn(4, 6, 16), torch.zeros(4))], input_info={"sample_size": [1, 6, 16]}
+    )
+    with torch.no_grad():
+        compressed.qkv.parametrizations.weight[0].scale[3] = float("nan")
+    with pytest.raises(ExportError, match=r"1 quantizers have a range that is not finite .*: qkv\.weight$"):
+        ctrl.export_model(tmp_path / "m.onnx")
