@@ -64,7 +64,6 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
     # so do the ops that take it, when called as torch functions rather than as aten ops
     aten.sym_size.int: torch.Tensor.size,
     aten.expand.default: torch.Tensor.expand,
-    aten.arange.default: torch.arange,
     aten.arange.start: torch.arange,
 }
 
