@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 SUBSAMPLE_PER_BATCH = 65536
 ACTIVATION_SCALE_FLOOR = 0.1  # NNCF floors the initial symmetric activation scale at 0.1
+COLLAPSE_FACTOR = 16  # data within 1/16 of the floor use at most 8 of the 128 levels
 _MAD_TO_SIGMA = 1.482623
 
 
@@ -144,6 +145,7 @@ def init_ranges(
                     q.collector.batches.clear()
     finally:
         model.train(was_training)
+    collapsed: dict[str, float] = {}
     for qid, q in activation_quantizers.items():
         stats = collectors[qid]
         if not stats.mins:
@@ -151,7 +153,28 @@ def init_ranges(
             continue
         rc = config_for[qid]
         lo, hi = stats.min_max(rc.type, q.spec.mode == "symmetric", rc.params)
+        widest = float(torch.maximum(lo.abs(), hi.abs()).max())
+        if q.spec.mode == "symmetric" and widest < ACTIVATION_SCALE_FLOOR / COLLAPSE_FACTOR:
+            collapsed[qid] = widest
         q.apply_minmax(lo, hi, lower_bound=ACTIVATION_SCALE_FLOOR)
+    if collapsed:
+        _warn_collapsed(collapsed)
+
+
+def _warn_collapsed(collapsed: dict[str, float]) -> None:
+    """Activations far below the range floor land on a few levels (mostly zero): channels turn constant,
+    train-mode BatchNorm divides by a variance near zero, and QAT gradients explode (1e15 on a random
+    MobileNetV2). Trained weights with their BatchNorm statistics do not do this; say so early."""
+    worst = sorted(collapsed.items(), key=lambda kv: kv[1])[:3]
+    logger.warning(
+        "%d activation quantizer(s) saw values far below the %.2g range floor (e.g. %s): their outputs use "
+        "only a few quantization levels and QAT gradients may explode. This happens with random weights or "
+        "BatchNorm statistics at their defaults; start from trained weights, or let BatchNorm see real data "
+        "first (initializer.batchnorm_adaptation)",
+        len(collapsed),
+        ACTIVATION_SCALE_FLOOR,
+        ", ".join(f"{qid} (largest |x| {v:.2g})" for qid, v in worst),
+    )
 
 
 def adapt_batchnorm(model: nn.Module, loader: InitLoaderProtocol, num_samples: int, device: torch.device) -> None:

@@ -145,3 +145,23 @@ def test_threesigma_uses_median_and_mad():
     lo, hi = stats.min_max("threesigma", symmetric=False, params={})
     # median 3, MAD 1 -> 3 -/+ 3 * 1.482623
     assert (lo.item(), hi.item()) == pytest.approx((3 - 4.447869, 3 + 4.447869), rel=1e-5)
+
+
+@pytest.mark.parametrize(("input_scale", "warned"), [(1e-4, True), (1.0, False)])
+def test_activation_ranges_far_below_the_floor_are_reported(caplog, input_scale, warned):
+    """Activations that sit far below the 0.1 range floor use a few levels and make QAT gradients
+    explode (random weights, default BatchNorm statistics): range init says so, naming the quantizers."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 10))
+    config = NNCFConfig.from_dict(
+        {"input_info": {"sample_size": [1, 1, 8, 8]}, "compression": {"algorithm": "quantization"}}
+    )
+    data = [(torch.rand(4, 1, 8, 8) * input_scale, torch.zeros(4, dtype=torch.long))]
+    register_default_init_args(config, data)
+    with caplog.at_level("WARNING", logger="squeezer.compression.quantization.range_init"):
+        create_compressed_model(model, config, dump_graphs=False)
+    messages = [r.getMessage() for r in caplog.records if "range floor" in r.getMessage()]
+    assert bool(messages) == warned, messages
+    if warned:
+        assert "activation quantizer(s) saw values far below the 0.1 range floor" in messages[0]
+        assert "/nncf_model_input_0|OUTPUT (largest |x| 9.9e-05)" in messages[0]
