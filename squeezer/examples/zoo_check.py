@@ -11,6 +11,7 @@ import logging
 import math
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,24 @@ def _to_service_model(model: nn.Module, x: torch.Tensor, workdir: Path) -> nn.Mo
 
 def run_case(name: str, algorithm: str, path: str, workdir: Path, steps: int = 2, batch: int = 4) -> CaseResult:
     """Run one case; never raises for a failure of the model under test (it is reported instead)."""
-    from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
-
     spec = ZOO[name]
     workdir.mkdir(parents=True, exist_ok=True)
     result = CaseResult(name, algorithm, path, ok=False, stage="build")
     start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # what the library says is part of the report, not a failure
+        _run(spec, algorithm, path, workdir, steps, batch, result)
+    said = list(dict.fromkeys(f"{w.category.__name__}: {str(w.message)[:200]}" for w in caught))
+    if said:
+        result.details["warnings"] = said[:5]
+    result.seconds = round(time.perf_counter() - start, 2)
+    return result
+
+
+def _run(spec: ZooModel, algorithm: str, path: str, workdir: Path, steps: int, batch: int, result: CaseResult) -> None:
+    from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
+
+    name = spec.name
     try:
         model = calibrate_batchnorm(build(name), spec)
         x = spec.example_input(batch)
@@ -131,8 +144,6 @@ def run_case(name: str, algorithm: str, path: str, workdir: Path, steps: int = 2
     except Exception as exc:  # the report is the product here
         result.reason = f"{type(exc).__name__}: {_first_line(exc)}"
         logger.debug("%s %s %s failed:\n%s", name, algorithm, path, traceback.format_exc())
-    result.seconds = round(time.perf_counter() - start, 2)
-    return result
 
 
 def calibrate_batchnorm(model: nn.Module, spec: ZooModel, batches: int = 4) -> nn.Module:

@@ -22,7 +22,8 @@ CI_CASES = [
     ("shufflenet_v2_x0_5", "pruning", "library"),  # channel shuffle
     ("regnet_x_400mf", "pruning", "library"),  # grouped convs
     ("gpt2", "pruning", "library"),  # tied embedding / LM head, Conv1D
-    ("deit_tiny", "pruning", "library"),  # qkv reshaped into heads
+    ("vit_tiny", "pruning", "library"),  # attention projections, LayerNorm: left whole, the rest pruned
+    ("swin_tiny", "int8", "service"),  # constants torch.export lifts out of the code
     ("mobilenet_v2", "int8+kd", "service"),
     ("resnet18", "sparsity", "library"),
 ]
