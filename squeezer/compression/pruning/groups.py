@@ -120,8 +120,10 @@ class SkippedLayers:
 ANALYSIS_TIME_LIMIT_S = 120.0
 
 
-class AnalysisTimeout(Exception):
-    """torch-pruning ran past ANALYSIS_TIME_LIMIT_S."""
+class AnalysisTimeout(BaseException):
+    """torch-pruning ran past ANALYSIS_TIME_LIMIT_S. A BaseException, like KeyboardInterrupt, so that the
+    `except Exception` around torch-pruning's index mappings (which marks a mapping it cannot follow)
+    does not take the timeout for a mapping failure and carry on without a timer."""
 
 
 @contextlib.contextmanager
@@ -146,7 +148,8 @@ def _until(deadline: float) -> Iterator[None]:
 
     started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, remaining)
+    # and again every half second, in case the first one lands in code that swallows every exception
+    signal.setitimer(signal.ITIMER_REAL, remaining, 0.5)
     try:
         yield
     finally:

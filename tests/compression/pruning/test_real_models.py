@@ -400,3 +400,38 @@ def test_torchvision_models_prune_what_they_can_and_strip_to_the_same_outputs(na
         assert "MultiheadAttention" in reasons
     stripped = assert_strip_matches_masked(ctrl, compressed, torch.rand(2, *size[1:]))
     assert logits(stripped(torch.rand(1, *size[1:]))).shape == (1, 1000)
+
+
+class TwoConcats(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(16, 8, 1)
+        self.d = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        c = self.c(torch.cat([a, b], 1))
+        return self.d(torch.cat([a, b, c], 1))
+
+
+def test_the_time_limit_is_not_taken_for_a_mapping_failure(monkeypatch):
+    """The timer can fire inside an index mapping, whose failures mark the node opaque and go on: the
+    timeout must still end the analysis there (on Swin-T, swallowing it ran on to 22 GB)."""
+    from torch_pruning.dependency import index_mapping
+
+    calls = []
+    original = index_mapping.update_concat_index_mapping
+
+    def slow_mapping(graph, node):
+        calls.append(node)
+        if len(calls) == 1:
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:  # the 0.5 s limit fires in here
+                time.sleep(0.01)
+        return original(graph, node)
+
+    monkeypatch.setattr(index_mapping, "update_concat_index_mapping", slow_mapping)
+    monkeypatch.setattr(groups_module, "ANALYSIS_TIME_LIMIT_S", 0.5)
+    ctrl, _ = build(TwoConcats(), IMAGE)
+    assert len(calls) == 1  # nothing of the analysis ran after the limit
+    assert ctrl.groups == [] and all("took longer than 0.5 s" in r for r in skipped(ctrl).values())
