@@ -160,17 +160,23 @@ class _Lifter:
         node = next(p for p in params if isinstance(p, fx.Node) and p.op == "get_attr")
         return str(node.target).rpartition(".")[0]
 
-    def add_module(self, path: str, module: nn.Module) -> str:
+    def add_module(self, path: str, module: nn.Module) -> str | None:
+        """Put `module` at `path`; a layer already there (one module called twice) is reused. None when
+        a different kind of layer holds the path: a weight tied between two ops (GPT-2's embedding and
+        LM head) must not make the second op call the first one's layer; it stays a function call."""
         parent = _ensure_parents(self.root, path, self.classes)
         name = path.rpartition(".")[2]
-        if getattr(parent, name, None) is None:
+        existing = getattr(parent, name, None)
+        if existing is None:
             parent.add_module(name, module)
+        elif type(existing) is not type(module):
+            return None
         return path
 
     def arg(self, a: Any) -> Any:
         return fx.node.map_arg(a, lambda n: self.env[n])
 
-    def module_for(self, node: fx.Node) -> tuple[str, list[Any]] | None:
+    def module_for(self, node: fx.Node) -> tuple[str | None, list[Any]] | None:
         """(module path, inputs) for the aten calls that become layers; None for the others."""
         t, args = node.target, cast(list[Any], list(node.args))
         if t in (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default):
@@ -245,7 +251,10 @@ class _Lifter:
 
     def lift(self) -> fx.GraphModule:
         # layers first, so their parameters belong to them and not to stand-in containers
-        lifted = {n: m for n in self.old.graph.nodes if n.op == "call_function" and (m := self.module_for(n))}
+        lifted: dict[fx.Node, tuple[str, list[Any]]] = {}
+        for n in self.old.graph.nodes:
+            if n.op == "call_function" and (m := self.module_for(n)) is not None and m[0] is not None:
+                lifted[n] = (m[0], m[1])
         for node in self.old.graph.nodes:
             new: fx.Node
             if node.op == "placeholder":
@@ -293,6 +302,11 @@ class _Lifter:
             constant = _get_path(self.old, target)
             if not isinstance(constant, torch.Tensor):
                 return False
+            if isinstance(constant, nn.Parameter):  # a second name of a tied weight (lm_head.weight = wte.weight)
+                parent = _ensure_parents(self.root, target, self.classes)
+                if target.rpartition(".")[2] not in parent._parameters:
+                    parent.register_parameter(target.rpartition(".")[2], constant)
+                return True
             setattr(_ensure_parents(self.root, target, self.classes), target.rpartition(".")[2], constant)
             self.constants[target] = constant
             return True

@@ -188,3 +188,30 @@ def test_lifted_ops_sized_by_the_batch_stay_dynamic_in_onnx(tmp_path):
     x = torch.rand(5, 3, 4)
     # exported at batch 1, checked in onnxruntime at batch 5
     export_onnx(lifted, tmp_path / "m.onnx", (x[:1],), verify_inputs=((x,), {}))
+
+
+class TiedLM(nn.Module):
+    """An embedding whose weight is also the output projection (GPT-2's wte / lm_head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(50, 16)
+        self.mix = nn.Linear(16, 16)
+        self.lm_head = nn.Linear(16, 50, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, ids):
+        return self.lm_head(torch.relu(self.mix(self.wte(ids))))
+
+
+def test_a_weight_tied_between_an_embedding_and_a_projection_lifts_to_both_ops():
+    torch.manual_seed(0)
+    model = TiedLM().eval()
+    ids = torch.randint(0, 50, (3, 7))
+    program = torch.export.export(model, (ids,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    lifted = lift_exported_program(program)
+    with torch.no_grad():
+        torch.testing.assert_close(lifted(ids), model(ids))
+        torch.testing.assert_close(lifted(ids[:1]), model(ids[:1]))
+    # still one tensor under two names: training the lifted model keeps the tie
+    assert len(list(lifted.parameters())) == len(list(model.parameters())) == 3
