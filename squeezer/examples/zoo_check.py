@@ -175,7 +175,9 @@ def _parity(model: nn.Module, onnx_path: Path, x: torch.Tensor) -> float:
     expected = (out if isinstance(out, torch.Tensor) else out[0]).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     actual = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    return float(np.max(np.abs(expected - actual)) / max(float(np.max(np.abs(expected))), 1e-12))
+    # relative to the output's size, with the export gate's absolute slack: a random model whose
+    # activations collapse (MobileNetV3-small: logits ~1e-11) is not a 100% disagreement
+    return float(np.max(np.abs(expected - actual)) / max(float(np.max(np.abs(expected))), 1e-4))
 
 
 def _first_line(exc: BaseException) -> str:
