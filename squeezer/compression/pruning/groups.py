@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import signal
 import threading
 import time
@@ -144,10 +145,17 @@ def _until(deadline: float) -> Iterator[None]:
         return
 
     def on_alarm(signum: int, frame: Any) -> None:
+        while frame is not None:  # raised in a finalizer it would only be printed: wait for the next tick
+            if frame.f_code.co_name == "__del__":
+                return
+            frame = frame.f_back
         raise AnalysisTimeout
 
     started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, on_alarm)
+    # no collection while the timer runs: an exception raised in a gc callback is only printed
+    collecting = gc.isenabled()
+    gc.disable()
     # and again every half second, in case the first one lands in code that swallows every exception
     signal.setitimer(signal.ITIMER_REAL, remaining, 0.5)
     try:
@@ -155,6 +163,8 @@ def _until(deadline: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if collecting:
+            gc.enable()
         if outer > 0:
             signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3))
 
