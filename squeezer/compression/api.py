@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import re
 import weakref
@@ -76,6 +77,27 @@ def _verification_inputs(
     return tuple(randomize(a) for a in args), {k: randomize(v) for k, v in kwargs.items()}
 
 
+def _unused_options(model: nn.Module, example: tuple[tuple[Any, ...], dict[str, Any]]) -> dict[str, Any]:
+    """forward's parameters that input_info does not feed and whose default is not a tensor (timm's
+    `attn_mask=None, is_causal=False`): traced as their defaults, not as graph inputs, since the ONNX
+    exporter would otherwise feed each one as a tensor input (`is_causal must be bool, not Tensor`)."""
+    args, kwargs = example
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {
+        p.name: p.default
+        for i, p in enumerate(parameters)
+        if p.kind in (*positional, inspect.Parameter.KEYWORD_ONLY)
+        and p.default is not inspect.Parameter.empty
+        and not isinstance(p.default, torch.Tensor)
+        and p.name not in kwargs
+        and not (p.kind in positional and i < len(args))
+    }
+
+
 def _trace(
     model: nn.Module, example: tuple[tuple[Any, ...], dict[str, Any]]
 ) -> tuple[fx.GraphModule | None, str | None]:
@@ -83,7 +105,7 @@ def _trace(
         gm = model  # already a graph (e.g. lifted from torch.export): keep its nodes and their module stacks
     else:
         try:
-            gm = trace(model)
+            gm = trace(model, _unused_options(model, example))
         except Exception as exc:  # any tracing failure means "use the weights-only fallback"
             return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
     args, kwargs = example

@@ -132,10 +132,32 @@ class _Tracer(fx.Tracer):
         return is_user_registered(m) or super().is_leaf_module(m, module_qualified_name)
 
 
+def _drop_specialized_inputs(graph: fx.Graph) -> None:
+    """fx keeps a specialized argument as an input checked by an assert (`_assert_is_none(x)`,
+    `_assert(x == False)`); the model is only ever called without it, and the ONNX exporter would feed
+    it as a tensor and cannot export the check. Drop the checks and the inputs nothing else reads."""
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is fx._symbolic_trace._assert_is_none:
+            graph.erase_node(node)
+        elif node.target is torch._assert and isinstance(node.args[0], fx.Node):
+            check = node.args[0]
+            graph.erase_node(node)
+            reads_an_input = isinstance(check.args[0], fx.Node) and check.args[0].op == "placeholder"
+            if check.target is operator.eq and not check.users and reads_an_input:
+                graph.erase_node(check)
+    for node in list(graph.nodes):
+        if node.op == "placeholder" and not node.users and node.args:  # a default: a specialized input
+            graph.erase_node(node)
+
+
 def trace(model: nn.Module, concrete_args: dict[str, Any] | None = None) -> fx.GraphModule:
     """Symbolically trace `model`; raises the tracer's error if the model has dynamic control flow."""
     tracer = _Tracer()
     graph = tracer.trace(model, concrete_args=concrete_args)
+    if concrete_args:
+        _drop_specialized_inputs(graph)
     name = type(model).__name__
     gm = fx.GraphModule(tracer.root, graph, name)
     # GraphModule rebuilds the module tree from plain nn.Module stubs; put the user's own children

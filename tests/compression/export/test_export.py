@@ -11,7 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 from onnx import numpy_helper
+from torch import nn
 from torch.ao.quantization import FakeQuantize
 
 from squeezer import NNCFConfig, create_compressed_model, export_onnx, register_default_init_args
@@ -213,3 +215,32 @@ def test_a_diverged_quantizer_range_is_named_at_export(tmp_path):
         compressed.qkv.parametrizations.weight[0].scale[3] = float("nan")
     with pytest.raises(ExportError, match=r"1 quantizers have a range that is not finite .*: qkv\.weight$"):
         ctrl.export_model(tmp_path / "m.onnx")
+
+
+class OptionalArguments(nn.Module):
+    """timm's style: forward(x, attn_mask=None, is_causal=False), called with x alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(16, 48)
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x, attn_mask=None, is_causal: bool = False):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        return self.out(y.mean(1))
+
+
+def test_optional_arguments_not_in_input_info_are_traced_as_their_defaults(tmp_path):
+    torch.manual_seed(0)
+    config = {"input_info": {"sample_size": [1, 8, 16]}, "compression": {"algorithm": "magnitude_sparsity"}}
+    ctrl, model = create_compressed_model(OptionalArguments(), config, dump_graphs=False)
+    placeholders = [n.name for n in model.graph.nodes if n.op == "placeholder"]
+    assert placeholders == ["x"]
+    x = torch.rand(3, 8, 16)
+    path = ctrl.export_model(tmp_path / "m.onnx")  # used to fail: is_causal must be bool, not Tensor
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input.0"]
+    (out,) = session.run(None, {"input.0": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(x).numpy(), atol=1e-5)
