@@ -86,6 +86,35 @@ def live_server(app):
         thread.join(timeout=10)
 
 
+def api_client(tmp_path, **settings):
+    """A TestClient on `app_with_two_keys`: `.app`, `.queued` (what reached the queue), and the
+    `.alice` / `.bob` authorization headers."""
+    from fastapi.testclient import TestClient
+
+    app, queue, alice, bob = app_with_two_keys(tmp_path, **settings)
+    client = TestClient(app)
+    client.queued = queue.jobs
+    client.alice = {"Authorization": f"Bearer {alice}"}
+    client.bob = {"Authorization": f"Bearer {bob}"}
+    return client
+
+
+def tiny_bert(vocab_size=128, num_labels=4):
+    """A random-init two-layer Hugging Face BERT classifier, in eval mode (token-id models in tests)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
 def app_with_two_keys(tmp_path, **settings):
     """A migrated API on a real SQLite database and store, a recording queue, and keys for alice and bob."""
     from squeezer.api import create_app

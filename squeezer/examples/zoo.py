@@ -131,15 +131,16 @@ def _tiny_swin() -> nn.Module:
     )
 
 
-class _LogitsOnly(nn.Module):
-    """HF models return a `ModelOutput`; the zoo compares its logits."""
+class _Logits(nn.Module):
+    """HF models take keyword inputs and return a `ModelOutput`; the zoo feeds one tensor, compares logits."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, input_name: str) -> None:
         super().__init__()
         self.model = model
+        self.input_name = input_name
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids).logits
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(**{self.input_name: x}).logits
 
 
 def _hf(kind: str) -> Callable[[], nn.Module]:
@@ -169,19 +170,9 @@ def _hf(kind: str) -> Callable[[], nn.Module]:
         else:
             raise ValueError(kind)
         model.eval()
-        wrapped: nn.Module = _LogitsOnly(model) if kind != "vit" else _HFImage(model)
-        return wrapped
+        return _Logits(model, "pixel_values" if kind == "vit" else "input_ids")
 
     return build
-
-
-class _HFImage(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
 
 
 IMG32 = (2, 3, 32, 32)

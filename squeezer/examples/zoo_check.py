@@ -65,14 +65,13 @@ def _task_loss(out: Any, y: torch.Tensor) -> torch.Tensor:
 
 
 def _to_service_model(model: nn.Module, x: torch.Tensor, workdir: Path) -> nn.Module:
-    """What the worker does with an upload: a `.pt2` with a dynamic batch, loaded without unpickling."""
+    """What a user's upload goes through: the SDK's `.pt2` export (dynamic batch), then the worker's
+    load without unpickling and lift."""
+    from squeezer.client.packaging import export_model
     from squeezer.compression.graph.archive import load_exported_program
     from squeezer.compression.graph.lift import lift_exported_program
 
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
-    path = workdir / "model.pt2"
-    torch.export.save(program, str(path))
+    path = export_model(model, x, workdir / "model.pt2")
     return lift_exported_program(load_exported_program(path))
 
 
@@ -98,6 +97,7 @@ def _run(spec: ZooModel, algorithm: str, path: str, workdir: Path, steps: int, b
     name = spec.name
     try:
         model = calibrate_batchnorm(build(name), spec)
+        fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
         x = spec.example_input(batch)
         if path == "service":
             result.stage = "lift"
@@ -138,8 +138,7 @@ def _run(spec: ZooModel, algorithm: str, path: str, workdir: Path, steps: int, b
         ctrl.export_model(str(onnx_path))
         result.stage = "parity"
         result.parity = _parity(compressed, onnx_path, x)
-        params = sum(p.numel() * 4 for p in build(name).parameters())
-        result.size_ratio = onnx_path.stat().st_size / params if params else None
+        result.size_ratio = onnx_path.stat().st_size / fp32_bytes if fp32_bytes else None
         result.ok, result.stage = True, "done"
     except Exception as exc:  # the report is the product here
         result.reason = f"{type(exc).__name__}: {_first_line(exc)}"

@@ -12,17 +12,12 @@ import torch
 from fastapi.testclient import TestClient
 
 from squeezer.examples.models import MLP
-from tests.helpers import app_with_two_keys
+from tests.helpers import api_client, app_with_two_keys
 
 
 @pytest.fixture
 def api(tmp_path):
-    app, queue, alice, bob = app_with_two_keys(tmp_path, max_upload_bytes=200_000)
-    client = TestClient(app)
-    client.queued = queue.jobs
-    client.alice = {"Authorization": f"Bearer {alice}"}
-    client.bob = {"Authorization": f"Bearer {bob}"}
-    return client
+    return api_client(tmp_path, max_upload_bytes=200_000)
 
 
 def pt2_bytes(tmp_path):

@@ -15,37 +15,16 @@ from safetensors.numpy import save as save_safetensors
 from squeezer.client.packaging import export_model
 from squeezer.db import Artifact
 from tests.api.test_api import pt2_bytes, upload
-from tests.helpers import app_with_two_keys
+from tests.helpers import api_client, tiny_bert
 
 SEQ = 12
 VOCAB = 128
 
 
-def tiny_bert():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=4,
-    )
-    return BertForSequenceClassification(config).eval()
-
-
 @pytest.fixture
 def api(tmp_path):
     """The API with room for the tiny BERT's archive (about 0.4 MB)."""
-    from fastapi.testclient import TestClient
-
-    app, queue, alice, _ = app_with_two_keys(tmp_path, max_upload_bytes=2_000_000)
-    client = TestClient(app)
-    client.queued = queue.jobs
-    client.alice = {"Authorization": f"Bearer {alice}"}
-    return client
+    return api_client(tmp_path, max_upload_bytes=2_000_000)
 
 
 def meta(api, response):

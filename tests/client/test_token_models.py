@@ -12,7 +12,7 @@ from torch import nn
 from squeezer.client import Client, InvalidInput
 from squeezer.client.packaging import export_model, tensor_outputs
 from squeezer.worker.execute import execute_job
-from tests.helpers import app_with_two_keys, live_server
+from tests.helpers import app_with_two_keys, live_server, tiny_bert
 
 SEQ, VOCAB, CLASSES = 12, 128, 4
 INT8 = {"compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 16}}}}
@@ -33,20 +33,6 @@ class PooledTokens(nn.Module):
 
         hidden = torch.relu(self.mix(self.embed(input_ids)))
         return SequenceClassifierOutput(logits=self.head(hidden.mean(1)), hidden_states=(hidden,))
-
-
-def tiny_bert() -> nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=CLASSES,
-    )
-    return BertForSequenceClassification(config)
 
 
 def token_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +81,7 @@ def test_a_model_output_token_model_compresses_through_the_service(service, tmp_
 
 @pytest.mark.slow
 def test_a_tiny_bert_compresses_through_the_service(service, tmp_path):
-    done, val = _compress_and_run(service, tmp_path, tiny_bert())
+    done, val = _compress_and_run(service, tmp_path, tiny_bert(VOCAB, CLASSES))
     assert done.status == "succeeded", done.error
     _assert_onnx_runs_on_ids(service[2], done, val, tmp_path)
 
@@ -112,7 +98,7 @@ def test_data_that_cannot_feed_the_ids_are_refused_at_submit(service, bad, field
     good = token_data(8, seed=3)
     data = {"train_data": good, "val_data": good, field: bad}
     with pytest.raises(InvalidInput) as refused:
-        client.compress(tiny_bert(), good[0][:1], INT8, data["train_data"], data["val_data"])
+        client.compress(tiny_bert(VOCAB, CLASSES), good[0][:1], INT8, data["train_data"], data["val_data"])
     assert refused.value.status == 422 and refused.value.path == f"$.{field}"
     assert fragment in refused.value.detail
     assert queue.jobs == []

@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from squeezer.db import Export, Job
 from squeezer.worker.execute import execute_job
-from tests.helpers import app_with_two_keys, upload_digits_job_inputs
+from tests.helpers import api_client, upload_digits_job_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,9 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def submitted(tmp_path):
     """A migrated service with one queued job; returns (app, job id)."""
-    app, _, alice, _ = app_with_two_keys(tmp_path)
-    client = TestClient(app)
-    headers = {"Authorization": f"Bearer {alice}"}
+    client = api_client(tmp_path)
+    app, headers = client.app, client.alice
     ids = upload_digits_job_inputs(client, headers, tmp_path)
     body = {"name": "j", "model": ids["model"], "train_data": ids["train"], "val_data": ids["val"]}
     body |= {"config": {"compression": {"algorithm": "quantization"}}, "recipe": {"epochs": 1}}

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from squeezer.db import Job, JobMetric, JobStatus
 from squeezer.jobs import transitions
@@ -19,7 +18,7 @@ from squeezer.recipe import Recipe
 from squeezer.worker.execute import execute_job
 from squeezer.worker.runner import run_job
 from squeezer.worker.sandbox import process
-from tests.helpers import app_with_two_keys, upload_digits_job_inputs, write_digits_job_files
+from tests.helpers import api_client, upload_digits_job_inputs, write_digits_job_files
 from tests.worker.pausing import BATCH_SIZE, MID_EPOCH_3, marker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,9 +36,8 @@ def stop(monkeypatch):
 
 @pytest.fixture
 def service(tmp_path):
-    app, _, alice, _ = app_with_two_keys(tmp_path)
-    client = TestClient(app)
-    headers = {"Authorization": f"Bearer {alice}"}
+    client = api_client(tmp_path)
+    app, headers = client.app, client.alice
     ids = upload_digits_job_inputs(client, headers, tmp_path)
 
     def submit(recipe):
