@@ -402,11 +402,13 @@ def export_compressed(
     model_args: Any,
     verify: bool,
 ) -> Path:
-    """`ctrl.export_model`: NNCF's save_format ("onnx" or "onnx_<opset>") and `model_args`."""
+    """`ctrl.export_model`: NNCF's save_format ("onnx", "onnx_<opset>" or "openvino") and `model_args`."""
     opset: int | None = None  # "onnx": the lowest opset the graph allows
-    if save_format not in (None, "onnx"):
+    if save_format not in (None, "onnx", "openvino"):
         if not (isinstance(save_format, str) and save_format.startswith("onnx_") and save_format[5:].isdigit()):
-            raise ValueError(f"unsupported save_format {save_format!r}; use 'onnx' or 'onnx_<opset>' (13 or newer)")
+            raise ValueError(
+                f"unsupported save_format {save_format!r}; use 'onnx', 'onnx_<opset>' (13 or newer) or 'openvino'"
+            )
         opset = int(save_format[5:])
         if opset < 13:
             raise ValueError(f"opset {opset} cannot hold per-channel QuantizeLinear; use 13 or newer")
@@ -423,6 +425,19 @@ def export_compressed(
             extra = extra[:-1]
         args = args + tuple(extra)
     source = ctrl.export_source(copy.deepcopy(ctrl.model))
+    if save_format == "openvino":  # IR (.xml + .bin) converted from this same verified ONNX
+        from squeezer.compression.export.openvino_export import export_openvino
+
+        return export_openvino(
+            source,
+            save_path,
+            args,
+            kwargs,
+            input_names=input_names,
+            output_names=output_names,
+            verify=verify,
+            verify_inputs=context.verify_inputs,
+        )
     return export_onnx(
         source,
         save_path,

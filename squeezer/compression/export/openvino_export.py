@@ -1,0 +1,158 @@
+"""OpenVINO IR export: the verified QDQ ONNX file, converted by OpenVINO's own converter and checked on
+OpenVINO's CPU plugin against the torch model before returning.
+
+OpenVINO reads each activation QuantizeLinear/DequantizeLinear pair as a FakeQuantize and each int8
+weight with its DequantizeLinear as a compressed weight (an int8 constant, Convert, Subtract,
+Multiply); its CPU plugin fuses both into INT8 kernels, as it does for NNCF's export. `save_model`
+stores the float weights that stay (biases, unquantized layers) as FP16, OpenVINO's default and what
+its `ovc` tool writes; the plugin computes them in FP32. The IR is two files: `<name>.xml` (the graph)
+and `<name>.bin` (the weights) beside it.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from squeezer.compression.export.onnx_export import _full_range_hint, _ordered_args, export_onnx
+from squeezer.compression.init_args import flatten_tensors
+from squeezer.errors import ExportError
+
+logger = logging.getLogger(__name__)
+INSTALL_HINT = "pip install squeezer[openvino]"
+
+
+class OpenVINOUnavailableError(ExportError, ImportError):
+    """The `openvino` package is not installed."""
+
+
+def openvino_available() -> bool:
+    """Whether `openvino` can be imported here (without importing it)."""
+    return "openvino" in sys.modules or importlib.util.find_spec("openvino") is not None
+
+
+def import_openvino() -> ModuleType:
+    """`import openvino`, without its telemetry.
+
+    Importing `openvino` also imports its converter, which (through the `openvino-telemetry` package
+    it depends on) writes a client id under ~/intel and sends usage events over the network unless
+    the user opted out. A library must do neither, so while openvino is first imported its telemetry
+    module reads as absent, and the converter takes the no-op stub OpenVINO ships for that case.
+    """
+    if "openvino" in sys.modules:  # imported already (by the user, or by us): take it as it is
+        return importlib.import_module("openvino")
+    blocked = "openvino_telemetry" not in sys.modules
+    if blocked:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # makes its import raise ImportError
+    try:
+        return importlib.import_module("openvino")
+    except ImportError as exc:
+        raise OpenVINOUnavailableError(
+            f"OpenVINO IR export needs the openvino package, which is not installed ({exc}): {INSTALL_HINT}"
+        ) from exc
+    finally:
+        if blocked:
+            sys.modules.pop("openvino_telemetry", None)
+
+
+def ir_paths(save_path: str | Path) -> tuple[Path, Path]:
+    """(graph .xml, weights .bin) of the IR at `save_path`, which must end in .xml."""
+    path = Path(save_path)
+    if path.suffix.lower() != ".xml":
+        raise ExportError(
+            f"an OpenVINO IR path ends in .xml (the weights go beside it as .bin), got {str(path)!r}; "
+            f"e.g. {str(path.with_suffix('.xml'))!r}"
+        )
+    return path, path.with_suffix(".bin")
+
+
+def export_openvino(
+    model: nn.Module,
+    save_path: str | Path,
+    example_args: tuple[Any, ...],
+    example_kwargs: dict[str, Any] | None = None,
+    *,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    verify: bool = True,
+    verify_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+    rtol: float = 0.05,
+) -> Path:
+    """Export `model` (compressed or stripped) to OpenVINO IR at `save_path` (.xml, with .bin beside it).
+
+    The model goes to QDQ ONNX first (`export_onnx`, checked in onnxruntime when `verify`), OpenVINO
+    converts that file, and with `verify` the IR runs on OpenVINO's CPU plugin and is compared with the
+    torch model under the same tolerance as the ONNX file. Returns the .xml path.
+    """
+    xml, weights = ir_paths(save_path)
+    for target in (xml, weights):
+        if target.is_symlink():
+            raise ExportError(f"refusing to export to a symbolic link: {target}")
+    ov = import_openvino()  # before the ONNX export: a missing package fails fast
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="squeezer-ov-") as tmp:
+        onnx_path = export_onnx(
+            model,
+            Path(tmp) / "model.onnx",
+            example_args,
+            example_kwargs,
+            input_names=input_names,
+            output_names=output_names,
+            verify=verify,
+            verify_inputs=verify_inputs,
+            rtol=rtol,
+        )
+        converted = ov.convert_model(str(onnx_path))
+    ov.save_model(converted, str(xml))  # float weights as FP16 (OpenVINO's default); int8 weights stay int8
+    logger.info("exported OpenVINO IR %s (+ %s) with OpenVINO %s", xml, weights.name, ov.__version__)
+    if verify:
+        check_args, check_kwargs = verify_inputs or (example_args, example_kwargs or {})
+        verify_openvino(model, xml, _ordered_args(model, check_args, check_kwargs), rtol)
+    return xml
+
+
+def verify_openvino(model: nn.Module, xml_path: Path, args: tuple[Any, ...], rtol: float) -> float:
+    """Run the IR on OpenVINO's CPU plugin and compare with `model` in eval mode; returns the max difference.
+
+    FP32 inference precision, so that a CPU with bf16 instructions checks the file, not bf16 rounding.
+    """
+    ov = import_openvino()
+    reference = copy.deepcopy(model).cpu().eval()
+    cpu_args = tuple(a.detach().cpu() if isinstance(a, torch.Tensor) else a for a in args)
+    with torch.no_grad():
+        expected = [t.numpy() for t in flatten_tensors(reference(*cpu_args))]
+    compiled = ov.Core().compile_model(str(xml_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    tensors = [a.numpy() for a in cpu_args if isinstance(a, torch.Tensor)]  # the graph's inputs, in order
+    if len(tensors) != len(compiled.inputs):
+        raise ExportError(f"the IR takes {len(compiled.inputs)} inputs, the model was given {len(tensors)}: {xml_path}")
+    result = compiled.create_infer_request().infer(dict(enumerate(tensors)))
+    actual = [np.asarray(result[output]) for output in compiled.outputs]
+    if len(actual) != len(expected):
+        raise ExportError(f"the IR has {len(actual)} outputs, the torch model {len(expected)}: {xml_path}")
+    worst = 0.0
+    for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+        if e.shape != a.shape:
+            raise ExportError(f"OpenVINO output {i} has shape {a.shape}, the torch model's {e.shape}: {xml_path}")
+        if not e.size:
+            continue
+        diff, magnitude = float(np.max(np.abs(e - a))), float(np.max(np.abs(e)))
+        bound = rtol * magnitude + 1e-4  # as verify_onnx: one quantization step may move on float rounding
+        worst = max(worst, diff)
+        if diff > bound:
+            raise ExportError(
+                f"OpenVINO output {i} differs from the torch model: largest difference {diff:.6g} "
+                f"(allowed {bound:.6g}; output magnitude {magnitude:.6g}); file: {xml_path}" + _full_range_hint(model)
+            )
+    return worst
