@@ -189,7 +189,8 @@ class CompressionController:
         verify: bool = True,
     ) -> Path:
         """Write standard ONNX (QuantizeLinear/DequantizeLinear, int8 weights, BN folded) and check it
-        in onnxruntime against the torch model."""
+        in onnxruntime against the torch model; `save_format="openvino"` writes OpenVINO IR (`.xml` and
+        `.bin`) converted from that ONNX by OpenVINO and checked on its CPU plugin."""
         from squeezer.compression.export.onnx_export import export_compressed
 
         self.prepare_for_export()
