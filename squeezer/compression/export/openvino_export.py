@@ -51,16 +51,16 @@ def import_openvino() -> ModuleType:
     the user opted out. A library must do neither, so while openvino is first imported its telemetry
     module reads as absent, and the converter takes the no-op stub OpenVINO ships for that case.
     """
-    if "openvino" in sys.modules:  # imported already (by the user, or by us): take it as it is
-        return importlib.import_module("openvino")
-    blocked = "openvino_telemetry" not in sys.modules
+    # imported already (by the user, or by us): taken as it is
+    blocked = "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules
     if blocked:
         sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # makes its import raise ImportError
     try:
         return importlib.import_module("openvino")
     except ImportError as exc:
         raise OpenVINOUnavailableError(
-            f"OpenVINO IR export needs the openvino package, which is not installed ({exc}): {INSTALL_HINT}"
+            f"the openvino package is needed for OpenVINO IR and OpenVINO runs, and it cannot be imported ({exc}); "
+            f"install it with: {INSTALL_HINT}"
         ) from exc
     finally:
         if blocked:
