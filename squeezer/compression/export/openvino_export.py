@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import sys
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +33,7 @@ from squeezer.errors import ExportError
 
 logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install squeezer[openvino]"
+ARCHIVE_MEMBERS = ("model.xml", "model.bin")  # the IR in one zip: what the service stores and serves
 
 
 class OpenVINOUnavailableError(ExportError, ImportError):
@@ -102,7 +104,9 @@ def export_openvino(
             raise ExportError(f"refusing to export to a symbolic link: {target}")
     ov = import_openvino()  # before the ONNX export: a missing package fails fast
     xml.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="squeezer-ov-") as tmp:
+    # the intermediate ONNX goes beside the IR: that folder is writable where the system's temp folder
+    # may not be (a confined job process), and it is removed with its folder either way
+    with tempfile.TemporaryDirectory(prefix=f".{xml.stem}-onnx-", dir=xml.parent) as tmp:
         onnx_path = export_onnx(
             model,
             Path(tmp) / "model.onnx",
@@ -114,8 +118,11 @@ def export_openvino(
             verify_inputs=verify_inputs,
             rtol=rtol,
         )
-        converted = ov.convert_model(str(onnx_path))
-    ov.save_model(converted, str(xml))  # float weights as FP16 (OpenVINO's default); int8 weights stay int8
+        try:
+            converted = ov.convert_model(str(onnx_path))
+            ov.save_model(converted, str(xml))  # float weights as FP16 (OpenVINO's default); int8 stay int8
+        except Exception as exc:  # OpenVINO's own errors (OpConversionFailure, RuntimeError, ...)
+            raise ExportError(f"OpenVINO {ov.__version__} could not convert the verified ONNX file: {exc}") from exc
     logger.info("exported OpenVINO IR %s (+ %s) with OpenVINO %s", xml, weights.name, ov.__version__)
     if verify:
         check_args, check_kwargs = verify_inputs or (example_args, example_kwargs or {})
@@ -156,3 +163,32 @@ def verify_openvino(model: nn.Module, xml_path: Path, args: tuple[Any, ...], rto
                 f"(allowed {bound:.6g}; output magnitude {magnitude:.6g}); file: {xml_path}" + _full_range_hint(model)
             )
     return worst
+
+
+def write_ir_archive(xml_path: str | Path, archive_path: str | Path) -> Path:
+    """The IR at `xml_path` (and its .bin) as one zip holding `model.xml` and `model.bin`: one file to
+    download and one checksum for a pair that only works together. Stored uncompressed: int8 weights
+    barely compress, and the members can then be read without inflating them."""
+    xml, weights = ir_paths(xml_path)
+    archive = Path(archive_path)
+    tmp = archive.with_name(archive.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        for source, member in zip((xml, weights), ARCHIVE_MEMBERS, strict=True):
+            zf.write(source, member)
+    tmp.replace(archive)
+    return archive
+
+
+def read_ir_archive(archive_path: str | Path) -> Any:
+    """The `openvino.Model` in a zip written by `write_ir_archive` (the service's `openvino` export),
+    read from memory: `openvino.Core().compile_model(read_ir_archive(path), "CPU")` runs it."""
+    ov = import_openvino()
+    with zipfile.ZipFile(archive_path) as zf:
+        names = set(zf.namelist())
+        if not set(ARCHIVE_MEMBERS) <= names:
+            raise ExportError(
+                f"{archive_path} is not an OpenVINO IR archive: it holds {sorted(names)}, "
+                f"expected {list(ARCHIVE_MEMBERS)}"
+            )
+        xml, weights = (zf.read(member) for member in ARCHIVE_MEMBERS)
+    return ov.Core().read_model(xml.decode("utf-8"), ov.Tensor(np.frombuffer(weights, dtype=np.uint8).copy()))
