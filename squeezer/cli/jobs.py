@@ -159,9 +159,13 @@ def show(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
     with _client(url, api_key) as client:
         job, metrics, exports = client.jobs.get(job_id), client.jobs.metrics(job_id), client.jobs.exports(job_id)
     summary = Table(show_header=False)
-    for field, value in _rows("", job.model_dump()):
+    shown = job.model_dump()
+    if shown["result"]:  # latency and warnings get their own table and lines below
+        shown["result"] = {k: v for k, v in shown["result"].items() if k not in ("latency", "warnings")}
+    for field, value in _rows("", shown):
         summary.add_row(field, value)
     console.print(summary)
+    _latency(job)
     if metrics:
         history = Table("epoch", "stage", "metric", "budget", "rate", "loss", "seconds", title="metrics")
         for m in metrics:
@@ -185,6 +189,19 @@ def show(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
         console.print(files)
 
 
+def _latency(job: JobRead) -> None:
+    """The exported files timed on the worker's CPU, and the job's warnings (e.g. INT8 is not faster)."""
+    if job.latency:
+        table = Table("runtime", "FP32 ms", "compressed ms", "speedup", "batch", title="latency on the worker's CPU")
+        for runtime, t in job.latency.items():
+            colour = "green" if t.speedup >= 1 else "red"
+            speedup = f"[{colour}]{t.speedup:.2f}x[/{colour}]"
+            table.add_row(runtime, f"{t.fp32_ms:.4g}", f"{t.compressed_ms:.4g}", speedup, str(t.batch_size))
+        console.print(table)
+    for warning in job.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
 @jobs_app.command("watch")
 def watch_job(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
     """Follow a job with a progress bar until it ends; exit status 1 unless it succeeded."""
@@ -205,7 +222,7 @@ def cancel(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> Non
 def download(
     job_id: str,
     kind: Annotated[
-        str, typer.Option(help="onnx, stripped, checkpoint, original_graph, compressed_graph, log")
+        str, typer.Option(help="onnx, openvino, stripped, checkpoint, original_graph, compressed_graph, log")
     ] = "onnx",
     output: Annotated[Path, typer.Option("-o", "--output", help="a file, or a folder for the service's name")] = Path(),
     url: UrlOption = None,

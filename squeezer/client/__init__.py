@@ -1,6 +1,6 @@
 """The Python SDK of the Squeezer service: `Client`, its typed responses and its error classes."""
 
-from squeezer.api.schemas import ArtifactRead, ExportRead, JobPage, JobRead, MetricRead
+from squeezer.api.schemas import ArtifactRead, ExportRead, JobPage, JobRead, MetricRead, RuntimeLatency
 from squeezer.client.client import Client, JobEvent, wait_ready
 from squeezer.client.errors import (
     ApiError,
@@ -39,6 +39,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "RuntimeLatency",
     "ServerError",
     "ServiceUnavailable",
     "wait_ready",

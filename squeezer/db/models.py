@@ -141,6 +141,7 @@ EXPORT_FILENAMES = {  # export kind -> file name, in the store and in downloads
     "original_graph": "original_graph.dot",
     "compressed_graph": "compressed_graph.dot",
     "log": "job.log",
+    "openvino": "model_openvino.zip",  # OpenVINO IR: model.xml + model.bin (where the worker has openvino)
 }
 
 

@@ -228,6 +228,8 @@ def execute_job(
             "metric": done.metric,
             "compression_rate": done.compression_rate,
             "uncompressed_metric": done.uncompressed_metric,
+            "latency": {runtime: timing.model_dump() for runtime, timing in done.latency.items()},
+            "warnings": done.warnings,
         },
     )
     if outcome != "lost":

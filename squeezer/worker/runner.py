@@ -1,5 +1,6 @@
 """The job runner: plain functions that turn a model archive, a config, data and a recipe into a
-compressed, onnxruntime-verified ONNX file. A worker calls `run_job` inside a job process of its
+compressed, onnxruntime-verified ONNX file (`outputs.py` lists the rest, the OpenVINO IR among them),
+timed against the FP32 model on this CPU (`latency.py`). A worker calls `run_job` inside a job process of its
 own (`sandbox/`), library users and tests call it directly; it knows nothing about the database, the
 broker or HTTP.
 
@@ -34,6 +35,8 @@ from squeezer.compression.accuracy_aware import FixedEpochsLoop, TrainingLoop
 from squeezer.compression.graph.archive import UnsafeArchive, load_exported_program
 from squeezer.errors import SqueezerError
 from squeezer.recipe import Recipe
+from squeezer.worker.latency import job_latency
+from squeezer.worker.outputs import write_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,9 @@ class JobResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     statistics: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # kind -> path in workdir
+    # runtime -> {fp32_ms, compressed_ms, speedup, batch_size, runs}, on this CPU (worker/latency.py)
+    latency: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. the compressed model is not faster
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -344,8 +350,12 @@ def run_job(
     except JobCancelled:
         status = "cancelled"
         metric, rate = (records[-1]["metric"], records[-1]["compression_rate"]) if records else (None, None)
-    artifacts = _write_outputs(ctrl, cmodel, workdir, original_keys)
+    warnings: list[str] = []
+    artifacts = write_outputs(ctrl, cmodel, workdir, original_keys, warnings)
     logger.info("%s: metric %s, compression rate %s; wrote %s", status, metric, rate, ", ".join(sorted(artifacts)))
+    latency: dict[str, dict[str, Any]] = {}
+    if status == "succeeded":  # a cancelled job was asked to stop, not to be timed
+        latency = _latency(model, artifacts["onnx"], x_val[: min(recipe.batch_size, len(x_val))], workdir, warnings)
     return JobResult(
         status,
         uncompressed,
@@ -355,41 +365,21 @@ def run_job(
         records,
         ctrl.statistics().to_dict(),
         artifacts,
+        latency,
+        warnings,
     )
 
 
-def plain_state_dict(stripped: nn.Module, keys: set[str]) -> dict[str, torch.Tensor]:
-    """The stripped model's tensors under the original model's keys: a parametrized weight is stored
-    as its effective (fake-quantized, masked) value, so `load_state_dict` on the user's class takes it."""
-    marker = ".parametrizations.weight.original"
-    out: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for key, value in stripped.state_dict().items():
-            if key.endswith(marker):
-                key, value = (
-                    key.removesuffix(marker) + ".weight",
-                    stripped.get_submodule(key.removesuffix(marker)).weight,
-                )
-            if key in keys:
-                out[key] = value.detach().cpu().clone()
-    return out
-
-
-def _write_outputs(ctrl: Any, model: nn.Module, workdir: Path, model_keys: set[str]) -> dict[str, str]:
-    """The verified ONNX, the stripped weights, the checkpoint to resume compression elsewhere, the graphs."""
-    from safetensors.torch import save_file
-
-    paths = {
-        "onnx": ctrl.export_model(workdir / "model.onnx"),
-        "checkpoint": workdir / "compression_checkpoint.pt",
-        "stripped": workdir / "stripped_model.safetensors",
-    }
-    torch.save(
-        {"state_dict": model.state_dict(), "compression_state": ctrl.get_compression_state()}, paths["checkpoint"]
-    )
-    # safetensors, not a pickle: whoever downloads the weights can load them without trusting us
-    save_file(plain_state_dict(ctrl.strip(), model_keys), str(paths["stripped"]))
-    for name in ("original_graph.dot", "compressed_graph.dot"):
-        if (workdir / name).exists():
-            paths[name.removesuffix(".dot")] = workdir / name
-    return {k: str(v) for k, v in paths.items()}
+def _latency(
+    model: nn.Module, onnx_path: str, sample: torch.Tensor, workdir: Path, warnings: list[str]
+) -> dict[str, dict[str, Any]]:
+    """FP32 against compressed latency of the exported files on this CPU (`worker/latency.py`); a
+    measurement that fails is a warning, not a failed job: the compressed model is made and verified."""
+    try:
+        report, slower = job_latency(model, onnx_path, sample.cpu(), workdir)
+    except Exception as exc:
+        logger.warning("latency not measured: %s", exc, exc_info=True)
+        warnings.append(f"latency not measured: {type(exc).__name__}: {exc}")
+        return {}
+    warnings.extend(slower)
+    return report

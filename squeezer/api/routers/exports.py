@@ -22,6 +22,7 @@ MEDIA_TYPES = {
     "original_graph": "text/vnd.graphviz",
     "compressed_graph": "text/vnd.graphviz",
     "log": "text/plain; charset=utf-8",
+    "openvino": "application/zip",
 }
 
 

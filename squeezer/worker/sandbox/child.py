@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -95,6 +96,7 @@ def run(request_line: str, channel: Channel) -> None:
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
     os.environ.update(HOME=str(workdir), TMPDIR=str(workdir / "tmp"))
+    tempfile.tempdir = str(workdir / "tmp")  # the server's imports cached /tmp already, which is not writable here
     sys.path[:0] = request.import_paths
     if request.confine:
         from squeezer.worker.sandbox.confine import confine
@@ -125,6 +127,8 @@ def run(request_line: str, channel: Channel) -> None:
             "metric": result.metric,
             "compression_rate": result.compression_rate,
             "statistics": result.statistics,
+            "latency": result.latency,
+            "warnings": result.warnings,
             "outputs": sorted(k for k, name in EXPORT_FILENAMES.items() if (workdir / name).is_file()),
         }
     )

@@ -56,6 +56,16 @@ class EpochMessage(Message):
     wall_time_s: OptionalFinite = None
 
 
+class RuntimeLatency(Message):
+    """One runtime's timing of the FP32 and the compressed file (`worker/latency.py`)."""
+
+    fp32_ms: Annotated[Finite, Field(gt=0)]
+    compressed_ms: Annotated[Finite, Field(gt=0)]
+    speedup: Annotated[Finite, Field(gt=0)]
+    batch_size: int = Field(ge=1)
+    runs: int = Field(ge=1)
+
+
 class DoneMessage(Message):
     type: Literal["done"] = "done"
     status: Literal["succeeded", "cancelled"]
@@ -63,6 +73,8 @@ class DoneMessage(Message):
     metric: OptionalFinite = None
     compression_rate: OptionalFinite = None
     statistics: dict[str, Any] = Field(default_factory=dict)
+    latency: dict[Literal["onnxruntime", "openvino"], RuntimeLatency] = Field(default_factory=dict)
+    warnings: list[Annotated[str, Field(max_length=8192)]] = Field(default_factory=list, max_length=32)
     outputs: list[Literal[tuple(EXPORT_FILENAMES)]] = Field(default_factory=list)  # type: ignore[valid-type]
 
 

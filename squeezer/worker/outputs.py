@@ -1,0 +1,79 @@
+"""The files a job leaves in its work folder, under the names `EXPORT_FILENAMES` gives each kind: the
+verified ONNX, the stripped weights, the checkpoint to resume compression elsewhere, the graphs and,
+where OpenVINO is installed on the worker, the OpenVINO IR."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from squeezer.compression.export.openvino_export import openvino_available, write_ir_archive
+from squeezer.db.models import EXPORT_FILENAMES
+from squeezer.errors import ExportError
+
+logger = logging.getLogger(__name__)
+
+
+def plain_state_dict(stripped: nn.Module, keys: set[str]) -> dict[str, torch.Tensor]:
+    """The stripped model's tensors under the original model's keys: a parametrized weight is stored
+    as its effective (fake-quantized, masked) value, so `load_state_dict` on the user's class takes it."""
+    marker = ".parametrizations.weight.original"
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for key, value in stripped.state_dict().items():
+            if key.endswith(marker):
+                key, value = (
+                    key.removesuffix(marker) + ".weight",
+                    stripped.get_submodule(key.removesuffix(marker)).weight,
+                )
+            if key in keys:
+                out[key] = value.detach().cpu().clone()
+    return out
+
+
+def write_outputs(
+    ctrl: Any, model: nn.Module, workdir: Path, model_keys: set[str], warnings: list[str]
+) -> dict[str, str]:
+    """Every output kind -> its path; what could not be written for a reason that does not fail the
+    job (an OpenVINO IR OpenVINO cannot convert) is appended to `warnings`."""
+    from safetensors.torch import save_file
+
+    paths = {
+        "onnx": ctrl.export_model(workdir / EXPORT_FILENAMES["onnx"]),
+        "checkpoint": workdir / EXPORT_FILENAMES["checkpoint"],
+        "stripped": workdir / EXPORT_FILENAMES["stripped"],
+    }
+    torch.save(
+        {"state_dict": model.state_dict(), "compression_state": ctrl.get_compression_state()}, paths["checkpoint"]
+    )
+    # safetensors, not a pickle: whoever downloads the weights can load them without trusting us
+    save_file(plain_state_dict(ctrl.strip(), model_keys), str(paths["stripped"]))
+    for kind in ("original_graph", "compressed_graph"):
+        if (workdir / EXPORT_FILENAMES[kind]).exists():
+            paths[kind] = workdir / EXPORT_FILENAMES[kind]
+    ir = openvino_ir(ctrl, workdir, warnings)
+    if ir is not None:
+        paths["openvino"] = ir
+    return {k: str(v) for k, v in paths.items()}
+
+
+def openvino_ir(ctrl: Any, workdir: Path, warnings: list[str]) -> Path | None:
+    """The OpenVINO IR (converted from the same verified ONNX, checked on OpenVINO's CPU plugin) as one
+    zip of `model.xml` + `model.bin`; None where OpenVINO is not installed or cannot take the model."""
+    if not openvino_available():
+        return None
+    folder = workdir / "openvino_ir"
+    try:
+        xml = ctrl.export_model(folder / "model.xml", save_format="openvino")
+        return write_ir_archive(xml, workdir / EXPORT_FILENAMES["openvino"])
+    except ExportError as exc:  # the ONNX export passed: the job keeps its result, without the IR
+        warnings.append(f"no OpenVINO IR: {exc}")
+        logger.warning("no OpenVINO IR: %s", exc)
+        return None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
