@@ -24,7 +24,7 @@ from squeezer.runtime import RUNTIMES, load_runner, summarize, time_runner
 from squeezer.runtime.latency import Runner
 
 logger = logging.getLogger(__name__)
-BUDGET_S = 3.0  # seconds of timed calls per job, over every runtime and both files
+BUDGET_S = 2.0  # seconds of timed calls per job, over every runtime and both files
 MAX_RUNS = 40  # timed calls per file and runtime; the median of 40 is steady enough for a warning
 
 

@@ -351,11 +351,11 @@ def run_job(
         status = "cancelled"
         metric, rate = (records[-1]["metric"], records[-1]["compression_rate"]) if records else (None, None)
     warnings: list[str] = []
-    artifacts = write_outputs(ctrl, cmodel, workdir, original_keys, warnings)
+    artifacts = write_outputs(ctrl, cmodel, workdir, original_keys, x_val[:8], warnings)
     logger.info("%s: metric %s, compression rate %s; wrote %s", status, metric, rate, ", ".join(sorted(artifacts)))
     latency: dict[str, dict[str, Any]] = {}
     if status == "succeeded":  # a cancelled job was asked to stop, not to be timed
-        latency = _latency(model, artifacts["onnx"], x_val[: min(recipe.batch_size, len(x_val))], workdir, warnings)
+        latency = _latency(model, artifacts["onnx"], x_val[: recipe.batch_size], workdir, warnings)
     return JobResult(
         status,
         uncompressed,

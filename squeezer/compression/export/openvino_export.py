@@ -102,7 +102,7 @@ def export_openvino(
     for target in (xml, weights):
         if target.is_symlink():
             raise ExportError(f"refusing to export to a symbolic link: {target}")
-    ov = import_openvino()  # before the ONNX export: a missing package fails fast
+    import_openvino()  # before the ONNX export: a missing package fails fast
     xml.parent.mkdir(parents=True, exist_ok=True)
     # the intermediate ONNX goes beside the IR: that folder is writable where the system's temp folder
     # may not be (a confined job process), and it is removed with its folder either way
@@ -118,15 +118,23 @@ def export_openvino(
             verify_inputs=verify_inputs,
             rtol=rtol,
         )
-        try:
-            converted = ov.convert_model(str(onnx_path))
-            ov.save_model(converted, str(xml))  # float weights as FP16 (OpenVINO's default); int8 stay int8
-        except Exception as exc:  # OpenVINO's own errors (OpConversionFailure, RuntimeError, ...)
-            raise ExportError(f"OpenVINO {ov.__version__} could not convert the verified ONNX file: {exc}") from exc
-    logger.info("exported OpenVINO IR %s (+ %s) with OpenVINO %s", xml, weights.name, ov.__version__)
+        convert_onnx(onnx_path, xml)
     if verify:
         check_args, check_kwargs = verify_inputs or (example_args, example_kwargs or {})
         verify_openvino(model, xml, _ordered_args(model, check_args, check_kwargs), rtol)
+    return xml
+
+
+def convert_onnx(onnx_path: str | Path, save_path: str | Path) -> Path:
+    """OpenVINO's converter on a QDQ ONNX file, saved as IR at `save_path` (.xml, .bin beside it).
+    Float weights are stored as FP16 (OpenVINO's default), int8 weights stay int8. Returns the .xml path."""
+    xml, weights = ir_paths(save_path)
+    ov = import_openvino()
+    try:
+        ov.save_model(ov.convert_model(str(onnx_path)), str(xml))
+    except Exception as exc:  # OpenVINO's own errors (OpConversionFailure, RuntimeError, ...)
+        raise ExportError(f"OpenVINO {ov.__version__} could not convert {onnx_path}: {exc}") from exc
+    logger.info("exported OpenVINO IR %s (+ %s) with OpenVINO %s", xml, weights.name, ov.__version__)
     return xml
 
 
