@@ -152,6 +152,7 @@ PATTERNS: dict[str, Pattern] = {
     ),
     "gelu": ("GELU alone, 128x3072", lambda: nn.GELU(), (128, 3072)),
     "layernorm": ("Linear 768->768 + residual + LayerNorm, 128 tokens", lambda: LayerNormAfterLinear(768), (128, 768)),
+    "layernorm_alone": ("LayerNorm alone, 128x768", lambda: nn.LayerNorm(768), (128, 768)),
     "attention": ("self-attention 12 heads, 768 wide, 128 tokens (softmax)", lambda: Attention(768, 12), (128, 768)),
 }
 
@@ -282,6 +283,26 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"{name:15} {q['squeezer']:>4}/{q['qdq_all']:<4} | {cells[0]} | {cells[1]}")
 
 
+def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per pattern: FP32 ms, speedups (median-of-rounds and fastest-call), verdict per runtime."""
+    rows = []
+    for name, r in results.items():
+        if "error" in r:
+            rows.append({"pattern": name, "error": r["error"]})
+            continue
+        row: dict[str, Any] = {"pattern": name, "what": r["pattern"]}
+        for runtime, short in zip(RUNTIMES, ("ort", "ov"), strict=True):
+            t = r["latency"][runtime]
+            row[f"{short}_fp32_ms"] = t["ms"]["fp32"]
+            for k in ("squeezer", "qdq_all"):
+                row[f"{short}_{k}_x"] = t["speedup"][k]
+                row[f"{short}_{k}_x_best"] = t["speedup_best"][k]
+            row[f"{short}_verdict"] = t["verdict"]  # the better INT8 file: does INT8 here pay at all
+            row[f"{short}_squeezer_verdict"] = verdict(t["speedup"]["squeezer"], t["speedup_best"]["squeezer"])
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patterns", default=",".join(PATTERNS), help="comma-separated pattern names")
@@ -290,7 +311,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=0.4, help="timing per variant per round")
     parser.add_argument("--out", type=Path, default=RESULTS / "patterns.json")
+    parser.add_argument("--table-only", action="store_true", help="print and re-summarize --out, measure nothing")
     args = parser.parse_args()
+    if args.table_only:
+        saved = json.loads(args.out.read_text())
+        meta = {k: v for k, v in saved.items() if k not in ("summary", "patterns")}
+        rows = summary(saved["patterns"])
+        args.out.write_text(json.dumps({**meta, "summary": rows, "patterns": saved["patterns"]}, indent=1))
+        print_table(saved["patterns"])
+        return
     names = [p.strip() for p in args.patterns.split(",") if p.strip()]
     unknown = [p for p in names if p not in PATTERNS]
     if unknown:
@@ -308,7 +337,7 @@ def main() -> None:
         results[name] = done[name]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"machine": machine(), "threads": args.threads, "batch": args.batch, "thresholds": [NOT_PAYS, PAYS]}
-        args.out.write_text(json.dumps({**meta, "patterns": results}, indent=1))
+        args.out.write_text(json.dumps({**meta, "summary": summary(results), "patterns": results}, indent=1))
     print()
     print_table(done)
 
