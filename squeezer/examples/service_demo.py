@@ -115,6 +115,13 @@ def main() -> None:
             f"onnxruntime accuracy {int8:.2f}% (the job measured FP32 at {uncompressed:.2f}%; "
             f"allowed drop {ALLOWED_DROP})"
         )
+        for runtime, t in job.latency.items():  # measured by the worker on this machine's CPU
+            print(
+                f"{runtime}: {t.compressed_ms:.3g} ms per batch of {t.batch_size} against {t.fp32_ms:.3g} ms FP32 "
+                f"({t.speedup:.2f}x)"
+            )
+        for warning in job.warnings:
+            print(f"warning: {warning}")
     finally:
         server.terminate()
         server.wait(timeout=60)
