@@ -9,12 +9,15 @@ and biases as int32; run the file in onnxruntime and compare with the torch mode
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import re
+import sys
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -88,6 +91,8 @@ def _bcast(t: torch.Tensor, axis: int | None, ndim: int) -> torch.Tensor:
 class ActivationQDQ(nn.Module):
     """Exports as QuantizeLinear/DequantizeLinear with uint8 zero point (onnxruntime's fast path)."""
 
+    jitter = 0.0  # relative noise put on the input by `rounding_noise`; 0 in the export
+
     step_t: torch.Tensor
     zp_t: torch.Tensor
 
@@ -107,6 +112,8 @@ class ActivationQDQ(nn.Module):
         self.needs_clamp = grid.qmax - grid.qmin < 255
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.jitter:
+            x = x * (1 + self.jitter * torch.randn_like(x))
         if self.axis is None:
             if self.needs_clamp:
                 x = x.clamp(self.lo, self.hi)
@@ -305,8 +312,33 @@ def export_onnx(
     logger.info("exported %s at ONNX opset %d (%s) (%s)", path, used_opset, reason, counts)
     if verify:
         check_args, check_kwargs = verify_inputs or (example_args, example_kwargs or {})
-        verify_onnx(model, path, _ordered_args(export_model, check_args, check_kwargs), in_names, rtol)
+        ordered = _ordered_args(export_model, check_args, check_kwargs)
+        verify_onnx(model, path, ordered, in_names, rtol, noise=rounding_noise(export_model, ordered))
     return path
+
+
+@contextlib.contextmanager
+def _quiet_failed_attempt() -> Iterator[None]:
+    """Hold back what the exporter prints to stdout and drop it if the attempt raises. torch 2.13's
+    TorchScript exporter always enables its C++ log (it tests the function `_jit_is_onnx_log_enabled`,
+    not its result), so each opset that is too low dumps the whole IR graph before the retry."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 1)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            if not failed:
+                held.seek(0)
+                sys.stdout.write(held.read().decode(errors="replace"))
 
 
 def _export_lowest_opset(
@@ -323,7 +355,7 @@ def _export_lowest_opset(
     reason = "requested" if opset is not None else "the default"
     while True:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_failed_attempt():
                 warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
                 torch.onnx.export(
                     model,
@@ -352,8 +384,61 @@ def _export_lowest_opset(
             reason = f"{op[1] if op else 'an operator'} needs it"
 
 
-def verify_onnx(model: nn.Module, path: Path, args: tuple[Any, ...], input_names: list[str], rtol: float) -> float:
-    """Run the file in onnxruntime and compare with `model` in eval mode; returns the max difference."""
+ROUNDING_JITTER = 1e-5  # relative: float32 accumulation order and int32 bias rounding move values this much
+NOISE_FACTOR = 2.0  # the gate allows twice the change that float rounding alone causes
+
+
+def rounding_noise(export_model: nn.Module, args: tuple[Any, ...], seeds: int = 3) -> list[float]:
+    """Per output, the largest change of the export model's output when every activation quantizer's
+    input moves by float32 rounding noise (ROUNDING_JITTER, relative).
+
+    Two correct INT8 implementations round differently (accumulation order, int32 bias); a value that
+    flips by one quantization step in an early layer can move a deep net's output far: a random-init
+    Wide ResNet-50 differs from itself by 18% between onnxruntime's optimization levels. The export
+    gate widens to NOISE_FACTOR times this measured amount, so it rejects wrong graphs, not rounding.
+    """
+    qdqs = [m for m in export_model.modules() if isinstance(m, ActivationQDQ)]
+    cpu_args = tuple(a.detach().cpu() if isinstance(a, torch.Tensor) else a for a in args)
+    with torch.no_grad():
+        clean = flatten_tensors(export_model(*cpu_args))
+        worst = [0.0] * len(clean)
+        if not qdqs:
+            return worst
+        try:
+            with torch.random.fork_rng(devices=[]):
+                for seed in range(seeds):
+                    torch.manual_seed(seed)
+                    for m in qdqs:
+                        m.jitter = ROUNDING_JITTER
+                    noisy = flatten_tensors(export_model(*cpu_args))
+                    for i, (c, n) in enumerate(zip(clean, noisy, strict=True)):
+                        if c.numel() and c.is_floating_point():
+                            worst[i] = max(worst[i], float((c - n).abs().max()))
+        finally:
+            for m in qdqs:
+                m.jitter = 0.0
+    return worst
+
+
+def parity_bound(expected: np.ndarray, rtol: float, noise: float = 0.0) -> float:
+    """The largest difference the export gate allows on one output: `rtol` of its magnitude (one
+    quantization step may move on float rounding), or NOISE_FACTOR times the model's measured
+    rounding noise when that is larger."""
+    if not expected.size:
+        return 0.0
+    return max(rtol * float(np.max(np.abs(expected))) + 1e-4, NOISE_FACTOR * noise)
+
+
+def verify_onnx(
+    model: nn.Module,
+    path: Path,
+    args: tuple[Any, ...],
+    input_names: list[str],
+    rtol: float,
+    noise: Sequence[float] | None = None,
+) -> float:
+    """Run the file in onnxruntime and compare with `model` in eval mode; returns the max difference.
+    `noise` (per output, from `rounding_noise`) widens the bound for models that rounding moves far."""
     import onnxruntime as ort
 
     reference = copy.deepcopy(model).cpu().eval()
@@ -366,14 +451,24 @@ def verify_onnx(model: nn.Module, path: Path, args: tuple[Any, ...], input_names
     worst = 0.0
     for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
         diff = float(np.max(np.abs(e - a))) if e.size else 0.0
-        bound = rtol * float(np.max(np.abs(e))) + 1e-4 if e.size else 0.0
+        magnitude = float(np.max(np.abs(e))) if e.size else 0.0
+        out_noise = noise[i] if noise is not None and i < len(noise) else 0.0
+        bound = parity_bound(e, rtol, out_noise)
         worst = max(worst, diff)
+        noise_note = f"; float rounding alone moves it by {out_noise:.6g}" if out_noise else ""
         if diff > bound or e.shape != a.shape:
             raise ExportError(
                 f"onnxruntime output {i} differs from the torch model: largest difference {diff:.6g} "
-                f"(allowed {bound:.6g}; output magnitude {float(np.max(np.abs(e))):.6g}); file: {path}"
+                f"(allowed {bound:.6g}; output magnitude {magnitude:.6g}{noise_note}); file: {path}"
                 + _full_range_hint(model)
             )
+        if e.size and bound > rtol * magnitude + 1e-4:
+            logger.warning(
+                "output %d of %s: float rounding alone moves this INT8 model's output by %.3g (%.1f%% of its "
+                "magnitude %.3g; typical of deep nets with random or untrained weights), so the parity check "
+                "allows %.3g; onnxruntime differs by %.3g",
+                i, path, out_noise, 100 * out_noise / max(magnitude, 1e-12), magnitude, bound, diff,
+            )  # fmt: skip
     return worst
 
 
