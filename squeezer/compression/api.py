@@ -20,6 +20,7 @@ from squeezer.compression.config.models import InputInfo
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
 from squeezer.compression.graph.dot import write_dot
+from squeezer.compression.graph.lift import export_and_lift
 from squeezer.compression.graph.trace import name_nodes, trace
 from squeezer.compression.init_args import QuantizationRangeInitArgs, first_batch
 from squeezer.errors import CompressionError, ConfigError, StateError
@@ -106,8 +107,15 @@ def _trace(
     else:
         try:
             gm = trace(model, _unused_options(model, example))
-        except Exception as exc:  # any tracing failure means "use the weights-only fallback"
-            return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+        except Exception as fx_exc:  # fx cannot follow data-dependent Python: capture with torch.export
+            fx_error = f"{type(fx_exc).__name__}: {fx_exc}".splitlines()[0]
+            try:
+                gm = export_and_lift(model, *example)
+            except Exception as exc:  # neither works: the weights-only fallback
+                return None, f"{fx_error}; torch.export: {type(exc).__name__}: {exc}".splitlines()[0]
+            logger.info(
+                "torch.fx could not trace %s (%s); captured it with torch.export", type(model).__name__, fx_error
+            )
     args, kwargs = example
     placeholders = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
     ordered = list(args) + [kwargs[n] for n in placeholders[len(args) :] if n in kwargs]

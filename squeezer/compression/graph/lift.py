@@ -11,6 +11,7 @@ export, so scope names are those of the original model.
 from __future__ import annotations
 
 import importlib
+import inspect
 import operator
 from collections.abc import Callable
 from typing import Any, cast
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.utils._pytree import tree_unflatten
+
+from squeezer.compression.graph.modules import register_module
 
 aten = torch.ops.aten
 
@@ -66,6 +69,22 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
     aten.expand.default: torch.Tensor.expand,
     aten.arange.start: torch.arange,
 }
+
+
+@register_module(ignored_algorithms=["filter_pruning"], target_weight_dim_for_compression=1)
+class Addmm(nn.Module):
+    """`bias + x @ weight` with the weight stored (in, out): Hugging Face's `Conv1D` (every projection
+    of GPT-2) once exported. Lifted as a layer so its weight is quantized and sparsified like a Linear
+    (per output channel, dim 1); pruning leaves it whole, as it does the original `Conv1D`."""
+
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter) -> None:
+        super().__init__()
+        self.weight = weight
+        self.bias = bias
+        self.nf = weight.shape[1]  # Conv1D's name for the output width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x, self.weight)
 
 
 def _inplace(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -130,6 +149,37 @@ def _get_path(root: nn.Module, target: str) -> Any:
         if obj is None:
             return None
     return obj
+
+
+class _RebuildOutputs:
+    """Flat outputs -> the structure export flattened (a tuple, a dict, a Hugging Face `ModelOutput`)."""
+
+    def __init__(self, out_spec: Any) -> None:
+        self.out_spec = out_spec
+
+    def __call__(self, leaves: Any) -> Any:
+        return tree_unflatten(list(leaves), self.out_spec)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _RebuildOutputs:
+        return self  # immutable; copying a TreeSpec's LeafSpecs warns of a deprecation in torch 2.13
+
+
+class _UnflattenOutputs(fx.graph.CodeGen):
+    """Generated code that returns the outputs in their original structure: an output node holding
+    the structure itself would be printed as a plain dict literal, and `out.logits` would fail."""
+
+    def __init__(self, out_spec: Any) -> None:
+        super().__init__()
+        self.rebuild = _RebuildOutputs(out_spec)
+
+    def generate_output(self, output_args: Any, *, descs: Any = None, repr_fn: Any = None) -> str:
+        return f"return _squeezer_rebuild_outputs({(repr_fn or repr)(output_args)})"
+
+    def additional_globals(self) -> list[tuple[str, Any]]:
+        return [("_squeezer_rebuild_outputs", self.rebuild)]
+
+    def process_outputs(self, outputs: Any) -> Any:
+        return self.rebuild(outputs)
 
 
 class _Lifter:
@@ -212,6 +262,12 @@ class _Lifter:
             if b is not None:
                 linear.bias = cast(nn.Parameter, self.tensor(b))
             return self.add_module(self.owner(w), linear), [x]
+        if t is aten.addmm.default and len(args) == 3 and not node.kwargs:  # beta = alpha = 1
+            b, x, w = args
+            weight, bias = self.tensor(w), self.tensor(b)
+            if not isinstance(weight, nn.Parameter) or not isinstance(bias, nn.Parameter) or weight.dim() != 2:
+                return None
+            return self.add_module(self.owner(w), Addmm(weight, bias)), [x]
         if t is aten.batch_norm.default:
             x, w, b, mean, var, _training, momentum, eps = args[:8]
             running_mean = self.tensor(mean)
@@ -267,9 +323,10 @@ class _Lifter:
             elif node.op == "output":
                 # rebuild the output structure export flattened, so a plain forward returns it
                 leaves = list(self.arg(node.args[0]))
-                out_spec = getattr(self.old.graph._codegen, "pytree_info", None)
-                structure = tree_unflatten(leaves, out_spec.out_spec) if out_spec and out_spec.out_spec else leaves
-                self.graph.output(structure)
+                info = getattr(self.old.graph._codegen, "pytree_info", None)
+                self.graph.output(leaves)
+                if info is not None and info.out_spec is not None:
+                    self.graph._codegen = _UnflattenOutputs(info.out_spec)
                 continue
             elif node in lifted:
                 path, inputs = lifted[node]
@@ -328,3 +385,34 @@ def lift_exported_program(program: torch.export.ExportedProgram) -> fx.GraphModu
 
     It starts in eval mode. Inputs are the program's flattened positional/keyword tensors."""
     return _Lifter(program.module()).lift().eval()
+
+
+def export_and_lift(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.GraphModule:
+    """`model` captured by `torch.export` and lifted: the graph for models that `torch.fx` cannot trace
+    (Hugging Face transformers branch on tensor shapes and use `ModelOutput`s).
+
+    The batch dimension of every tensor input stays dynamic (exported at batch 2: export specializes
+    a size-1 dimension), so the result trains on any batch size. Captured in eval mode: code that
+    branches on `self.training` (Hugging Face passes `dropout_p=0.1 if self.training else 0.0` to
+    SDPA) is baked in as captured, so a train-mode capture would drop out at inference too; the price
+    is that such dropout is not applied while fine-tuning. The lifted model returns what `model`
+    returns (e.g. a `ModelOutput`)."""
+    signature = inspect.signature(model.forward)
+    bound = signature.bind(*args, **kwargs).arguments
+
+    def batch_of_two(value: Any) -> Any:
+        return torch.cat([value, value]) if isinstance(value, torch.Tensor) and value.dim() else value
+
+    double_args = tuple(batch_of_two(a) for a in args)
+    double_kwargs = {k: batch_of_two(v) for k, v in kwargs.items()}
+    dynamic = {
+        name: {0: torch.export.Dim.AUTO} if isinstance(value, torch.Tensor) and value.dim() else None
+        for name, value in bound.items()
+    }
+    was_training = model.training
+    model.eval()
+    try:
+        program = torch.export.export(model, double_args, double_kwargs, dynamic_shapes=dynamic, strict=False)
+    finally:
+        model.train(was_training)
+    return _Lifter(program.module()).lift().train(was_training)

@@ -87,8 +87,8 @@ class ChannelGroup:
 
 
 def is_conv1d(module: nn.Module) -> bool:
-    """Hugging Face's `Conv1D` (GPT-2): a Linear whose weight is stored (in, out)."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+    """Hugging Face's `Conv1D` (GPT-2), or its lifted form `Addmm`: a Linear whose weight is stored (in, out)."""
+    return type(module).__name__ in ("Conv1D", "Addmm") and hasattr(module, "nf") and hasattr(module, "weight")
 
 
 def grouped(module: nn.Module) -> bool:
