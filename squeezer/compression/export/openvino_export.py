@@ -27,7 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from squeezer.compression.export.onnx_export import _full_range_hint, _ordered_args, export_onnx
+from squeezer.compression.export.onnx_export import (
+    _full_range_hint,
+    _ordered_args,
+    build_export_model,
+    export_onnx,
+    parity_bound,
+    rounding_noise,
+)
 from squeezer.compression.init_args import flatten_tensors
 from squeezer.errors import ExportError
 
@@ -121,7 +128,9 @@ def export_openvino(
         convert_onnx(onnx_path, xml)
     if verify:
         check_args, check_kwargs = verify_inputs or (example_args, example_kwargs or {})
-        verify_openvino(model, xml, _ordered_args(model, check_args, check_kwargs), rtol)
+        ordered = _ordered_args(model, check_args, check_kwargs)
+        noise = rounding_noise(build_export_model(model), ordered)
+        verify_openvino(model, xml, ordered, rtol, noise=noise)
     return xml
 
 
@@ -138,8 +147,11 @@ def convert_onnx(onnx_path: str | Path, save_path: str | Path) -> Path:
     return xml
 
 
-def verify_openvino(model: nn.Module, xml_path: Path, args: tuple[Any, ...], rtol: float) -> float:
+def verify_openvino(
+    model: nn.Module, xml_path: Path, args: tuple[Any, ...], rtol: float, noise: Sequence[float] | None = None
+) -> float:
     """Run the IR on OpenVINO's CPU plugin and compare with `model` in eval mode; returns the max difference.
+    The bound is `verify_onnx`'s (`parity_bound`, widened by the model's measured rounding `noise`).
 
     FP32 inference precision, so that a CPU with bf16 instructions checks the file, not bf16 rounding.
     """
@@ -163,7 +175,7 @@ def verify_openvino(model: nn.Module, xml_path: Path, args: tuple[Any, ...], rto
         if not e.size:
             continue
         diff, magnitude = float(np.max(np.abs(e - a))), float(np.max(np.abs(e)))
-        bound = rtol * magnitude + 1e-4  # as verify_onnx: one quantization step may move on float rounding
+        bound = parity_bound(e, rtol, noise[i] if noise is not None and i < len(noise) else 0.0)
         worst = max(worst, diff)
         if diff > bound:
             raise ExportError(
