@@ -5,7 +5,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY squeezer ./squeezer
-RUN pip install .
+# openvino: workers export OpenVINO IR and time the result in OpenVINO as well as onnxruntime
+RUN pip install ".[openvino]"
 
 # the service never runs as root; /data holds the artifact store
 RUN useradd --create-home --uid 10001 squeezer && mkdir -p /data && chown squeezer /data
