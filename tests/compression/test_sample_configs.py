@@ -44,7 +44,7 @@ def _train_functions():
 
 
 def test_every_sample_is_covered():
-    assert len(sample_config_names()) == 16
+    assert len(sample_config_names()) == 17
     with pytest.raises(FileNotFoundError, match="the samples are: const_sparsity"):
         sample_config_path("resnet50_int8")
 

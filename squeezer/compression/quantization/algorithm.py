@@ -179,7 +179,11 @@ def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> Quantizati
         ctx.notes.append("activations not quantized: model not traceable")
     else:
         setup = compute_setup(
-            ctx.traced, cfg, PlacementOptions(ctx.cfg.target_device, ctx.cfg.ignored_scopes, ctx.cfg.target_scopes)
+            ctx.traced,
+            cfg,
+            PlacementOptions(
+                ctx.cfg.target_device, ctx.cfg.ignored_scopes, ctx.cfg.target_scopes, ctx.cfg.target_runtime
+            ),
         )
         if precision is not None:
             apply_manual_precision(setup, precision.bitwidth_per_scope)
