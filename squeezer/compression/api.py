@@ -21,6 +21,7 @@ from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
 from squeezer.compression.graph.dot import write_dot
 from squeezer.compression.graph.lift import export_and_lift
+from squeezer.compression.graph.surgery import evaluating
 from squeezer.compression.graph.trace import name_nodes, trace
 from squeezer.compression.init_args import QuantizationRangeInitArgs, first_batch
 from squeezer.errors import CompressionError, ConfigError, StateError
@@ -119,17 +120,13 @@ def _trace(
     args, kwargs = example
     placeholders = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
     ordered = list(args) + [kwargs[n] for n in placeholders[len(args) :] if n in kwargs]
-    was_training = gm.training
-    gm.eval()
     try:
-        with torch.no_grad():
+        with evaluating(gm), torch.no_grad():
             ShapeProp(gm).propagate(*ordered)
     except Exception as exc:
         raise CompressionError(
             f"the model does not run on the inputs described by input_info: {type(exc).__name__}: {exc}"
         ) from exc
-    finally:
-        gm.train(was_training)
     return gm, None
 
 

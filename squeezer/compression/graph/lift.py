@@ -22,6 +22,7 @@ from torch import fx, nn
 from torch.utils._pytree import tree_unflatten
 
 from squeezer.compression.graph.modules import register_module
+from squeezer.compression.graph.surgery import evaluating
 
 aten = torch.ops.aten
 
@@ -409,10 +410,6 @@ def export_and_lift(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
         name: {0: torch.export.Dim.AUTO} if isinstance(value, torch.Tensor) and value.dim() else None
         for name, value in bound.items()
     }
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         program = torch.export.export(model, double_args, double_kwargs, dynamic_shapes=dynamic, strict=False)
-    finally:
-        model.train(was_training)
-    return _Lifter(program.module()).lift().train(was_training)
+    return _Lifter(program.module()).lift().train(model.training)

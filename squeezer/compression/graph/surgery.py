@@ -7,7 +7,8 @@ property from the original too. So copies get fresh, unparametrized module objec
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import torch
@@ -68,3 +69,16 @@ def fold_parametrizations(root: nn.Module, name: str, fold: Callable[[nn.Module]
             parametrize.register_parametrization(new, tensor_name, p, unsafe=True)
     replace_submodule(root, name, new)
     return new
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode for the block; afterwards every submodule gets back its own mode (a user's
+    frozen BatchNorm inside a training model stays frozen, which `model.train(was_training)` undoes)."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from squeezer.compression.config.models import RangeInit
+from squeezer.compression.graph.surgery import evaluating
 from squeezer.compression.init_args import InitLoaderProtocol, iterate_batches
 from squeezer.compression.quantization.quantizer import FakeQuantizer, _Collector
 
@@ -127,23 +128,18 @@ def init_ranges(
     collectors = {qid: StatCollector(_reduce_axis(q)) for qid, q in activation_quantizers.items()}
     all_q = {qid: q for qid, q in activation_quantizers.items()}
     weight_q = {qid: q for qid, (q, _) in weight_quantizers.items()}
-    was_training = model.training
-    model.eval()
-    try:
-        with collecting({**all_q, **weight_q}), torch.no_grad():
-            for args, kwargs in iterate_batches(loader, n_samples, device):
-                model(*args, **kwargs)
-                for qid, q in all_q.items():
-                    assert q.collector is not None
-                    keep = config_for[qid].type in ("percentile", "mean_percentile", "threesigma")
-                    for t in q.collector.batches:
-                        collectors[qid].update(t, keep)
-                    q.collector.batches.clear()
-                for q in weight_q.values():
-                    assert q.collector is not None
-                    q.collector.batches.clear()
-    finally:
-        model.train(was_training)
+    with evaluating(model), collecting({**all_q, **weight_q}), torch.no_grad():
+        for args, kwargs in iterate_batches(loader, n_samples, device):
+            model(*args, **kwargs)
+            for qid, q in all_q.items():
+                assert q.collector is not None
+                keep = config_for[qid].type in ("percentile", "mean_percentile", "threesigma")
+                for t in q.collector.batches:
+                    collectors[qid].update(t, keep)
+                q.collector.batches.clear()
+            for q in weight_q.values():
+                assert q.collector is not None
+                q.collector.batches.clear()
     for qid, q in activation_quantizers.items():
         stats = collectors[qid]
         if not stats.mins:
