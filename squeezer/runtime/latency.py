@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from squeezer.errors import SqueezerError
+from squeezer.runtime.openvino import import_openvino_quietly
 
 Runtime = Literal["onnxruntime", "openvino"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
@@ -86,9 +87,9 @@ def _onnxruntime_runner(path: Path, threads: int | None) -> Runner:
 
 def _openvino_runner(path: Path, threads: int | None) -> Runner:
     try:
-        import openvino as ov
+        ov = import_openvino_quietly()
     except ImportError as exc:
-        raise RuntimeUnavailableError("openvino is not installed: pip install openvino") from exc
+        raise RuntimeUnavailableError("openvino is not installed: pip install squeezer[openvino]") from exc
     # f32 for what stays FP32: on CPUs with bf16 instructions OpenVINO may otherwise pick bf16, and the
     # FP32 baseline would no longer be FP32
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}

@@ -37,6 +37,7 @@ from squeezer.compression.export.onnx_export import (
 )
 from squeezer.compression.init_args import flatten_tensors
 from squeezer.errors import ExportError
+from squeezer.runtime.openvino import import_openvino_quietly
 
 logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install squeezer[openvino]"
@@ -53,27 +54,15 @@ def openvino_available() -> bool:
 
 
 def import_openvino() -> ModuleType:
-    """`import openvino`, without its telemetry.
-
-    Importing `openvino` also imports its converter, which (through the `openvino-telemetry` package
-    it depends on) writes a client id under ~/intel and sends usage events over the network unless
-    the user opted out. A library must do neither, so while openvino is first imported its telemetry
-    module reads as absent, and the converter takes the no-op stub OpenVINO ships for that case.
-    """
-    # imported already (by the user, or by us): taken as it is
-    blocked = "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules
-    if blocked:
-        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # makes its import raise ImportError
+    """`import openvino` without its telemetry (`squeezer.runtime.openvino`); a missing package is an
+    ExportError that says how to install it."""
     try:
-        return importlib.import_module("openvino")
+        return import_openvino_quietly()
     except ImportError as exc:
         raise OpenVINOUnavailableError(
             f"the openvino package is needed for OpenVINO IR and OpenVINO runs, and it cannot be imported ({exc}); "
             f"install it with: {INSTALL_HINT}"
         ) from exc
-    finally:
-        if blocked:
-            sys.modules.pop("openvino_telemetry", None)
 
 
 def ir_paths(save_path: str | Path) -> tuple[Path, Path]:
