@@ -207,8 +207,8 @@ def build_export_model(model: nn.Module) -> nn.Module:
                 continue
             conv = modules[str(src.target)]
             bn = modules[str(node.target)]
-            # exact classes: a subclass (timm's BatchNormAct2d) may do more than normalize
-            if type(conv) not in _CONVS or type(bn) not in _BNS or not bn.track_running_stats or conv in folded:
+            # the exact BatchNorm classes: a subclass (timm's BatchNormAct2d) may do more than normalize
+            if not isinstance(conv, _CONVS) or type(bn) not in _BNS or not bn.track_running_stats or conv in folded:
                 continue
             folded[conv] = bn
             node.replace_all_uses_with(src)
