@@ -230,8 +230,9 @@ def _upstream(
 # placement quantizes where the next layer reads, so a conv followed by SiLU / Hardswish / Sigmoid
 # runs in FP32 on dequantized inputs. Measured (bench/bench_patterns.py, bench/bench_runtime.py; the
 # README has the tables): conv + SiLU alone 0.79x of FP32 as placed, 1.22x with the conv's output
-# quantized; EfficientNet-B0 at 224x224 0.50x -> 0.80x, MobileNetV3-small 0.52x -> 0.93x. The same
-# holds for convs feeding a concat (DenseNet, GoogLeNet, ShuffleNet): concat alone 0.69x -> 2.70x. OpenVINO
+# quantized; EfficientNet-B0 at 224x224 0.50x -> 0.80x, MobileNetV3-small 0.52x -> 0.93x. (Convs that
+# feed a concat lose the same way, concat alone 0.69x vs 2.70x; quantizing concat inputs made
+# GoogLeNet's export compute something else in onnxruntime, so it is not done yet.) OpenVINO
 # does the opposite (1.41x -> 1.08x on EfficientNet-B0), so this applies for "target_runtime":
 # "onnxruntime" only. Leaving depthwise convs or squeeze-excitation gates in FP32, which their
 # patterns alone suggest (0.48x / 0.51x in INT8), made whole networks slower in both runtimes
@@ -403,8 +404,6 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
         ports = activation_ports(node, modules)
         if not ports and for_onnxruntime and needs_output_quantizer(node, modules):
             ports = [0]
-        if for_onnxruntime and node.op == "call_function" and node.target in (torch.cat, torch.concat):
-            add_input(node, node)  # the branches' outputs, one shared scale: their convs run in INT8
         if not ports or not considered(node, cfg.activations):
             continue
         tensor_args = [node.args[i] for i in ports if i < len(node.args)]

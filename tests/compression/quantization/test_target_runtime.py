@@ -62,35 +62,3 @@ def test_other_devices_keep_nncf_placement(device):
     ctrl_plain, _ = compress(target_device=device)
     ctrl_ort, _ = compress(target_device=device, target_runtime="onnxruntime")
     assert quantized_outputs(ctrl_plain) == quantized_outputs(ctrl_ort)
-
-
-class DenseBlock(nn.Module):
-    """DenseNet's shape of things: conv branches concatenated, then BN-ReLU (not quantized) and a conv."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(3, 8, 3, padding=1)
-        self.b = nn.Conv2d(3, 8, 1)
-        self.norm = nn.Sequential(nn.BatchNorm2d(16), nn.ReLU())
-        self.out = nn.Conv2d(16, 4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(torch.cat([self.a(x), self.b(x)], 1))).mean((2, 3))
-
-
-def test_onnxruntime_target_quantizes_concat_inputs_with_one_scale(tmp_path):
-    config = {"input_info": {"sample_size": [1, 3, 8, 8]}, "compression": {"algorithm": "quantization"}}
-    data = [(torch.randn(8, 3, 8, 8), torch.zeros(8, dtype=torch.long))]
-    ctrls = []
-    for extra in ({}, {"target_runtime": "onnxruntime"}):
-        torch.manual_seed(0)
-        nncf_config = NNCFConfig.from_dict({**config, **extra})
-        register_default_init_args(nncf_config, data, criterion=nn.CrossEntropyLoss())
-        ctrls.append(create_compressed_model(DenseBlock(), nncf_config, dump_graphs=False)[0])
-    plain, ort = ctrls
-    shared = [a for a in ort.setup.activations if len(a.producers) == 2]
-    assert len(shared) == 1 and sorted(p.split("/")[-1] for p in shared[0].producers) == ["conv2d_0", "conv2d_0"]
-    assert not any(len(a.producers) == 2 for a in plain.setup.activations)
-    fused_plain = optimized_ops(plain.export_model(tmp_path / "plain.onnx"), tmp_path)
-    fused_ort = optimized_ops(ort.export_model(tmp_path / "ort.onnx"), tmp_path)
-    assert fused_ort["QLinearConv"] == fused_plain["QLinearConv"] + 2  # both branch convs
