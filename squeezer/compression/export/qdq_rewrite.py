@@ -101,7 +101,12 @@ def quantize_biases(model: onnx.ModelProto) -> int:
             continue
         bias = consts[node.input[2]].astype(np.float64)
         scale = (float(sx.reshape(())) * sw.reshape(-1)) * np.ones_like(bias)
-        q = np.clip(np.rint(bias / scale), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+        ratio = np.rint(bias / scale)
+        if not np.all(np.abs(ratio) <= np.iinfo(np.int32).max):
+            # a tiny input scale (activations of ~1e-9) puts the bias outside int32: saturated, the layer
+            # would compute something else (random GoogLeNet's classifier did); its bias stays float
+            continue
+        q = ratio.astype(np.int32)
         base = node.input[2]
         graph.initializer.extend(
             [
