@@ -231,8 +231,7 @@ def _upstream(
 # runs in FP32 on dequantized inputs. Measured (bench/bench_patterns.py, bench/bench_runtime.py; the
 # README has the tables): conv + SiLU alone 0.79x of FP32 as placed, 1.22x with the conv's output
 # quantized; EfficientNet-B0 at 224x224 0.44x -> 0.73x, MobileNetV3-small 0.33x -> 0.64x. (Convs that
-# feed a concat lose the same way, concat alone 0.69x vs 2.70x; quantizing concat inputs is not done
-# yet: a first try failed on GoogLeNet through a saturated int32 bias, since fixed in the export.) OpenVINO
+# feed a concat lose the same way (concat alone 0.69x vs 2.70x), so concat inputs are quantized too.) OpenVINO
 # does the opposite (1.65x -> 1.07x on EfficientNet-B0), so this applies for "target_runtime":
 # "onnxruntime" only. Leaving depthwise convs or squeeze-excitation gates in FP32, which their
 # patterns alone suggest (0.48x / 0.51x in INT8), made whole networks slower in both runtimes
@@ -404,6 +403,11 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
         ports = activation_ports(node, modules)
         if not ports and for_onnxruntime and needs_output_quantizer(node, modules):
             ports = [0]
+        if for_onnxruntime and node.op == "call_function" and node.target in (torch.cat, torch.concat):
+            branches = node.args[0] if isinstance(node.args[0], (list, tuple)) else []
+            for branch in branches:  # each branch's output quantized: the convs that end them run in INT8
+                if isinstance(branch, fx.Node) and _is_tensor(branch) and considered(node, cfg.activations):
+                    add_input(branch, node)
         if not ports or not considered(node, cfg.activations):
             continue
         tensor_args = [node.args[i] for i in ports if i < len(node.args)]

@@ -62,3 +62,59 @@ def test_other_devices_keep_nncf_placement(device):
     ctrl_plain, _ = compress(target_device=device)
     ctrl_ort, _ = compress(target_device=device, target_runtime="onnxruntime")
     assert quantized_outputs(ctrl_plain) == quantized_outputs(ctrl_ort)
+
+
+class DenseBlock(nn.Module):
+    """DenseNet's shape of things: conv branches concatenated, then BN-ReLU (not quantized) and a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 1)
+        self.norm = nn.Sequential(nn.BatchNorm2d(16), nn.ReLU())
+        self.out = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(torch.cat([self.a(x), self.b(x)], 1))).mean((2, 3))
+
+
+def test_onnxruntime_target_quantizes_concat_inputs(tmp_path):
+    config = {"input_info": {"sample_size": [1, 3, 8, 8]}, "compression": {"algorithm": "quantization"}}
+    data = [(torch.randn(8, 3, 8, 8), torch.zeros(8, dtype=torch.long))]
+    ctrls = []
+    for extra in ({}, {"target_runtime": "onnxruntime"}):
+        torch.manual_seed(0)
+        nncf_config = NNCFConfig.from_dict({**config, **extra})
+        register_default_init_args(nncf_config, data, criterion=nn.CrossEntropyLoss())
+        ctrls.append(create_compressed_model(DenseBlock(), nncf_config, dump_graphs=False)[0])
+    plain, ort = ctrls
+    added = quantized_outputs(ort) - quantized_outputs(plain)
+    assert sorted(a.split("/")[-2] for a in added) == ["Conv2d[a]", "Conv2d[b]"]
+    fused_plain = optimized_ops(plain.export_model(tmp_path / "plain.onnx"), tmp_path)
+    fused_ort = optimized_ops(ort.export_model(tmp_path / "ort.onnx"), tmp_path)
+    assert fused_ort["QLinearConv"] == fused_plain["QLinearConv"] + 2  # both branch convs
+
+
+@pytest.mark.slow
+def test_onnxruntime_target_on_densenet_and_googlenet(tmp_path):
+    """DenseNet reuses every feature map in several concats; GoogLeNet has branches behind pooling and
+    a classifier whose tiny inputs put its bias outside int32. Both place, train, export and verify."""
+    from squeezer.examples.zoo import ZOO, build
+
+    for name in ("densenet121", "googlenet"):
+        spec = ZOO[name]
+        config = NNCFConfig.from_dict(
+            {
+                "input_info": {"sample_size": [1, *spec.input_shape[1:]]},
+                "target_runtime": "onnxruntime",
+                "compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 4}}},
+            }
+        )
+        data = [(spec.example_input(4), torch.zeros(4, dtype=torch.long))]
+        register_default_init_args(config, data, criterion=nn.CrossEntropyLoss())
+        ctrl, compressed = create_compressed_model(build(name), config, dump_graphs=False)
+        compressed.train()
+        compressed(spec.example_input(2)).sum().backward()
+        compressed.eval()
+        path = ctrl.export_model(tmp_path / f"{name}.onnx")  # verified against torch in onnxruntime
+        assert optimized_ops(path, tmp_path)["Conv"] == 0, name  # every conv runs as QLinearConv
