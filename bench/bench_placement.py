@@ -86,6 +86,9 @@ def main() -> None:
         cells = [f"{r[rt]['speedup'][v]:.2f}x" for rt in RUNTIMES for v in CONFIGS]
         print(f"| {r['model']} | " + " | ".join(cells) + " |")
     out = RESULTS / "placement.json"
+    fresh = {(r["model"], r["batch"]) for r in rows}
+    previous = json.loads(out.read_text())["rows"] if out.exists() else []
+    rows = [r for r in previous if (r["model"], r["batch"]) not in fresh] + rows  # a subset run merges
     out.write_text(json.dumps({"machine": machine(), "threads": args.threads, "rows": rows}, indent=1))
     print(f"wrote {out}")
 
