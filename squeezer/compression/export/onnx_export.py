@@ -31,7 +31,12 @@ from torch.nn.utils import parametrize
 
 from squeezer.compression.export.qdq_rewrite import rewrite
 from squeezer.compression.graph.modules import registration
-from squeezer.compression.graph.surgery import replace_submodule, unparametrized_copy, weight_parametrizations
+from squeezer.compression.graph.surgery import (
+    original_class,
+    replace_submodule,
+    unparametrized_copy,
+    weight_parametrizations,
+)
 from squeezer.compression.init_args import flatten_tensors
 from squeezer.compression.quantization.placement import ACTIVATIONS_ATTR
 from squeezer.compression.quantization.quantizer import FakeQuantizer
@@ -192,17 +197,11 @@ def _to_export_weight(module: nn.Module, bn: nn.Module | None) -> nn.Module:
     return module
 
 
-def _plain_type(module: nn.Module) -> type:
-    """The module's own class, under the subclass torch.nn.utils.parametrize makes (a pruning mask)."""
-    cls = type(module)
-    return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
-
-
 def _norm_act_tail(bn: nn.Module) -> nn.Module | None:
     """What is left of timm's BatchNormAct2d (BatchNorm, then `drop`, then `act`) once its BatchNorm is
     folded into the conv before it; None for any other module. Unfolded, it keeps onnxruntime from
     fusing that conv (EfficientNet-Lite0 ran at 0.30x of FP32 speed in INT8)."""
-    cls = _plain_type(bn)
+    cls = original_class(bn)
     if cls.__name__ != "BatchNormAct2d" or not cls.__module__.startswith("timm."):
         return None
     return nn.Sequential(cast(nn.Module, bn.drop), cast(nn.Module, bn.act))
@@ -225,7 +224,7 @@ def build_export_model(model: nn.Module) -> nn.Module:
             bn = modules[str(node.target)]
             tail = _norm_act_tail(bn)
             # the exact BatchNorm classes, or a known norm + activation: a subclass may do more
-            if not isinstance(conv, _CONVS) or (_plain_type(bn) not in _BNS and tail is None):
+            if not isinstance(conv, _CONVS) or (original_class(bn) not in _BNS and tail is None):
                 continue
             if not bn.track_running_stats or conv in folded:
                 continue

@@ -16,11 +16,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 
+def original_class(module: nn.Module) -> type[nn.Module]:
+    """The module's own class, under the subclass torch.nn.utils.parametrize makes for it."""
+    cls = type(module)
+    return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
+
+
 def unparametrized_copy(module: nn.Module) -> nn.Module:
     """A shallow copy of `module` of its original class, without parametrizations or `weight`."""
-    cls = type(module)
-    if parametrize.is_parametrized(module):
-        cls = cls.__bases__[0]
+    cls = original_class(module)
     new = cls.__new__(cls)
     new.__dict__ = {k: (v.copy() if isinstance(v, dict) else v) for k, v in module.__dict__.items()}
     new._modules.pop("parametrizations", None)
