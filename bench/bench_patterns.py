@@ -33,9 +33,10 @@ from typing import Any
 import onnx
 import torch
 import torch.nn.functional as F
-from bench_runtime import RESULTS, input_names, machine, ort_ptq, side_by_side
+from bench_runtime import RESULTS, input_names, machine, side_by_side
 from torch import nn
 
+from squeezer.examples.ptq_check import ort_ptq
 from squeezer.runtime import RUNTIMES, load_runner
 
 PAYS, NOT_PAYS = 1.1, 0.95

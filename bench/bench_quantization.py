@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from squeezer import NNCFConfig, create_compressed_model, export_onnx, register_default_init_args
 from squeezer.examples.digits import accuracy, digits_loaders, train_epoch
 from squeezer.examples.models import ResidualCNN, ResNet50
+from squeezer.examples.ptq_check import ort_ptq
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -76,29 +77,6 @@ def ort_accuracy(path: Path, loader: torch.utils.data.DataLoader) -> float:
     return 100.0 * correct / total
 
 
-def ort_static_yardstick(fp32_path: Path, loader: torch.utils.data.DataLoader, out: Path) -> Path:
-    """onnxruntime's own post-training quantization (QDQ, per-channel int8 weights) of the FP32 file."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"input.0": x.numpy()} for x, _ in list(loader)[:4]])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.batches, None)
-
-    quantize_static(
-        str(fp32_path),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        activation_type=QuantType.QUInt8,
-    )
-    return out
-
-
 def bench_cpu(args: argparse.Namespace) -> dict[str, object]:
     torch.manual_seed(0)
     train, val = digits_loaders(image_size=32, batch_size=64)
@@ -142,7 +120,7 @@ def bench_cpu(args: argparse.Namespace) -> dict[str, object]:
         tmpdir = Path(tmp)
         int8_path = ctrl.export_model(tmpdir / "int8.onnx")
         fp32_path = export_onnx(fp32, tmpdir / "fp32.onnx", (x[:1],), verify_inputs=((x,), {}))
-        yard_path = ort_static_yardstick(fp32_path, train, tmpdir / "ort_static.onnx")
+        yard_path = ort_ptq(fp32_path, [x for x, _ in list(train)[:4]], tmpdir / "ort_static.onnx")
         sizes = {
             k: os.path.getsize(p) for k, p in (("fp32", fp32_path), ("int8", int8_path), ("ort_static", yard_path))
         }

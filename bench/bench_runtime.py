@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from squeezer.errors import ExportError
+from squeezer.examples.ptq_check import ort_ptq
 from squeezer.examples.zoo import VOCAB, ZOO, _Logits, build, prepare_torchvision
 from squeezer.runtime import RUNTIMES, Runner, load_runner, time_runner
 
@@ -120,40 +121,6 @@ def squeezer_int8(model: nn.Module, name: str, calibration: list[torch.Tensor], 
     except ExportError as exc:  # the export's parity gate; the benchmark reports parity itself
         notes.append(f"export verification failed, exported unverified: {str(exc).strip()[:200]}")
         return ctrl.export_model(out, verify=False)
-
-
-def ort_ptq(fp32_path: Path, calibration: list[torch.Tensor], out: Path, op_types: list[str] | None = None) -> Path:
-    """onnxruntime's post-training quantization of `fp32_path`; `op_types`: the ops to put QDQ around
-    (None: onnxruntime's default list)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    name = input_names(fp32_path)[0]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{name: x.numpy()} for x in calibration])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.batches, None)
-
-    quantize_static(
-        str(fp32_path),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        activation_type=QuantType.QUInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        op_types_to_quantize=op_types,
-    )
-    return out
 
 
 def input_names(path: Path) -> list[str]:

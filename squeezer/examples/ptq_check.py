@@ -86,13 +86,32 @@ def _run_onnx(path: Path, batches: list[torch.Tensor]) -> np.ndarray:
     return np.concatenate([session.run(None, {name: x.numpy()})[0] for x in batches])
 
 
-def ort_ptq(fp32_path: Path, calibration: list[torch.Tensor], out: Path, reduce_range: bool = False) -> Path:
-    """onnxruntime's min-max post-training quantization (QDQ, per-channel) of the FP32 file;
-    `reduce_range`: 7-bit weights (onnxruntime's advice for CPUs without VNNI)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def ort_ptq(
+    fp32_path: Path,
+    calibration: list[torch.Tensor],
+    out: Path,
+    reduce_range: bool = False,
+    op_types: list[str] | None = None,
+) -> Path:
+    """onnxruntime's min-max post-training quantization (QDQ, per-channel int8 weights, uint8
+    activations) of the FP32 file, calibrated on `calibration` batches fed to its first input: the
+    yardstick of every benchmark. `reduce_range`: 7-bit weights (onnxruntime's advice for CPUs without
+    VNNI); `op_types`: the ops to put QDQ around (None: onnxruntime's default list)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    name = next(i.name for i in graph.input if i.name not in initializers)
 
     class Reader(CalibrationDataReader):
-        def __init__(self, name: str) -> None:
+        def __init__(self) -> None:
             self.batches = iter([{name: x.numpy()} for x in calibration])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -101,12 +120,14 @@ def ort_ptq(fp32_path: Path, calibration: list[torch.Tensor], out: Path, reduce_
     quantize_static(
         str(fp32_path),
         str(out),
-        Reader("input"),
+        Reader(),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         weight_type=QuantType.QInt8,
         activation_type=QuantType.QUInt8,
+        calibrate_method=CalibrationMethod.MinMax,
         reduce_range=reduce_range,
+        op_types_to_quantize=op_types,
     )
     return out
 
