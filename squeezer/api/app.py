@@ -17,7 +17,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from squeezer.api import docs, errors
 from squeezer.api.queue import JobQueue
-from squeezer.api.routers import artifacts, events, exports, health, jobs
+from squeezer.api.routers import artifacts, events, exports, health, jobs, searches
 from squeezer.db import make_engine, make_session_factory
 from squeezer.jobs.transitions import recover_stale_jobs
 from squeezer.settings import Settings, get_settings
@@ -58,7 +58,7 @@ def _routes(lifespan: Any = None) -> FastAPI:
     )
     docs.install(app)
     errors.install(app)
-    for router in (health.router, artifacts.router, jobs.router, events.router, exports.router):
+    for router in (health.router, artifacts.router, jobs.router, events.router, exports.router, searches.router):
         app.include_router(router)
     return app
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from squeezer.recipe import Recipe
+from squeezer.search import SearchResult, SearchSettings
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -78,6 +79,9 @@ class JobRead(BaseModel):
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+    search_id: str | None = Field(None, description="the search this job is a candidate of")
+    candidate: str | None = Field(None, description="its candidate name in that search")
+    stopped_reason: str | None = Field(None, description="why its search stopped it early")
 
     @property
     def latency(self) -> dict[str, RuntimeLatency]:
@@ -120,3 +124,36 @@ class ExportRead(BaseModel):
     size_bytes: int
     sha256: str
     url: str
+
+
+class SearchCreate(SearchSettings):
+    """A search: the model, data and recipe of a job, and what to search for (`SearchSettings`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    model: str = Field(description="artifact id of a torch.export archive (.pt2)")
+    train_data: str
+    val_data: str
+    recipe: Recipe = Field(default_factory=Recipe)
+    priority: int = Field(0, ge=0, le=9)
+
+
+SearchStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class SearchRead(BaseModel):
+    id: str
+    name: str
+    status: SearchStatus
+    settings: SearchSettings
+    result: SearchResult = Field(description="the candidates as they are now, the Pareto front and the recommendation")
+    created_at: UtcDatetime
+    finished_at: UtcDatetime | None
+
+
+class SearchPage(BaseModel):
+    items: list[SearchRead]
+    total: int
+    offset: int
+    limit: int

@@ -104,11 +104,32 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # a search's candidate: its search, its name there, and why the search stopped it early (if it did)
+    search_id: Mapped[str | None] = mapped_column(ForeignKey("search.id", ondelete="CASCADE"), index=True)
+    candidate: Mapped[str | None] = mapped_column(String(64))
+    stopped_reason: Mapped[str | None] = mapped_column(Text)
 
     metrics: Mapped[list[JobMetric]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="JobMetric.epoch"
     )
     exports: Mapped[list[Export]] = relationship(back_populates="job", cascade="all, delete-orphan")
+
+
+class Search(Base):
+    """A search: its request (`spec`: model, data, recipe, settings) and its candidates, which are jobs.
+    Its state and result are read from the candidate rows, so nothing here can disagree with them."""
+
+    __tablename__ = "search"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_uuid)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("api_key.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # the wall-time budget's end
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    candidates: Mapped[list[Job]] = relationship(order_by="Job.created_at")
 
 
 class JobMetric(Base):

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from squeezer.db import Artifact, Export, Job, JobStatus
 from squeezer.db.models import EXPORT_FILENAMES
-from squeezer.jobs import transitions
+from squeezer.jobs import searches, transitions
 from squeezer.storage import LocalStore
 from squeezer.worker.failures import failure_reason
 from squeezer.worker.recovery import Heartbeat
@@ -56,6 +56,10 @@ def _record_epoch(
                 logger.warning("job %s is no longer this worker's (requeued or deleted); stopping it", job_id)
                 run.interrupt("lost")
                 return
+            try:  # a search's candidate may be stopped here (a cancel, read after the epoch like any other)
+                searches.judge_epoch(session, job_id, r["epoch"])
+            except Exception:  # the search's judgement is advice: the candidate itself goes on
+                logger.exception("job %s: the search could not judge epoch %d", job_id, r["epoch"])
         logger.info("job %s epoch %d: metric %.4f", job_id, r["epoch"], r["metric"])
 
     return record
@@ -183,6 +187,7 @@ def execute_job(
             "val_path": paths["val_data"],
             "recipe": spec["recipe"],
             "workdir": str(workdir),
+            **({"latency_batch_size": spec["latency_batch_size"]} if "latency_batch_size" in spec else {}),
         },
         readable=list(paths.values()),
         workdir=str(workdir),

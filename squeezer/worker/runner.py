@@ -254,8 +254,11 @@ def run_job(
     workdir: str | Path,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    latency_batch_size: int | None = None,
 ) -> JobResult:
-    """Compress the archived model as `config` says, training with `recipe`; files land in `workdir`."""
+    """Compress the archived model as `config` says, training with `recipe`; files land in `workdir`.
+    Latency is measured on a batch of `latency_batch_size` validation samples (default: the recipe's
+    batch size; a search asks for the batch size its user deploys at)."""
     recipe = Recipe.model_validate(recipe)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -355,7 +358,9 @@ def run_job(
     logger.info("%s: metric %s, compression rate %s; wrote %s", status, metric, rate, ", ".join(sorted(artifacts)))
     latency: dict[str, dict[str, Any]] = {}
     if status == "succeeded":  # a cancelled job was asked to stop, not to be timed
-        latency = _latency(model, artifacts["onnx"], x_val[: recipe.batch_size], workdir, warnings)
+        latency = _latency(
+            model, artifacts["onnx"], x_val[: latency_batch_size or recipe.batch_size], workdir, warnings
+        )
     return JobResult(
         status,
         uncompressed,

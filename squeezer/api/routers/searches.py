@@ -1,0 +1,209 @@
+"""Searches: validated at submit (artifacts, data, every candidate's config), then run as candidate jobs.
+
+A search's candidates are jobs like any other (`/v1/jobs/{id}`: progress, events, exports); the search
+adds the request, the early stops and the Pareto front over them (`squeezer.jobs.searches`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep
+from squeezer.api.errors import ApiError
+from squeezer.api.inspection import check_input_info, check_job_data
+from squeezer.api.routers.jobs import ACTIVE, _artifact_of_kind
+from squeezer.api.schemas import SearchCreate, SearchPage, SearchRead
+from squeezer.compression.config.nncf_config import NNCFConfig
+from squeezer.db import ApiKey, ArtifactKind, Job, Search
+from squeezer.errors import ConfigError
+from squeezer.jobs import searches, transitions
+from squeezer.search import DEFAULT_CANDIDATES, SearchSettings, candidate_configs
+from squeezer.search.candidates import UnknownCandidate
+
+router = APIRouter(prefix="/v1/searches", tags=["searches"])
+logger = logging.getLogger(__name__)
+
+
+def _read(session: Session, search: Search) -> SearchRead:
+    return SearchRead(
+        id=search.id,
+        name=search.name,
+        status=searches.status_of(search),  # type: ignore[arg-type]
+        settings=searches.settings_of(search),
+        result=searches.search_result(session, search),
+        created_at=search.created_at,
+        finished_at=searches.finished_at(search),
+    )
+
+
+def _candidate_path(index: int, path: str) -> str:
+    return f"$.candidates[{index}].config{path[1:]}"
+
+
+def _configs(body: SearchCreate, model_meta: dict[str, Any] | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each candidate's NNCF config, validated as a job's would be; a 422 names the candidate's JSON path."""
+    count = len(body.candidates) if body.candidates is not None else len(DEFAULT_CANDIDATES)
+    epochs = body.budget.epochs_per_candidate(count, body.recipe.epochs)
+    try:
+        configs = candidate_configs(body.candidates, None, body.accuracy, epochs, body.recipe.task)
+    except UnknownCandidate as exc:
+        raise ApiError(422, "Unknown candidate", str(exc), path=f"$.candidates[{exc.index}]") from None
+    except ValueError as exc:
+        raise ApiError(422, "Invalid candidates", str(exc), path="$.candidates") from None
+    for index, (name, config) in enumerate(configs.items()):
+        try:
+            model = NNCFConfig.validate(config)
+            check_input_info(model_meta, config, model.input_info)
+        except ConfigError as exc:
+            raise ApiError(
+                422,
+                "Invalid compression config",
+                f"candidate {name!r}: {exc}",
+                path=_candidate_path(index, exc.path),
+                problems=[f"candidate {name!r}: {p}" for p in exc.problems],
+            ) from None
+        except ApiError as exc:
+            path = exc.extra.get("path", "$")
+            exc.extra["path"] = _candidate_path(index, "$" + path.removeprefix("$.config"))
+            exc.detail = f"candidate {name!r}: {exc.detail}"
+            raise
+        yield name, config
+
+
+@router.post("", status_code=201, response_model=SearchRead)
+def create_search(
+    body: SearchCreate, request: Request, key: CurrentKey, session: SessionDep, settings: SettingsDep
+) -> SearchRead:
+    model_artifact = _artifact_of_kind(session, key, body.model, ArtifactKind.model, "model")
+    data = {}
+    for field in ("train_data", "val_data"):
+        artifact = _artifact_of_kind(session, key, getattr(body, field), ArtifactKind.dataset, field)
+        check_job_data(model_artifact.meta, artifact.meta, body.recipe.task, field)
+        data[field] = artifact.id
+    if body.runtime == "openvino" and importlib.util.find_spec("openvino") is None:
+        raise ApiError(
+            422,
+            "Runtime not installed",
+            "runtime 'openvino' is not installed on this service; allowed: 'onnxruntime' "
+            "(or install squeezer[openvino] on the API and the workers)",
+            path="$.runtime",
+        )
+    configs = dict(_configs(body, model_artifact.meta))
+    active = session.scalar(select(func.count()).where(Job.owner_id == key.id, Job.status.in_(ACTIVE))) or 0
+    if active + len(configs) > settings.max_active_jobs_per_key:
+        raise ApiError(
+            429,
+            "Job quota reached",
+            f"this search has {len(configs)} candidates and this key already has {active} queued or running "
+            f"jobs; the limit is {settings.max_active_jobs_per_key}. Wait, cancel jobs, or search fewer candidates.",
+            limit=settings.max_active_jobs_per_key,
+        )
+    now = datetime.now(UTC)
+    deadline = now + timedelta(seconds=body.budget.max_wall_time_s) if body.budget.max_wall_time_s else None
+    search_settings = SearchSettings.model_validate(body.model_dump(include=set(SearchSettings.model_fields)))
+    search = Search(
+        owner_id=key.id,
+        name=body.name,
+        spec={
+            "settings": search_settings.model_dump(mode="json"),
+            "model": model_artifact.id,
+            "recipe": body.recipe.model_dump(),
+            **data,
+        },
+        created_at=now,
+        deadline_at=deadline,
+    )
+    session.add(search)
+    session.flush()
+    jobs = []
+    for name, config in configs.items():
+        aa = config["accuracy_aware_training"]["params"]
+        job = Job(
+            owner_id=key.id,
+            name=f"{body.name}/{name}",
+            priority=body.priority,
+            search_id=search.id,
+            candidate=name,
+            total_epochs=aa.get("maximal_total_epochs"),
+            spec={
+                "model": model_artifact.id,
+                "recipe": body.recipe.model_dump(),
+                "config": config,
+                "latency_batch_size": body.batch_size,
+                **data,
+            },
+            created_at=now,
+        )
+        session.add(job)
+        jobs.append(job)
+    session.commit()
+    for job in jobs:
+        try:
+            request.app.state.queue.enqueue(job.id, job.priority)
+            transitions.mark_enqueued(session, job.id)
+        except Exception:  # stored; the sweep sends it once the broker is back
+            logger.warning("could not enqueue candidate job %s; the sweep will send it", job.id, exc_info=True)
+    session.refresh(search)
+    return _read(session, search)
+
+
+def _owned_search(session: Session, key: ApiKey, search_id: str) -> Search:
+    search = session.get(Search, search_id)
+    if search is None or search.owner_id != key.id:
+        raise ApiError(404, "Not found", f"no search {search_id!r}")
+    return search
+
+
+@router.get("", response_model=SearchPage)
+def list_searches(
+    key: CurrentKey,
+    session: SessionDep,
+    offset: int = Query(0, ge=0, le=2**31 - 1),
+    limit: int = Query(20, ge=1, le=200),
+) -> SearchPage:
+    query = select(Search).where(Search.owner_id == key.id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Search.created_at.desc()).offset(offset).limit(limit)).all()
+    return SearchPage(items=[_read(session, r) for r in rows], total=total, offset=offset, limit=limit)
+
+
+@router.get("/{search_id}", response_model=SearchRead)
+def get_search(search_id: str, key: CurrentKey, session: SessionDep) -> SearchRead:
+    return _read(session, _owned_search(session, key, search_id))
+
+
+@router.post("/{search_id}/cancel", response_model=SearchRead)
+def cancel_search(search_id: str, key: CurrentKey, session: SessionDep) -> SearchRead:
+    """Cancels every candidate not finished; finished ones and their exports stay."""
+    search = _owned_search(session, key, search_id)
+    if searches.status_of(search) not in ("queued", "running"):
+        raise ApiError(409, "Search already finished", f"search {search_id} is {searches.status_of(search)}")
+    searches.cancel_search(session, search)
+    return _read(session, _owned_search(session, key, search_id))
+
+
+@router.delete("/{search_id}", status_code=204)
+def delete_search(search_id: str, key: CurrentKey, session: SessionDep, request: Request) -> Response:
+    """The search and its candidate jobs (rows and exports); 409 while a candidate is running."""
+    search = _owned_search(session, key, search_id)
+    for job in list(search.candidates):
+        if not transitions.settle_for_delete(session, job.id):
+            raise ApiError(409, "Search is running", f"cancel search {search_id} first; a candidate is running")
+    session.expire_all()
+    search = _owned_search(session, key, search_id)
+    job_ids = [job.id for job in search.candidates]
+    for job in list(search.candidates):
+        session.delete(job)
+    session.delete(search)
+    session.commit()
+    for job_id in job_ids:
+        request.app.state.store.delete_tree(f"jobs/{job_id}")
+    return Response(status_code=204)

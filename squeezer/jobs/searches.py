@@ -1,0 +1,178 @@
+"""A search's life in the service: its candidates are ordinary jobs, and everything about the search
+is read from their rows.
+
+So a search needs no scheduler of its own, and nothing can leave it half-updated: the candidates run
+on whichever workers take them (in parallel, with the jobs' confinement, recovery and resume), the
+search's state and Pareto front are computed from the candidate rows when asked for, and the one
+decision a search makes while it runs (stop a candidate early: successive halving, or the wall-time
+budget) is taken by the worker that records the candidate's epoch, as an ordinary cancel with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from squeezer.db import Export, Job, JobMetric, JobStatus, Search
+from squeezer.jobs import transitions
+from squeezer.search import CandidateOutcome, HalvingRule, SearchResult, SearchSettings, pareto_front, recommend
+
+logger = logging.getLogger(__name__)
+ACTIVE = frozenset({JobStatus.queued, JobStatus.running, JobStatus.cancelling})
+DEADLINE_REASON = "the search's wall-time budget was spent"
+
+
+def settings_of(search: Search) -> SearchSettings:
+    return SearchSettings.model_validate(search.spec["settings"])
+
+
+def status_of(search: Search) -> str:
+    """queued / running while a candidate is; then cancelled (by the user), succeeded (a candidate
+    finished) or failed (none did)."""
+    states = {job.status for job in search.candidates}
+    if states & ACTIVE:
+        return "running" if states - {JobStatus.queued} else "queued"
+    if search.cancelled_at is not None:
+        return "cancelled"
+    return "succeeded" if JobStatus.succeeded in states else "failed"
+
+
+def finished_at(search: Search) -> datetime | None:
+    if not search.candidates or any(job.status in ACTIVE for job in search.candidates):
+        return None
+    ends = [job.finished_at for job in search.candidates if job.finished_at is not None]
+    return max(ends) if ends else search.cancelled_at
+
+
+# ------------------------------------------------------------------------------------- the result
+
+
+def _outcome(job: Job, onnx: Export | None, settings: SearchSettings) -> CandidateOutcome:
+    result = job.result or {}
+    timing = (result.get("latency") or {}).get(settings.runtime) or {}
+    fp32 = result.get("uncompressed_metric")
+    metric = result.get("metric", job.current_metric)
+    status: Any = job.status.value
+    if job.status == JobStatus.cancelled and job.stopped_reason:
+        status = "stopped"
+    wall = (job.finished_at - job.started_at).total_seconds() if job.finished_at and job.started_at else None
+    return CandidateOutcome(
+        name=job.candidate or job.name,
+        status=status,
+        job_id=job.id,
+        metric=metric,
+        within_budget=(metric >= settings.accuracy.floor(fp32) - 1e-9)
+        if metric is not None and fp32 is not None
+        else None,
+        latency_ms=timing.get("compressed_ms"),
+        fp32_latency_ms=timing.get("fp32_ms"),
+        size_bytes=onnx.size_bytes if onnx is not None and job.status == JobStatus.succeeded else None,
+        compression_rate=result.get("compression_rate", job.compression_rate),
+        epochs=job.epoch,
+        wall_time_s=wall,
+        stopped_reason=job.stopped_reason,
+        error=job.error,
+    )
+
+
+def search_result(session: Session, search: Search) -> SearchResult:
+    """Every candidate's outcome, the front and the recommendation, from the rows as they are now."""
+    settings = settings_of(search)
+    jobs = list(search.candidates)
+    onnx = {
+        e.job_id: e
+        for e in session.scalars(select(Export).where(Export.job_id.in_([j.id for j in jobs]), Export.kind == "onnx"))
+    }
+    outcomes = [_outcome(job, onnx.get(job.id), settings) for job in jobs]
+    front = pareto_front(outcomes, settings.objective)
+    for outcome in outcomes:
+        outcome.on_front = outcome.name in front
+    fp32s = [(j.result or {}).get("uncompressed_metric") for j in jobs]  # the same for every candidate
+    fp32 = next((m for m in fp32s if m is not None), None)
+    end = finished_at(search) or datetime.now(UTC)
+    return SearchResult(
+        objective=settings.objective,
+        runtime=settings.runtime,
+        batch_size=settings.batch_size,
+        fp32_metric=fp32,
+        metric_floor=settings.accuracy.floor(fp32) if fp32 is not None else None,
+        candidates=outcomes,
+        front=front,
+        recommended=recommend(outcomes, settings.objective),
+        epochs_spent=sum(job.epoch for job in jobs),
+        wall_time_s=(_aware(end) - _aware(search.created_at)).total_seconds(),
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+# ------------------------------------------------------------------------------- while it runs
+
+
+def stop_candidate(session: Session, job_id: str, reason: str) -> bool:
+    """End a candidate early: the reason first, then an ordinary cancel (a queued one at once, a running
+    one after its epoch). False when it had already finished."""
+    session.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(stopped_reason=reason))
+    session.commit()
+    return transitions.cancel(session, job_id) is not None
+
+
+def judge_epoch(session: Session, job_id: str, epoch: int) -> str | None:
+    """After a candidate recorded `epoch`: stop it if the search says so (its wall-time budget is spent,
+    or successive halving ranks it out) and, past the deadline, every sibling still queued. The reason
+    it was stopped, or None (and None for a job that is no candidate)."""
+    job = session.get(Job, job_id)
+    if job is None or job.search_id is None:
+        return None
+    search = session.get(Search, job.search_id)
+    if search is None or search.cancelled_at is not None:
+        return None
+    settings = settings_of(search)
+    if search.deadline_at is not None and datetime.now(UTC) >= _aware(search.deadline_at):
+        for sibling in search.candidates:
+            if sibling.status == JobStatus.queued:
+                stop_candidate(session, sibling.id, DEADLINE_REASON)
+        return DEADLINE_REASON if epoch > 0 and stop_candidate(session, job_id, DEADLINE_REASON) else None
+    if not settings.early_stopping:
+        return None
+    rule = HalvingRule(settings.halving_rate)
+    if not rule.is_rung(epoch):
+        return None
+    rows = session.execute(
+        select(Job.candidate, JobMetric.accuracy_budget)
+        .join(JobMetric, JobMetric.job_id == Job.id)
+        .where(Job.search_id == search.id, JobMetric.epoch == epoch)
+    ).all()
+    margins = {str(name): float(margin) for name, margin in rows}
+    if job.candidate not in margins or not rule.should_stop(job.candidate, epoch, margins):
+        return None
+    rank = sorted(margins.values(), reverse=True).index(margins[job.candidate]) + 1
+    reason = (
+        f"successive halving at epoch {epoch}: {margins[job.candidate]:+.3g} from the accuracy budget, "
+        f"rank {rank} of {len(margins)} candidates there (the best {max(1, len(margins) // rule.rate)} go on)"
+    )
+    if stop_candidate(session, job_id, reason):
+        logger.info("search %s: candidate %s stopped: %s", search.id, job.candidate, reason)
+        return reason
+    return None
+
+
+def cancel_search(session: Session, search: Search) -> None:
+    """The search and every candidate not finished (cancelled as jobs are: queued at once, running after
+    the epoch); finished candidates and their exports stay."""
+    session.execute(
+        update(Search)
+        .where(Search.id == search.id, Search.cancelled_at.is_(None))
+        .values(cancelled_at=datetime.now(UTC))
+    )
+    session.commit()
+    for job in list(search.candidates):
+        if job.status in ACTIVE:
+            transitions.cancel(session, job.id)
+    session.expire_all()

@@ -1,0 +1,62 @@
+"""What a search returns: every candidate's outcome, the Pareto front and the recommended model.
+The same type from the service (assembled from the candidate jobs' rows) and from the library."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from squeezer.search.spec import Objective
+
+CandidateStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled", "stopped"]
+
+
+class CandidateOutcome(BaseModel):
+    name: str
+    status: CandidateStatus = Field(
+        description="`stopped`: ended early by the search (halving or its wall-time budget)"
+    )
+    job_id: str | None = Field(
+        None, description="the candidate's job (service searches); its exports download as a job's"
+    )
+    metric: float | None = Field(None, description="the compressed model's validation metric at the end")
+    within_budget: bool | None = None
+    latency_ms: float | None = Field(None, description="median latency of its exported model on the search's runtime")
+    fp32_latency_ms: float | None = Field(None, description="the original model's, timed alongside it")
+    size_bytes: int | None = Field(None, description="size of its exported ONNX file")
+    compression_rate: float | None = None
+    epochs: int = 0
+    wall_time_s: float | None = None
+    on_front: bool = False
+    stopped_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.latency_ms is None or self.fp32_latency_ms is None:
+            return None
+        return self.fp32_latency_ms / self.latency_ms
+
+
+class SearchResult(BaseModel):
+    objective: Objective
+    runtime: str
+    batch_size: int
+    fp32_metric: float | None = Field(None, description="the original model's metric on the validation data")
+    metric_floor: float | None = Field(None, description="the lowest metric within the accuracy budget")
+    candidates: list[CandidateOutcome]
+    front: list[str] = Field(description="names of the candidates on the Pareto front, best objective first")
+    recommended: str | None = Field(None, description="the best candidate within the budget for the objective")
+    epochs_spent: int = 0
+    wall_time_s: float | None = None
+
+    def candidate(self, name: str) -> CandidateOutcome:
+        for outcome in self.candidates:
+            if outcome.name == name:
+                return outcome
+        raise KeyError(name)
+
+    @property
+    def best(self) -> CandidateOutcome | None:
+        return self.candidate(self.recommended) if self.recommended else None

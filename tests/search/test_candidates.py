@@ -1,0 +1,54 @@
+"""The built-in candidates are valid NNCF configs that say what their names say."""
+
+from __future__ import annotations
+
+import pytest
+
+from squeezer.compression.config.nncf_config import NNCFConfig
+from squeezer.search import BUILTIN_CANDIDATES, DEFAULT_CANDIDATES, AccuracyBudget, CandidateSpec, candidate_configs
+from squeezer.search.candidates import UnknownCandidate
+
+BUDGET = AccuracyBudget(maximal_absolute_accuracy_degradation=1.0)
+
+
+def test_every_builtin_is_a_valid_config_with_the_search_budget():
+    configs = candidate_configs(list(BUILTIN_CANDIDATES), [1, 1, 8, 8], BUDGET, epochs=4)
+    assert len(DEFAULT_CANDIDATES) >= 6 and set(DEFAULT_CANDIDATES) <= set(configs)
+    for name, config in configs.items():
+        model = NNCFConfig.validate(config)
+        aa = config["accuracy_aware_training"]
+        assert aa["mode"] == "early_exit" and aa["params"] == {
+            "maximal_absolute_accuracy_degradation": 1.0,
+            "maximal_total_epochs": 4,
+        }
+        algorithms = [c["algorithm"] for c in (config["compression"])]
+        assert "quantization" in algorithms, name
+        assert ("knowledge_distillation" in algorithms) == name.endswith("_kd")
+        assert ("filter_pruning" in algorithms) == name.startswith("pruning")
+        assert model.input_info is not None
+
+
+def test_user_candidates_get_the_search_budget_unless_they_bring_their_own():
+    own_loop = {"mode": "early_exit", "params": {"maximal_relative_accuracy_degradation": 5, "maximal_total_epochs": 9}}
+    configs = candidate_configs(
+        [
+            "int8",
+            CandidateSpec(name="mine", config={"compression": {"algorithm": "quantization"}}),
+            CandidateSpec(name="own_loop", config={"compression": [], "accuracy_aware_training": own_loop}),
+        ],
+        None,
+        BUDGET,
+        epochs=3,
+    )
+    assert list(configs) == ["int8", "mine", "own_loop"]
+    assert configs["mine"]["accuracy_aware_training"]["params"]["maximal_total_epochs"] == 3
+    assert configs["own_loop"]["accuracy_aware_training"] == own_loop
+    assert "input_info" not in configs["mine"]  # the service's runner takes it from the model
+
+
+def test_unknown_and_repeated_names_are_refused():
+    with pytest.raises(UnknownCandidate, match="int9") as info:
+        candidate_configs(["int8", "int9"], None, BUDGET, 3)
+    assert info.value.index == 1
+    with pytest.raises(ValueError, match="twice"):
+        candidate_configs(["int8", "int8"], None, BUDGET, 3)
