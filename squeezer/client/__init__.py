@@ -1,6 +1,15 @@
 """The Python SDK of the Squeezer service: `Client`, its typed responses and its error classes."""
 
-from squeezer.api.schemas import ArtifactRead, ExportRead, JobPage, JobRead, MetricRead, RuntimeLatency
+from squeezer.api.schemas import (
+    ArtifactRead,
+    ExportRead,
+    JobPage,
+    JobRead,
+    MetricRead,
+    RuntimeLatency,
+    SearchPage,
+    SearchRead,
+)
 from squeezer.client.client import Client, JobEvent, wait_ready
 from squeezer.client.errors import (
     ApiError,
@@ -18,12 +27,14 @@ from squeezer.client.errors import (
     ServerError,
     ServiceUnavailable,
 )
+from squeezer.search import CandidateOutcome, SearchResult
 
 __all__ = [
     "ApiError",
     "ArtifactRead",
     "AuthenticationError",
     "BadRequest",
+    "CandidateOutcome",
     "ChecksumMismatch",
     "Client",
     "ClientError",
@@ -40,6 +51,9 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "RuntimeLatency",
+    "SearchPage",
+    "SearchRead",
+    "SearchResult",
     "ServerError",
     "ServiceUnavailable",
     "wait_ready",

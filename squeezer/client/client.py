@@ -26,12 +26,23 @@ import httpx
 from httpx_sse import EventSource
 
 from squeezer import __version__
-from squeezer.api.schemas import ArtifactRead, ExportRead, JobPage, JobRead, MetricRead, Status
+from squeezer.api.schemas import (
+    ArtifactRead,
+    ExportRead,
+    JobPage,
+    JobRead,
+    MetricRead,
+    SearchPage,
+    SearchRead,
+    Status,
+)
 from squeezer.client import errors
 from squeezer.client.discovery import find_service
 from squeezer.client.packaging import dataset_bytes, export_model
 from squeezer.client.validation import check_config, check_recipe
 from squeezer.recipe import Recipe
+from squeezer.search import AccuracyBudget, CandidateSpec, ComputeBudget, Objective, SearchSettings
+from squeezer.search.spec import Runtime
 from squeezer.settings import Settings
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -40,7 +51,7 @@ RETRY_STATUSES = (429, 502, 503, 504)
 ArtifactKind = Literal["model", "dataset", "config"]
 
 
-def _id(value: str | JobRead | ArtifactRead) -> str:
+def _id(value: str | JobRead | ArtifactRead | SearchRead) -> str:
     return value if isinstance(value, str) else value.id
 
 
@@ -90,6 +101,7 @@ class Client:
         )
         self.artifacts = Artifacts(self)
         self.jobs = Jobs(self)
+        self.searches = Searches(self)
 
     def close(self) -> None:
         self.http.close()
@@ -172,6 +184,65 @@ class Client:
             config=config_json,
             train_data=self._dataset(train_data, "train.npz"),
             val_data=self._dataset(val_data, "val.npz"),
+            recipe=checked_recipe,
+            priority=priority,
+        )
+
+    def search(
+        self,
+        model: Any,
+        example_input: Any,
+        train_data: Any,
+        val_data: Any,
+        recipe: Recipe | dict[str, Any] | None = None,
+        *,
+        budget: float | AccuracyBudget | dict[str, float] = 1.0,
+        objective: Objective = "latency",
+        runtime: Runtime = "onnxruntime",
+        batch_size: int = 1,
+        candidates: builtins.list[str | CandidateSpec | dict[str, Any]] | None = None,
+        max_total_epochs: int | None = None,
+        max_wall_time_s: float | None = None,
+        early_stopping: bool = True,
+        name: str | None = None,
+        priority: int = 0,
+    ) -> SearchRead:
+        """Upload `model` and the data (as `compress` does) and start a search over compression methods.
+
+        `budget`: the accuracy the compressed model may lose, in absolute metric points (a float) or as
+        NNCF's `{"maximal_relative_accuracy_degradation": 1.0}`. `objective`: what the recommended model
+        is best at ("latency", "size" or "both"), measured on `runtime` at `batch_size`. `candidates`:
+        built-in names (`squeezer.search.BUILTIN_CANDIDATES`) and/or `{"name", "config"}` NNCF configs;
+        default: `squeezer.search.DEFAULT_CANDIDATES`. Follow it with `client.searches.wait(search)`.
+        """
+        accuracy = (
+            AccuracyBudget(maximal_absolute_accuracy_degradation=budget)
+            if isinstance(budget, (int, float))
+            else AccuracyBudget.model_validate(budget)
+        )
+        settings = SearchSettings(  # checked here, before any upload
+            accuracy=accuracy,
+            objective=objective,
+            runtime=runtime,
+            batch_size=batch_size,
+            candidates=[
+                c if isinstance(c, (str, CandidateSpec)) else CandidateSpec.model_validate(c) for c in candidates
+            ]
+            if candidates is not None
+            else None,
+            budget=ComputeBudget(max_total_epochs=max_total_epochs, max_wall_time_s=max_wall_time_s),
+            early_stopping=early_stopping,
+        )
+        checked_recipe = check_recipe(recipe)
+        with tempfile.TemporaryDirectory(prefix="squeezer-") as tmp:
+            archive = export_model(model, example_input, Path(tmp) / "model.pt2")
+            model_artifact = self.artifacts.upload(archive, "model")
+        return self.searches.create(
+            name=name or f"{type(model).__name__} search",
+            model=model_artifact,
+            train_data=self._dataset(train_data, "train.npz"),
+            val_data=self._dataset(val_data, "val.npz"),
+            settings=settings,
             recipe=checked_recipe,
             priority=priority,
         )
@@ -327,6 +398,79 @@ class Jobs:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         return target
+
+
+class Searches:
+    """Searches: each candidate is a job (`client.jobs.get(outcome.job_id)`, `client.jobs.download(...)`)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(
+        self,
+        name: str,
+        model: str | ArtifactRead,
+        train_data: str | ArtifactRead,
+        val_data: str | ArtifactRead,
+        settings: SearchSettings,
+        recipe: Recipe | dict[str, Any] | None = None,
+        priority: int = 0,
+    ) -> SearchRead:
+        body = {
+            **settings.model_dump(mode="json", exclude_none=True),
+            "name": name,
+            "model": _id(model),
+            "train_data": _id(train_data),
+            "val_data": _id(val_data),
+            "recipe": check_recipe(recipe).model_dump(),
+            "priority": priority,
+        }
+        return SearchRead.model_validate(self._c.request("POST", "/v1/searches", json=body).json())
+
+    def get(self, search: str | SearchRead) -> SearchRead:
+        return SearchRead.model_validate(self._c.request("GET", f"/v1/searches/{_id(search)}").json())
+
+    def list(self, offset: int = 0, limit: int = 20) -> SearchPage:
+        params = {"offset": offset, "limit": limit}
+        return SearchPage.model_validate(self._c.request("GET", "/v1/searches", params=params).json())
+
+    def cancel(self, search: str | SearchRead) -> SearchRead:
+        return SearchRead.model_validate(self._c.request("POST", f"/v1/searches/{_id(search)}/cancel").json())
+
+    def delete(self, search: str | SearchRead) -> None:
+        self._c.request("DELETE", f"/v1/searches/{_id(search)}")
+
+    def events(self, search: str | SearchRead, read_timeout: float = 60.0) -> Iterator[SearchRead]:
+        """The search each time a candidate changed, until it ends or the connection drops."""
+        timeout = httpx.Timeout(10.0, read=read_timeout)
+        with self._c.stream("GET", f"/v1/searches/{_id(search)}/events", timeout=timeout) as response:
+            for sse in EventSource(response).iter_sse():
+                if sse.event == "search" and sse.data:
+                    yield SearchRead.model_validate(sse.json())
+
+    def wait(
+        self,
+        search: str | SearchRead,
+        timeout: float | None = None,
+        on_change: Callable[[SearchRead], None] | None = None,
+    ) -> SearchRead:
+        """Follow the search until every candidate finished (or it was cancelled) and return it;
+        `on_change(search)` is called each time a candidate changed. Reconnects after a dropped stream."""
+        search_id = _id(search)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        current = self.get(search_id)
+        while current.status in ("queued", "running"):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise errors.JobTimeout(f"search {search_id} is still {current.status} after {timeout} s")
+            try:
+                for current in self.events(search_id, read_timeout=min(remaining or 60.0, 60.0)):
+                    if on_change is not None:
+                        on_change(current)
+            except (httpx.TransportError, errors.ServiceUnavailable):
+                time.sleep(self._c.backoff_s)
+            current = self.get(search_id)
+        return current
 
 
 def wait_ready(url: str, timeout: float = 120.0, alive: Callable[[], bool] | None = None) -> None:

@@ -31,3 +31,12 @@ __all__ = [
     "pareto_front",
     "recommend",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`search_in_process` imports torch, so it loads on first use (the API imports this package)."""
+    if name == "search_in_process":
+        from squeezer.search.local import search_in_process
+
+        return search_in_process
+    raise AttributeError(name)

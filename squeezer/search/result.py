@@ -18,13 +18,15 @@ class CandidateOutcome(BaseModel):
         description="`stopped`: ended early by the search (halving or its wall-time budget)"
     )
     job_id: str | None = Field(
-        None, description="the candidate's job (service searches); its exports download as a job's"
+        default=None, description="the candidate's job (service searches); its exports download as a job's"
     )
-    metric: float | None = Field(None, description="the compressed model's validation metric at the end")
+    metric: float | None = Field(default=None, description="the compressed model's validation metric at the end")
     within_budget: bool | None = None
-    latency_ms: float | None = Field(None, description="median latency of its exported model on the search's runtime")
-    fp32_latency_ms: float | None = Field(None, description="the original model's, timed alongside it")
-    size_bytes: int | None = Field(None, description="size of its exported ONNX file")
+    latency_ms: float | None = Field(
+        default=None, description="median latency of its exported model on the search's runtime"
+    )
+    fp32_latency_ms: float | None = Field(default=None, description="the original model's, timed alongside it")
+    size_bytes: int | None = Field(default=None, description="size of its exported ONNX file")
     compression_rate: float | None = None
     epochs: int = 0
     wall_time_s: float | None = None
@@ -43,11 +45,11 @@ class SearchResult(BaseModel):
     objective: Objective
     runtime: str
     batch_size: int
-    fp32_metric: float | None = Field(None, description="the original model's metric on the validation data")
-    metric_floor: float | None = Field(None, description="the lowest metric within the accuracy budget")
+    fp32_metric: float | None = Field(default=None, description="the original model's metric on the validation data")
+    metric_floor: float | None = Field(default=None, description="the lowest metric within the accuracy budget")
     candidates: list[CandidateOutcome]
     front: list[str] = Field(description="names of the candidates on the Pareto front, best objective first")
-    recommended: str | None = Field(None, description="the best candidate within the budget for the objective")
+    recommended: str | None = Field(default=None, description="the best candidate within the budget for the objective")
     epochs_spent: int = 0
     wall_time_s: float | None = None
 

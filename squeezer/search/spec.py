@@ -76,7 +76,9 @@ class SearchSettings(BaseModel):
     accuracy: AccuracyBudget
     objective: Objective = "latency"
     runtime: Runtime = "onnxruntime"
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(1, description="batch size the latency is measured at")
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(
+        default=1, description="batch size the latency is measured at"
+    )
     candidates: list[CandidateName | CandidateSpec] | None = Field(
         None,
         description="built-in candidate names and/or {name, config} objects; default: the built-in defaults",
@@ -85,8 +87,9 @@ class SearchSettings(BaseModel):
     )
     budget: ComputeBudget = Field(default_factory=ComputeBudget)
     early_stopping: bool = Field(
-        True, description="stop candidates below the accuracy budget that rank low at an epoch (successive halving)"
+        default=True,
+        description="stop candidates below the accuracy budget that rank low at an epoch (successive halving)",
     )
     halving_rate: Annotated[int, Field(ge=2, le=8)] = Field(
-        2, description="successive halving's reduction factor: keep the best 1/rate at each rung epoch"
+        default=2, description="successive halving's reduction factor: keep the best 1/rate at each rung epoch"
     )

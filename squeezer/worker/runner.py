@@ -35,7 +35,7 @@ from squeezer.compression.accuracy_aware import FixedEpochsLoop, TrainingLoop
 from squeezer.compression.graph.archive import UnsafeArchive, load_exported_program
 from squeezer.errors import SqueezerError
 from squeezer.recipe import Recipe
-from squeezer.worker.latency import job_latency
+from squeezer.runtime.compare import job_latency
 from squeezer.worker.outputs import write_outputs
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class JobResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     statistics: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # kind -> path in workdir
-    # runtime -> {fp32_ms, compressed_ms, speedup, batch_size, runs}, on this CPU (worker/latency.py)
+    # runtime -> {fp32_ms, compressed_ms, speedup, batch_size, runs}, on this CPU (runtime/compare.py)
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # e.g. the compressed model is not faster
 
@@ -378,7 +378,7 @@ def run_job(
 def _latency(
     model: nn.Module, onnx_path: str, sample: torch.Tensor, workdir: Path, warnings: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """FP32 against compressed latency of the exported files on this CPU (`worker/latency.py`); a
+    """FP32 against compressed latency of the exported files on this CPU (`runtime/compare.py`); a
     measurement that fails is a warning, not a failed job: the compressed model is made and verified."""
     try:
         report, slower = job_latency(model, onnx_path, sample.cpu(), workdir)

@@ -99,7 +99,7 @@ def test_result_holds_measured_latency_and_warns_exactly_when_slower(finished_jo
     for runtime in RUNTIMES:
         assert f"latency in {runtime}, batch 32: FP32 " in log
     for warning in job.warnings:
-        assert f"WARNING squeezer.worker.latency: {warning}" in log  # the same words in the job's log
+        assert f"WARNING squeezer.runtime.compare: {warning}" in log  # the same words in the job's log
 
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"SQUEEZER_URL": url, "SQUEEZER_API_KEY": key}
     shown = subprocess.run(

@@ -1,4 +1,4 @@
-"""The job's latency report (worker/latency.py) on real files in real runtimes: a warning exactly where
+"""The job's latency report (runtime/compare.py) on real files in real runtimes: a warning exactly where
 the 'compressed' file is slower, a bounded measurement, and a protocol that refuses impossible timings."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from torch import nn
 
 from squeezer import export_onnx
 from squeezer.runtime import RUNTIMES
-from squeezer.worker.latency import job_latency, measure
+from squeezer.runtime.compare import job_latency, measure
 from squeezer.worker.sandbox.protocol import DoneMessage
 
 

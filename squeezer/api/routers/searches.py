@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+import anyio
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -29,6 +31,7 @@ from squeezer.search import DEFAULT_CANDIDATES, SearchSettings, candidate_config
 from squeezer.search.candidates import UnknownCandidate
 
 router = APIRouter(prefix="/v1/searches", tags=["searches"])
+POLL_S = 1.0
 logger = logging.getLogger(__name__)
 
 
@@ -207,3 +210,40 @@ def delete_search(search_id: str, key: CurrentKey, session: SessionDep, request:
     for job_id in job_ids:
         request.app.state.store.delete_tree(f"jobs/{job_id}")
     return Response(status_code=204)
+
+
+def _get_owned_search(search_id: str, key: CurrentKey, session: SessionDep) -> Search:
+    return _owned_search(session, key, search_id)
+
+
+@router.get("/{search_id}/events", response_class=EventSourceResponse)
+async def search_events(
+    search_id: str,
+    request: Request,
+    key: CurrentKey,
+    _: Annotated[Search, Depends(_get_owned_search)],  # 404 before the stream starts
+) -> AsyncIterator[ServerSentEvent]:
+    """`search` whenever a candidate changed (its status, epoch or metric), then `end` once the search is
+    finished: the search as `GET /v1/searches/{id}` returns it. Each candidate's own epochs stream
+    from its job's `/events`."""
+    sessions = request.app.state.sessions
+
+    def read() -> SearchRead | None:
+        with sessions() as session:
+            search = session.get(Search, search_id)
+            return None if search is None or search.owner_id != key.id else _read(session, search)
+
+    previous = None
+    while True:
+        current = await anyio.to_thread.run_sync(read)
+        if current is None:
+            yield ServerSentEvent(event="end", data={"status": "deleted"})
+            return
+        seen = current.model_dump(exclude={"result": {"wall_time_s"}})
+        if seen != previous:
+            yield ServerSentEvent(event="search", data=current)
+            previous = seen
+        if current.status not in ("queued", "running"):
+            yield ServerSentEvent(event="end", data={"status": current.status})
+            return
+        await anyio.sleep(POLL_S)

@@ -57,7 +57,7 @@ class EpochMessage(Message):
 
 
 class RuntimeLatency(Message):
-    """One runtime's timing of the FP32 and the compressed file (`worker/latency.py`)."""
+    """One runtime's timing of the FP32 and the compressed file (`runtime/compare.py`)."""
 
     fp32_ms: Annotated[Finite, Field(gt=0)]
     compressed_ms: Annotated[Finite, Field(gt=0)]

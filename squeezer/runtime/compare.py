@@ -1,4 +1,4 @@
-"""How fast the job's output runs: FP32 against compressed latency on this worker's CPU.
+"""FP32 against compressed latency of exported files on this CPU: what every job and every search reports.
 
 A job compresses a model to make it faster, and on some architectures the INT8 file is slower than
 the FP32 one it replaces (depthwise convs, SiLU gates, small transformers in onnxruntime). So every
