@@ -67,7 +67,11 @@ def test_search_in_process_measures_every_candidate_and_recommends_within_budget
     assert result.fp32_metric == pytest.approx(fp32) and result.metric_floor == pytest.approx(fp32 - 2.0)
     for c in result.candidates:
         assert c.status == "succeeded", c.error
-        assert c.latency_ms > 0 and c.fp32_latency_ms > 0 and c.size_bytes == (tmp_path / c.name / "model.onnx").stat().st_size
+        assert (
+            c.latency_ms > 0
+            and c.fp32_latency_ms > 0
+            and c.size_bytes == (tmp_path / c.name / "model.onnx").stat().st_size
+        )
         assert c.within_budget == (c.metric >= fp32 - 2.0)
         ort.InferenceSession(str(tmp_path / c.name / "model.onnx"))  # each export runs
     assert result.candidate("pruning50_int8").compression_rate == pytest.approx(0.5, abs=0.1)
