@@ -43,6 +43,20 @@ def upload_digits_job_inputs(client, headers, tmp_path):
     return ids
 
 
+def read_tensorboard_zip(archive, folder):
+    """tag -> [(step, value)] of the event files in a `tensorboard` export, loaded by TensorBoard's own reader
+    as `tensorboard --logdir` loads the unzipped folder."""
+    import zipfile
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(folder)
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def wait_for_job(client, headers, job_id, timeout=180.0):
     """Poll until the job succeeded or failed (or the timeout passed); returns the last status."""
     deadline = time.monotonic() + timeout
