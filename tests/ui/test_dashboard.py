@@ -120,7 +120,7 @@ def test_a_job_submitted_from_the_page_streams_its_epochs_and_its_onnx_downloads
     chart = page.eval_on_selector(
         "#chart-metric", "el => ({data: el.chart.data, labels: el.chart.series.map(s => s.label)})"
     )
-    assert chart["labels"][1:] == ["metric", "minimal tolerable (budget)"]
+    assert chart["labels"][1:] == ["metric", "lowest tolerable"]
     assert chart["data"][0] == [m["epoch"] for m in metrics]
     assert chart["data"][1] == pytest.approx([m["metric"] for m in metrics])
     # the budget line: the lowest tolerable metric, the same at every epoch (FP32 metric minus the allowed drop)

@@ -18,7 +18,7 @@ Squeezer.page(async (main) => {
     const data = [[], ...series.map(() => [])];
     const plot = new uPlot(
       {
-        width: Math.max(320, container.clientWidth || 480),
+        width: container.clientWidth || 320,
         height: 220,
         scales: { x: { time: false }, ...scales },
         series: [{ label: "epoch" }, ...series],
@@ -29,6 +29,10 @@ Squeezer.page(async (main) => {
       container,
     );
     container.chart = plot; // read by the browser tests
+    // sized to its card once the page is shown, and again whenever the card changes width
+    new ResizeObserver(() => {
+      if (container.clientWidth) plot.setSize({ width: container.clientWidth, height: 220 });
+    }).observe(container);
     return {
       add(epoch, values) {
         data[0].push(epoch);
@@ -42,7 +46,7 @@ Squeezer.page(async (main) => {
   const line = (label, stroke, extra = {}) => ({ label, stroke, width: 2, spanGaps: true, points: { show: true }, ...extra });
   const dashed = (label, stroke) => line(label, stroke, { dash: [6, 4], points: { show: false } });
   const charts = {
-    metric: chart("chart-metric", [line("metric", COLORS.metric), dashed("minimal tolerable (budget)", COLORS.budget)], [{}]),
+    metric: chart("chart-metric", [line("metric", COLORS.metric), dashed("lowest tolerable", COLORS.budget)], [{}]),
     rate: chart(
       "chart-rate",
       [line("compression rate", COLORS.rate), dashed("target", COLORS.target)],
@@ -96,7 +100,7 @@ Squeezer.page(async (main) => {
     status.textContent = job.status;
     status.className = `status ${job.status}`;
     facts(main.querySelector("#job-facts"), [
-      ["Stage", job.stage || "–"],
+      ["Stage", job.stage ? job.stage.replaceAll("_", " ").toLowerCase() : "–"],
       ["Progress", job.total_epochs ? `epoch ${job.epoch} of ${job.total_epochs}` : `epoch ${job.epoch}`],
       ["Metric", number(job.current_metric)],
       ["Best metric", number(job.best_metric)],
@@ -189,6 +193,7 @@ Squeezer.page(async (main) => {
     metric: onMetric,
     job: showJob,
     end: (end) => {
+      performance.mark("squeezer:history"); // every epoch so far is on the charts
       if (end.status === "deleted") errorLine.textContent = "This job was deleted.";
       else showExports().catch((error) => (errorLine.textContent = problemText(error)));
     },
