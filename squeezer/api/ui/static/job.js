@@ -33,12 +33,18 @@ Squeezer.page(async (main) => {
     new ResizeObserver(() => {
       if (container.clientWidth) plot.setSize({ width: container.clientWidth, height: 220 });
     }).observe(container);
+    let drawing = false;
     return {
       add(epoch, values) {
         data[0].push(epoch);
         values.forEach((value, i) => data[i + 1].push(value ?? null));
-        plot.setData(data);
-        container.dataset.points = String(data[0].length);
+        if (drawing) return; // a replayed history is drawn once per frame, not once per epoch
+        drawing = true;
+        requestAnimationFrame(() => {
+          drawing = false;
+          plot.setData(data);
+          container.dataset.points = String(data[0].length);
+        });
       },
     };
   }
