@@ -5,6 +5,7 @@ its JSON path, and no data without the right key."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 
 import httpx
@@ -154,16 +155,70 @@ def test_a_running_job_is_cancelled_from_its_page(ui_service, job_files, page):
             "() => document.querySelector('#job-status').textContent === 'cancelled'", timeout=120_000
         )
         job = alice.get(f"/v1/jobs/{job_id}").json()
-    assert job["status"] == "cancelled" and job["epoch"] < 200
-    assert page.is_hidden("#cancel") and page.is_visible("#delete")
+        assert job["status"] == "cancelled" and job["epoch"] < 200
+        assert page.is_hidden("#cancel") and page.is_visible("#delete")
+
+        page.once("dialog", lambda dialog: dialog.accept())  # "Delete this job ...?"
+        page.click("#delete")
+        page.wait_for_url(f"{ui_service.url}/ui/jobs")
+        assert alice.get(f"/v1/jobs/{job_id}").status_code == 404
 
 
 def test_a_bad_config_shows_the_api_problem_with_its_json_path(ui_service, job_files, page):
     bad = '{"compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": -5}}}}'
     sign_in(page, ui_service.url, ui_service.keys["alice"], "/ui/submit")
+    page.select_option("#sample", "int8")  # a sample config fills the editor, without its comments
+    with api(ui_service, "alice") as alice:
+        assert json.loads(page.input_value("#config")) == alice.get("/v1/sample-configs/int8").json()["config"]
+    assert "INT8" in page.inner_text("#sample-description")
     fill_submit_form(page, job_files, "bad-config", bad, epochs=1)
     page.wait_for_selector("#problem:not([hidden])")
     assert page.inner_text("#problem-title").startswith("422 Invalid compression config")
     assert page.inner_text("#problem-path") == "$.compression.initializer.range.num_init_samples"
     assert "greater than or equal to 0" in page.inner_text("#problem-list")
     assert page.url.endswith("/ui/submit")  # nothing was submitted
+
+
+def test_the_list_pages_and_filters_by_status(ui_service, page):
+    from datetime import UTC, datetime, timedelta
+
+    from squeezer.api.keys import create_key
+    from squeezer.db import Job, JobStatus
+
+    statuses = [JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled]  # finished: nothing for the worker
+    now = datetime.now(UTC)
+    with ui_service.app.state.sessions() as session:
+        key, secret = create_key(session, "carol")
+        for i in range(55):
+            session.add(
+                Job(
+                    owner_id=key.id,
+                    name=f"carol-{i:02d}",
+                    status=statuses[i % 3],
+                    spec={},
+                    epoch=3,
+                    total_epochs=5,
+                    best_metric=90.0 + i / 100,
+                    compression_rate=0.25,
+                    created_at=now - timedelta(minutes=i),
+                    finished_at=now,
+                )
+            )
+        session.commit()
+    sign_in(page, ui_service.url, secret)
+    page.wait_for_selector("#jobs tbody tr[data-job-id]")
+    names = page.locator("#jobs tbody tr td:first-child").all_inner_texts()
+    assert names == [f"carol-{i:02d}" for i in range(50)]  # newest first, 50 a page
+    assert page.inner_text("#range") == "1–50 of 55" and page.is_disabled("#prev")
+    first = page.locator("#jobs tbody tr").first.inner_text()
+    assert "succeeded" in first and "3/5" in first and "90.00" in first and "25.0 %" in first
+
+    page.click("#next")
+    page.wait_for_function("() => document.querySelector('#range').textContent === '51–55 of 55'")
+    assert page.locator("#jobs tbody tr").count() == 5 and page.is_disabled("#next")
+    assert page.url.endswith("?offset=50")  # the view can be linked and reloaded
+
+    page.select_option("#status-filter", "failed")
+    page.wait_for_function("() => document.querySelector('#range').textContent === '1–18 of 18'")
+    statuses_shown = set(page.locator("#jobs tbody td:nth-child(2)").all_inner_texts())
+    assert statuses_shown == {"failed"} and page.url.endswith("?status=failed")
