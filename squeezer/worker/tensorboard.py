@@ -40,7 +40,7 @@ SCALARS: dict[str, Callable[[dict[str, Any]], float | None]] = {
 
 
 def journal_epoch(workdir: Path, record: Mapping[str, Any]) -> None:
-    """Append one epoch record (an `EpochRecord.to_dict()`) to the job's journal, flushed to disk."""
+    """Append one epoch record (an `EpochRecord.to_dict()`) to the job's journal."""
     line = json.dumps({k: record.get(k) for k in _FIELDS})
     path = workdir / JOURNAL
     with path.open("ab") as journal:
