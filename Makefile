@@ -20,14 +20,15 @@ demo-library: install  ## the same compression with the library only, in-process
 serve: install  ## the API and one worker on the embedded defaults, until Ctrl-C
 	$(VENV)/bin/squeezer serve
 
-# the servers the service tests start for real (Redis, PostgreSQL) and the compose file's validator;
-# installed only when missing
+# the servers the service tests start for real (Redis, PostgreSQL), the compose file's validator and the
+# browser the dashboard tests drive (Debian's chromium; never `playwright install`); installed only when missing
 system-deps:
 	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-		|| ! { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; }; then \
+		|| ! { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } \
+		|| ! test -x /usr/bin/chromium; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends redis-server postgresql docker-compose; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends redis-server postgresql docker-compose chromium; \
 	fi
 
 lint: install

@@ -14,15 +14,23 @@ from squeezer.examples.digits import digits_tensors
 from squeezer.examples.models import MLP
 
 
-def write_digits_job_files(folder):
-    """An MLP as a .pt2 archive and digits train/val .npz files on disk; returns their paths."""
+def write_digits_job_files(folder, trained=False):
+    """An MLP as a .pt2 archive and digits train/val .npz files on disk; returns their paths. `trained`:
+    the MLP is fitted to the training part first (a few seconds), so its metric is a real accuracy."""
     torch.manual_seed(0)
+    x, y = digits_tensors(image_size=None)
+    model = MLP(hidden=32)
+    if trained:
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(150):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[:1200]), y[:1200]).backward()
+            optimizer.step()
     program = torch.export.export(
-        MLP(hidden=32).eval(), (torch.rand(2, 64),), dynamic_shapes=({0: torch.export.Dim("b", min=1)},)
+        model.eval(), (torch.rand(2, 64),), dynamic_shapes=({0: torch.export.Dim("b", min=1)},)
     )
     paths = {"model": folder / "m.pt2", "train": folder / "train.npz", "val": folder / "val.npz"}
     torch.export.save(program, paths["model"])
-    x, y = digits_tensors(image_size=None)
     for name, sl in (("train", slice(0, 1200)), ("val", slice(1200, None))):
         np.savez(paths[name], x=x[sl].numpy(), y=y[sl].numpy())
     return paths
@@ -41,6 +49,20 @@ def upload_digits_job_inputs(client, headers, tmp_path):
         )
         ids[name] = response.json()["id"]
     return ids
+
+
+def read_tensorboard_zip(archive, folder):
+    """tag -> [(step, value)] of the event files in a `tensorboard` export, loaded by TensorBoard's own reader
+    as `tensorboard --logdir` loads the unzipped folder."""
+    import zipfile
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(folder)
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def wait_for_job(client, headers, job_id, timeout=180.0):

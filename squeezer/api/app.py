@@ -15,9 +15,9 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from squeezer.api import docs, errors
+from squeezer.api import docs, errors, ui
 from squeezer.api.queue import JobQueue
-from squeezer.api.routers import artifacts, events, exports, health, jobs, searches
+from squeezer.api.routers import artifacts, events, exports, health, jobs, samples, searches
 from squeezer.db import make_engine, make_session_factory
 from squeezer.jobs.transitions import recover_stale_jobs
 from squeezer.settings import Settings, get_settings
@@ -58,8 +58,10 @@ def _routes(lifespan: Any = None) -> FastAPI:
     )
     docs.install(app)
     errors.install(app)
-    for router in (health.router, artifacts.router, jobs.router, events.router, exports.router, searches.router):
+    routers = (jobs, events, exports, searches, samples)
+    for router in (health.router, artifacts.router, *(r.router for r in routers)):
         app.include_router(router)
+    ui.install(app)  # the dashboard at /ui: pages and their files, outside the OpenAPI document
     return app
 
 

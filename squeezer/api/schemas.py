@@ -96,6 +96,16 @@ class JobRead(BaseModel):
         return list((self.result or {}).get("warnings") or [])
 
 
+class JobSpec(BaseModel):
+    """What a job was submitted with: its artifact ids, the NNCF config and the recipe."""
+
+    model: str
+    train_data: str
+    val_data: str
+    config: dict[str, Any]
+    recipe: dict[str, Any]
+
+
 class JobPage(BaseModel):
     items: list[JobRead]
     total: int

@@ -222,7 +222,8 @@ def cancel(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> Non
 def download(
     job_id: str,
     kind: Annotated[
-        str, typer.Option(help="onnx, openvino, stripped, checkpoint, original_graph, compressed_graph, log")
+        str,
+        typer.Option(help="onnx, openvino, stripped, checkpoint, original_graph, compressed_graph, log, tensorboard"),
     ] = "onnx",
     output: Annotated[Path, typer.Option("-o", "--output", help="a file, or a folder for the service's name")] = Path(),
     url: UrlOption = None,

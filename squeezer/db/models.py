@@ -163,6 +163,7 @@ EXPORT_FILENAMES = {  # export kind -> file name, in the store and in downloads
     "compressed_graph": "compressed_graph.dot",
     "log": "job.log",
     "openvino": "model_openvino.zip",  # OpenVINO IR: model.xml + model.bin (where the worker has openvino)
+    "tensorboard": "tensorboard.zip",  # per-epoch scalars as TensorBoard event files (worker/tensorboard.py)
 }
 
 

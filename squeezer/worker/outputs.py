@@ -1,6 +1,6 @@
 """The files a job leaves in its work folder, under the names `EXPORT_FILENAMES` gives each kind: the
-verified ONNX, the stripped weights, the checkpoint to resume compression elsewhere, the graphs and,
-where OpenVINO is installed on the worker, the OpenVINO IR."""
+verified ONNX, the stripped weights, the checkpoint to resume compression elsewhere, the graphs, the
+per-epoch scalars for TensorBoard and, where OpenVINO is installed on the worker, the OpenVINO IR."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from squeezer.compression.export.openvino_export import (
 )
 from squeezer.db.models import EXPORT_FILENAMES
 from squeezer.errors import ExportError
+from squeezer.worker.tensorboard import write_tensorboard
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +63,24 @@ def write_outputs(
     for kind in ("original_graph", "compressed_graph"):
         if (workdir / EXPORT_FILENAMES[kind]).exists():
             paths[kind] = workdir / EXPORT_FILENAMES[kind]
+    tensorboard = tensorboard_log(workdir, warnings)
+    if tensorboard is not None:
+        paths["tensorboard"] = tensorboard
     ir = openvino_ir(model, paths["onnx"], sample, workdir, warnings)
     if ir is not None:
         paths["openvino"] = ir
     return {k: str(v) for k, v in paths.items()}
+
+
+def tensorboard_log(workdir: Path, warnings: list[str]) -> Path | None:
+    """The epochs as TensorBoard event files, zipped; a log that cannot be written is a warning, not a
+    failed job."""
+    try:
+        return write_tensorboard(workdir, workdir / EXPORT_FILENAMES["tensorboard"])
+    except Exception as exc:
+        warnings.append(f"no TensorBoard log: {type(exc).__name__}: {exc}")
+        logger.warning("no TensorBoard log", exc_info=True)
+        return None
 
 
 def openvino_ir(

@@ -37,6 +37,7 @@ from squeezer.errors import SqueezerError
 from squeezer.recipe import Recipe
 from squeezer.runtime.compare import job_latency
 from squeezer.worker.outputs import write_outputs
+from squeezer.worker.tensorboard import journal_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -325,6 +326,7 @@ def run_job(
             r.loss,
         )
         records.append(r.to_dict())
+        journal_epoch(workdir, r.to_dict())  # the TensorBoard export's source (worker/tensorboard.py)
         if on_epoch is not None:
             on_epoch(r.to_dict())
         if should_cancel is not None and r.epoch > 0 and should_cancel():

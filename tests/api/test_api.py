@@ -105,14 +105,14 @@ def test_another_keys_resources_do_not_exist(api, artifacts):
     ids = {"job_id": job["id"], "artifact_id": model["id"], "kind": "onnx"}
     walked = []
     for template, operations in api.app.openapi()["paths"].items():  # every documented route naming a resource
-        if "{" not in template:
+        if "{" not in template or template.startswith("/v1/sample-configs"):  # samples belong to no key
             continue
         for method in operations:
             response = api.request(method, template.format(**ids), headers=api.bob)
             assert response.status_code == 404, (method, template)
             assert response.headers["content-type"] == "application/problem+json"
             walked.append(f"{method} {template}")
-    assert len(walked) == 8, walked
+    assert len(walked) == 9, walked
     assert api.get("/v1/jobs", headers=api.bob).json()["total"] == 0
     stolen = api.post("/v1/jobs", headers=api.bob, json=body)
     assert stolen.status_code == 404 and "no artifact" in stolen.json()["detail"]
@@ -269,3 +269,28 @@ def test_paging_beyond_the_database_integer_range_is_a_422(api):
     # found by the schemathesis fuzz run: offset=2**63 overflowed SQLite's INTEGER and answered 500
     response = api.get("/v1/jobs?limit=1&offset=9223372036854775808", headers=api.alice)
     assert response.status_code == 422 and response.json()["errors"][0]["path"] == "$.query.offset"
+
+
+def test_sample_configs_are_listed_with_their_description_and_parse_as_configs(api):
+    from squeezer.compression.config.nncf_config import NNCFConfig
+    from squeezer.examples.configs import sample_config_names, sample_config_path
+
+    listed = api.get("/v1/sample-configs", headers=api.alice).json()
+    assert [s["name"] for s in listed] == sample_config_names()
+    for sample in listed:
+        NNCFConfig.validate(sample["config"])  # what the submit page puts in its editor is a valid config
+        assert sample["config"] == NNCFConfig.from_json(sample_config_path(sample["name"]))
+    int8 = api.get("/v1/sample-configs/int8", headers=api.alice).json()
+    assert int8["description"].startswith("INT8 quantization-aware training")
+    missing = api.get("/v1/sample-configs/int9", headers=api.alice)
+    assert missing.status_code == 404 and "int8" in missing.json()["detail"]  # names the samples there are
+    assert api.get("/v1/sample-configs").status_code == 401
+
+
+def test_a_jobs_spec_holds_its_config_and_recipe(api, artifacts):
+    model, data = artifacts
+    body = {"name": "x", "model": model["id"], "config": CONFIG, "train_data": data["id"], "val_data": data["id"]}
+    job = api.post("/v1/jobs", headers=api.alice, json={**body, "recipe": {"epochs": 7}}).json()
+    spec = api.get(f"/v1/jobs/{job['id']}/spec", headers=api.alice).json()
+    assert spec["config"] == CONFIG and spec["recipe"]["epochs"] == 7 and spec["model"] == model["id"]
+    assert "spec" not in job and "config" not in job  # job lists stay small

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from squeezer.db import Job, JobStatus, Search
 from squeezer.jobs import searches, transitions
 from squeezer.search import DEFAULT_CANDIDATES
-from tests.api.test_api import api, artifacts, upload  # noqa: F401  (fixtures)
+from tests.api.test_api import npz_bytes, pt2_bytes, upload
+from tests.helpers import api_client
+
+
+@pytest.fixture
+def api(tmp_path):
+    return api_client(tmp_path)
+
+
+@pytest.fixture
+def artifacts(api, tmp_path):
+    model = upload(api, api.alice, "model", "m.pt2", pt2_bytes(tmp_path)).json()
+    data = upload(api, api.alice, "dataset", "d.npz", npz_bytes()).json()
+    return model, data
 
 
 def body(artifacts, **extra):

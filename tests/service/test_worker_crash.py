@@ -21,7 +21,7 @@ from squeezer.db.migrate import upgrade
 from squeezer.recipe import Recipe
 from squeezer.settings import Settings
 from squeezer.worker.runner import run_job
-from tests.helpers import live_server, write_digits_job_files
+from tests.helpers import live_server, read_tensorboard_zip, write_digits_job_files
 from tests.worker.pausing import BATCH_SIZE, MID_EPOCH_3, marker, pause_hook, wait_for_file
 
 CONFIG = {"compression": {"algorithm": "quantization"}}
@@ -67,6 +67,7 @@ def test_a_killed_worker_job_resumes_across_an_api_restart_and_matches_an_uninte
         with live_server(app) as url, Client(url, secret) as client:
             done = client.jobs.wait(job, timeout=300)
             metrics = client.jobs.metrics(job)
+            tensorboard = client.jobs.download(done, "tensorboard", tmp_path)
             assert client.jobs.wait(waiting, timeout=300).status == "succeeded"
     finally:
         for worker in (first, second):
@@ -85,3 +86,6 @@ def test_a_killed_worker_job_resumes_across_an_api_restart_and_matches_an_uninte
     assert metrics[0].loss is None and reference.records[0]["loss"] is None  # epoch 0 is the untrained evaluation
     assert [m.loss for m in metrics[1:]] == pytest.approx([r["loss"] for r in reference.records[1:]], rel=1e-5)
     assert done.result["metric"] == reference.metric
+    # the TensorBoard log of the resumed job: epoch 3 was started twice, and has one point like every other
+    scalars = read_tensorboard_zip(tensorboard, tmp_path / "tensorboard")
+    assert scalars["metric/validation"] == [(r["epoch"], pytest.approx(r["metric"])) for r in reference.records]

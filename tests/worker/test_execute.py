@@ -73,6 +73,7 @@ def test_job_runs_once_and_records_everything(service):
             "original_graph",
             "compressed_graph",
             "log",
+            "tensorboard",
         }
         assert app.state.store.path(exports["onnx"].storage_path).stat().st_size == exports["onnx"].size_bytes
         assert session.query(JobMetric).filter_by(job_id=job_id).count() == 3

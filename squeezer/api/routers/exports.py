@@ -23,6 +23,7 @@ MEDIA_TYPES = {
     "compressed_graph": "text/vnd.graphviz",
     "log": "text/plain; charset=utf-8",
     "openvino": "application/zip",
+    "tensorboard": "application/zip",
 }
 
 

@@ -14,7 +14,7 @@ from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from squeezer.api.errors import ApiError
 from squeezer.api.inspection import check_input_info, check_job_data
 from squeezer.api.routers.artifacts import owned_artifact
-from squeezer.api.schemas import JobCreate, JobPage, JobRead, MetricRead, Status
+from squeezer.api.schemas import JobCreate, JobPage, JobRead, JobSpec, MetricRead, Status
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.db import ApiKey, Artifact, ArtifactKind, Job, JobMetric, JobStatus
 from squeezer.jobs import transitions
@@ -117,6 +117,12 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobRead)
 def get_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
     return owned_job(session, key, job_id)
+
+
+@router.get("/{job_id}/spec", response_model=JobSpec)
+def get_job_spec(job_id: str, key: CurrentKey, session: SessionDep) -> JobSpec:
+    """The config and recipe the job runs with (not in the job itself, to keep job lists small)."""
+    return JobSpec.model_validate(owned_job(session, key, job_id).spec)
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricRead])
