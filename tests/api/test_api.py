@@ -102,7 +102,10 @@ def test_another_keys_resources_do_not_exist(api, artifacts):
     model, data = artifacts
     body = {"name": "x", "model": model["id"], "config": CONFIG, "train_data": data["id"], "val_data": data["id"]}
     job = api.post("/v1/jobs", headers=api.alice, json=body).json()
-    ids = {"job_id": job["id"], "artifact_id": model["id"], "kind": "onnx"}
+    search_body = {k: body[k] for k in ("name", "model", "train_data", "val_data")}
+    search = {"accuracy": {"maximal_absolute_accuracy_degradation": 1.0}, "candidates": ["int8"], **search_body}
+    search_id = api.post("/v1/searches", headers=api.alice, json=search).json()["id"]
+    ids = {"job_id": job["id"], "artifact_id": model["id"], "kind": "onnx", "search_id": search_id}
     walked = []
     for template, operations in api.app.openapi()["paths"].items():  # every documented route naming a resource
         if "{" not in template or template.startswith("/v1/sample-configs"):  # samples belong to no key
@@ -112,7 +115,7 @@ def test_another_keys_resources_do_not_exist(api, artifacts):
             assert response.status_code == 404, (method, template)
             assert response.headers["content-type"] == "application/problem+json"
             walked.append(f"{method} {template}")
-    assert len(walked) == 9, walked
+    assert len(walked) == 13, walked
     assert api.get("/v1/jobs", headers=api.bob).json()["total"] == 0
     stolen = api.post("/v1/jobs", headers=api.bob, json=body)
     assert stolen.status_code == 404 and "no artifact" in stolen.json()["detail"]
