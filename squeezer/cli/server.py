@@ -91,8 +91,14 @@ def recover() -> None:
     typer.echo(", ".join(f"{k}: {len(v)}" for k, v in done.items()))
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """The API and one worker on the embedded defaults (SQLite, SQLite broker, local files)."""
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="worker processes: a search runs this many candidates at once")
+    ] = 1,
+) -> None:
+    """The API and its workers on the embedded defaults (SQLite, SQLite broker, local files)."""
     import uvicorn
 
     from squeezer.api import create_app
@@ -116,7 +122,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     # training takes every core it gets; on one machine the API must still answer status polls promptly.
     # --exit-with-parent: should this process die without the `finally` below (SIGKILL), the worker stops too.
     command = [sys.executable, "-m", "squeezer.cli", "worker", "--nice", "10", "--exit-with-parent"]
-    worker_process = subprocess.Popen(command, env=env)
+    if workers > 1 and "OMP_NUM_THREADS" not in env:  # the cores shared out, not each worker taking all
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    worker_processes = [subprocess.Popen(command, env=env) for _ in range(workers)]
     typer.echo(
         f"Squeezer API on http://{host}:{port} (docs: /docs)\nAPI key: {secret}\nkey file: {path} "
         f"(and {record}, for the CLI and the SDK in any folder)"
@@ -127,20 +135,22 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     finally:
-        _stop_worker(worker_process)
+        _stop_workers(worker_processes)
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _stop_worker(worker_process: subprocess.Popen[bytes], grace_s: float = 60.0) -> None:
-    """SIGTERM (Celery's warm shutdown): the worker stops its job at once and puts it back in the queue,
+def _stop_workers(worker_processes: list[subprocess.Popen[bytes]], grace_s: float = 60.0) -> None:
+    """SIGTERM (Celery's warm shutdown): each worker stops its job at once and puts it back in the queue,
     to continue from its last completed epoch when a worker starts again; then it exits."""
     typer.echo("stopping: a running job goes back to the queue and continues from its last epoch next time")
-    worker_process.terminate()
-    try:
-        worker_process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:  # stuck: the sweep requeues its job once its heartbeat is stale
-        worker_process.kill()
-        worker_process.wait()
+    for worker_process in worker_processes:
+        worker_process.terminate()
+    for worker_process in worker_processes:
+        try:
+            worker_process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:  # stuck: the sweep requeues its job once its heartbeat is stale
+            worker_process.kill()
+            worker_process.wait()
