@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from squeezer.recipe import Recipe
 from squeezer.search import SearchResult, SearchSettings
+from squeezer.search.result import SearchStatus
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -147,9 +148,6 @@ class SearchCreate(SearchSettings):
     val_data: str
     recipe: Recipe = Field(default_factory=Recipe)
     priority: int = Field(0, ge=0, le=9)
-
-
-SearchStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class SearchRead(BaseModel):

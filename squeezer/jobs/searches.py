@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from squeezer.db import Export, Job, JobMetric, JobStatus, Search
 from squeezer.jobs import transitions
 from squeezer.search import CandidateOutcome, HalvingRule, SearchResult, SearchSettings, pareto_front, recommend
+from squeezer.search.result import SearchStatus
 
 logger = logging.getLogger(__name__)
 ACTIVE = frozenset({JobStatus.queued, JobStatus.running, JobStatus.cancelling})
@@ -30,7 +31,7 @@ def settings_of(search: Search) -> SearchSettings:
     return SearchSettings.model_validate(search.spec["settings"])
 
 
-def status_of(search: Search) -> str:
+def status_of(search: Search) -> SearchStatus:
     """queued / running while a candidate is; then cancelled (by the user), succeeded (a candidate
     finished) or failed (none did)."""
     states = {job.status for job in search.candidates}

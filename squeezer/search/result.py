@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from squeezer.search.spec import Objective
 
+SearchStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 CandidateStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled", "stopped"]
 
 

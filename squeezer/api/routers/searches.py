@@ -39,7 +39,7 @@ def _read(session: Session, search: Search) -> SearchRead:
     return SearchRead(
         id=search.id,
         name=search.name,
-        status=searches.status_of(search),  # type: ignore[arg-type]
+        status=searches.status_of(search),
         settings=searches.settings_of(search),
         result=searches.search_result(session, search),
         created_at=search.created_at,
