@@ -17,6 +17,7 @@ from torch import nn
 
 from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
 from squeezer.compression.quantization.precision.assignment import LayerCandidate, assign_bits
+from squeezer.compression.quantization.precision.hessian import MIN_PROBES, average_hessian_traces
 from squeezer.errors import CompressionError, ConfigError
 from squeezer.examples.digits import train_epoch
 from squeezer.examples.models import ResidualCNN
@@ -221,3 +222,29 @@ def test_assignment_is_exact_where_greedy_is_not():
     ]
     # all 8: 32 bit-units; ratio 32 / 24 needs 8 units saved: {big} (10) or {small, other} (10.5)
     assert assign_bits(layers, 32 / 24) == {"big": 4, "small": 8, "other": 8}
+
+
+def test_hutchinson_matches_the_exact_hessian_trace(digits_flat):
+    """On a net small enough for the full Hessian, each layer's estimate is its diagonal block's trace
+    divided by its weight count (the average trace HAWQ ranks by). The probes are seeded, so the
+    check is deterministic; the head's 60-weight block has large off-diagonal terms, hence the
+    wider margin there (Hutchinson's variance is twice the squared off-diagonal mass)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 6), nn.Tanh(), nn.Linear(6, 10))
+    x, y = next(iter(digits_flat[0]))
+    weights = {"first": net[0].weight, "second": net[2].weight}
+    estimate = average_hessian_traces(net, weights, [((x,), {}, y)], F.cross_entropy, iter_number=400, tolerance=0)
+
+    def loss_of(w1, w2):
+        return F.cross_entropy(F.linear(torch.tanh(F.linear(x, w1, net[0].bias)), w2, net[2].bias), y)
+
+    blocks = torch.autograd.functional.hessian(loss_of, (net[0].weight.detach(), net[2].weight.detach()))
+    exact = {}
+    for k, name in enumerate(weights):
+        n = weights[name].numel()
+        exact[name] = float(torch.diagonal(blocks[k][k].reshape(n, n)).sum()) / n
+    assert estimate.traces["first"] == pytest.approx(exact["first"], rel=0.1)
+    assert estimate.traces["second"] == pytest.approx(exact["second"], rel=0.3)
+    assert estimate.probes_per_batch == [400] and estimate.samples == len(x)
+    loose = average_hessian_traces(net, weights, [((x,), {}, y)], F.cross_entropy, iter_number=400, tolerance=1.0)
+    assert loose.probes_per_batch == [MIN_PROBES]  # converged as soon as allowed
