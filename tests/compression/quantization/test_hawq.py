@@ -18,6 +18,7 @@ from torch import nn
 from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
 from squeezer.compression.quantization.precision.assignment import LayerCandidate, assign_bits
 from squeezer.compression.quantization.precision.hessian import MIN_PROBES, average_hessian_traces
+from squeezer.compression.quantization.precision.int4_onnx import pack_int4_weights
 from squeezer.errors import CompressionError, ConfigError
 from squeezer.examples.digits import train_epoch
 from squeezer.examples.models import ResidualCNN
@@ -168,6 +169,14 @@ def test_mixed_int4_int8_export_runs_in_onnxruntime(branches, digits_flat, tmp_p
         expected = model(x).numpy()
     assert np.abs(actual - expected).max() <= 0.05 * np.abs(expected).max()
     assert (actual.argmax(1) == expected.argmax(1)).mean() > 0.95
+    packed_path = tmp_path / "mixed_int4.onnx"  # the optional INT4 storage of the same file
+    assert pack_int4_weights(path, packed_path) == sum(b == 4 for b in bits.values())
+    packed = onnx.load(str(packed_path))
+    assert sum(i.data_type == onnx.TensorProto.INT4 for i in packed.graph.initializer) >= 2
+    assert packed_path.stat().st_size < path.stat().st_size
+    int4_session = ort.InferenceSession(str(packed_path), providers=["CPUExecutionProvider"])
+    (unpacked,) = int4_session.run(None, {int4_session.get_inputs()[0].name: x.numpy()})
+    assert np.abs(unpacked - actual).max() <= 0.05 * np.abs(expected).max()
 
 
 def test_resume_keeps_the_chosen_bits_without_data(branches, digits_flat, tmp_path):
