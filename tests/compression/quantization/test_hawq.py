@@ -233,6 +233,7 @@ def test_assignment_is_exact_where_greedy_is_not():
     assert assign_bits(layers, 32 / 24) == {"big": 4, "small": 8, "other": 8}
 
 
+@pytest.mark.slow  # 800 Hessian-vector products: about 10 s on an idle core
 def test_hutchinson_matches_the_exact_hessian_trace(digits_flat):
     """On a net small enough for the full Hessian, each layer's estimate is its diagonal block's trace
     divided by its weight count (the average trace HAWQ ranks by). The probes are seeded, so the
@@ -247,7 +248,9 @@ def test_hutchinson_matches_the_exact_hessian_trace(digits_flat):
     def loss_of(w1, w2):
         return F.cross_entropy(F.linear(torch.tanh(F.linear(x, w1, net[0].bias)), w2, net[2].bias), y)
 
-    blocks = torch.autograd.functional.hessian(loss_of, (net[0].weight.detach(), net[2].weight.detach()))
+    blocks = torch.autograd.functional.hessian(
+        loss_of, (net[0].weight.detach(), net[2].weight.detach()), vectorize=True
+    )
     exact = {}
     for k, name in enumerate(weights):
         n = weights[name].numel()
