@@ -3,8 +3,8 @@
 The export keeps 4-bit weights in int8 containers (levels -8..7): onnxruntime then fuses every layer
 into QLinearConv / QGemm. With INT4 initializers onnxruntime 1.32 still runs the file and it is
 smaller, but it dequantizes those weights and runs float kernels: a digits ResidualCNN with 4 of 10
-layers at 4 bits was 12% smaller and 2.9x slower (bench/bench_hawq.py). So this is a separate,
-explicit step for size-bound deployments, not the default.
+layers at 4 bits (HAWQ, ratio 1.5) became 0.67x the size and 3.05x slower (bench/bench_hawq.py). So
+this is a separate, explicit step for size-bound deployments, not the default.
 """
 
 from __future__ import annotations
