@@ -1,6 +1,6 @@
 """Every sample config shipped in `squeezer/examples/configs/` builds a compressed model for the small
-architecture it was written for, trains a step, strips and exports; the two precision searches that are
-not implemented yet fail with a clear error instead."""
+architecture it was written for, trains a step, strips and exports; AutoQ, which is not supported, fails
+with a clear error instead."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
-from squeezer.errors import CompressionError
+from squeezer.errors import ConfigError
 from squeezer.examples.configs import sample_config_names, sample_config_path
 from squeezer.examples.models import MobileNetV2Tiny, ResidualCNN
 
-UNSUPPORTED = {"mixed_precision_hawq": "hawq", "mixed_precision_autoq": "autoq"}
+UNSUPPORTED = {"mixed_precision_autoq": "autoq"}
+HAWQ = {"mixed_precision_hawq", "int4_int8_hawq"}
 
 
 def _model_for(name: str, channels: int) -> torch.nn.Module:
@@ -44,7 +45,7 @@ def _train_functions():
 
 
 def test_every_sample_is_covered():
-    assert len(sample_config_names()) == 17
+    assert len(sample_config_names()) == 18
     with pytest.raises(FileNotFoundError, match="the samples are: const_sparsity"):
         sample_config_path("resnet50_int8")
 
@@ -60,11 +61,20 @@ def test_sample_config_trains_a_step_and_exports(name, tmp_path):
         config["compression"][0]["params"]["legr_params"].update(
             generations=2, population_size=2, num_samples=1, train_steps=1
         )
+    if name in HAWQ:  # the search's shape, not its precision
+        config["compression"]["initializer"]["precision"]["iter_number"] = 2
     train_steps_fn, validate_fn = _train_functions()
-    register_default_init_args(config, data, train_steps_fn=train_steps_fn, validate_fn=validate_fn, val_loader=data)
+    register_default_init_args(
+        config,
+        data,
+        criterion=torch.nn.CrossEntropyLoss(),
+        train_steps_fn=train_steps_fn,
+        validate_fn=validate_fn,
+        val_loader=data,
+    )
     model = _model_for(name, size[1])
     if name in UNSUPPORTED:
-        with pytest.raises(CompressionError, match=UNSUPPORTED[name]):
+        with pytest.raises(ConfigError, match=UNSUPPORTED[name]):
             create_compressed_model(model, config, dump_graphs=False)
         return
     ctrl, compressed = create_compressed_model(model, config, dump_graphs=False)
@@ -74,6 +84,10 @@ def test_sample_config_trains_a_step_and_exports(name, tmp_path):
     if name == "mixed_precision_manual":
         bits = {p.id: p.spec.num_bits for p in ctrl.setup.weights}
         assert sorted(b for b in bits.values() if b == 4) == [4, 4] and 8 in bits.values()
+    if name in HAWQ:
+        bits = {p.id: p.spec.num_bits for p in ctrl.setup.weights}
+        assert set(bits.values()) == {4, 8}
+        assert ctrl.statistics().mixed_precision["compression_ratio"] >= 1.5
     optimizer = torch.optim.SGD(compressed.parameters(), lr=0.01)
     ctrl.scheduler.epoch_step()
     compressed.train()

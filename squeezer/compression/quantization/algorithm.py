@@ -32,6 +32,7 @@ from squeezer.compression.quantization.placement import (
     apply_manual_precision,
     compute_setup,
 )
+from squeezer.compression.quantization.precision.hawq import run_hawq
 from squeezer.compression.quantization.quantizer import FakeQuantizer, QuantizerSpec
 from squeezer.compression.quantization.range_init import adapt_batchnorm, init_ranges
 from squeezer.compression.quantization.strip import strip_quantizers
@@ -160,10 +161,11 @@ def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> Quantizati
     if ctx.cfg.target_device == "NPU" and cfg.preset is not None:
         raise ConfigError("the NPU target device does not support presets", path="$.compression.preset")
     precision = cfg.initializer.precision
-    if ctx.should_init and precision is not None and precision.type != "manual":
-        raise CompressionError(
-            f"precision initialization type {precision.type!r} is not implemented; use 'manual' with "
-            "bitwidth_per_scope, or remove initializer.precision to quantize every layer to 8 bits"
+    if precision is not None and precision.type == "autoq":
+        raise ConfigError(
+            "precision type 'autoq' (NNCF's reinforcement-learning search) is not supported; allowed: "
+            "'hawq' (Hessian-trace sensitivity search) or 'manual' (bitwidth_per_scope)",
+            path="$.compression.initializer.precision.type",
         )
     _validate_scopes(ctx, cfg)
     if ctx.builder_state is not None:
@@ -187,6 +189,9 @@ def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> Quantizati
         )
         if precision is not None:
             apply_manual_precision(setup, precision.bitwidth_per_scope)
+    precision_report = ctx.builder_state.get("precision_init") if ctx.builder_state is not None else None
+    if ctx.should_init and precision is not None and precision.type == "hawq":
+        precision_report = run_hawq(ctx, precision, setup, _range_configs(cfg, setup))  # FP32 model, before insertion
     _warn_fp32_matrices(ctx, setup)  # before quantizers add parameters of their own
     weight_q, act_q = _insert(ctx, setup)
     if ctx.should_init:
@@ -197,6 +202,8 @@ def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> Quantizati
         "version": SETUP_VERSION,
         "weighted_modules": len([m for m in ctx.model.modules() if isinstance(m, WEIGHTED_MODULES)]),
     }
+    if precision_report is not None:
+        ctrl.builder_state["precision_init"] = precision_report
     return ctrl
 
 
@@ -377,6 +384,18 @@ class QuantizationController(CompressionController):
                 "ratio_of_enabled_quantizations": enabled / len(all_q) if all_q else 0.0,
             },
         )
+        report = self.builder_state.get("precision_init")
+        if report is not None:  # HAWQ: what it chose and why (the full report is in builder_state)
+            stats.register(
+                "mixed_precision",
+                {
+                    "type": report["type"],
+                    "compression_ratio": report["compression_ratio"],
+                    "target_compression_ratio": report["target_compression_ratio"],
+                    "weight_bits": {layer["id"]: layer["bits"] for layer in report["layers"]},
+                    "hessian_trace": {layer["id"]: layer["hessian_trace"] for layer in report["layers"]},
+                },
+            )
         return stats
 
     def init_range(self) -> None:

@@ -12,7 +12,7 @@ onnxruntime expect. The result is the QDQ layout onnxruntime turns into QLinearC
 from __future__ import annotations
 
 import operator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import torch
@@ -23,7 +23,7 @@ from squeezer.compression.config.models import QuantizationConfig, QuantizerGrou
 from squeezer.compression.graph.modules import WEIGHTED_LAYERS, registration
 from squeezer.compression.graph.scopes import matches_any, should_consider
 from squeezer.compression.graph.trace import TracedGraph, first_layers, tensor_meta
-from squeezer.compression.quantization.quantizer import QuantizerSpec
+from squeezer.compression.quantization.quantizer import QuantizerSpec, with_bits
 from squeezer.errors import ConfigError
 
 WEIGHTED_MODULES = WEIGHTED_LAYERS
@@ -483,10 +483,4 @@ def apply_manual_precision(setup: QuantizerSetup, pairs: list[list[int | str]]) 
                 f"no quantizer id contains {scope!r}; ids look like: {[p.id for p in points[:5]]}",
                 path=f"$.compression.initializer.precision.bitwidth_per_scope[{i}]",
             )
-        half = point.spec.half_range and int(bits) == 8
-        point.spec = replace(
-            point.spec,
-            num_bits=int(bits),
-            half_range=half,
-            narrow_range=point.spec.is_weights and int(bits) == 8 and not half,
-        )
+        point.spec = with_bits(point.spec, int(bits))

@@ -7,7 +7,7 @@ gradient is not the one torch's learnable kernels compute.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -39,6 +39,13 @@ class QuantizerSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QuantizerSpec:
         return cls(**{**d, "scale_shape": tuple(d["scale_shape"])})
+
+
+def with_bits(spec: QuantizerSpec, bits: int) -> QuantizerSpec:
+    """`spec` at another bit width (mixed precision). The overflow fix's half range and the narrow
+    8-bit weight range are 8-bit rules: at fewer bits the full grid is used (4-bit weights: -8..7)."""
+    half = spec.half_range and bits == 8
+    return replace(spec, num_bits=bits, half_range=half, narrow_range=spec.is_weights and bits == 8 and not half)
 
 
 def level_bounds(spec: QuantizerSpec, signed: bool) -> tuple[int, int]:

@@ -1,0 +1,1 @@
+"""Mixed-precision initialization of weight quantizers: HAWQ (Hessian-trace sensitivity + bit assignment)."""
