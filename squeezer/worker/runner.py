@@ -294,7 +294,12 @@ def run_job(
     elif model_input.is_token_ids:  # the dummy inputs traced for the model must be ids too
         infos = config["input_info"] if isinstance(config["input_info"], list) else [config["input_info"]]
         nncf_config["input_info"] = [{**info, "type": "long"} for info in infos]
-    register_default_init_args(nncf_config, init_loader, device=device)
+    register_default_init_args(  # the criterion is what HAWQ mixed precision differentiates
+        nncf_config,
+        init_loader,
+        criterion=lambda out, y: _loss(recipe, first_tensor(out), y),
+        device=device,
+    )
     original_keys = set(model.state_dict())
     ctrl, cmodel = create_compressed_model(model, nncf_config)
 
