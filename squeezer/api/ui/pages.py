@@ -34,6 +34,8 @@ class Page:
 PAGES: tuple[Page, ...] = (
     Page("/jobs", "jobs.html", "Jobs", "jobs.js", nav="Jobs"),
     Page("/jobs/{job_id}", "job.html", "Job", "job.js"),
+    Page("/searches", "searches.html", "Searches", "searches.js", nav="Searches"),
+    Page("/searches/{search_id}", "search.html", "Search", "search.js"),
     Page("/submit", "submit.html", "Submit a job", "submit.js", nav="Submit"),
 )
 
