@@ -5,6 +5,7 @@ to its job page, the search list, cancelling from the page, and no data without 
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -90,7 +91,7 @@ def test_a_search_streams_its_candidates_and_plots_its_pareto_front(ui_service, 
     row = page.locator(f"#candidates tr[data-candidate='{best}']")
     outcome = next(c for c in result["candidates"] if c["name"] == best)
     cells = row.locator("td").all_inner_texts()
-    assert f"{outcome['latency_ms']:.3f}" == cells[5]
+    assert float(cells[5]) == pytest.approx(outcome["latency_ms"], rel=1e-2)  # three significant digits
     assert f"{outcome['fp32_latency_ms'] / outcome['latency_ms']:.2f}×" == cells[6]
     assert "recommended" in cells[0] and "front" in cells[0] and cells[4] == "yes"
     assert row.locator("td:nth-child(8)").get_attribute("data-bytes") == str(outcome["size_bytes"])
@@ -153,3 +154,55 @@ def test_a_search_is_cancelled_from_its_page_and_hidden_from_other_keys(ui_servi
         page.click("#delete")
         page.wait_for_url(f"{base}/ui/searches")
         assert alice.get(f"/v1/searches/{search['id']}").status_code == 404
+
+
+@pytest.mark.slow
+def test_a_search_started_from_the_submit_page_with_the_config_as_a_candidate(ui_service, trained_files, page):
+    base = ui_service.url
+    sign_in(page, base, ui_service.keys["alice"], "/ui/submit")
+    page.fill("#name", "from-the-form")
+    for field in ("model", "train", "val"):
+        page.set_input_files(f"#{field}", str(trained_files[field]))
+    assert page.is_hidden("#search-fields")
+    page.check("#as-search")
+    assert page.locator("#search-candidates input:checked").count() >= 2  # the default candidates
+    for box in page.locator("#search-candidates input").all():
+        box.uncheck()
+    page.check("#search-candidates input[value='int8']")
+    page.check("#search-own")
+    page.fill("#search-own-name", "mine")
+    page.fill("#search-drop", "2.5")
+    page.select_option("#search-objective", "size")
+    page.fill("#search-epochs", "4")
+    page.fill("#epochs", "50")
+
+    # the config as a candidate is checked as the API checks a search's: the problem names its path
+    bad = '{"compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": -5}}}}'
+    page.fill("#config", bad)
+    page.click("#submit")
+    page.wait_for_selector("#problem:not([hidden])")
+    assert page.inner_text("#problem-title").startswith("422 Invalid compression config")
+    assert page.inner_text("#problem-path") == "$.candidates[1].config.compression.initializer.range.num_init_samples"
+    assert page.url.endswith("/ui/submit")
+
+    own = {"compression": {"algorithm": "quantization", "preset": "mixed"}}
+    page.fill("#config", json.dumps(own))
+    page.click("#submit")
+    page.wait_for_url(f"{base}/ui/searches/*")
+    search_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector("#candidates tbody tr")
+    assert page.locator("#candidates tbody tr").evaluate_all("rows => rows.map(r => r.dataset.candidate)") == [
+        "int8",
+        "mine",
+    ]
+    with client(ui_service, "alice") as alice:
+        search = alice.get(f"/v1/searches/{search_id}").json()
+        settings = search["settings"]
+        assert search["name"] == "from-the-form" and settings["objective"] == "size"
+        assert settings["accuracy"]["maximal_absolute_accuracy_degradation"] == 2.5
+        assert settings["budget"]["max_total_epochs"] == 4
+        assert settings["candidates"] == ["int8", {"name": "mine", "config": own}]
+        jobs = [alice.get(f"/v1/jobs/{c['job_id']}").json() for c in search["result"]["candidates"]]
+        assert [job["total_epochs"] for job in jobs] == [2, 2]  # the epoch budget split between two candidates
+        if search["status"] in ("queued", "running"):
+            alice.post(f"/v1/searches/{search_id}/cancel")

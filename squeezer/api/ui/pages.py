@@ -11,6 +11,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from squeezer.search import BUILTIN_CANDIDATES, DEFAULT_CANDIDATES
+
 HERE = Path(__file__).resolve().parent
 PREFIX = "/ui"
 STATIC = f"{PREFIX}/static"
@@ -43,6 +45,9 @@ PAGES: tuple[Page, ...] = (
 def install(app: FastAPI) -> None:
     """The pages and `/ui/static` on `app` (kept out of the OpenAPI document: they are not the API)."""
     templates = Jinja2Templates(directory=HERE / "templates")
+    # static choices the submit page offers for a search (no user data: the shells stay public)
+    templates.env.globals["builtin_candidates"] = BUILTIN_CANDIDATES
+    templates.env.globals["default_candidates"] = DEFAULT_CANDIDATES
     app.mount(STATIC, StaticFiles(directory=HERE / "static"), name="ui-static")
     nav = [(p.nav, PREFIX + p.path) for p in PAGES if p.nav]
 

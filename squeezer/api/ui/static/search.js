@@ -24,6 +24,13 @@ Squeezer.page(async (main) => {
     return [min - 0.15 * span, max + 0.15 * span];
   }
 
+  // ticks with as many decimals as their spacing needs (a tiny model's latency is a few hundredths of a ms)
+  function tickText(u, ticks) {
+    const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) : Math.abs(ticks[0] || 1);
+    const digits = Math.max(0, Math.min(8, -Math.floor(Math.log10(step || 1))));
+    return ticks.map((t) => t.toFixed(digits));
+  }
+
   function drawExtras(u) {
     const ctx = u.ctx;
     const ratio = window.devicePixelRatio || 1;
@@ -46,13 +53,25 @@ Squeezer.page(async (main) => {
         ctx.fillText(`metric floor ${number(plotted.floor)}`, left + width - 4 * ratio, y + 14 * ratio);
       }
     }
+    // each point's name beside it, moved down a line while it would overlap a name already drawn
     ctx.fillStyle = COLORS.label;
+    ctx.textAlign = "left";
+    const lineHeight = 15 * ratio;
+    const marker = 8 * ratio;
+    const drawn = plotted.points.map((p) => ({
+      x: u.valToPos(p.latency_ms, "x", true) - marker,
+      y: u.valToPos(p.metric, "y", true) + marker,
+      w: 2 * marker,
+    }));
     for (const p of plotted.points) {
       const x = u.valToPos(p.latency_ms, "x", true);
-      const y = u.valToPos(p.metric, "y", true);
-      const rightHalf = x > left + 0.7 * width;
-      ctx.textAlign = rightHalf ? "right" : "left";
-      ctx.fillText(p.name, x + (rightHalf ? -10 : 10) * ratio, y - 8 * ratio);
+      const w = ctx.measureText(p.name).width;
+      const textX = x > left + 0.7 * width ? x - 10 * ratio - w : x + 10 * ratio;
+      let textY = u.valToPos(p.metric, "y", true) - 8 * ratio;
+      const overlaps = (b) => textX < b.x + b.w && b.x < textX + w && textY - lineHeight < b.y && b.y - lineHeight < textY;
+      while (drawn.some(overlaps)) textY += lineHeight;
+      drawn.push({ x: textX, y: textY, w });
+      ctx.fillText(p.name, textX, textY);
     }
     ctx.restore();
   }
@@ -88,7 +107,7 @@ Squeezer.page(async (main) => {
           points: { show: true, size: 22, width: 3, fill: "rgba(0,0,0,0)" },
         },
       ],
-      axes: [{ label: "latency (ms)" }, { label: "metric" }],
+      axes: [{ label: "latency (ms)", values: tickText, space: 70 }, { label: "metric", values: tickText }],
       legend: { live: false },
       cursor: { drag: { x: false, y: false } },
       hooks: { draw: [drawExtras] },
@@ -129,6 +148,8 @@ Squeezer.page(async (main) => {
     target.replaceChildren(...pairs.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)]));
   }
 
+  const ms = (value) => (value === null ? "–" : value >= 100 ? value.toFixed(0) : value.toPrecision(3));
+
   function speedup(c) {
     return c.latency_ms && c.fp32_latency_ms ? `${number(c.fp32_latency_ms / c.latency_ms)}×` : "–";
   }
@@ -144,7 +165,7 @@ Squeezer.page(async (main) => {
       el("td", { class: "num" }, c.epochs),
       el("td", { class: "num" }, number(c.metric)),
       el("td", {}, c.within_budget === null ? "–" : c.within_budget ? "yes" : "no"),
-      el("td", { class: "num" }, number(c.latency_ms, 3)),
+      el("td", { class: "num", title: c.latency_ms === null ? null : `${c.latency_ms} ms` }, ms(c.latency_ms)),
       el("td", { class: "num" }, speedup(c)),
       el("td", { class: "num", "data-bytes": c.size_bytes }, c.size_bytes === null ? "–" : bytes(c.size_bytes)),
       el("td", { class: "num" }, percent(c.compression_rate)),
@@ -161,7 +182,8 @@ Squeezer.page(async (main) => {
     status.className = `status ${search.status}`;
     facts(main.querySelector("#search-facts"), [
       ["Objective", result.objective],
-      ["Runtime", `${result.runtime}, batch ${result.batch_size}`],
+      ["Runtime", result.runtime],
+      ["Latency batch size", result.batch_size],
       ["FP32 metric", number(result.fp32_metric)],
       ["Metric floor", number(result.metric_floor)],
       ["Recommended", result.recommended || "–"],
