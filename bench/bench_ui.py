@@ -5,9 +5,12 @@ SQLite database; the API serves them on loopback and Debian's Chromium (Playwrig
 times in a fresh tab. Per page: DOMContentLoaded and load from the Navigation Timing entry, and `ready`,
 the page's own `squeezer:ready` mark, set once its data is on screen (the list's 50 rows; the job's facts,
 spec and exports). For the job page also `history`: all 100 epochs replayed from /events onto the charts.
+A finished search of 16 candidates (rows like the service writes them) times the search page the same
+way: `history` is its table and Pareto scatter drawn from the /events stream's first `search` event.
 
     python bench/bench_ui.py                 # 5 loads per page, about 30 s
     python bench/bench_ui.py --screenshot docs/job_page.png   # also: a digits job running, its page
+    python bench/bench_ui.py --search-screenshot docs/search_page.png   # also: a real digits search, finished
 
 Writes bench/results/ui.json.
 """
@@ -98,6 +101,51 @@ def insert_jobs(app: Any, owner_secret: str, count: int = 200, epochs: int = 100
         return jobs[0].id
 
 
+def insert_search(app: Any, owner_secret: str, count: int = 16) -> str:
+    """A finished search of `count` succeeded candidates, each with a result and an ONNX export row,
+    trading metric against latency; returns its id."""
+    from squeezer.api.keys import find_key
+    from squeezer.db import Export, Job, JobStatus, Search
+
+    now = datetime.now(UTC)
+    settings = {"accuracy": {"maximal_absolute_accuracy_degradation": 1.0}, "candidates": None}
+    with app.state.sessions() as session:
+        key = find_key(session, owner_secret)
+        assert key is not None
+        search = Search(owner_id=key.id, name="bench-search", spec={"settings": settings}, created_at=now)
+        session.add(search)
+        session.flush()
+        for i in range(count):
+            latency = 1.0 + i / 4 + (i % 3) / 10
+            result = {
+                "metric": 88.0 + 4 * (1 - 1 / (1 + i)) - (i % 3) / 2,
+                "uncompressed_metric": 92.0,
+                "compression_rate": 0.5,
+                "latency": {"onnxruntime": {"fp32_ms": 3.0, "compressed_ms": latency, "speedup": 3.0 / latency}},
+            }
+            job = Job(
+                owner_id=key.id,
+                name=f"bench-search/c{i:02d}",
+                search_id=search.id,
+                candidate=f"c{i:02d}",
+                status=JobStatus.succeeded,
+                spec={},
+                epoch=5,
+                total_epochs=5,
+                result=result,
+                created_at=now + timedelta(milliseconds=i),
+                started_at=now,
+                finished_at=now + timedelta(seconds=10),
+            )
+            session.add(job)
+            session.flush()
+            session.add(
+                Export(job_id=job.id, kind="onnx", storage_path="-", size_bytes=9000 - 100 * i, sha256="0" * 64)
+            )
+        session.commit()
+        return search.id
+
+
 def sign_in(page: Any, url: str, secret: str) -> None:
     page.goto(f"{url}/ui/jobs")
     page.fill("#api-key", secret)
@@ -130,6 +178,7 @@ def benchmark(repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as home, service(Path(home), ("bench",), worker=False) as running:
         secret = running.keys["bench"]
         job_id = insert_jobs(running.app, secret)
+        search_id = insert_search(running.app, secret)
         with chromium() as browser:
             context = browser.new_context(viewport={"width": 1280, "height": 1000})
             # signed in: the key in each new tab's sessionStorage (what the sign-in page stores)
@@ -139,6 +188,8 @@ def benchmark(repeats: int) -> dict[str, Any]:
                 "job list, status=succeeded": (f"{running.url}/ui/jobs?status=succeeded", "squeezer:ready"),
                 "job page (100 epochs)": (f"{running.url}/ui/jobs/{job_id}", "squeezer:history"),
                 "submit page": (f"{running.url}/ui/submit", "squeezer:ready"),
+                "search list (1 search)": (f"{running.url}/ui/searches", "squeezer:ready"),
+                "search page (16 candidates)": (f"{running.url}/ui/searches/{search_id}", "squeezer:history"),
             }
             for name, (url, done) in cases.items():
                 measure(context, url, done, 1)  # warm-up: first compile of scripts, SQLite caches
@@ -187,13 +238,49 @@ def screenshot(path: Path) -> None:
         print(f"wrote {path}")
 
 
+def search_screenshot(path: Path) -> None:
+    """The page of a finished four-candidate search on a trained digits MLP (a worker on the embedded
+    defaults, a few minutes on two cores)."""
+    import httpx
+
+    from tests.helpers import write_digits_job_files
+    from tests.ui.browser import sparse_int8, submit_search
+
+    candidates = [
+        "int8",
+        "int8_sparsity50",
+        "pruning50_int8",
+        {"name": "sparse80_int8", "config": sparse_int8(0.8)},
+    ]
+    with tempfile.TemporaryDirectory() as home, service(Path(home), ("docs",)) as running:
+        secret = running.keys["docs"]
+        files = write_digits_job_files(Path(home), trained=True)
+        with httpx.Client(base_url=running.url, headers={"Authorization": f"Bearer {secret}"}) as api:
+            search = submit_search(api, files, "digits-mlp-search", candidates, epochs=3, batch_size=64)
+        with chromium() as browser:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            sign_in(page, running.url, secret)
+            page.goto(f"{running.url}/ui/searches/{search['id']}")
+            page.wait_for_function(
+                "() => !['queued', 'running'].includes(document.querySelector('#search-status').textContent)",
+                timeout=600_000,
+            )
+            time.sleep(0.5)  # the scatter's redraw
+            path.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(path), full_page=True)
+        print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--screenshot", type=Path, help="also write a PNG of a running job's page here")
+    parser.add_argument("--search-screenshot", type=Path, help="also write a PNG of a finished search's page here")
     args = parser.parse_args()
     if args.screenshot:
         screenshot(args.screenshot)
+    if args.search_screenshot:
+        search_screenshot(args.search_screenshot)
     pages = benchmark(args.repeats)
     print(f"{'page':32} {'DOMContentLoaded':>17} {'load':>9} {'data shown':>11}   (median ms of {args.repeats})")
     for name, p in pages.items():
@@ -203,6 +290,7 @@ def main() -> None:
     out = {
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
         "jobs_in_database": 200,
+        "search_candidates": 16,
         "repeats": args.repeats,
         "pages": pages,
     }

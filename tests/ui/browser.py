@@ -89,3 +89,42 @@ def service(home: Path, key_names: tuple[str, ...] = ("alice", "bob"), worker: b
             process.terminate()
             process.wait(timeout=60)
         app.state.engine.dispose()
+
+
+def sparse_int8(level: float) -> dict[str, Any]:
+    """A user candidate's NNCF config: magnitude sparsity at `level` from the start, then INT8."""
+    schedule = {"schedule": "multistep", "multistep_steps": [], "multistep_sparsity_levels": [level]}
+    return {
+        "compression": [
+            {"algorithm": "magnitude_sparsity", "sparsity_init": level, "params": schedule},
+            {"algorithm": "quantization"},
+        ]
+    }
+
+
+def submit_search(
+    client: Any, files: dict[str, Path], name: str, candidates: list[Any], epochs: int, **settings: Any
+) -> dict[str, Any]:
+    """The files of `tests.helpers.write_digits_job_files` uploaded and a search over `candidates` created
+    through the API with `client` (an httpx client holding a key); returns the created search."""
+    ids = {}
+    for field, kind in (("model", "model"), ("train", "dataset"), ("val", "dataset")):
+        upload = {"file": (files[field].name, files[field].read_bytes())}
+        response = client.post("/v1/artifacts", data={"kind": kind}, files=upload)
+        response.raise_for_status()
+        ids[field] = response.json()["id"]
+    body = {
+        "name": name,
+        "model": ids["model"],
+        "train_data": ids["train"],
+        "val_data": ids["val"],
+        "accuracy": {"maximal_absolute_accuracy_degradation": 3.0},
+        "candidates": candidates,
+        "early_stopping": False,
+        "recipe": {"epochs": epochs, "batch_size": 32, "lr": 1e-3},
+        **settings,
+    }
+    response = client.post("/v1/searches", json=body)
+    if response.status_code != 201:
+        raise RuntimeError(f"POST /v1/searches: {response.status_code} {response.text}")
+    return response.json()  # type: ignore[no-any-return]

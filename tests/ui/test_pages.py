@@ -22,7 +22,7 @@ def api(tmp_path):
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.path)
 def test_each_page_is_a_shell_without_data_under_a_strict_policy(api, page):
-    response = api.get("/ui" + page.path.format(job_id="0123abcd"))  # no key: the shell is public
+    response = api.get("/ui" + page.path.format(job_id="0123abcd", search_id="4567ef01"))  # no key: the shell is public
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     policy = response.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "unsafe-eval" not in policy and "frame-ancestors 'none'" in policy

@@ -11,6 +11,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from squeezer.search import BUILTIN_CANDIDATES, DEFAULT_CANDIDATES
+
 HERE = Path(__file__).resolve().parent
 PREFIX = "/ui"
 STATIC = f"{PREFIX}/static"
@@ -34,6 +36,8 @@ class Page:
 PAGES: tuple[Page, ...] = (
     Page("/jobs", "jobs.html", "Jobs", "jobs.js", nav="Jobs"),
     Page("/jobs/{job_id}", "job.html", "Job", "job.js"),
+    Page("/searches", "searches.html", "Searches", "searches.js", nav="Searches"),
+    Page("/searches/{search_id}", "search.html", "Search", "search.js"),
     Page("/submit", "submit.html", "Submit a job", "submit.js", nav="Submit"),
 )
 
@@ -41,6 +45,9 @@ PAGES: tuple[Page, ...] = (
 def install(app: FastAPI) -> None:
     """The pages and `/ui/static` on `app` (kept out of the OpenAPI document: they are not the API)."""
     templates = Jinja2Templates(directory=HERE / "templates")
+    # static choices the submit page offers for a search (no user data: the shells stay public)
+    templates.env.globals["builtin_candidates"] = BUILTIN_CANDIDATES
+    templates.env.globals["default_candidates"] = DEFAULT_CANDIDATES
     app.mount(STATIC, StaticFiles(directory=HERE / "static"), name="ui-static")
     nav = [(p.nav, PREFIX + p.path) for p in PAGES if p.nav]
 

@@ -1,5 +1,6 @@
 // Submit a job: the files go up as artifacts (POST /v1/artifacts), then POST /v1/jobs names them with
-// the config and the recipe. An API problem is shown with the JSON path it names.
+// the config and the recipe. With "search instead", POST /v1/searches names them with the chosen
+// candidates (the config above may be one). An API problem is shown with the JSON path it names.
 "use strict";
 
 Squeezer.page(async (main) => {
@@ -25,6 +26,11 @@ Squeezer.page(async (main) => {
   });
   configFile.addEventListener("change", () => {
     if (configFile.files.length) sample.value = "";
+  });
+  const asSearch = main.querySelector("#as-search");
+  asSearch.addEventListener("change", () => {
+    main.querySelector("#search-fields").hidden = !asSearch.checked;
+    main.querySelector("#submit").textContent = asSearch.checked ? "Start the search" : "Submit";
   });
 
   function showProblem(title, detail, path, list = []) {
@@ -65,12 +71,31 @@ Squeezer.page(async (main) => {
     };
   }
 
+  function searchBody(ids, ownConfig) {
+    const value = (id) => main.querySelector(`#${id}`).value;
+    const candidates = [...main.querySelectorAll("#search-candidates input:checked")].map((box) => box.value);
+    if (main.querySelector("#search-own").checked) candidates.push({ name: value("search-own-name"), config: ownConfig });
+    const body = {
+      name: value("name"),
+      ...ids,
+      accuracy: { maximal_absolute_accuracy_degradation: Number(value("search-drop")) },
+      objective: value("search-objective"),
+      batch_size: Number(value("search-batch")),
+      candidates,
+      recipe: recipe(),
+      priority: Number(value("priority")),
+    };
+    if (value("search-epochs")) body.budget = { max_total_epochs: Number(value("search-epochs")) };
+    return body;
+  }
+
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     main.querySelector("#problem").hidden = true;
     const button = main.querySelector("#submit");
     let inlineConfig = null;
-    if (!configFile.files.length) {
+    const ownCandidate = main.querySelector("#search-own").checked;
+    if (!configFile.files.length && (!asSearch.checked || ownCandidate)) {
       try {
         inlineConfig = JSON.parse(config.value);
       } catch (error) {
@@ -80,11 +105,24 @@ Squeezer.page(async (main) => {
     }
     button.disabled = true;
     try {
+      if (asSearch.checked && configFile.files.length && ownCandidate) {
+        try {
+          inlineConfig = JSON.parse(await configFile.files[0].text()); // a candidate's config goes inline
+        } catch (error) {
+          showProblem("The config file is not JSON", error.message, "$");
+          return;
+        }
+      }
       const ids = {
         model: await upload(main.querySelector("#model"), "model"),
         train_data: await upload(main.querySelector("#train"), "dataset"),
         val_data: await upload(main.querySelector("#val"), "dataset"),
       };
+      if (asSearch.checked) {
+        const search = await api("/v1/searches", { method: "POST", json: searchBody(ids, inlineConfig) });
+        location.assign(`/ui/searches/${encodeURIComponent(search.id)}`);
+        return;
+      }
       const body = {
         name: main.querySelector("#name").value,
         ...ids,
