@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import statistics
 import tempfile
 import time
 from collections import Counter
@@ -112,7 +113,8 @@ def optimized_ops(path: Path, tmp: Path) -> Counter[str]:
 
 
 def profile(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int, tmp: Path) -> dict[str, float]:
-    """Microseconds per run by op type, from onnxruntime's profiler, largest first."""
+    """Microseconds per run by op type, from onnxruntime's profiler: each node's median over `runs` calls
+    (the machine is shared: a mean would carry every preemption), summed by op type, largest first."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -122,17 +124,20 @@ def profile(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int, tm
     options.enable_profiling = True
     options.profile_file_prefix = str(tmp / path.stem)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(runs + 1):
+    for _ in range(runs):
         session.run(None, feed)
     events = json.loads(Path(session.end_profiling()).read_text())
-    per_op: Counter[str] = Counter()
+    per_node: dict[str, list[float]] = {}
+    op_of: dict[str, str] = {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            per_op[e["args"]["op_name"]] += e["dur"]
-    total = sum(per_op.values())
-    # the first run (allocation, warm-up) is included; runs + 1 spreads it thin
-    top = {op: round(us / (runs + 1), 1) for op, us in per_op.most_common(8)}
-    return {**top, "total": round(total / (runs + 1), 1)}
+            per_node.setdefault(e["name"], []).append(e["dur"])
+            op_of[e["name"]] = e["args"]["op_name"]
+    per_op: Counter[str] = Counter()
+    for node, durations in per_node.items():
+        per_op[op_of[node]] += statistics.median(durations)
+    top = {op: round(us, 1) for op, us in per_op.most_common(10)}
+    return {**top, "total": round(sum(per_op.values()), 1), "nodes": len(per_node)}
 
 
 def bench_case(name: str, batches: list[int], rounds: int, seconds: float, threads: int, ptq: bool) -> dict:
@@ -170,7 +175,7 @@ def bench_case(name: str, batches: list[int], rounds: int, seconds: float, threa
             report["latency"][str(batch)] = side_by_side(runners, feed, rounds, seconds)
         del runners
         feed1 = {feed_name: held_out[:1].numpy()}
-        report["profile_us"] = {k: profile(paths[k], feed1, threads, 20, tmp) for k in ("fp32", "squeezer")}
+        report["profile_us"] = {k: profile(paths[k], feed1, threads, 30, tmp) for k in ("fp32", "squeezer")}
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
 

@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from squeezer.compression.export.mask_rewrite import drop_all_true_masks
+
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Turn Constant nodes (and Identity nodes of constants, which torch emits for shared scales)
@@ -249,6 +251,7 @@ def rewrite(model: onnx.ModelProto) -> dict[str, int]:
     folded = fold_weight_quantization(model)
     transposes = fold_weight_transposes(model)
     gathers = gather_before_dequantize(model)
+    masks = drop_all_true_masks(model)
     biases = quantize_biases(model)
     remove_unused_initializers(model)
     shorten_names(model)
@@ -258,4 +261,5 @@ def rewrite(model: onnx.ModelProto) -> dict[str, int]:
         "int32_biases": biases,
         "weight_transposes_folded": transposes,
         "int8_gathers": gathers,
+        "all_true_masks_dropped": masks,
     }

@@ -1,5 +1,6 @@
 """Transformer layers in the INT8 export: embeddings stored as int8 and gathered before they are dequantized,
-Linears on 3-D inputs stored pre-transposed so onnxruntime runs them as integer matmuls, parity kept."""
+Linears on 3-D inputs stored pre-transposed so onnxruntime runs them as integer matmuls, attention masks that
+mask nothing dropped; each rewrite leaves onnxruntime's output unchanged."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
+from squeezer.compression.export.mask_rewrite import drop_all_true_masks
 from squeezer.compression.export.qdq_rewrite import fold_weight_transposes, gather_before_dequantize
 
 INTEGER_MATMULS = ("MatMulIntegerToFloat", "QLinearMatMul", "DynamicQuantizeMatMul")
@@ -162,4 +164,49 @@ def test_transposed_weight_is_stored_transposed():
     dq = model.graph.node[0]
     assert numpy_helper.to_array(model.graph.initializer[0]).shape == (3, 5)
     assert next(a.i for a in dq.attribute if a.name == "axis") == 1  # the output channels are now columns
+    np.testing.assert_allclose(_run(model, feeds), before, rtol=1e-6, atol=0)
+
+
+def _masked_attention_graph(mask: np.ndarray) -> onnx.ModelProto:
+    """What torch's exporter writes for scaled_dot_product_attention with a Boolean mask."""
+    nodes = [
+        helper.make_node("MatMul", ["q", "k"], ["scores"]),
+        helper.make_node("Shape", ["scores"], ["shape"]),
+        helper.make_node("Expand", ["mask", "shape"], ["full_mask"]),
+        helper.make_node("Where", ["full_mask", "zero", "minus_inf"], ["bias"]),
+        helper.make_node("Add", ["scores", "bias"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+        helper.make_node("IsNaN", ["p"], ["nan"]),
+        helper.make_node("Where", ["nan", "zero", "p"], ["p_safe"]),
+        helper.make_node("MatMul", ["p_safe", "v"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "attention",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 2, 4, 4]) for n in ("q", "k", "v")],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 2, 4, 4])],
+        [
+            numpy_helper.from_array(mask, "mask"),
+            numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+            numpy_helper.from_array(np.array([-np.inf], np.float32), "minus_inf"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+@pytest.mark.parametrize("masks_something", [False, True])
+def test_attention_masks_that_mask_nothing_are_dropped(masks_something):
+    mask = np.ones((1, 1, 4, 1), dtype=bool)
+    mask[0, 0, 2, 0] = not masks_something  # a fully masked row: the NaN guard matters there
+    model = _masked_attention_graph(mask)
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((3, 2, 4, 4)).astype(np.float32) for n in ("q", "k", "v")}
+    before = _run(model, feeds)
+    assert drop_all_true_masks(model) == int(not masks_something)
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    if masks_something:
+        assert ops.count("Where") == 2 and "IsNaN" in ops
+    else:
+        assert ops == ["MatMul", "Softmax", "MatMul"]
     np.testing.assert_allclose(_run(model, feeds), before, rtol=1e-6, atol=0)
