@@ -81,6 +81,7 @@ CASES: dict[str, Case] = {
     "bert": Case(lambda: build("bert"), (SEQ,), True),
     "distilbert": Case(lambda: build("distilbert"), (SEQ,), True),
     "hf_vit": Case(lambda: build("hf_vit"), tuple(ZOO["hf_vit"].input_shape[1:]), False),
+    "vit_tiny": Case(lambda: build("vit_tiny"), tuple(ZOO["vit_tiny"].input_shape[1:]), False),  # nn.MultiheadAttention
     # realistic widths, 2 layers
     "bert_l2_h256": Case(_hf("bert", hidden_size=256, num_attention_heads=4, intermediate_size=1024), (SEQ,), True),
     "bert_l2_h384": Case(_hf("bert", hidden_size=384, num_attention_heads=6, intermediate_size=1536), (SEQ,), True),

@@ -93,7 +93,7 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
     remove = []
     for node in graph.node:
         dq = producer.get(node.input[0]) if node.op_type == "Transpose" else None
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits:
             continue
         if readers.get(dq.output[0]) != 1 or dq.output[0] in outputs or readers.get(dq.input[0]) != 1:
             continue
