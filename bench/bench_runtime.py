@@ -101,8 +101,15 @@ def build_model(name: str) -> nn.Module:
     return calibrate_batchnorm(model, dataclasses.replace(ZOO[name], input_shape=(2, *shape)))
 
 
-def squeezer_int8(model: nn.Module, calibration: list[torch.Tensor], out: Path, notes: list[str]) -> Path:
-    """`int8.json` on the calibration batches (their shape and dtype give input_info), exported."""
+def squeezer_int8(
+    model: nn.Module,
+    calibration: list[torch.Tensor],
+    out: Path,
+    notes: list[str],
+    compression: dict[str, Any] | None = None,
+) -> Path:
+    """`int8.json` on the calibration batches (their shape and dtype give input_info), exported;
+    `compression`: keys that replace the config's (e.g. "activations" with ignored_scopes)."""
     from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
     from squeezer.examples.configs import sample_config_path
 
@@ -113,6 +120,7 @@ def squeezer_int8(model: nn.Module, calibration: list[torch.Tensor], out: Path, 
         "range": {"num_init_samples": sum(len(x) for x in calibration)},
         "batchnorm_adaptation": {"num_bn_adaptation_samples": 0},
     }
+    data["compression"].update(compression or {})
     config = NNCFConfig.from_dict(data)
     loader = [(x, torch.zeros(len(x), dtype=torch.long)) for x in calibration]
     register_default_init_args(config, loader, criterion=nn.CrossEntropyLoss())

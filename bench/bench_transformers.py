@@ -43,6 +43,9 @@ from squeezer.runtime import load_runner
 SEQ = 128
 INTEGER_MATMULS = ("MatMulIntegerToFloat", "QLinearMatMul", "QGemm", "DynamicQuantizeMatMul", "MatMulInteger")
 FLOAT_MATMULS = ("MatMul", "FusedMatMul", "Gemm")
+# the variant `sq_residual_fp32`: no quantizer on the inputs of `a + b` (the residual and embedding sums; NNCF
+# node names end in __add___<k>); every Linear still reads a quantized input
+RESIDUAL_FP32 = {"activations": {"ignored_scopes": ["{re}.*/__add___\\d+$"]}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +144,9 @@ def profile(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int, tm
     return {**top, "total": round(sum(per_op.values()), 1), "nodes": len(per_node)}
 
 
-def bench_case(name: str, batches: list[int], rounds: int, seconds: float, threads: int, ptq: bool) -> dict:
+def bench_case(
+    name: str, batches: list[int], rounds: int, seconds: float, threads: int, ptq: bool, residual_fp32: bool
+) -> dict:
     started = time.perf_counter()
     case = CASES[name]
     model = case.build()
@@ -155,6 +160,10 @@ def bench_case(name: str, batches: list[int], rounds: int, seconds: float, threa
         paths = {"fp32": export_onnx(model, tmp / "fp32.onnx", (held_out[:1],), verify_inputs=((held_out,), {}))}
         notes: list[str] = []
         paths["squeezer"] = squeezer_int8(model, calibration, tmp / "squeezer.onnx", notes)
+        if residual_fp32:
+            paths["sq_residual_fp32"] = squeezer_int8(
+                model, calibration, tmp / "sq_residual_fp32.onnx", notes, RESIDUAL_FP32
+            )
         if notes:
             report["notes"] = notes
         if ptq:
@@ -182,8 +191,11 @@ def bench_case(name: str, batches: list[int], rounds: int, seconds: float, threa
 
 
 def print_table(results: dict[str, Any]) -> None:
-    head = f"{'model':20} {'b':>2} | {'fp32 ms':>8} {'sq x':>5} {'ptq x':>5} | {'size sq':>7} {'ptq':>5} | "
-    head += f"{'parity sq':>9} {'ptq':>6} | integer / float matmuls"
+    nan = float("nan")
+    head = (
+        f"{'model':20} {'b':>2} | {'fp32 ms':>8} {'sq x':>5} {'ptq x':>5} {'res x':>5} | {'size sq':>7} {'ptq':>5} | "
+    )
+    head += f"{'parity sq':>9} {'ptq':>6} {'res':>6} | integer / float matmuls"
     print(head)
     print("-" * len(head))
     for name, r in results.items():
@@ -192,13 +204,14 @@ def print_table(results: dict[str, Any]) -> None:
             continue
         integer = sum(r["fused"].get(op, 0) for op in INTEGER_MATMULS)
         floating = sum(r["fused"].get(op, 0) for op in FLOAT_MATMULS)
+        size, parity = r["size_ratio"], r["parity"]
         for batch, lat in r["latency"].items():
-            ptq_x = lat["speedup"].get("ort_ptq", float("nan"))
+            x = lat["speedup"]
             print(
-                f"{name:20} {batch:>2} | {lat['ms']['fp32']:8.2f} {lat['speedup']['squeezer']:5.2f} {ptq_x:5.2f} | "
-                f"{r['size_ratio']['squeezer']:7.3f} {r['size_ratio'].get('ort_ptq', float('nan')):5.3f} | "
-                f"{r['parity']['squeezer']:9.4f} {r['parity'].get('ort_ptq', float('nan')):6.4f} | "
-                f"{integer} / {floating}"
+                f"{name:20} {batch:>2} | {lat['ms']['fp32']:8.2f} {x['squeezer']:5.2f} {x.get('ort_ptq', nan):5.2f} "
+                f"{x.get('sq_residual_fp32', nan):5.2f} | {size['squeezer']:7.3f} {size.get('ort_ptq', nan):5.3f} | "
+                f"{parity['squeezer']:9.4f} {parity.get('ort_ptq', nan):6.4f} "
+                f"{parity.get('sq_residual_fp32', nan):6.4f} | {integer} / {floating}"
             )
 
 
@@ -210,6 +223,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=0.5, help="timing per variant per round")
     parser.add_argument("--no-ptq", action="store_true", help="skip onnxruntime's quantize_static yardstick")
+    parser.add_argument(
+        "--residual-fp32", action="store_true", help="also measure INT8 with the residual Adds' inputs left FP32"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "transformers.json")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -224,7 +240,9 @@ def main() -> None:
     for name in models:
         print(f"-- {name}", flush=True)
         try:
-            done[name] = bench_case(name, batches, args.rounds, args.seconds, args.threads, not args.no_ptq)
+            done[name] = bench_case(
+                name, batches, args.rounds, args.seconds, args.threads, not args.no_ptq, args.residual_fp32
+            )
         except Exception as exc:  # one model's failure is reported, the others still run
             done[name] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
         results[name] = done[name]
