@@ -88,6 +88,8 @@ def test_token_model_exports_int8_embedding_and_integer_matmuls(digit_tokens, tm
     actual = session.run(None, {session.get_inputs()[0].name: held_out.numpy()})[0]
     assert np.abs(actual - expected).max() <= 0.02 * np.abs(expected).max()
     assert (actual.argmax(1) == expected.argmax(1)).mean() >= 0.98
+    # OpenVINO converts the same file (int8 rows gathered, then scaled) and its gate checks parity on its CPU plugin
+    assert ctrl.export_model(tmp_path / "tokens.xml", save_format="openvino").with_suffix(".bin").exists()
 
 
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
