@@ -101,17 +101,26 @@ def build_model(name: str) -> nn.Module:
     return calibrate_batchnorm(model, dataclasses.replace(ZOO[name], input_shape=(2, *shape)))
 
 
-def squeezer_int8(model: nn.Module, name: str, calibration: list[torch.Tensor], out: Path, notes: list[str]) -> Path:
+def squeezer_int8(
+    model: nn.Module,
+    calibration: list[torch.Tensor],
+    out: Path,
+    notes: list[str],
+    compression: dict[str, Any] | None = None,
+) -> Path:
+    """`int8.json` on the calibration batches (their shape and dtype give input_info), exported;
+    `compression`: keys that replace the config's (e.g. "activations" with ignored_scopes)."""
     from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
     from squeezer.examples.configs import sample_config_path
 
-    shape, tokens = sample_shape(name)
+    shape, tokens = tuple(calibration[0].shape[1:]), not calibration[0].is_floating_point()
     data = dict(NNCFConfig.from_json(sample_config_path("int8")))
     data["input_info"] = {"sample_size": [1, *shape], **({"type": "long"} if tokens else {})}
     data["compression"]["initializer"] = {
         "range": {"num_init_samples": sum(len(x) for x in calibration)},
         "batchnorm_adaptation": {"num_bn_adaptation_samples": 0},
     }
+    data["compression"].update(compression or {})
     config = NNCFConfig.from_dict(data)
     loader = [(x, torch.zeros(len(x), dtype=torch.long)) for x in calibration]
     register_default_init_args(config, loader, criterion=nn.CrossEntropyLoss())
@@ -174,7 +183,7 @@ def bench_model(name: str, batches: list[int], rounds: int, seconds: float, thre
 
         paths = {"fp32": export_onnx(model, Path(tmp) / "fp32.onnx", (held_out[:1],), verify_inputs=((held_out,), {}))}
         notes: list[str] = []
-        paths["squeezer"] = squeezer_int8(model, name, calibration, Path(tmp) / "squeezer.onnx", notes)
+        paths["squeezer"] = squeezer_int8(model, calibration, Path(tmp) / "squeezer.onnx", notes)
         if notes:
             report["notes"] = notes
         paths["ort_ptq"] = ort_ptq(paths["fp32"], calibration, Path(tmp) / "ort_ptq.onnx")

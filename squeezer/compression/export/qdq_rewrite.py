@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from squeezer.compression.export.mask_rewrite import drop_all_true_masks
+
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Turn Constant nodes (and Identity nodes of constants, which torch emits for shared scales)
@@ -74,6 +76,89 @@ def fold_weight_quantization(model: onnx.ModelProto) -> int:
     for node in remove:
         graph.node.remove(node)
     return folded
+
+
+def fold_weight_transposes(model: onnx.ModelProto) -> int:
+    """`DequantizeLinear(int8 weight) -> Transpose -> MatMul` (a Linear applied to a 3-D input) becomes
+    `DequantizeLinear(transposed int8 weight) -> MatMul`: onnxruntime fuses a MatMul into an integer
+    kernel only when the DequantizeLinear feeds it directly. Returns how many were folded."""
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    remove = []
+    for node in graph.node:
+        dq = producer.get(node.input[0]) if node.op_type == "Transpose" else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits:
+            continue
+        if readers.get(dq.output[0]) != 1 or dq.output[0] in outputs or readers.get(dq.input[0]) != 1:
+            continue
+        q = numpy_helper.to_array(inits[dq.input[0]])
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), list(range(q.ndim))[::-1])
+        inits[dq.input[0]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(q.transpose(perm)), dq.input[0]))
+        if numpy_helper.to_array(inits[dq.input[1]]).size > 1:  # per-channel: the channel axis moves
+            old = _axis(dq) % q.ndim
+            del dq.attribute[:]
+            dq.attribute.append(helper.make_attribute("axis", perm.index(old)))
+        dq.output[0] = node.output[0]
+        remove.append(node)
+    for node in remove:
+        graph.node.remove(node)
+    return len(remove)
+
+
+def gather_before_dequantize(model: onnx.ModelProto) -> int:
+    """`DequantizeLinear(int8 table) -> Gather(ids)` (an embedding) becomes `Gather(int8 table, ids)` then
+    dequantize the gathered rows: onnxruntime keeps DequantizeLinear out of constant folding, so the first form
+    dequantizes the whole table on every call (a 30522 x 768 vocabulary: 23M values per inference). Per-row
+    scales are gathered with the rows and multiplied; a per-tensor or per-column grid stays a DequantizeLinear.
+    Returns how many Gathers were rewritten."""
+    graph = model.graph
+    inits = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    rewritten = 0
+    new_nodes: list[tuple[onnx.NodeProto, list[onnx.NodeProto]]] = []
+    for node in graph.node:
+        dq = producer.get(node.input[0]) if node.op_type == "Gather" else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or len(dq.input) < 3:
+            continue
+        table, scale, zero_point = (inits.get(name) for name in dq.input[:3])
+        gather_axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if table is None or scale is None or zero_point is None or table.ndim != 2 or gather_axis != 0:
+            continue
+        base = node.output[0]
+        rows = helper.make_node("Gather", [dq.input[0], node.input[1]], [f"{base}_q"], name=f"{base}_gather_q")
+        if scale.size == 1 or _axis(dq) % 2 == 1:  # the grid does not vary along the gathered rows
+            axis = [] if scale.size == 1 else [helper.make_attribute("axis", -1)]
+            dequantize = helper.make_node("DequantizeLinear", [f"{base}_q", *dq.input[1:3]], [base], name=base)
+            dequantize.attribute.extend(axis)
+            new_nodes.append((node, [rows, dequantize]))
+        elif not np.any(zero_point):  # per-row symmetric grid: real row = int8 row * its step
+            axes = f"{base}_unsqueeze_axes"
+            graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), axes))
+            steps = helper.make_node("Gather", [dq.input[1], node.input[1]], [f"{base}_s"], name=f"{base}_gather_s")
+            column = helper.make_node("Unsqueeze", [f"{base}_s", axes], [f"{base}_s1"], name=f"{base}_unsqueeze")
+            as_float = helper.make_node(
+                "Cast", [f"{base}_q"], [f"{base}_f"], name=f"{base}_cast", to=onnx.TensorProto.FLOAT
+            )
+            scaled = helper.make_node("Mul", [f"{base}_f", f"{base}_s1"], [base], name=f"{base}_scale")
+            new_nodes.append((node, [rows, steps, column, as_float, scaled]))
+        else:
+            continue
+        rewritten += 1
+    for old, replacement in new_nodes:
+        index = list(graph.node).index(old)
+        graph.node.remove(old)
+        for offset, new in enumerate(replacement):
+            graph.node.insert(index + offset, new)
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for node in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in used]:
+        graph.node.remove(node)  # a table read by Gathers only
+    return rewritten
 
 
 def quantize_biases(model: onnx.ModelProto) -> int:
@@ -164,8 +249,17 @@ def shorten_names(model: onnx.ModelProto) -> None:
 
 def rewrite(model: onnx.ModelProto) -> dict[str, int]:
     folded = fold_weight_quantization(model)
+    transposes = fold_weight_transposes(model)
+    gathers = gather_before_dequantize(model)
+    masks = drop_all_true_masks(model)
     biases = quantize_biases(model)
     remove_unused_initializers(model)
     shorten_names(model)
     onnx.checker.check_model(model)
-    return {"int8_weights": folded, "int32_biases": biases}
+    return {
+        "int8_weights": folded,
+        "int32_biases": biases,
+        "weight_transposes_folded": transposes,
+        "int8_gathers": gathers,
+        "all_true_masks_dropped": masks,
+    }

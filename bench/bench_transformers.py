@@ -1,0 +1,258 @@
+"""Transformers in onnxruntime: FP32 vs Squeezer's INT8 export (vs onnxruntime's own quantize_static), at the
+zoo's widths (32 wide, where per-op overhead dominates) and at realistic widths, with evidence of why.
+
+Per model (random init; token models read 128 ids): FP32 `squeezer.export_onnx`, Squeezer `int8.json`
+(min-max range init on 32 calibration samples, `ctrl.export_model`), and `ort_ptq` of the FP32 file. Reported:
+- latency at 2 threads, batch 1 and 8, variants timed round by round (bench_runtime's `side_by_side`);
+  ratio = FP32 ms / variant ms (> 1: faster than FP32);
+- size = file bytes / FP32 file bytes; parity = max |variant - fp32| / max |fp32| on a held-out batch;
+- `fused`: the ops of onnxruntime's optimized INT8 graph that compute matrix products (MatMulIntegerToFloat,
+  QLinearMatMul, QGemm run in integer; MatMul / FusedMatMul / Gemm in float);
+- `profile_us`: onnxruntime's profiler, microseconds per run by op type at batch 1 (the per-op evidence where
+  INT8 cannot be faster: QuantizeLinear / DequantizeLinear costs next to the matmuls they feed).
+
+    python bench/bench_transformers.py                                  # every model, about 10 min on 2 cores
+    python bench/bench_transformers.py --models bert,bert_l2_h768 --batch 1
+Writes bench/results/transformers.json, merged with earlier runs by model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from bench_runtime import RESULTS, first_output, input_names, machine, side_by_side, squeezer_int8
+from torch import nn
+
+from squeezer.examples.ptq_check import ort_ptq
+from squeezer.examples.zoo import VOCAB, ZOO, _Logits, build, prepare_torchvision
+from squeezer.runtime import load_runner
+
+SEQ = 128
+INTEGER_MATMULS = ("MatMulIntegerToFloat", "QLinearMatMul", "QGemm", "DynamicQuantizeMatMul", "MatMulInteger")
+FLOAT_MATMULS = ("MatMul", "FusedMatMul", "Gemm")
+# the variant `sq_residual_fp32`: no quantizer on the inputs of `a + b` (the residual and embedding sums; NNCF
+# node names end in __add___<k>); every Linear still reads a quantized input
+RESIDUAL_FP32 = {"activations": {"ignored_scopes": ["{re}.*/__add___\\d+$"]}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    build: Callable[[], nn.Module]
+    sample: tuple[int, ...]  # one input's shape without the batch dimension
+    tokens: bool
+
+
+def _hf(kind: str, **config: Any) -> Callable[[], nn.Module]:
+    """A 2-layer Hugging Face encoder of the given width, random init (vocabulary: the zoo's 128 ids)."""
+
+    def make() -> nn.Module:
+        prepare_torchvision()
+        transformers: Any = importlib.import_module("transformers")  # untyped: the configs differ per model
+        torch.manual_seed(0)
+        if kind == "bert":
+            model: nn.Module = transformers.BertForSequenceClassification(
+                transformers.BertConfig(vocab_size=VOCAB, num_hidden_layers=2, num_labels=10, **config)
+            )
+        elif kind == "distilbert":
+            model = transformers.DistilBertForSequenceClassification(
+                transformers.DistilBertConfig(vocab_size=VOCAB, n_layers=2, num_labels=10, **config)
+            )
+        else:
+            model = transformers.ViTForImageClassification(
+                transformers.ViTConfig(num_hidden_layers=2, num_labels=10, **config)
+            )
+        return _Logits(model.eval(), "pixel_values" if kind == "vit" else "input_ids").eval()
+
+    return make
+
+
+CASES: dict[str, Case] = {
+    # the zoo's configurations (32 wide)
+    "bert": Case(lambda: build("bert"), (SEQ,), True),
+    "distilbert": Case(lambda: build("distilbert"), (SEQ,), True),
+    "hf_vit": Case(lambda: build("hf_vit"), tuple(ZOO["hf_vit"].input_shape[1:]), False),
+    "vit_tiny": Case(lambda: build("vit_tiny"), tuple(ZOO["vit_tiny"].input_shape[1:]), False),  # nn.MultiheadAttention
+    # realistic widths, 2 layers
+    "bert_l2_h256": Case(_hf("bert", hidden_size=256, num_attention_heads=4, intermediate_size=1024), (SEQ,), True),
+    "bert_l2_h384": Case(_hf("bert", hidden_size=384, num_attention_heads=6, intermediate_size=1536), (SEQ,), True),
+    "bert_l2_h768": Case(_hf("bert", hidden_size=768, num_attention_heads=12, intermediate_size=3072), (SEQ,), True),
+    "distilbert_l2_h768": Case(_hf("distilbert", dim=768, n_heads=12, hidden_dim=3072), (SEQ,), True),
+    "vit_l2_h192": Case(
+        _hf("vit", image_size=224, patch_size=16, hidden_size=192, num_attention_heads=3, intermediate_size=768),
+        (3, 224, 224),
+        False,
+    ),
+}
+
+
+def make_input(case: Case, batch: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    if case.tokens:
+        return torch.randint(0, VOCAB, (batch, *case.sample), generator=generator)
+    return torch.rand((batch, *case.sample), generator=generator)
+
+
+def optimized_ops(path: Path, tmp: Path) -> Counter[str]:
+    """Op types of onnxruntime's optimized graph (what it runs after its QDQ fusions)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp / f"{path.stem}.optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def profile(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int, tmp: Path) -> dict[str, float]:
+    """Microseconds per run by op type, from onnxruntime's profiler: each node's median over `runs` calls
+    (the machine is shared: a mean would carry every preemption), summed by op type, largest first."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp / path.stem)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    per_node: dict[str, list[float]] = {}
+    op_of: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            per_node.setdefault(e["name"], []).append(e["dur"])
+            op_of[e["name"]] = e["args"]["op_name"]
+    per_op: Counter[str] = Counter()
+    for node, durations in per_node.items():
+        per_op[op_of[node]] += statistics.median(durations)
+    top = {op: round(us, 1) for op, us in per_op.most_common(10)}
+    return {**top, "total": round(sum(per_op.values()), 1), "nodes": len(per_node)}
+
+
+def bench_case(
+    name: str, batches: list[int], rounds: int, seconds: float, threads: int, ptq: bool, residual_fp32: bool
+) -> dict:
+    started = time.perf_counter()
+    case = CASES[name]
+    model = case.build()
+    calibration = [make_input(case, 8, seed=10 + i) for i in range(4)]
+    held_out = make_input(case, 8, seed=999)
+    report: dict[str, Any] = {"input": list(case.sample)}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        from squeezer import export_onnx
+
+        paths = {"fp32": export_onnx(model, tmp / "fp32.onnx", (held_out[:1],), verify_inputs=((held_out,), {}))}
+        notes: list[str] = []
+        paths["squeezer"] = squeezer_int8(model, calibration, tmp / "squeezer.onnx", notes)
+        if residual_fp32:
+            paths["sq_residual_fp32"] = squeezer_int8(
+                model, calibration, tmp / "sq_residual_fp32.onnx", notes, RESIDUAL_FP32
+            )
+        if notes:
+            report["notes"] = notes
+        if ptq:
+            paths["ort_ptq"] = ort_ptq(paths["fp32"], calibration, tmp / "ort_ptq.onnx")
+        variants = [k for k in paths if k != "fp32"]
+        sizes = {k: p.stat().st_size for k, p in paths.items()}
+        report["bytes"] = sizes
+        report["size_ratio"] = {k: round(sizes[k] / sizes["fp32"], 3) for k in variants}
+        fused = optimized_ops(paths["squeezer"], tmp)
+        report["fused"] = {op: fused[op] for op in (*INTEGER_MATMULS, *FLOAT_MATMULS) if fused[op]}
+        feed_name = input_names(paths["fp32"])[0]
+        runners = {k: load_runner(p, "onnxruntime", threads) for k, p in paths.items()}
+        outs = {k: first_output(run({feed_name: held_out.numpy()})) for k, run in runners.items()}
+        scale = max(float(np.abs(outs["fp32"]).max()), 1e-4)
+        report["parity"] = {k: round(float(np.abs(outs[k] - outs["fp32"]).max()) / scale, 4) for k in variants}
+        report["latency"] = {}
+        for batch in batches:
+            feed = {feed_name: held_out[:batch].numpy()}
+            report["latency"][str(batch)] = side_by_side(runners, feed, rounds, seconds)
+        del runners
+        feed1 = {feed_name: held_out[:1].numpy()}
+        report["profile_us"] = {k: profile(paths[k], feed1, threads, 30, tmp) for k in ("fp32", "squeezer")}
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def print_table(results: dict[str, Any]) -> None:
+    nan = float("nan")
+    head = (
+        f"{'model':20} {'b':>2} | {'fp32 ms':>8} {'sq x':>5} {'ptq x':>5} {'res x':>5} | {'size sq':>7} {'ptq':>5} | "
+    )
+    head += f"{'parity sq':>9} {'ptq':>6} {'res':>6} | integer / float matmuls"
+    print(head)
+    print("-" * len(head))
+    for name, r in results.items():
+        if "error" in r:
+            print(f"{name:20} error: {r['error'][:120]}")
+            continue
+        integer = sum(r["fused"].get(op, 0) for op in INTEGER_MATMULS)
+        floating = sum(r["fused"].get(op, 0) for op in FLOAT_MATMULS)
+        size, parity = r["size_ratio"], r["parity"]
+        for batch, lat in r["latency"].items():
+            x = lat["speedup"]
+            print(
+                f"{name:20} {batch:>2} | {lat['ms']['fp32']:8.2f} {x['squeezer']:5.2f} {x.get('ort_ptq', nan):5.2f} "
+                f"{x.get('sq_residual_fp32', nan):5.2f} | {size['squeezer']:7.3f} {size.get('ort_ptq', nan):5.3f} | "
+                f"{parity['squeezer']:9.4f} {parity.get('ort_ptq', nan):6.4f} "
+                f"{parity.get('sq_residual_fp32', nan):6.4f} | {integer} / {floating}"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
+    parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=0.5, help="timing per variant per round")
+    parser.add_argument("--no-ptq", action="store_true", help="skip onnxruntime's quantize_static yardstick")
+    parser.add_argument(
+        "--residual-fp32", action="store_true", help="also measure INT8 with the residual Adds' inputs left FP32"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "transformers.json")
+    args = parser.parse_args()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in CASES]
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {', '.join(CASES)}")
+    batches = [int(b) for b in args.batch.split(",")]
+    torch.set_num_threads(args.threads)
+    saved = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results: dict[str, Any] = saved.get("models", {})
+    done: dict[str, Any] = {}
+    for name in models:
+        print(f"-- {name}", flush=True)
+        try:
+            done[name] = bench_case(
+                name, batches, args.rounds, args.seconds, args.threads, not args.no_ptq, args.residual_fp32
+            )
+        except Exception as exc:  # one model's failure is reported, the others still run
+            done[name] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+        results[name] = done[name]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"machine": machine(), "threads": args.threads, "rounds": args.rounds, "seq": SEQ}
+        args.out.write_text(json.dumps({**meta, "models": results}, indent=1))
+        print_table({name: done[name]})
+    print()
+    print_table(done)
+
+
+if __name__ == "__main__":
+    main()
