@@ -146,17 +146,20 @@ def judge_epoch(session: Session, job_id: str, epoch: int) -> str | None:
     if not rule.is_rung(epoch):
         return None
     rows = session.execute(
-        select(Job.candidate, JobMetric.accuracy_budget)
+        select(Job.candidate, JobMetric.accuracy_budget, JobMetric.compression_rate)
         .join(JobMetric, JobMetric.job_id == Job.id)
         .where(Job.search_id == search.id, JobMetric.epoch == epoch)
     ).all()
-    margins = {str(name): float(margin) for name, margin in rows}
-    if job.candidate not in margins or not rule.should_stop(job.candidate, epoch, margins):
+    margins = {str(name): float(margin) for name, margin, _ in rows}
+    rates = {str(name): rate for name, _, rate in rows}
+    if job.candidate not in margins or not rule.should_stop(job.candidate, epoch, margins, rates):
         return None
-    rank = sorted(margins.values(), reverse=True).index(margins[job.candidate]) + 1
+    own = rates[job.candidate] or 0.0
+    rivals = sorted((m for n, m in margins.items() if (rates[n] or 0.0) >= own - 1e-9), reverse=True)
     reason = (
         f"successive halving at epoch {epoch}: {margins[job.candidate]:+.3g} from the accuracy budget, "
-        f"rank {rank} of {len(margins)} candidates there (the best {max(1, len(margins) // rule.rate)} go on)"
+        f"rank {rivals.index(margins[job.candidate]) + 1} of the {len(rivals)} candidates there compressed at "
+        f"least as much (the best {max(1, len(rivals) // rule.rate)} go on)"
     )
     if stop_candidate(session, job_id, reason):
         logger.info("search %s: candidate %s stopped: %s", search.id, job.candidate, reason)

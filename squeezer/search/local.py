@@ -129,6 +129,7 @@ def _run(
     export_onnx(copy.deepcopy(model).eval(), fp32_onnx, (example_input,), verify=False)
     rule = HalvingRule(settings.halving_rate)
     margins_at: dict[int, dict[str, float]] = {}  # epoch -> candidate -> margin, as reported so far
+    rates_at: dict[int, dict[str, float | None]] = {}  # epoch -> candidate -> compression rate
     outcomes: list[CandidateOutcome] = []
     for name, config in configs.items():
         if deadline is not None and time.monotonic() >= deadline:
@@ -151,6 +152,7 @@ def _run(
                 fp32_onnx,
                 rule,
                 margins_at,
+                rates_at,
                 deadline,
                 criterion,
                 root,
@@ -187,6 +189,7 @@ def _candidate(
     fp32_onnx: Path,
     rule: HalvingRule,
     margins_at: dict[int, dict[str, float]],
+    rates_at: dict[int, dict[str, float | None]],
     deadline: float | None,
     criterion: Any,
     root: Path,
@@ -200,9 +203,11 @@ def _candidate(
         records.append(record)
         margins = margins_at.setdefault(record.epoch, {})
         margins[name] = record.accuracy_budget
+        rates = rates_at.setdefault(record.epoch, {})
+        rates[name] = record.compression_rate
         if record.epoch > 0 and deadline is not None and time.monotonic() >= deadline:
             raise _Stop("the search's wall-time budget was spent")
-        if settings.early_stopping and rule.should_stop(name, record.epoch, margins):
+        if settings.early_stopping and rule.should_stop(name, record.epoch, margins, rates):
             raise _Stop(f"successive halving at epoch {record.epoch}: {record.accuracy_budget:+.3g} from the budget")
 
     nncf_config = NNCFConfig.from_dict({**config, "log_dir": str(workdir)})

@@ -131,7 +131,7 @@ def test_halving_stops_low_ranked_candidates_below_budget_as_their_epochs_arrive
         assert record(session, jobs["int8_kd"], "int8_kd", 1, -1.0) is None  # best of 2
         assert record(session, jobs["pruning30_int8"], "pruning30_int8", 1, 0.5) is None  # within the budget
         reason = record(session, jobs["pruning50_int8"], "pruning50_int8", 1, -2.0)  # 3rd of 4: out
-        assert reason is not None and "rank 3 of 4" in reason
+        assert reason is not None and "rank 3 of the 4 candidates" in reason
         assert record(session, jobs["int8"], "int8", 3, -4.0) is None  # epoch 3 is no rung (1, 2, 4, ...)
         assert transitions.finish(session, jobs["pruning50_int8"], "pruning50_int8", JobStatus.cancelled)
     state = api.get(f"/v1/searches/{search['id']}", headers=api.alice).json()

@@ -82,3 +82,16 @@ def test_halving_keeps_the_best_share_and_everyone_within_budget():
     assert not rule.should_stop("a", 1, {"a": -5.0})  # nothing to compare with yet
     within = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}
     assert not any(rule.should_stop(n, 2, within) for n in within)
+
+
+def test_halving_only_ranks_a_candidate_against_those_compressed_at_least_as_much():
+    rule = HalvingRule(rate=2)
+    # epoch 1 on the digits CNN: INT8 variants are ahead; 50%-pruned ones recover only later
+    margins = {"int8": -0.2, "int8_kd": -0.3, "pruning50": -8.0, "pruning50_kd": -8.5}
+    rates = {"int8": 0.0, "int8_kd": 0.0, "pruning50": 0.5, "pruning50_kd": 0.5}
+    assert rule.should_stop("pruning50", 1, margins)  # on accuracy alone it would go
+    assert not rule.should_stop("pruning50", 1, margins, rates)  # nothing as compressed is ahead of it
+    assert rule.should_stop("pruning50_kd", 1, margins, rates)  # pruning50 is as compressed and ahead
+    assert rule.should_stop("int8_kd", 1, margins, rates)  # everyone is at least as compressed as INT8
+    assert not rule.should_stop("int8", 1, margins, rates)
+    assert rule.should_stop("pruning50", 1, margins, {**rates, "pruning50": None})  # unknown: ranked against all
