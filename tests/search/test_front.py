@@ -92,6 +92,6 @@ def test_halving_only_ranks_a_candidate_against_those_compressed_at_least_as_muc
     assert rule.should_stop("pruning50", 1, margins)  # on accuracy alone it would go
     assert not rule.should_stop("pruning50", 1, margins, rates)  # nothing as compressed is ahead of it
     assert rule.should_stop("pruning50_kd", 1, margins, rates)  # pruning50 is as compressed and ahead
-    assert rule.should_stop("int8_kd", 1, margins, rates)  # everyone is at least as compressed as INT8
+    assert not rule.should_stop("int8_kd", 1, margins, rates)  # 2nd of the 4 at least as compressed as INT8
     assert not rule.should_stop("int8", 1, margins, rates)
     assert rule.should_stop("pruning50", 1, margins, {**rates, "pruning50": None})  # unknown: ranked against all
