@@ -143,6 +143,7 @@ def main() -> None:
                         candidates=candidates,
                         max_total_epochs=args.epochs,
                         early_stopping=early,
+                        batch_size=args.batch_size,
                         name=label,
                     )
                     done = searched[label] = client.searches.wait(search)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from squeezer.db import Export, Job, JobMetric, JobStatus, Search
 from squeezer.jobs import transitions
 from squeezer.search import CandidateOutcome, HalvingRule, SearchResult, SearchSettings, pareto_front, recommend
+from squeezer.search.front import common_latency_scale
 from squeezer.search.result import SearchStatus
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ def _outcome(job: Job, onnx: Export | None, settings: SearchSettings) -> Candida
         within_budget=(metric >= settings.accuracy.floor(fp32) - 1e-9)
         if metric is not None and fp32 is not None
         else None,
-        latency_ms=timing.get("compressed_ms"),
-        fp32_latency_ms=timing.get("fp32_ms"),
+        measured_latency_ms=timing.get("compressed_ms"),
+        measured_fp32_latency_ms=timing.get("fp32_ms"),
         size_bytes=onnx.size_bytes if onnx is not None and job.status == JobStatus.succeeded else None,
         compression_rate=result.get("compression_rate", job.compression_rate),
         epochs=job.epoch,
@@ -89,6 +90,7 @@ def search_result(session: Session, search: Search) -> SearchResult:
         for e in session.scalars(select(Export).where(Export.job_id.in_([j.id for j in jobs]), Export.kind == "onnx"))
     }
     outcomes = [_outcome(job, onnx.get(job.id), settings) for job in jobs]
+    common_latency_scale(outcomes)
     front = pareto_front(outcomes, settings.objective)
     for outcome in outcomes:
         outcome.on_front = outcome.name in front

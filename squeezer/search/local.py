@@ -31,7 +31,7 @@ from squeezer.compression.accuracy_aware.records import EpochRecord
 from squeezer.compression.export.onnx_export import export_onnx
 from squeezer.runtime.compare import measure
 from squeezer.search.candidates import candidate_configs
-from squeezer.search.front import pareto_front, recommend
+from squeezer.search.front import common_latency_scale, pareto_front, recommend
 from squeezer.search.halving import HalvingRule
 from squeezer.search.result import CandidateOutcome, SearchResult
 from squeezer.search.spec import (
@@ -158,6 +158,7 @@ def _run(
                 root,
             )
         )
+    common_latency_scale(outcomes)
     front = pareto_front(outcomes, settings.objective)
     for outcome in outcomes:
         outcome.on_front = outcome.name in front
@@ -243,8 +244,8 @@ def _candidate(
         status="succeeded",
         metric=metric,
         within_budget=metric >= settings.accuracy.floor(fp32_metric) - 1e-9,
-        latency_ms=timing.get("compressed_ms"),
-        fp32_latency_ms=timing.get("fp32_ms"),
+        measured_latency_ms=timing.get("compressed_ms"),
+        measured_fp32_latency_ms=timing.get("fp32_ms"),
         size_bytes=onnx.stat().st_size,
         compression_rate=stats.compression_rate if stats else None,
         epochs=records[-1].epoch if records else 0,

@@ -24,9 +24,17 @@ class CandidateOutcome(BaseModel):
     metric: float | None = Field(default=None, description="the compressed model's validation metric at the end")
     within_budget: bool | None = None
     latency_ms: float | None = Field(
-        default=None, description="median latency of its exported model on the search's runtime"
+        default=None,
+        description="its exported model's latency on the search's runtime, on the search's common scale: the "
+        "median FP32 latency over the candidates divided by this candidate's speedup (see `measured_latency_ms`)",
     )
-    fp32_latency_ms: float | None = Field(default=None, description="the original model's, timed alongside it")
+    fp32_latency_ms: float | None = Field(
+        default=None, description="the FP32 latency on that scale (the same for every measured candidate)"
+    )
+    measured_latency_ms: float | None = Field(
+        default=None, description="median latency as timed on its worker, alternating with the FP32 model"
+    )
+    measured_fp32_latency_ms: float | None = Field(default=None, description="the FP32 model's, timed alongside it")
     size_bytes: int | None = Field(default=None, description="size of its exported ONNX file")
     compression_rate: float | None = None
     epochs: int = 0

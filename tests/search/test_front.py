@@ -8,6 +8,7 @@ import random
 import pytest
 
 from squeezer.search import AccuracyBudget, CandidateOutcome, HalvingRule, pareto_front, recommend
+from squeezer.search.front import common_latency_scale
 
 
 def outcome(name, metric, latency, size, status="succeeded", floor=90.0):
@@ -95,3 +96,15 @@ def test_halving_only_ranks_a_candidate_against_those_compressed_at_least_as_muc
     assert not rule.should_stop("int8_kd", 1, margins, rates)  # 2nd of the 4 at least as compressed as INT8
     assert not rule.should_stop("int8", 1, margins, rates)
     assert rule.should_stop("pruning50", 1, margins, {**rates, "pruning50": None})  # unknown: ranked against all
+
+
+def test_latencies_are_compared_by_speedup_over_fp32_timed_alongside():
+    # the same file timed on a busy worker (3x slower for both files) and on an idle one
+    busy = CandidateOutcome(name="busy", status="succeeded", measured_latency_ms=30.0, measured_fp32_latency_ms=60.0)
+    idle = CandidateOutcome(name="idle", status="succeeded", measured_latency_ms=12.0, measured_fp32_latency_ms=20.0)
+    unmeasured = CandidateOutcome(name="stopped", status="stopped")
+    common_latency_scale([busy, idle, unmeasured])
+    assert busy.fp32_latency_ms == idle.fp32_latency_ms == 40.0  # the median FP32 time
+    assert busy.latency_ms == pytest.approx(20.0) and idle.latency_ms == pytest.approx(24.0)  # 2x vs 1.67x
+    assert busy.speedup == pytest.approx(2.0) and idle.speedup == pytest.approx(20 / 12)
+    assert unmeasured.latency_ms is None
