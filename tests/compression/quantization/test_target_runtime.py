@@ -121,12 +121,21 @@ def test_onnxruntime_target_quantizes_concat_inputs(tmp_path):
 
 
 @pytest.mark.slow
-def test_onnxruntime_target_on_densenet_and_googlenet(tmp_path):
+def test_onnxruntime_target_on_zoo_cnns(tmp_path):
     """DenseNet reuses every feature map in several concats; GoogLeNet has branches behind pooling and
-    a classifier whose tiny inputs put its bias outside int32. Both place, train, export and verify."""
+    a classifier whose tiny inputs put its bias outside int32; EfficientNet and MobileNetV3 have their
+    SiLU / Hardswish written out; ShuffleNet splits and shuffles; ConvNeXt normalizes channels-last.
+    All place, train, export, pass the export's parity check, and run every conv as QLinearConv."""
     from squeezer.examples.zoo import ZOO, build
 
-    for name in ("densenet121", "googlenet"):
+    for name in (
+        "densenet121",
+        "googlenet",
+        "efficientnet_b0",
+        "mobilenet_v3_small",
+        "shufflenet_v2_x0_5",
+        "convnext_tiny",
+    ):
         spec = ZOO[name]
         config = NNCFConfig.from_dict(
             {
@@ -142,7 +151,8 @@ def test_onnxruntime_target_on_densenet_and_googlenet(tmp_path):
         compressed(spec.example_input(2)).sum().backward()
         compressed.eval()
         path = ctrl.export_model(tmp_path / f"{name}.onnx")  # verified against torch in onnxruntime
-        assert optimized_ops(path, tmp_path)["Conv"] == 0, name  # every conv runs as QLinearConv
+        ops = optimized_ops(path, tmp_path)
+        assert ops["Conv"] + ops["FusedConv"] == 0 and ops["QLinearConv"] > 0, name  # all convs integer
 
 
 class ShuffleBlock(nn.Module):
