@@ -121,38 +121,34 @@ def test_onnxruntime_target_quantizes_concat_inputs(tmp_path):
 
 
 @pytest.mark.slow
-def test_onnxruntime_target_on_zoo_cnns(tmp_path):
+@pytest.mark.parametrize(
+    "name",
+    ["densenet121", "googlenet", "efficientnet_b0", "mobilenet_v3_small", "shufflenet_v2_x0_5", "convnext_tiny"],
+)
+def test_onnxruntime_target_on_zoo_cnns(name, tmp_path):
     """DenseNet reuses every feature map in several concats; GoogLeNet has branches behind pooling and
     a classifier whose tiny inputs put its bias outside int32; EfficientNet and MobileNetV3 have their
     SiLU / Hardswish written out; ShuffleNet splits and shuffles; ConvNeXt normalizes channels-last.
     All place, train, export, pass the export's parity check, and run every conv as QLinearConv."""
     from squeezer.examples.zoo import ZOO, build
 
-    for name in (
-        "densenet121",
-        "googlenet",
-        "efficientnet_b0",
-        "mobilenet_v3_small",
-        "shufflenet_v2_x0_5",
-        "convnext_tiny",
-    ):
-        spec = ZOO[name]
-        config = NNCFConfig.from_dict(
-            {
-                "input_info": {"sample_size": [1, *spec.input_shape[1:]]},
-                "target_runtime": "onnxruntime",
-                "compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 4}}},
-            }
-        )
-        data = [(spec.example_input(4), torch.zeros(4, dtype=torch.long))]
-        register_default_init_args(config, data, criterion=nn.CrossEntropyLoss())
-        ctrl, compressed = create_compressed_model(build(name), config, dump_graphs=False)
-        compressed.train()
-        compressed(spec.example_input(2)).sum().backward()
-        compressed.eval()
-        path = ctrl.export_model(tmp_path / f"{name}.onnx")  # verified against torch in onnxruntime
-        ops = optimized_ops(path, tmp_path)
-        assert ops["Conv"] + ops["FusedConv"] == 0 and ops["QLinearConv"] > 0, name  # all convs integer
+    spec = ZOO[name]
+    config = NNCFConfig.from_dict(
+        {
+            "input_info": {"sample_size": [1, *spec.input_shape[1:]]},
+            "target_runtime": "onnxruntime",
+            "compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 4}}},
+        }
+    )
+    data = [(spec.example_input(4), torch.zeros(4, dtype=torch.long))]
+    register_default_init_args(config, data, criterion=nn.CrossEntropyLoss())
+    ctrl, compressed = create_compressed_model(build(name), config, dump_graphs=False)
+    compressed.train()
+    compressed(spec.example_input(2)).sum().backward()
+    compressed.eval()
+    path = ctrl.export_model(tmp_path / f"{name}.onnx")  # verified against torch in onnxruntime
+    ops = optimized_ops(path, tmp_path)
+    assert ops["Conv"] + ops["FusedConv"] == 0 and ops["QLinearConv"] > 0  # every conv integer
 
 
 class ShuffleBlock(nn.Module):
