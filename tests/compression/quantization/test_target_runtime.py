@@ -232,3 +232,31 @@ def test_onnxruntime_target_quantizes_feature_map_layernorm_inputs(tmp_path):
 
     seq_plain, seq_ort = compress_both(SequenceNorm, (1, 5, 8))
     assert quantized_outputs(seq_plain) == quantized_outputs(seq_ort)
+
+
+class InceptionBlock(nn.Module):
+    """GoogLeNet's shape of things: conv branches concatenated; the next block reads the concat with a
+    conv and through a max-pool with another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU())
+        self.pool = nn.MaxPool2d(3, 1, 1)
+        self.c = nn.Conv2d(16, 4, 1)
+        self.d = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        return torch.cat([self.c(y), self.d(self.pool(y))], 1).mean((2, 3))
+
+
+def test_onnxruntime_target_quantizes_concat_outputs(tmp_path):
+    plain, ort = compress_both(InceptionBlock, (1, 3, 8, 8))
+    added = quantized_outputs(ort) - quantized_outputs(plain)
+    assert any(a.endswith("/cat_0") for a in added)
+    fused_plain = optimized_ops(plain.export_model(tmp_path / "plain.onnx"), tmp_path)
+    fused_ort = optimized_ops(ort.export_model(tmp_path / "ort.onnx"), tmp_path)
+    assert fused_plain["MaxPool"] + fused_plain["Concat"] > 0  # FP32 between a dequantize and a quantize
+    assert fused_ort["QLinearConcat"] == 2 and fused_ort["NhwcMaxPool"] == 1  # on int8
+    assert fused_ort["MaxPool"] + fused_ort["Concat"] == 0
