@@ -213,6 +213,20 @@ def _is_part_of_split(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     )
 
 
+def _is_concat_read_only_as_tensor(node: fx.Node) -> bool:
+    """A concat none of whose readers asks for its shape: onnxruntime fuses DequantizeLinear -> Concat
+    -> QuantizeLinear only when the QuantizeLinear is the concat's sole reader, and ShuffleNet's
+    channel shuffle reads the shape from the concat itself (an extra quantizer there was only cost)."""
+    if node.target not in (torch.cat, torch.concat):
+        return False
+    shape_reads = [
+        u
+        for u in node.users
+        if (u.op == "call_method" and u.target in ("size", "dim")) or (u.op == "call_function" and u.target is getattr)
+    ]
+    return not shape_reads
+
+
 def _upstream(
     node: fx.Node,
     modules: dict[str, nn.Module],
@@ -224,11 +238,12 @@ def _upstream(
 
     `split_parts` (onnxruntime): a part of a `chunk` / `split` (which returns a tuple, not a tensor)
     is a producer of its own, so the convs reading ShuffleNet's split halves get a quantized input; so
-    is a concat, whose output gets its own quantizer besides its branches': onnxruntime runs it as
-    QLinearConcat and a max-pool after it on int8 (GoogLeNet 1.79x -> 2.10x of FP32)."""
+    is a concat whose shape nothing reads, whose output gets its own quantizer besides its branches':
+    onnxruntime runs it as QLinearConcat and a max-pool after it on int8 (GoogLeNet 1.79x -> 2.10x of
+    FP32)."""
     if node.op == "get_attr":
         return None
-    if split_parts and (_is_part_of_split(node, modules) or node.target in (torch.cat, torch.concat)):
+    if split_parts and (_is_part_of_split(node, modules) or _is_concat_read_only_as_tensor(node)):
         edges.append((node, user))
         return [node]
     if not is_agnostic(node, modules):
