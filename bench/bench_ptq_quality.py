@@ -9,6 +9,7 @@ Squeezer's range init (exported ONNX in onnxruntime) and for `onnxruntime.quanti
 
     python bench/bench_ptq_quality.py                      # all CNNs, 3 seeds
     python bench/bench_ptq_quality.py --models mobilenet_v2 --seeds 1
+    python bench/bench_ptq_quality.py --target-runtime onnxruntime   # writes ptq_quality_onnxruntime.json
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--calibration-samples", type=int, default=32)
     parser.add_argument("--no-bn-adaptation-column", action="store_true", help="skip the informative column")
-    parser.add_argument("--out", type=Path, default=RESULTS / "ptq_quality.json")
+    parser.add_argument("--target-runtime", default=None, help='"onnxruntime": that placement instead of NNCF\'s')
+    parser.add_argument("--out", type=Path, default=None, help="default ptq_quality[_<target runtime>].json")
     args = parser.parse_args()
 
     warnings.simplefilter("ignore")
@@ -61,6 +63,7 @@ def main() -> None:
             calibration_samples=args.calibration_samples,
             seeds=args.seeds,
             bn_adaptation=not args.no_bn_adaptation_column,
+            target_runtime=args.target_runtime,
         )
         seconds = time.perf_counter() - start
         bn = f"{r.squeezer_bn_adapted_onnx:.4f}" if r.squeezer_bn_adapted_onnx is not None else "-"
@@ -75,10 +78,13 @@ def main() -> None:
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "metric": "max |int8 - fp32| / max |fp32| on 16 held-out samples, mean over seeds",
+        "target_runtime": args.target_runtime,
         "models": rows,
         "worst_ratio_7bit": max(r["ratio_7bit"] for r in rows),
         "worst_ratio_8bit": max(r["ratio_8bit"] for r in rows),
     }
+    if args.out is None:
+        args.out = RESULTS / (f"ptq_quality_{args.target_runtime}.json" if args.target_runtime else "ptq_quality.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"worst ratio: {result['worst_ratio_7bit']:.2f}x (7-bit), {result['worst_ratio_8bit']:.2f}x (8-bit)")

@@ -24,6 +24,7 @@ from squeezer.compression.graph.lift import export_and_lift
 from squeezer.compression.graph.surgery import evaluating
 from squeezer.compression.graph.trace import name_nodes, trace
 from squeezer.compression.init_args import QuantizationRangeInitArgs, first_batch
+from squeezer.compression.quantization.gated_activations import split_gated_activations
 from squeezer.errors import CompressionError, ConfigError, StateError
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,8 @@ def create_compressed_model(
     device = next((p.device for p in work.parameters()), torch.device("cpu"))
     example = _example_inputs(config, device)
     gm, trace_error = _trace(work, example)
+    if gm is not None and cfg.target_runtime == "onnxruntime" and cfg.target_device in ("ANY", "CPU"):
+        split_gated_activations(gm)  # before naming: quantizer ids name the written-out nodes
     traced = name_nodes(gm, type(model).__name__) if gm is not None else None
     compressed: nn.Module = gm if gm is not None else work
     log_dir = Path(cfg.log_dir)

@@ -133,15 +133,23 @@ def ort_ptq(
 
 
 def squeezer_int8(
-    model: nn.Module, spec: ZooModel, calibration: list[torch.Tensor], compression: dict[str, Any] | None = None
+    model: nn.Module,
+    spec: ZooModel,
+    calibration: list[torch.Tensor],
+    compression: dict[str, Any] | None = None,
+    target_runtime: str | None = None,
 ) -> tuple[Any, nn.Module]:
     """(controller, compressed model) after Squeezer's initialization on `calibration`, no training;
-    `compression` defaults to the plain INT8 section with range init on all calibration samples."""
+    `compression` defaults to the plain INT8 section with range init on all calibration samples;
+    `target_runtime` is the config's top-level key (placement for that runtime)."""
     from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
 
     samples = sum(len(x) for x in calibration)
     section = compression or {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": samples}}}
-    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, *spec.input_shape[1:]]}, "compression": section})
+    top = {"target_runtime": target_runtime} if target_runtime else {}
+    config = NNCFConfig.from_dict(
+        {"input_info": {"sample_size": [1, *spec.input_shape[1:]]}, "compression": section, **top}
+    )
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.cat(calibration), torch.zeros(samples, dtype=torch.long)),
         batch_size=len(calibration[0]),
@@ -165,7 +173,14 @@ def _section(samples: int, overflow_fix: str, bn_adaptation: bool) -> dict[str, 
 
 
 def _errors_one_seed(
-    name: str, size: int, calibration_samples: int, eval_samples: int, batch: int, seed: int, bn_adaptation: bool
+    name: str,
+    size: int,
+    calibration_samples: int,
+    eval_samples: int,
+    batch: int,
+    seed: int,
+    bn_adaptation: bool,
+    target_runtime: str | None = None,
 ) -> dict[str, float]:
     model, spec = fp32_model(name, size, seed)
     calibration = _batches(spec, calibration_samples, batch, seed=1000)
@@ -180,7 +195,7 @@ def _errors_one_seed(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for key, section in variants.items():
-            ctrl, compressed = squeezer_int8(model, spec, calibration, section)
+            ctrl, compressed = squeezer_int8(model, spec, calibration, section, target_runtime)
             if key == "7bit":
                 with torch.no_grad():
                     errors["torch"] = relative_error(torch.cat([compressed(x) for x in held_out]).numpy(), expected)
@@ -209,11 +224,13 @@ def measure(
     batch: int = 8,
     seeds: int = 1,
     bn_adaptation: bool = False,
+    target_runtime: str | None = None,
 ) -> PTQResult:
     """Squeezer's range-init error and onnxruntime PTQ's error on one zoo CNN, averaged over `seeds`
-    random models (one model's error depends on its particular rounding pattern by +-50%)."""
+    random models (one model's error depends on its particular rounding pattern by +-50%);
+    `target_runtime`: Squeezer's placement for that runtime (config key) instead of NNCF's."""
     runs = [
-        _errors_one_seed(name, size, calibration_samples, eval_samples, batch, seed, bn_adaptation)
+        _errors_one_seed(name, size, calibration_samples, eval_samples, batch, seed, bn_adaptation, target_runtime)
         for seed in range(seeds)
     ]
     mean = {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}

@@ -422,8 +422,8 @@ class CompressionConfigModel(BaseModel):
 
     input_info: list[InputInfo] | None = None
     target_device: TargetDevice = "ANY"
-    # Squeezer's addition: the runtime the export is for. "onnxruntime" quantizes the output of convs
-    # followed by SiLU/Hardswish/Sigmoid, which its integer kernels need (see quantization/placement.py)
+    # Squeezer's addition: the runtime the export is for. "onnxruntime" quantizes the inputs its
+    # integer kernels need (see quantization/onnxruntime_rules.py and gated_activations.py)
     target_runtime: Literal["onnxruntime", "openvino"] | None = None
     compression: list[AlgorithmConfig] = Field(default_factory=list)
     accuracy_aware_training: AccuracyAwareConfig | None = None

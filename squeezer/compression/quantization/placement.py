@@ -23,6 +23,7 @@ from squeezer.compression.config.models import QuantizationConfig, QuantizerGrou
 from squeezer.compression.graph.modules import WEIGHTED_LAYERS, registration
 from squeezer.compression.graph.scopes import matches_any, should_consider
 from squeezer.compression.graph.trace import TracedGraph, first_layers, tensor_meta
+from squeezer.compression.quantization.onnxruntime_rules import onnxruntime_ports
 from squeezer.compression.quantization.quantizer import QuantizerSpec, with_bits
 from squeezer.errors import ConfigError
 
@@ -199,12 +200,52 @@ def _is_tensor(node: fx.Node) -> bool:
     return tensor_meta(node) is not None
 
 
+def _is_part_of_split(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """`chunk(x)[i]`, `split(x)[i]`: a tensor taken from an op (not scale-preserving as placed, such as
+    `unbind`) that returns a tuple of tensors."""
+    source = node.args[0] if node.target is operator.getitem and node.args else None
+    return (
+        isinstance(source, fx.Node)
+        and source.op in ("call_function", "call_method")
+        and _is_tensor(node)
+        and not _is_tensor(source)
+        and not is_agnostic(source, modules)
+    )
+
+
+def _is_concat_read_only_as_tensor(node: fx.Node) -> bool:
+    """A concat none of whose readers asks for its shape: onnxruntime fuses DequantizeLinear -> Concat
+    -> QuantizeLinear only when the QuantizeLinear is the concat's sole reader, and ShuffleNet's
+    channel shuffle reads the shape from the concat itself (an extra quantizer there was only cost)."""
+    if node.target not in (torch.cat, torch.concat):
+        return False
+    shape_reads = [
+        u
+        for u in node.users
+        if (u.op == "call_method" and u.target in ("size", "dim")) or (u.op == "call_function" and u.target is getattr)
+    ]
+    return not shape_reads
+
+
 def _upstream(
-    node: fx.Node, modules: dict[str, nn.Module], edges: list[tuple[fx.Node, fx.Node]], user: fx.Node
+    node: fx.Node,
+    modules: dict[str, nn.Module],
+    edges: list[tuple[fx.Node, fx.Node]],
+    user: fx.Node,
+    split_parts: bool = False,
 ) -> list[fx.Node] | None:
-    """Producers feeding `node` through scale-preserving ops; None if a constant is among them."""
+    """Producers feeding `node` through scale-preserving ops; None if a constant is among them.
+
+    `split_parts` (onnxruntime): a part of a `chunk` / `split` (which returns a tuple, not a tensor)
+    is a producer of its own, so the convs reading ShuffleNet's split halves get a quantized input; so
+    is a concat whose shape nothing reads, whose output gets its own quantizer besides its branches':
+    onnxruntime runs it as QLinearConcat and a max-pool after it on int8 (GoogLeNet 1.79x -> 2.10x of
+    FP32)."""
     if node.op == "get_attr":
         return None
+    if split_parts and (_is_part_of_split(node, modules) or _is_concat_read_only_as_tensor(node)):
+        edges.append((node, user))
+        return [node]
     if not is_agnostic(node, modules):
         if not _is_tensor(node):
             return None
@@ -218,43 +259,11 @@ def _upstream(
     for inp in inputs:
         if not isinstance(inp, fx.Node):
             return None
-        sub = _upstream(inp, modules, edges, node)
+        sub = _upstream(inp, modules, edges, node, split_parts)
         if sub is None:
             return None
         found.extend(sub)
     return found
-
-
-# ----------------------------------------------------------------------------- latency-aware rules
-# onnxruntime runs a QDQ conv as an integer kernel only when a QuantizeLinear follows it; NNCF's
-# placement quantizes where the next layer reads, so a conv followed by SiLU / Hardswish / Sigmoid
-# runs in FP32 on dequantized inputs. Measured (bench/bench_patterns.py, bench/bench_runtime.py; the
-# README has the tables): conv + SiLU alone 0.79x of FP32 as placed, 1.22x with the conv's output
-# quantized; EfficientNet-B0 at 224x224 0.44x -> 0.73x, MobileNetV3-small 0.33x -> 0.64x. (Convs that
-# feed a concat lose the same way (concat alone 0.69x vs 2.70x), so concat inputs are quantized too.) OpenVINO
-# does the opposite (1.65x -> 1.07x on EfficientNet-B0), so this applies for "target_runtime":
-# "onnxruntime" only. Leaving depthwise convs or squeeze-excitation gates in FP32, which their
-# patterns alone suggest (0.48x / 0.51x in INT8), made whole networks slower in both runtimes
-# (MobileNetV2 1.83x -> 0.73x in onnxruntime): an FP32 island costs a dequantize and a quantize.
-_NON_FUSABLE_ACTIVATIONS = (nn.SiLU, nn.Hardswish, nn.Sigmoid, nn.Mish)
-_NON_FUSABLE_FUNCS = {F.silu, F.hardswish, torch.sigmoid, F.sigmoid, F.mish}
-
-
-def _on_unit_map(node: fx.Node) -> bool:
-    """The node's input is a 1x1 (or length-1) map: a squeeze-excitation gate, too small to gain."""
-    arg = node.args[0] if node.args else None
-    shape = tensor_meta(arg) if isinstance(arg, fx.Node) else None
-    return shape is not None and len(shape) >= 3 and all(int(d) == 1 for d in shape[2:])
-
-
-def needs_output_quantizer(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """A SiLU / Hardswish / Sigmoid / Mish on a feature map, whose input (the conv's output) onnxruntime
-    needs quantized to run that conv as an integer kernel."""
-    if node.op == "call_module":
-        is_act = isinstance(modules[str(node.target)], _NON_FUSABLE_ACTIVATIONS)
-    else:
-        is_act = node.op == "call_function" and node.target in _NON_FUSABLE_FUNCS
-    return is_act and not _on_unit_map(node)
 
 
 # ------------------------------------------------------------------------------------------ specs
@@ -383,7 +392,7 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
         if not isinstance(arg, fx.Node):
             return
         path_edges: list[tuple[fx.Node, fx.Node]] = []
-        producers = _upstream(arg, modules, path_edges, consumer)
+        producers = _upstream(arg, modules, path_edges, consumer, split_parts=for_onnxruntime)
         if not producers:
             return
         if not cfg.quantize_inputs and any(p.op == "placeholder" for p in producers):
@@ -401,8 +410,8 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
 
     for node in traced.gm.graph.nodes:
         ports = activation_ports(node, modules)
-        if not ports and for_onnxruntime and needs_output_quantizer(node, modules):
-            ports = [0]
+        if not ports and for_onnxruntime:
+            ports = onnxruntime_ports(node, modules)
         if for_onnxruntime and node.op == "call_function" and node.target in (torch.cat, torch.concat):
             branches = node.args[0] if isinstance(node.args[0], (list, tuple)) else []
             for branch in branches:  # each branch's output quantized: the convs that end them run in INT8

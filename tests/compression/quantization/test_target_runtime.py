@@ -1,13 +1,19 @@
-"""`"target_runtime": "onnxruntime"`: the convs before SiLU / Hardswish / Sigmoid get their output
-quantized, so onnxruntime runs them as integer kernels; NNCF's placement stays the default."""
+"""`"target_runtime": "onnxruntime"`: the inputs onnxruntime's QDQ fusions need are quantized (convs
+before SiLU / Hardswish / Sigmoid / a feature-map LayerNorm, gates and their products, concat branches,
+split halves), so it runs them as integer kernels; NNCF's placement stays the default."""
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
+from squeezer.compression.graph.trace import trace
+from squeezer.compression.quantization.gated_activations import split_gated_activations
 from tests.compression.export.test_export import optimized_ops
 
 
@@ -43,18 +49,37 @@ def quantized_outputs(ctrl) -> set[str]:
     return {p for a in ctrl.setup.activations for p in a.producers}
 
 
-def test_onnxruntime_target_quantizes_conv_outputs_before_non_fusable_activations(tmp_path):
+def test_onnxruntime_target_runs_silu_and_squeeze_excitation_as_integer_kernels(tmp_path):
+    """quantize_static's layout: SiLU written out as x * sigmoid(x), gate, product and every conv
+    (the 1x1 gate convs included) quantized, so nothing runs in FP32 but Hardswish's HardSigmoid."""
     ctrl_nncf, _ = compress()
     ctrl_ort, _ = compress(target_runtime="onnxruntime")
     added = quantized_outputs(ctrl_ort) - quantized_outputs(ctrl_nncf)
-    assert sorted(a.rsplit("/", 1)[-1] for a in added) == ["batch_norm_0", "batch_norm_0"]  # stem, body
-    assert all("gate" not in a for a in added)  # the 1x1 gate is too small to gain
-    assert quantized_outputs(ctrl_nncf) <= quantized_outputs(ctrl_ort)  # NNCF's points all stay
+    for scope in ("stem]/SiLU[2]", "gate]/SiLU[2]", "body]/Hardswish[2]"):
+        assert {f"{scope}/__mul___0", f"{scope}/{'hardsigmoid' if 'Hard' in scope else 'sigmoid'}_0"} <= {
+            a.split("Sequential[", 1)[1] for a in added
+        }
+    assert {"gate]/Conv2d[1]/conv2d_0", "gate]/Conv2d[3]/conv2d_0", "gate]/Sigmoid[4]/sigmoid_0"} <= {
+        a.split("Sequential[", 1)[1] for a in added
+    }
 
     fused_nncf = optimized_ops(ctrl_nncf.export_model(tmp_path / "nncf.onnx"), tmp_path)
-    fused_ort = optimized_ops(ctrl_ort.export_model(tmp_path / "ort.onnx"), tmp_path)
-    # both 3x3 convs become integer kernels only when their output is quantized
-    assert fused_ort["QLinearConv"] == fused_nncf["QLinearConv"] + 2
+    fused_ort = optimized_ops(ctrl_ort.export_model(tmp_path / "ort.onnx"), tmp_path)  # parity-checked
+    assert fused_nncf["Conv"] + fused_nncf["FusedConv"] > 0 and fused_nncf["QLinearMul"] == 0
+    assert fused_ort["QLinearConv"] == 4  # stem, both gate convs, body
+    assert fused_ort["QLinearSigmoid"] == 3  # two SiLUs and the gate
+    assert fused_ort["QLinearMul"] == 4  # two SiLUs, x * gate, Hardswish
+    assert not {"Conv", "FusedConv", "Sigmoid", "Mul", "QuickGelu"} & set(fused_ort)
+
+
+def test_gated_activations_are_written_out_with_the_same_result():
+    gm = trace(SiluBlock().eval())
+    x = torch.randn(2, 3, 16, 16)
+    expected = gm(x)
+    assert split_gated_activations(gm) == 3  # stem SiLU, gate SiLU, body Hardswish
+    torch.testing.assert_close(gm(x), expected)
+    targets = {n.target for n in gm.graph.nodes}
+    assert {torch.sigmoid, F.hardsigmoid, operator.mul} <= targets
 
 
 @pytest.mark.parametrize("device", ["GPU", "TRIAL"])
@@ -96,25 +121,142 @@ def test_onnxruntime_target_quantizes_concat_inputs(tmp_path):
 
 
 @pytest.mark.slow
-def test_onnxruntime_target_on_densenet_and_googlenet(tmp_path):
+@pytest.mark.parametrize(
+    "name",
+    ["densenet121", "googlenet", "efficientnet_b0", "mobilenet_v3_small", "shufflenet_v2_x0_5", "convnext_tiny"],
+)
+def test_onnxruntime_target_on_zoo_cnns(name, tmp_path):
     """DenseNet reuses every feature map in several concats; GoogLeNet has branches behind pooling and
-    a classifier whose tiny inputs put its bias outside int32. Both place, train, export and verify."""
+    a classifier whose tiny inputs put its bias outside int32; EfficientNet and MobileNetV3 have their
+    SiLU / Hardswish written out; ShuffleNet splits and shuffles; ConvNeXt normalizes channels-last.
+    All place, train, export, pass the export's parity check, and run every conv as QLinearConv."""
     from squeezer.examples.zoo import ZOO, build
 
-    for name in ("densenet121", "googlenet"):
-        spec = ZOO[name]
+    spec = ZOO[name]
+    config = NNCFConfig.from_dict(
+        {
+            "input_info": {"sample_size": [1, *spec.input_shape[1:]]},
+            "target_runtime": "onnxruntime",
+            "compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 4}}},
+        }
+    )
+    data = [(spec.example_input(4), torch.zeros(4, dtype=torch.long))]
+    register_default_init_args(config, data, criterion=nn.CrossEntropyLoss())
+    ctrl, compressed = create_compressed_model(build(name), config, dump_graphs=False)
+    compressed.train()
+    compressed(spec.example_input(2)).sum().backward()
+    compressed.eval()
+    path = ctrl.export_model(tmp_path / f"{name}.onnx")  # verified against torch in onnxruntime
+    ops = optimized_ops(path, tmp_path)
+    assert ops["Conv"] + ops["FusedConv"] == 0 and ops["QLinearConv"] > 0  # every conv integer
+
+
+class ShuffleBlock(nn.Module):
+    """ShuffleNetV2's shape of things: split in halves, a conv branch on one, concat, channel shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU())
+        self.out = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.stem(x).chunk(2, dim=1)
+        y = torch.cat([x1, self.branch(x2)], 1)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.out(y).mean((2, 3))
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt's shape of things: depthwise conv, LayerNorm over channels-last, MLP, residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        self.norm = nn.LayerNorm(8)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.mlp(self.norm(self.dw(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        return (x + y).mean((2, 3))
+
+
+class SequenceNorm(nn.Module):
+    """A transformer's shape of things: LayerNorm over tokens (3-D), left as NNCF places it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.b = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.norm(self.a(x) + x))
+
+
+def compress_both(model_cls, shape):
+    data = [(torch.randn(8, *shape[1:]), torch.zeros(8, dtype=torch.long))]
+    ctrls = []
+    for extra in ({}, {"target_runtime": "onnxruntime"}):
+        torch.manual_seed(0)
         config = NNCFConfig.from_dict(
-            {
-                "input_info": {"sample_size": [1, *spec.input_shape[1:]]},
-                "target_runtime": "onnxruntime",
-                "compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 4}}},
-            }
+            {"input_info": {"sample_size": list(shape)}, "compression": {"algorithm": "quantization"}, **extra}
         )
-        data = [(spec.example_input(4), torch.zeros(4, dtype=torch.long))]
         register_default_init_args(config, data, criterion=nn.CrossEntropyLoss())
-        ctrl, compressed = create_compressed_model(build(name), config, dump_graphs=False)
-        compressed.train()
-        compressed(spec.example_input(2)).sum().backward()
-        compressed.eval()
-        path = ctrl.export_model(tmp_path / f"{name}.onnx")  # verified against torch in onnxruntime
-        assert optimized_ops(path, tmp_path)["Conv"] == 0, name  # every conv runs as QLinearConv
+        ctrls.append(create_compressed_model(model_cls(), config, dump_graphs=False)[0])
+    return ctrls
+
+
+def test_onnxruntime_target_quantizes_split_halves(tmp_path):
+    plain, ort = compress_both(ShuffleBlock, (1, 3, 8, 8))
+    added = quantized_outputs(ort) - quantized_outputs(plain)
+    assert any(a.endswith("__getitem___1") for a in added)  # the half the branch conv reads
+    fused_plain = optimized_ops(plain.export_model(tmp_path / "plain.onnx"), tmp_path)
+    fused_ort = optimized_ops(ort.export_model(tmp_path / "ort.onnx"), tmp_path)
+    # the branch conv (reads a half) and the conv behind the shuffle; the stem, read only by chunk,
+    # stays FP32 (in ShuffleNetV2 every chunk reads a shuffled concat, quantized already: 56 of 56 fuse)
+    assert fused_ort["QLinearConv"] == fused_plain["QLinearConv"] + 2
+
+
+def test_onnxruntime_target_quantizes_feature_map_layernorm_inputs(tmp_path):
+    plain, ort = compress_both(ConvNeXtBlock, (1, 3, 8, 8))
+    added = quantized_outputs(ort) - quantized_outputs(plain)
+    assert sorted(a.rsplit("/", 1)[-1] for a in added) == ["conv2d_0"]  # the depthwise conv's output
+    assert "Conv2d[dw]" in next(iter(added))
+    fused_plain = optimized_ops(plain.export_model(tmp_path / "plain.onnx"), tmp_path)
+    fused_ort = optimized_ops(ort.export_model(tmp_path / "ort.onnx"), tmp_path)
+    assert fused_ort["QLinearConv"] == fused_plain["QLinearConv"] + 1
+
+    seq_plain, seq_ort = compress_both(SequenceNorm, (1, 5, 8))
+    assert quantized_outputs(seq_plain) == quantized_outputs(seq_ort)
+
+
+class InceptionBlock(nn.Module):
+    """GoogLeNet's shape of things: conv branches concatenated; the next block reads the concat with a
+    conv and through a max-pool with another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU())
+        self.pool = nn.MaxPool2d(3, 1, 1)
+        self.c = nn.Conv2d(16, 4, 1)
+        self.d = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        return torch.cat([self.c(y), self.d(self.pool(y))], 1).mean((2, 3))
+
+
+def test_onnxruntime_target_quantizes_concat_outputs(tmp_path):
+    plain, ort = compress_both(InceptionBlock, (1, 3, 8, 8))
+    added = quantized_outputs(ort) - quantized_outputs(plain)
+    assert any(a.endswith("/cat_0") for a in added)
+    fused_plain = optimized_ops(plain.export_model(tmp_path / "plain.onnx"), tmp_path)
+    fused_ort = optimized_ops(ort.export_model(tmp_path / "ort.onnx"), tmp_path)
+    assert fused_plain["MaxPool"] + fused_plain["Concat"] > 0  # FP32 between a dequantize and a quantize
+    assert fused_ort["QLinearConcat"] == 2 and fused_ort["NhwcMaxPool"] == 1  # on int8
+    assert fused_ort["MaxPool"] + fused_ort["Concat"] == 0
