@@ -52,6 +52,11 @@ class RuntimeLatency(BaseModel):
     fp32_ms: float
     compressed_ms: float
     speedup: float = Field(description="fp32_ms / compressed_ms; below 1 the compressed model is slower")
+    paired_speedup: float | None = Field(
+        default=None,
+        description="the median over back-to-back pairs of calls of FP32 time / compressed time: steadier than "
+        "`speedup` on a busy CPU (what searches compare)",
+    )
     batch_size: int
     runs: int = Field(description="timed calls of each file")
 

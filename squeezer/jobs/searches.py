@@ -72,6 +72,7 @@ def _outcome(job: Job, onnx: Export | None, settings: SearchSettings) -> Candida
         else None,
         measured_latency_ms=timing.get("compressed_ms"),
         measured_fp32_latency_ms=timing.get("fp32_ms"),
+        measured_speedup=timing.get("paired_speedup"),
         size_bytes=onnx.size_bytes if onnx is not None and job.status == JobStatus.succeeded else None,
         compression_rate=result.get("compression_rate", job.compression_rate),
         epochs=job.epoch,

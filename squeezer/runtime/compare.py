@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,13 +41,14 @@ def measure(
     """({runtime: {fp32_ms, compressed_ms, speedup, batch_size, runs}}, warnings) for the runtimes
     installed here; a warning for each runtime where the compressed file is not faster (speedup < 1)."""
     available = [r for r in runtimes if _installed(r)]
+    threads = _threads()
     batch = int(next(iter(inputs.values())).shape[0])
     report: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
     for runtime in available:
-        fp32_ms, compressed_ms, runs = _paired_medians(
-            load_runner(fp32_onnx, runtime),
-            load_runner(compressed_onnx, runtime),
+        fp32_ms, compressed_ms, paired, runs = _paired_medians(
+            load_runner(fp32_onnx, runtime, threads),
+            load_runner(compressed_onnx, runtime, threads),
             inputs,
             budget_s / len(available),
             max_runs,
@@ -55,6 +58,7 @@ def measure(
             "fp32_ms": fp32_ms,
             "compressed_ms": compressed_ms,
             "speedup": speedup,
+            "paired_speedup": paired,
             "batch_size": batch,
             "runs": runs,
         }
@@ -88,12 +92,20 @@ def _installed(runtime: str) -> bool:
     return True
 
 
+def _threads() -> int | None:
+    """The runtime's threads: OMP_NUM_THREADS when set (`squeezer serve --workers N` shares the cores out
+    that way, and a runtime taking every core while another worker trains measures the contention)."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def _paired_medians(
     fp32: Runner, compressed: Runner, inputs: Mapping[str, np.ndarray], budget_s: float, max_runs: int
-) -> tuple[float, float, int]:
+) -> tuple[float, float, float, int]:
     """Median ms of each runner over alternating calls, after one untimed warm-up call each (the first
-    call builds kernels for the input's shape); as many pairs as fit in `budget_s`, judged by the
-    first timed pair, at least one and at most `max_runs`."""
+    call builds kernels for the input's shape), and the median of the pairs' FP32 / compressed ratios;
+    as many pairs as fit in `budget_s`, judged by the first timed pair, at least one and at most
+    `max_runs`."""
     fp32(inputs)
     compressed(inputs)
     times: dict[bool, list[float]] = {False: [], True: []}
@@ -104,7 +116,9 @@ def _paired_medians(
         if len(times[True]) == 1:
             pair_s = (times[False][0] + times[True][0]) / 1000.0
             pairs = max(1, min(max_runs, int(budget_s / max(pair_s, 1e-6))))
-    return summarize(times[False], "fp32").median_ms, summarize(times[True], "compressed").median_ms, pairs
+    ratios = [a / b for a, b in zip(times[False], times[True], strict=True)]
+    fp32_ms = summarize(times[False], "fp32").median_ms
+    return fp32_ms, summarize(times[True], "compressed").median_ms, statistics.median(ratios), pairs
 
 
 def job_latency(

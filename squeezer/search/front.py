@@ -71,12 +71,13 @@ def common_latency_scale(outcomes: Sequence[CandidateOutcome]) -> None:
     Candidates are timed on different workers, at different moments, while other candidates train:
     on the digits CNN the same INT8 file measured 15.8 ms in one search and 46.4 ms in another. Each
     candidate's speedup is measured against the FP32 model in alternating calls, so whatever slowed
-    one slowed the other alike, and the ratio is what can be compared across candidates. The raw
+    one slowed the other alike, and the ratio is what can be compared across candidates (the median
+    of the pairs' ratios where the worker reports it: steadier than the ratio of the medians). The raw
     timings stay in `measured_latency_ms` / `measured_fp32_latency_ms`."""
     measured = [o for o in outcomes if o.measured_latency_ms and o.measured_fp32_latency_ms]
     if not measured:
         return
     reference = statistics.median(float(o.measured_fp32_latency_ms or 0.0) for o in measured)
     for o in measured:
-        speedup = float(o.measured_fp32_latency_ms or 0.0) / float(o.measured_latency_ms or 1.0)
+        speedup = o.measured_speedup or float(o.measured_fp32_latency_ms or 0.0) / float(o.measured_latency_ms or 1.0)
         o.fp32_latency_ms, o.latency_ms = reference, reference / speedup

@@ -246,6 +246,7 @@ def _candidate(
         within_budget=metric >= settings.accuracy.floor(fp32_metric) - 1e-9,
         measured_latency_ms=timing.get("compressed_ms"),
         measured_fp32_latency_ms=timing.get("fp32_ms"),
+        measured_speedup=timing.get("paired_speedup"),
         size_bytes=onnx.stat().st_size,
         compression_rate=stats.compression_rate if stats else None,
         epochs=records[-1].epoch if records else 0,

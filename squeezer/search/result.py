@@ -35,6 +35,9 @@ class CandidateOutcome(BaseModel):
         default=None, description="median latency as timed on its worker, alternating with the FP32 model"
     )
     measured_fp32_latency_ms: float | None = Field(default=None, description="the FP32 model's, timed alongside it")
+    measured_speedup: float | None = Field(
+        default=None, description="median over back-to-back pairs of calls of FP32 time / its time (the worker's)"
+    )
     size_bytes: int | None = Field(default=None, description="size of its exported ONNX file")
     compression_rate: float | None = None
     epochs: int = 0

@@ -62,6 +62,7 @@ class RuntimeLatency(Message):
     fp32_ms: Annotated[Finite, Field(gt=0)]
     compressed_ms: Annotated[Finite, Field(gt=0)]
     speedup: Annotated[Finite, Field(gt=0)]
+    paired_speedup: Annotated[Finite, Field(gt=0)] | None = None
     batch_size: int = Field(ge=1)
     runs: int = Field(ge=1)
 
