@@ -156,30 +156,33 @@ def main() -> None:
                     folder = Path(tmp) / "files"
                     rec = client.jobs.download(chosen.job_id, "onnx", folder / "recommended.onnx")
                     int8 = client.jobs.download(by_hand.job_id, "onnx", folder / "int8.onnx")
-                    timing, _ = measure(
-                        int8,
-                        rec,
-                        {input_name(rec): torch.rand(args.batch_size, 1, 32, 32).numpy()},
-                        runtimes=("onnxruntime",),
-                        budget_s=10.0,
-                        max_runs=400,
-                    )
-                    t = timing["onnxruntime"]
                     report["side_by_side"] = {
                         "recommended": chosen.name,
-                        "int8_ms": t["fp32_ms"],
-                        "recommended_ms": t["compressed_ms"],
-                        "speedup_over_int8": t["speedup"],
-                        "runs": t["runs"],
                         "recommended_metric": chosen.metric,
                         "int8_metric": by_hand.metric,
                     }
-                    print(
-                        f"\nside by side in onnxruntime, batch {args.batch_size}: "
-                        f"int8 {t['fp32_ms']:.3f} ms, {chosen.name} "
-                        f"{t['compressed_ms']:.3f} ms: the recommendation is {t['speedup']:.2f}x faster "
-                        f"(median of {t['runs']} alternating calls)"
-                    )
+                    for threads in (1, 2):  # the search's workers timed at 1 thread each
+                        os.environ["OMP_NUM_THREADS"] = str(threads)
+                        timing, _ = measure(
+                            int8,
+                            rec,
+                            {input_name(rec): torch.rand(args.batch_size, 1, 32, 32).numpy()},
+                            runtimes=("onnxruntime",),
+                            budget_s=20.0,
+                            max_runs=400,
+                        )
+                        t = timing["onnxruntime"]
+                        report["side_by_side"][f"{threads}_threads"] = {
+                            "int8_ms": t["fp32_ms"],
+                            "recommended_ms": t["compressed_ms"],
+                            "speedup_over_int8": t["paired_speedup"],
+                            "runs": t["runs"],
+                        }
+                        print(
+                            f"side by side in onnxruntime, batch {args.batch_size}, {threads} thread(s): "
+                            f"int8 {t['fp32_ms']:.3f} ms, {chosen.name} {t['compressed_ms']:.3f} ms: "
+                            f"{t['paired_speedup']:.2f}x faster (median of {t['runs']} back-to-back pairs)"
+                        )
         finally:
             server.terminate()
             server.wait(timeout=120)
