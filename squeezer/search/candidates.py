@@ -3,7 +3,9 @@
 Each is made for the model at hand (its input size) and wrapped in an Early Exit loop within the
 search's accuracy budget and its share of the epochs, so a candidate stops as soon as it is good
 enough. Pruning and sparsity start at their target level (no schedule): a search compares methods,
-and a schedule longer than a candidate's epoch share would never reach its target.
+and a schedule longer than a candidate's epoch share would never reach its target. The adaptive
+pruning candidate instead runs NNCF's Adaptive Compression Level loop, which searches the highest
+pruning rate that stays within the budget.
 """
 
 from __future__ import annotations
@@ -58,6 +60,19 @@ def _pruning(level: float) -> Callable[[], list[Section]]:
     return sections
 
 
+def _adaptive_pruning() -> list[Section]:
+    params = {
+        "schedule": "exponential",
+        "pruning_target": 0.5,
+        "pruning_steps": 1,
+        "filter_importance": "L2",
+        "prune_downsample_convs": True,
+    }
+    return [{"algorithm": "filter_pruning", "pruning_init": 0.3, "params": params}, *_int8()]
+
+
+ADAPTIVE = ("pruning_adaptive_int8", "pruning_adaptive_int8_kd")  # their loop searches the pruning rate
+
 # name -> (what it is, the compression sections); "_kd" variants add distillation from the original model
 _METHODS: dict[str, tuple[str, Callable[[], list[Section]]]] = {
     "int8": ("INT8 quantization-aware training", _int8),
@@ -65,6 +80,10 @@ _METHODS: dict[str, tuple[str, Callable[[], list[Section]]]] = {
     "pruning30_int8": ("30% of filters pruned (L2) + INT8", _pruning(0.3)),
     "pruning50_int8": ("50% of filters pruned (L2) + INT8", _pruning(0.5)),
     "hawq_int4_int8": ("mixed INT4/INT8 weights chosen by HAWQ (Hessian traces), INT8 activations", _hawq),
+    "pruning_adaptive_int8": (
+        "filter pruning + INT8 in the Adaptive Compression Level loop: the highest pruning rate within the budget",
+        _adaptive_pruning,
+    ),
 }
 BUILTIN_CANDIDATES: dict[str, str] = {
     **{name: about for name, (about, _) in _METHODS.items()},
@@ -76,6 +95,7 @@ DEFAULT_CANDIDATES: tuple[str, ...] = (
     "pruning30_int8",
     "pruning50_int8",
     "pruning50_int8_kd",
+    "pruning_adaptive_int8",
     "hawq_int4_int8",
 )
 
@@ -100,7 +120,8 @@ def builtin_config(
         compression.append(
             {"algorithm": "knowledge_distillation", "type": "softmax" if task == "classification" else "mse"}
         )
-    config: dict[str, Any] = {"compression": compression, "accuracy_aware_training": early_exit(budget, epochs)}
+    loop = adaptive_level(budget, epochs) if name in ADAPTIVE else early_exit(budget, epochs)
+    config: dict[str, Any] = {"compression": compression, "accuracy_aware_training": loop}
     if sample_size is not None:
         config["input_info"] = {"sample_size": list(sample_size)}
     return config
@@ -108,6 +129,18 @@ def builtin_config(
 
 def early_exit(budget: AccuracyBudget, epochs: int) -> dict[str, Any]:
     return {"mode": "early_exit", "params": {**budget.as_params(), "maximal_total_epochs": epochs}}
+
+
+def adaptive_level(budget: AccuracyBudget, epochs: int) -> dict[str, Any]:
+    """NNCF's Adaptive Compression Level loop fitted into `epochs`: a third of them at the initial rate,
+    then the rate search with one epoch of patience per step."""
+    params = {
+        **budget.as_params(),
+        "maximal_total_epochs": epochs,
+        "initial_training_phase_epochs": max(1, epochs // 3),
+        "patience_epochs": 1,
+    }
+    return {"mode": "adaptive_compression_level", "params": params}
 
 
 def candidate_configs(

@@ -40,7 +40,7 @@ def body(artifacts, **extra):
 
 def test_a_search_queues_one_job_per_candidate(api, artifacts):
     created = api.post(
-        "/v1/searches", headers=api.alice, json=body(artifacts, budget={"max_total_epochs": 12}, batch_size=4)
+        "/v1/searches", headers=api.alice, json=body(artifacts, budget={"max_total_epochs": 15}, batch_size=4)
     )
     assert created.status_code == 201, created.text
     search = created.json()
@@ -53,8 +53,10 @@ def test_a_search_queues_one_job_per_candidate(api, artifacts):
     assert {j["search_id"] for j in jobs} == {search["id"]} and {j["candidate"] for j in jobs} == set(names)
     with api.app.state.sessions() as session:
         for job in session.scalars(select(Job)):
-            params = job.spec["config"]["accuracy_aware_training"]["params"]
-            assert params == {"maximal_absolute_accuracy_degradation": 1.0, "maximal_total_epochs": 2}  # 12 // 6
+            loop = job.spec["config"]["accuracy_aware_training"]
+            assert loop["mode"] == ("adaptive_compression_level" if "adaptive" in job.candidate else "early_exit")
+            assert loop["params"]["maximal_absolute_accuracy_degradation"] == 1.0
+            assert loop["params"]["maximal_total_epochs"] == 2 == 15 // len(DEFAULT_CANDIDATES)
             assert job.spec["latency_batch_size"] == 4 and job.total_epochs == 2
     assert api.get(f"/v1/searches/{search['id']}", headers=api.bob).status_code == 404  # another key's
     listed = api.get("/v1/searches", headers=api.alice).json()
@@ -82,8 +84,8 @@ def test_bad_candidates_are_refused_at_submit_with_their_json_path(api, artifact
 
 def test_a_search_counts_its_candidates_against_the_job_quota(tmp_path, artifacts, api):
     api.app.state.settings.max_active_jobs_per_key = 5
-    refused = api.post("/v1/searches", headers=api.alice, json=body(artifacts))  # 6 candidates
-    assert refused.status_code == 429 and "6 candidates" in refused.json()["detail"]
+    refused = api.post("/v1/searches", headers=api.alice, json=body(artifacts))  # the defaults: more than 5
+    assert refused.status_code == 429 and f"{len(DEFAULT_CANDIDATES)} candidates" in refused.json()["detail"]
     assert api.post("/v1/searches", headers=api.alice, json=body(artifacts, candidates=["int8"])).status_code == 201
 
 
