@@ -22,10 +22,10 @@ from squeezer.jobs import transitions
 from squeezer.search import CandidateOutcome, HalvingRule, SearchResult, SearchSettings, pareto_front, recommend
 from squeezer.search.front import common_latency_scale
 from squeezer.search.result import SearchStatus
+from squeezer.search.spec import DEADLINE_REASON
 
 logger = logging.getLogger(__name__)
 ACTIVE = frozenset({JobStatus.queued, JobStatus.running, JobStatus.cancelling})
-DEADLINE_REASON = "the search's wall-time budget was spent"
 
 
 def settings_of(search: Search) -> SearchSettings:

@@ -15,6 +15,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from squeezer.search.front import common_latency_scale, pareto_front, recommend
 from squeezer.search.halving import HalvingRule
 from squeezer.search.result import CandidateOutcome, SearchResult
 from squeezer.search.spec import (
+    DEADLINE_REASON,
     AccuracyBudget,
     CandidateSpec,
     ComputeBudget,
@@ -96,162 +98,136 @@ def search_in_process(
     with tempfile.TemporaryDirectory(prefix="squeezer-search-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        return _run(
-            model,
-            init_loader,
-            train_epoch_fn,
-            validate_fn,
-            configure_optimizers_fn,
-            example_input,
-            settings,
-            configs,
-            criterion,
-            root,
+        caller = _Caller(model, init_loader, train_epoch_fn, validate_fn, configure_optimizers_fn, criterion)
+        return _InProcessSearch(caller, example_input, settings, root).run(configs)
+
+
+@dataclass(frozen=True)
+class _Caller:
+    """What the caller brings: the model, its data and its training functions."""
+
+    model: nn.Module
+    init_loader: Any
+    train_epoch_fn: Callable[..., Any]
+    validate_fn: Callable[[nn.Module, int], float]
+    configure_optimizers_fn: Callable[[nn.Module], tuple[Any, Any]]
+    criterion: Any
+
+
+@dataclass
+class _InProcessSearch:
+    """One search's state as its candidates run one after another: what the halving rule has seen so
+    far (epoch -> candidate -> margin / compression rate), the FP32 reference and the deadline."""
+
+    caller: _Caller
+    example_input: torch.Tensor
+    settings: SearchSettings
+    root: Path
+    margins_at: dict[int, dict[str, float]] = field(default_factory=dict)
+    rates_at: dict[int, dict[str, float | None]] = field(default_factory=dict)
+    fp32_metric: float = 0.0
+    deadline: float | None = None
+
+    def run(self, configs: dict[str, dict[str, Any]]) -> SearchResult:
+        started = time.monotonic()
+        budget_s = self.settings.budget.max_wall_time_s
+        self.deadline = started + budget_s if budget_s else None
+        model = self.caller.model
+        self.fp32_metric = float(self.caller.validate_fn(model.eval(), 0))
+        export_onnx(copy.deepcopy(model).eval(), self.root / "fp32.onnx", (self.example_input,), verify=False)
+        outcomes = [
+            self._candidate(name, config)
+            if not self._past_deadline()
+            else CandidateOutcome(name=name, status="stopped", stopped_reason=DEADLINE_REASON)
+            for name, config in configs.items()
+        ]
+        common_latency_scale(outcomes)
+        front = pareto_front(outcomes, self.settings.objective)
+        for outcome in outcomes:
+            outcome.on_front = outcome.name in front
+        return SearchResult(
+            objective=self.settings.objective,
+            runtime=self.settings.runtime,
+            batch_size=self.settings.batch_size,
+            fp32_metric=self.fp32_metric,
+            metric_floor=self.settings.accuracy.floor(self.fp32_metric),
+            candidates=outcomes,
+            front=front,
+            recommended=recommend(outcomes, self.settings.objective),
+            epochs_spent=sum(o.epochs for o in outcomes),
+            wall_time_s=time.monotonic() - started,
         )
 
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
-def _run(
-    model: nn.Module,
-    init_loader: Any,
-    train_epoch_fn: Callable[..., Any],
-    validate_fn: Callable[[nn.Module, int], float],
-    configure_optimizers_fn: Callable[[nn.Module], tuple[Any, Any]],
-    example_input: torch.Tensor,
-    settings: SearchSettings,
-    configs: dict[str, dict[str, Any]],
-    criterion: Any,
-    root: Path,
-) -> SearchResult:
-    started = time.monotonic()
-    deadline = started + settings.budget.max_wall_time_s if settings.budget.max_wall_time_s else None
-    fp32_metric = float(validate_fn(model.eval(), 0))
-    fp32_onnx = root / "fp32.onnx"
-    export_onnx(copy.deepcopy(model).eval(), fp32_onnx, (example_input,), verify=False)
-    rule = HalvingRule(settings.halving_rate)
-    margins_at: dict[int, dict[str, float]] = {}  # epoch -> candidate -> margin, as reported so far
-    rates_at: dict[int, dict[str, float | None]] = {}  # epoch -> candidate -> compression rate
-    outcomes: list[CandidateOutcome] = []
-    for name, config in configs.items():
-        if deadline is not None and time.monotonic() >= deadline:
-            outcomes.append(
-                CandidateOutcome(name=name, status="stopped", stopped_reason="the search's wall-time budget was spent")
-            )
-            continue
-        outcomes.append(
-            _candidate(
-                name,
-                config,
-                model,
-                init_loader,
-                train_epoch_fn,
-                validate_fn,
-                configure_optimizers_fn,
-                example_input,
-                settings,
-                fp32_metric,
-                fp32_onnx,
-                rule,
-                margins_at,
-                rates_at,
-                deadline,
-                criterion,
-                root,
-            )
-        )
-    common_latency_scale(outcomes)
-    front = pareto_front(outcomes, settings.objective)
-    for outcome in outcomes:
-        outcome.on_front = outcome.name in front
-    return SearchResult(
-        objective=settings.objective,
-        runtime=settings.runtime,
-        batch_size=settings.batch_size,
-        fp32_metric=fp32_metric,
-        metric_floor=settings.accuracy.floor(fp32_metric),
-        candidates=outcomes,
-        front=front,
-        recommended=recommend(outcomes, settings.objective),
-        epochs_spent=sum(o.epochs for o in outcomes),
-        wall_time_s=time.monotonic() - started,
-    )
-
-
-def _candidate(
-    name: str,
-    config: dict[str, Any],
-    model: nn.Module,
-    init_loader: Any,
-    train_epoch_fn: Callable[..., Any],
-    validate_fn: Callable[[nn.Module, int], float],
-    configure_optimizers_fn: Callable[[nn.Module], tuple[Any, Any]],
-    example_input: torch.Tensor,
-    settings: SearchSettings,
-    fp32_metric: float,
-    fp32_onnx: Path,
-    rule: HalvingRule,
-    margins_at: dict[int, dict[str, float]],
-    rates_at: dict[int, dict[str, float | None]],
-    deadline: float | None,
-    criterion: Any,
-    root: Path,
-) -> CandidateOutcome:
-    started = time.monotonic()
-    workdir = root / name
-    workdir.mkdir(parents=True, exist_ok=True)
-    records: list[EpochRecord] = []
-
-    def judge(record: EpochRecord) -> None:
-        records.append(record)
-        margins = margins_at.setdefault(record.epoch, {})
-        margins[name] = record.accuracy_budget
-        rates = rates_at.setdefault(record.epoch, {})
-        rates[name] = record.compression_rate
-        if record.epoch > 0 and deadline is not None and time.monotonic() >= deadline:
-            raise _Stop("the search's wall-time budget was spent")
-        if settings.early_stopping and rule.should_stop(name, record.epoch, margins, rates):
+    def _judge(self, name: str, record: EpochRecord) -> None:
+        """The halving rule and the deadline after each epoch, as a service search's worker applies them."""
+        self.margins_at.setdefault(record.epoch, {})[name] = record.accuracy_budget
+        self.rates_at.setdefault(record.epoch, {})[name] = record.compression_rate
+        if record.epoch > 0 and self._past_deadline():
+            raise _Stop(DEADLINE_REASON)
+        rule = HalvingRule(self.settings.halving_rate)
+        margins, rates = self.margins_at[record.epoch], self.rates_at[record.epoch]
+        if self.settings.early_stopping and rule.should_stop(name, record.epoch, margins, rates):
             raise _Stop(f"successive halving at epoch {record.epoch}: {record.accuracy_budget:+.3g} from the budget")
 
-    nncf_config = NNCFConfig.from_dict({**config, "log_dir": str(workdir)})
-    register_default_init_args(nncf_config, init_loader, criterion=criterion)
-    try:
-        ctrl, cmodel = create_compressed_model(copy.deepcopy(model), nncf_config)
-        loop = create_accuracy_aware_training_loop(nncf_config, ctrl, fp32_metric, on_epoch_end=judge)
-        cmodel = loop.run(
-            cmodel, train_epoch_fn, validate_fn, configure_optimizers_fn=lambda: configure_optimizers_fn(cmodel)
-        )
-    except _Stop as stop:
-        logger.info("candidate %s stopped: %s", name, stop.reason)
-        last = records[-1] if records else None
+    def _candidate(self, name: str, config: dict[str, Any]) -> CandidateOutcome:
+        caller, settings = self.caller, self.settings
+        started = time.monotonic()
+        workdir = self.root / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        records: list[EpochRecord] = []
+
+        def judge(record: EpochRecord) -> None:
+            records.append(record)
+            self._judge(name, record)
+
+        nncf_config = NNCFConfig.from_dict({**config, "log_dir": str(workdir)})
+        register_default_init_args(nncf_config, caller.init_loader, criterion=caller.criterion)
+        try:
+            ctrl, cmodel = create_compressed_model(copy.deepcopy(caller.model), nncf_config)
+            loop = create_accuracy_aware_training_loop(nncf_config, ctrl, self.fp32_metric, on_epoch_end=judge)
+            cmodel = loop.run(
+                cmodel,
+                caller.train_epoch_fn,
+                caller.validate_fn,
+                configure_optimizers_fn=lambda: caller.configure_optimizers_fn(cmodel),
+            )
+        except _Stop as stop:
+            logger.info("candidate %s stopped: %s", name, stop.reason)
+            last = records[-1] if records else None
+            return CandidateOutcome(
+                name=name,
+                status="stopped",
+                metric=last.metric if last else None,
+                within_budget=(last.accuracy_budget >= 0) if last else None,
+                epochs=last.epoch if last else 0,
+                wall_time_s=time.monotonic() - started,
+                stopped_reason=stop.reason,
+            )
+        except Exception as exc:  # one candidate that cannot run on this model does not end the search
+            logger.warning("candidate %s failed: %s", name, exc, exc_info=True)
+            return CandidateOutcome(name=name, status="failed", error=f"{type(exc).__name__}: {exc}")
+        stats = loop.statistics
+        metric = stats.compressed_accuracy if stats else records[-1].metric
+        onnx = ctrl.export_model(workdir / "model.onnx")
+        inputs = {_input_name(onnx): self.example_input.numpy()}
+        report, _ = measure(self.root / "fp32.onnx", onnx, inputs, runtimes=(settings.runtime,))
+        timing = report.get(settings.runtime, {})
         return CandidateOutcome(
             name=name,
-            status="stopped",
-            metric=last.metric if last else None,
-            within_budget=(last.accuracy_budget >= 0) if last else None,
-            epochs=last.epoch if last else 0,
+            status="succeeded",
+            metric=metric,
+            within_budget=metric >= settings.accuracy.floor(self.fp32_metric) - 1e-9,
+            measured_latency_ms=timing.get("compressed_ms"),
+            measured_fp32_latency_ms=timing.get("fp32_ms"),
+            measured_speedup=timing.get("paired_speedup"),
+            size_bytes=onnx.stat().st_size,
+            compression_rate=stats.compression_rate if stats else None,
+            epochs=records[-1].epoch if records else 0,
             wall_time_s=time.monotonic() - started,
-            stopped_reason=stop.reason,
         )
-    except Exception as exc:  # one candidate that cannot run on this model does not end the search
-        logger.warning("candidate %s failed: %s", name, exc, exc_info=True)
-        return CandidateOutcome(name=name, status="failed", error=f"{type(exc).__name__}: {exc}")
-    stats = loop.statistics
-    metric = stats.compressed_accuracy if stats else records[-1].metric
-    onnx = ctrl.export_model(workdir / "model.onnx")
-    report, _ = measure(fp32_onnx, onnx, {_input_name(onnx): example_input.numpy()}, runtimes=(settings.runtime,))
-    timing = report.get(settings.runtime, {})
-    return CandidateOutcome(
-        name=name,
-        status="succeeded",
-        metric=metric,
-        within_budget=metric >= settings.accuracy.floor(fp32_metric) - 1e-9,
-        measured_latency_ms=timing.get("compressed_ms"),
-        measured_fp32_latency_ms=timing.get("fp32_ms"),
-        measured_speedup=timing.get("paired_speedup"),
-        size_bytes=onnx.stat().st_size,
-        compression_rate=stats.compression_rate if stats else None,
-        epochs=records[-1].epoch if records else 0,
-        wall_time_s=time.monotonic() - started,
-    )
 
 
 def _input_name(onnx: Path) -> str:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Objective = Literal["latency", "size", "both"]
+DEADLINE_REASON = "the search's wall-time budget was spent"  # why a candidate stopped past max_wall_time_s
 Runtime = Literal["onnxruntime", "openvino"]
 CandidateName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+-]+$")]
 
