@@ -85,6 +85,7 @@ def _watch(client: Client, search: SearchRead) -> SearchRead:
     with Live(candidates_table(search), console=console, refresh_per_second=4) as live:
         search = client.searches.wait(search, on_change=lambda s: live.update(candidates_table(s)))
         live.update(candidates_table(search))
+    console.print()  # the live table's last frame ends without a newline
     _summary(search)
     return search
 
