@@ -25,13 +25,15 @@ def api(ui_service, name):
     return httpx.Client(base_url=ui_service.url, headers={"Authorization": f"Bearer {ui_service.keys[name]}"})
 
 
-def fill_submit_form(page, job_files, name, config, epochs):
+def fill_submit_form(page, job_files, name, config, epochs, batch_size=None):
     page.fill("#name", name)
     page.set_input_files("#model", str(job_files["model"]))
     page.set_input_files("#train", str(job_files["train"]))
     page.set_input_files("#val", str(job_files["val"]))
     page.fill("#config", config)
     page.fill("#epochs", str(epochs))
+    if batch_size is not None:
+        page.fill("#batch_size", str(batch_size))
     page.click("#submit")
 
 
@@ -95,7 +97,9 @@ def test_a_job_submitted_from_the_page_streams_its_epochs_and_its_onnx_downloads
     base = ui_service.url
     sign_in(page, base, ui_service.keys["alice"], "/ui/submit")
     page.wait_for_selector("#sample option[value='int8']", state="attached")
-    fill_submit_form(page, job_files, "from-the-page", MLP_CONFIG, epochs=4)
+    # batches of 2: an epoch takes longer than the event stream's 0.5 s poll, so each epoch arrives on its
+    # own (with 64, all four epochs of this MLP could land between two polls on an idle machine)
+    fill_submit_form(page, job_files, "from-the-page", MLP_CONFIG, epochs=4, batch_size=2)
     page.wait_for_url(f"{base}/ui/jobs/*")
     job_id = page.url.rsplit("/", 1)[1]
 
