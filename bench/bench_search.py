@@ -33,24 +33,11 @@ from typing import Any
 import torch
 
 from squeezer.client import Client, SearchRead, wait_ready
-from squeezer.examples.digits import accuracy, digits_loaders, digits_split, train_epoch
-from squeezer.examples.models import ResidualCNN
+from squeezer.examples.digits import digits_split, trained_demo_cnn
 from squeezer.runtime.compare import measure
 from squeezer.search import DEFAULT_CANDIDATES
 
 RESULTS = Path(__file__).parent / "results" / "search.json"
-
-
-def trained_cnn() -> tuple[torch.nn.Module, float]:
-    torch.manual_seed(0)
-    train, val = digits_loaders(image_size=32)
-    model = ResidualCNN()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 5)
-    for _ in range(5):
-        train_epoch(model, train, optimizer)
-        schedule.step()
-    return model.eval(), accuracy(model, val)
 
 
 def input_name(path: Path) -> str:
@@ -110,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     candidates = args.candidates.split(",")
     logging.getLogger("squeezer.runtime.compare").setLevel(logging.ERROR)  # its "not faster than FP32" means int8 here
-    model, fp32 = trained_cnn()
+    model, fp32 = trained_demo_cnn()
     print(f"digits ResidualCNN: FP32 accuracy {fp32:.2f}%; {len(candidates)} candidates, budget {args.budget} points")
     train_xy, val_xy = digits_split(image_size=32)
     with tempfile.TemporaryDirectory(prefix="squeezer-bench-search-") as tmp:

@@ -247,13 +247,12 @@ def search_screenshot(path: Path) -> None:
     import numpy as np
     import torch
 
-    from bench.bench_search import trained_cnn
-    from squeezer.examples.digits import digits_split
+    from squeezer.examples.digits import digits_split, trained_demo_cnn
     from tests.ui.browser import submit_search
 
     with tempfile.TemporaryDirectory() as home, service(Path(home), ("docs",)) as running:
         secret = running.keys["docs"]
-        model, _ = trained_cnn()
+        model, _ = trained_demo_cnn()
         files = {"model": Path(home) / "cnn.pt2", "train": Path(home) / "train.npz", "val": Path(home) / "val.npz"}
         batch = torch.export.Dim("batch", min=1)
         program = torch.export.export(model, (torch.rand(2, 1, 32, 32),), dynamic_shapes=({0: batch},))

@@ -76,3 +76,19 @@ def accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
         correct += int((model(x).argmax(1) == y).sum())
         total += len(y)
     return 100.0 * correct / total
+
+
+def trained_demo_cnn(epochs: int = 5) -> tuple[torch.nn.Module, float]:
+    """`make demo`'s model: a ResidualCNN trained on `digits_split(32)` (Adam, cosine LR, seed 0), in eval
+    mode, and its validation accuracy. The demo and the search benchmark start from the same model."""
+    from squeezer.examples.models import ResidualCNN
+
+    torch.manual_seed(0)
+    train, val = digits_loaders(image_size=32)
+    model = ResidualCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    for _ in range(epochs):
+        train_epoch(model, train, optimizer)
+        schedule.step()
+    return model.eval(), accuracy(model, val)

@@ -22,8 +22,7 @@ import onnxruntime as ort
 import torch
 
 from squeezer.client import Client, JobRead, wait_ready
-from squeezer.examples.digits import accuracy, digits_loaders, digits_split, train_epoch
-from squeezer.examples.models import ResidualCNN
+from squeezer.examples.digits import digits_split, trained_demo_cnn
 
 ALLOWED_DROP = 1.0  # accuracy points below the uncompressed model
 SPARSITY = 0.8  # of the weights zeroed, all at once (a schedule with a single level)
@@ -72,15 +71,8 @@ def main() -> None:
     if not _port_is_free(args.port):
         raise SystemExit(f"port {args.port} is taken; pass --port")
 
-    torch.manual_seed(0)
-    train, val = digits_loaders(image_size=32)
-    model = ResidualCNN()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 5)
-    for _ in range(5):
-        train_epoch(model, train, optimizer)
-        schedule.step()
-    print(f"trained a digits CNN: FP32 accuracy {accuracy(model, val):.2f}%")
+    model, fp32_accuracy = trained_demo_cnn()
+    print(f"trained a digits CNN: FP32 accuracy {fp32_accuracy:.2f}%")
 
     url = f"http://127.0.0.1:{args.port}"
     env = {**os.environ, "SQUEEZER_HOME": str(args.home)}
