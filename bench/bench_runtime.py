@@ -107,14 +107,16 @@ def squeezer_int8(
     out: Path,
     notes: list[str],
     compression: dict[str, Any] | None = None,
+    sample: str = "int8",
 ) -> Path:
-    """`int8.json` on the calibration batches (their shape and dtype give input_info), exported;
-    `compression`: keys that replace the config's (e.g. "activations" with ignored_scopes)."""
+    """The sample config `sample` (`int8.json`; `int8_onnxruntime`: that runtime's placement) on the
+    calibration batches (their shape and dtype give input_info), exported; `compression`: keys that
+    replace the config's (e.g. "activations" with ignored_scopes)."""
     from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
     from squeezer.examples.configs import sample_config_path
 
     shape, tokens = tuple(calibration[0].shape[1:]), not calibration[0].is_floating_point()
-    data = dict(NNCFConfig.from_json(sample_config_path("int8")))
+    data = dict(NNCFConfig.from_json(sample_config_path(sample)))
     data["input_info"] = {"sample_size": [1, *shape], **({"type": "long"} if tokens else {})}
     data["compression"]["initializer"] = {
         "range": {"num_init_samples": sum(len(x) for x in calibration)},

@@ -1,8 +1,9 @@
 """Transformers in onnxruntime: FP32 vs Squeezer's INT8 export (vs onnxruntime's own quantize_static), at the
 zoo's widths (32 wide, where per-op overhead dominates) and at realistic widths, with evidence of why.
 
-Per model (random init; token models read 128 ids): FP32 `squeezer.export_onnx`, Squeezer `int8.json`
-(min-max range init on 32 calibration samples, `ctrl.export_model`), and `ort_ptq` of the FP32 file. Reported:
+Per model (random init; token models read 128 ids): FP32 `squeezer.export_onnx`, Squeezer `int8.json` (NNCF's
+placement) and `int8_onnxruntime.json` ("target_runtime": "onnxruntime"), both min-max range init on 32
+calibration samples and `ctrl.export_model`, and `ort_ptq` of the FP32 file. Reported:
 - latency at 2 threads, batch 1 and 8, variants timed round by round (bench_runtime's `side_by_side`);
   ratio = FP32 ms / variant ms (> 1: faster than FP32);
 - size = file bytes / FP32 file bytes; parity = max |variant - fp32| / max |fp32| on a held-out batch;
@@ -43,9 +44,6 @@ from squeezer.runtime import load_runner
 SEQ = 128
 INTEGER_MATMULS = ("MatMulIntegerToFloat", "QLinearMatMul", "QGemm", "DynamicQuantizeMatMul", "MatMulInteger")
 FLOAT_MATMULS = ("MatMul", "FusedMatMul", "Gemm")
-# the variant `sq_residual_fp32`: no quantizer on the inputs of `a + b` (the residual and embedding sums; NNCF
-# node names end in __add___<k>); every Linear still reads a quantized input
-RESIDUAL_FP32 = {"activations": {"ignored_scopes": ["{re}.*/__add___\\d+$"]}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +142,7 @@ def profile(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int, tm
     return {**top, "total": round(sum(per_op.values()), 1), "nodes": len(per_node)}
 
 
-def bench_case(
-    name: str, batches: list[int], rounds: int, seconds: float, threads: int, ptq: bool, residual_fp32: bool
-) -> dict:
+def bench_case(name: str, batches: list[int], rounds: int, seconds: float, threads: int, ptq: bool) -> dict:
     started = time.perf_counter()
     case = CASES[name]
     model = case.build()
@@ -160,10 +156,9 @@ def bench_case(
         paths = {"fp32": export_onnx(model, tmp / "fp32.onnx", (held_out[:1],), verify_inputs=((held_out,), {}))}
         notes: list[str] = []
         paths["squeezer"] = squeezer_int8(model, calibration, tmp / "squeezer.onnx", notes)
-        if residual_fp32:
-            paths["sq_residual_fp32"] = squeezer_int8(
-                model, calibration, tmp / "sq_residual_fp32.onnx", notes, RESIDUAL_FP32
-            )
+        paths["sq_onnxruntime"] = squeezer_int8(
+            model, calibration, tmp / "sq_onnxruntime.onnx", notes, sample="int8_onnxruntime"
+        )
         if notes:
             report["notes"] = notes
         if ptq:
@@ -172,8 +167,10 @@ def bench_case(
         sizes = {k: p.stat().st_size for k, p in paths.items()}
         report["bytes"] = sizes
         report["size_ratio"] = {k: round(sizes[k] / sizes["fp32"], 3) for k in variants}
-        fused = optimized_ops(paths["squeezer"], tmp)
-        report["fused"] = {op: fused[op] for op in (*INTEGER_MATMULS, *FLOAT_MATMULS) if fused[op]}
+        report["fused"] = {}
+        for variant in ("squeezer", "sq_onnxruntime"):
+            fused = optimized_ops(paths[variant], tmp)
+            report["fused"][variant] = {op: fused[op] for op in (*INTEGER_MATMULS, *FLOAT_MATMULS) if fused[op]}
         feed_name = input_names(paths["fp32"])[0]
         runners = {k: load_runner(p, "onnxruntime", threads) for k, p in paths.items()}
         outs = {k: first_output(run({feed_name: held_out.numpy()})) for k, run in runners.items()}
@@ -185,33 +182,35 @@ def bench_case(
             report["latency"][str(batch)] = side_by_side(runners, feed, rounds, seconds)
         del runners
         feed1 = {feed_name: held_out[:1].numpy()}
-        report["profile_us"] = {k: profile(paths[k], feed1, threads, 30, tmp) for k in ("fp32", "squeezer")}
+        profiled = ("fp32", "squeezer", "sq_onnxruntime")
+        report["profile_us"] = {k: profile(paths[k], feed1, threads, 30, tmp) for k in profiled}
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
 
 
 def print_table(results: dict[str, Any]) -> None:
+    """x: FP32 ms / variant ms (> 1: faster); nncf: int8.json (NNCF's placement), ort: int8_onnxruntime.json."""
     nan = float("nan")
-    head = (
-        f"{'model':20} {'b':>2} | {'fp32 ms':>8} {'sq x':>5} {'ptq x':>5} {'res x':>5} | {'size sq':>7} {'ptq':>5} | "
-    )
-    head += f"{'parity sq':>9} {'ptq':>6} {'res':>6} | integer / float matmuls"
+    head = f"{'model':20} {'b':>2} | {'fp32 ms':>8} {'nncf x':>6} {'ort x':>6} {'ptq x':>6} | "
+    head += f"{'size nncf':>9} {'ort':>6} {'ptq':>6} | {'parity nncf':>11} {'ort':>7} {'ptq':>7} | "
+    head += "int / float matmuls (ort)"
     print(head)
     print("-" * len(head))
     for name, r in results.items():
         if "error" in r:
             print(f"{name:20} error: {r['error'][:120]}")
             continue
-        integer = sum(r["fused"].get(op, 0) for op in INTEGER_MATMULS)
-        floating = sum(r["fused"].get(op, 0) for op in FLOAT_MATMULS)
+        fused = r["fused"].get("sq_onnxruntime", {})
+        integer = sum(fused.get(op, 0) for op in INTEGER_MATMULS)
+        floating = sum(fused.get(op, 0) for op in FLOAT_MATMULS)
         size, parity = r["size_ratio"], r["parity"]
         for batch, lat in r["latency"].items():
             x = lat["speedup"]
             print(
-                f"{name:20} {batch:>2} | {lat['ms']['fp32']:8.2f} {x['squeezer']:5.2f} {x.get('ort_ptq', nan):5.2f} "
-                f"{x.get('sq_residual_fp32', nan):5.2f} | {size['squeezer']:7.3f} {size.get('ort_ptq', nan):5.3f} | "
-                f"{parity['squeezer']:9.4f} {parity.get('ort_ptq', nan):6.4f} "
-                f"{parity.get('sq_residual_fp32', nan):6.4f} | {integer} / {floating}"
+                f"{name:20} {batch:>2} | {lat['ms']['fp32']:8.2f} {x['squeezer']:6.2f} {x['sq_onnxruntime']:6.2f} "
+                f"{x.get('ort_ptq', nan):6.2f} | {size['squeezer']:9.3f} {size['sq_onnxruntime']:6.3f} "
+                f"{size.get('ort_ptq', nan):6.3f} | {parity['squeezer']:11.4f} {parity['sq_onnxruntime']:7.4f} "
+                f"{parity.get('ort_ptq', nan):7.4f} | {integer} / {floating}"
             )
 
 
@@ -223,9 +222,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=0.5, help="timing per variant per round")
     parser.add_argument("--no-ptq", action="store_true", help="skip onnxruntime's quantize_static yardstick")
-    parser.add_argument(
-        "--residual-fp32", action="store_true", help="also measure INT8 with the residual Adds' inputs left FP32"
-    )
     parser.add_argument("--out", type=Path, default=RESULTS / "transformers.json")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -240,9 +236,7 @@ def main() -> None:
     for name in models:
         print(f"-- {name}", flush=True)
         try:
-            done[name] = bench_case(
-                name, batches, args.rounds, args.seconds, args.threads, not args.no_ptq, args.residual_fp32
-            )
+            done[name] = bench_case(name, batches, args.rounds, args.seconds, args.threads, not args.no_ptq)
         except Exception as exc:  # one model's failure is reported, the others still run
             done[name] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
         results[name] = done[name]

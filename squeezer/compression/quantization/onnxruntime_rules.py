@@ -16,6 +16,7 @@ OpenVINO fuses these patterns itself and is slower with the extra quantizers (Ef
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,3 +65,71 @@ def onnxruntime_ports(node: fx.Node, modules: dict[str, nn.Module]) -> list[int]
     if _is_product(node):
         return [0, 1]  # only where both are activations: placement skips x * constant
     return []
+
+
+_RELU_MODULES = (nn.ReLU, nn.ReLU6)
+_RELU_FUNCS = {F.relu, F.relu6, torch.relu}
+_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+
+
+def _is_two_tensor_add(node: fx.Node) -> bool:
+    is_add = (node.op == "call_function" and node.target in _ADD_FUNCS) or (
+        node.op == "call_method" and node.target in ("add", "add_")
+    )
+    args = node.args[:2]
+    return is_add and len(args) == 2 and all(isinstance(a, fx.Node) and tensor_meta(a) is not None for a in args)
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[str(node.target)], _RELU_MODULES)
+    return node.op == "call_function" and node.target in _RELU_FUNCS
+
+
+def _reads_shape(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target in ("size", "dim")) or (
+        node.op == "call_function" and node.target is getattr
+    )
+
+
+def float_adds(
+    gm: fx.GraphModule,
+    modules: dict[str, nn.Module],
+    quantizes_input: Callable[[fx.Node], bool],
+    passes_scale: Callable[[fx.Node], bool],
+) -> set[fx.Node]:
+    """The `a + b` of two activations that onnxruntime would run in FP32 anyway: those whose sum is read by
+    something that does not quantize it (a LayerNorm, a softmax, the output), directly or through
+    scale-preserving ops and a ReLU. onnxruntime emits QLinearAdd only when every reader of the sum is a
+    QuantizeLinear; otherwise each quantized input is a QuantizeLinear -> DequantizeLinear pair of pure
+    cost. That is every residual and embedding sum of a transformer (BERT: 10 of the 16 QuantizeLinear
+    nodes of its INT8 graph) and none of a CNN's (ResNet's sums feed a ReLU, then convs and the next sum).
+    Leaving them FP32 is also more accurate: the residual stream's outliers (MiniLM: +-388) set the
+    scale that every small value of the sum is rounded to. Computed to a fixed point: a sum read only
+    by an FP32 sum is not quantized either."""
+    adds = {n for n in gm.graph.nodes if _is_two_tensor_add(n)}
+    floats: set[fx.Node] = set()
+
+    def readers_quantize(node: fx.Node, seen: set[fx.Node]) -> bool:
+        for user in node.users:
+            if user in seen or _reads_shape(user):
+                continue
+            seen.add(user)
+            if user in adds:
+                if user in floats:
+                    return False
+            elif passes_scale(user) or _is_relu(user, modules):
+                if not readers_quantize(user, seen):
+                    return False
+            elif not quantizes_input(user):
+                return False
+        return True
+
+    changed = True
+    while changed:
+        changed = False
+        for add in adds - floats:
+            if not readers_quantize(add, {add}):
+                floats.add(add)
+                changed = True
+    return floats

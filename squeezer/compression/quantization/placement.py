@@ -23,7 +23,7 @@ from squeezer.compression.config.models import QuantizationConfig, QuantizerGrou
 from squeezer.compression.graph.modules import WEIGHTED_LAYERS, registration
 from squeezer.compression.graph.scopes import matches_any, should_consider
 from squeezer.compression.graph.trace import TracedGraph, first_layers, tensor_meta
-from squeezer.compression.quantization.onnxruntime_rules import onnxruntime_ports
+from squeezer.compression.quantization.onnxruntime_rules import float_adds, onnxruntime_ports
 from squeezer.compression.quantization.quantizer import QuantizerSpec, with_bits
 from squeezer.errors import ConfigError
 
@@ -408,7 +408,16 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
         if arg not in producers and not all(_is_passthrough(n, modules) for n in chain):
             chain_ends.setdefault(producers[0], set()).add((arg, consumer))
 
+    def quantizes_input(node: fx.Node) -> bool:
+        ports = activation_ports(node, modules) or onnxruntime_ports(node, modules)
+        return bool(ports) and (len(ports) == 1 or all(isinstance(a, fx.Node) and _is_tensor(a) for a in node.args[:2]))
+
+    skipped_adds = (
+        float_adds(traced.gm, modules, quantizes_input, lambda n: is_agnostic(n, modules)) if for_onnxruntime else set()
+    )
     for node in traced.gm.graph.nodes:
+        if node in skipped_adds:
+            continue
         ports = activation_ports(node, modules)
         if not ports and for_onnxruntime:
             ports = onnxruntime_ports(node, modules)
