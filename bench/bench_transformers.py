@@ -6,7 +6,8 @@ placement) and `int8_onnxruntime.json` ("target_runtime": "onnxruntime"), both m
 calibration samples and `ctrl.export_model`, and `ort_ptq` of the FP32 file. Reported:
 - latency at 2 threads, batch 1 and 8, variants timed round by round (bench_runtime's `side_by_side`);
   ratio = FP32 ms / variant ms (> 1: faster than FP32);
-- size = file bytes / FP32 file bytes; parity = max |variant - fp32| / max |fp32| on a held-out batch;
+- size = file bytes / FP32 file bytes, and the same for the constant tensors alone;
+- parity = max |variant - fp32| / max |fp32| on a held-out batch;
 - `fused`: the ops of onnxruntime's optimized INT8 graph that compute matrix products (MatMulIntegerToFloat,
   QLinearMatMul, QGemm run in integer; MatMul / FusedMatMul / Gemm in float);
 - `profile_us`: onnxruntime's profiler, microseconds per run by op type at batch 1 (the per-op evidence where
@@ -35,6 +36,7 @@ import numpy as np
 import onnx
 import torch
 from bench_runtime import RESULTS, first_output, input_names, machine, side_by_side, squeezer_int8
+from onnx import numpy_helper
 from torch import nn
 
 from squeezer.examples.ptq_check import ort_ptq
@@ -83,6 +85,9 @@ CASES: dict[str, Case] = {
     "distilbert": Case(lambda: build("distilbert"), (SEQ,), True),
     "hf_vit": Case(lambda: build("hf_vit"), tuple(ZOO["hf_vit"].input_shape[1:]), False),
     "vit_tiny": Case(lambda: build("vit_tiny"), tuple(ZOO["vit_tiny"].input_shape[1:]), False),  # nn.MultiheadAttention
+    # the width the issue measured BERT at (2 layers, 128 wide)
+    "bert_l2_h128": Case(_hf("bert", hidden_size=128, num_attention_heads=2, intermediate_size=512), (SEQ,), True),
+    "distilbert_l2_h128": Case(_hf("distilbert", dim=128, n_heads=2, hidden_dim=512), (SEQ,), True),
     # realistic widths, 2 layers
     "bert_l2_h256": Case(_hf("bert", hidden_size=256, num_attention_heads=4, intermediate_size=1024), (SEQ,), True),
     "bert_l2_h384": Case(_hf("bert", hidden_size=384, num_attention_heads=6, intermediate_size=1536), (SEQ,), True),
@@ -101,6 +106,16 @@ def make_input(case: Case, batch: int, seed: int) -> torch.Tensor:
     if case.tokens:
         return torch.randint(0, VOCAB, (batch, *case.sample), generator=generator)
     return torch.rand((batch, *case.sample), generator=generator)
+
+
+def tensor_bytes(path: Path) -> int:
+    """Bytes of the file's constant tensors (initializers and Constant nodes), without the graph around them:
+    at the zoo's 32-wide configs the graph (node and tensor names, shapes) is a tenth of the FP32 file."""
+    graph = onnx.load(str(path)).graph
+    tensors = list(graph.initializer) + [
+        a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.type == onnx.AttributeProto.TENSOR
+    ]
+    return sum(numpy_helper.to_array(t).nbytes for t in tensors)
 
 
 def optimized_ops(path: Path, tmp: Path) -> Counter[str]:
@@ -167,6 +182,9 @@ def bench_case(name: str, batches: list[int], rounds: int, seconds: float, threa
         sizes = {k: p.stat().st_size for k, p in paths.items()}
         report["bytes"] = sizes
         report["size_ratio"] = {k: round(sizes[k] / sizes["fp32"], 3) for k in variants}
+        payload = {k: tensor_bytes(p) for k, p in paths.items()}
+        report["tensor_bytes"] = payload  # the file without its graph: what the weights and constants take
+        report["tensor_ratio"] = {k: round(payload[k] / payload["fp32"], 3) for k in variants}
         report["fused"] = {}
         for variant in ("squeezer", "sq_onnxruntime"):
             fused = optimized_ops(paths[variant], tmp)
@@ -192,7 +210,7 @@ def print_table(results: dict[str, Any]) -> None:
     """x: FP32 ms / variant ms (> 1: faster); nncf: int8.json (NNCF's placement), ort: int8_onnxruntime.json."""
     nan = float("nan")
     head = f"{'model':20} {'b':>2} | {'fp32 ms':>8} {'nncf x':>6} {'ort x':>6} {'ptq x':>6} | "
-    head += f"{'size nncf':>9} {'ort':>6} {'ptq':>6} | {'parity nncf':>11} {'ort':>7} {'ptq':>7} | "
+    head += f"{'size nncf':>9} {'ort':>6} {'ptq':>6} {'tensors ort':>11} | {'parity nncf':>11} {'ort':>7} {'ptq':>7} | "
     head += "int / float matmuls (ort)"
     print(head)
     print("-" * len(head))
@@ -209,7 +227,8 @@ def print_table(results: dict[str, Any]) -> None:
             print(
                 f"{name:20} {batch:>2} | {lat['ms']['fp32']:8.2f} {x['squeezer']:6.2f} {x['sq_onnxruntime']:6.2f} "
                 f"{x.get('ort_ptq', nan):6.2f} | {size['squeezer']:9.3f} {size['sq_onnxruntime']:6.3f} "
-                f"{size.get('ort_ptq', nan):6.3f} | {parity['squeezer']:11.4f} {parity['sq_onnxruntime']:7.4f} "
+                f"{size.get('ort_ptq', nan):6.3f} {r.get('tensor_ratio', {}).get('sq_onnxruntime', nan):11.3f} | "
+                f"{parity['squeezer']:11.4f} {parity['sq_onnxruntime']:7.4f} "
                 f"{parity.get('ort_ptq', nan):7.4f} | {integer} / {floating}"
             )
 
