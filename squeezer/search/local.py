@@ -94,7 +94,7 @@ def search_in_process(
     )
     names = candidate_configs(settings.candidates, None, accuracy, 1)  # validates names before any work
     epochs = settings.budget.epochs_per_candidate(len(names), epochs_per_candidate)
-    configs = candidate_configs(settings.candidates, list(example_input.shape), accuracy, epochs)
+    configs = candidate_configs(settings.candidates, list(example_input.shape), accuracy, epochs, runtime=runtime)
     with tempfile.TemporaryDirectory(prefix="squeezer-search-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,12 @@ def test_every_builtin_is_a_valid_config_with_the_search_budget():
         assert ("knowledge_distillation" in algorithms) == name.endswith("_kd")
         assert ("filter_pruning" in algorithms) == name.startswith("pruning")
         assert model.input_info is not None
+        assert model.target_runtime == "onnxruntime"  # the placement for the runtime the search measures on
+
+
+def test_builtins_for_openvino_keep_nncf_placement():
+    configs = candidate_configs(["int8", "pruning50_int8"], None, BUDGET, 2, runtime="openvino")
+    assert all("target_runtime" not in config for config in configs.values())
 
 
 def test_user_candidates_get_the_search_budget_unless_they_bring_their_own():

@@ -56,7 +56,7 @@ def _configs(body: SearchCreate, model_meta: dict[str, Any] | None) -> Iterator[
     count = len(body.candidates) if body.candidates is not None else len(DEFAULT_CANDIDATES)
     epochs = body.budget.epochs_per_candidate(count, body.recipe.epochs)
     try:
-        configs = candidate_configs(body.candidates, None, body.accuracy, epochs, body.recipe.task)
+        configs = candidate_configs(body.candidates, None, body.accuracy, epochs, body.recipe.task, body.runtime)
     except UnknownCandidate as exc:
         raise ApiError(422, "Unknown candidate", str(exc), path=f"$.candidates[{exc.index}]") from None
     except ValueError as exc:
