@@ -14,7 +14,7 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from squeezer.search.spec import AccuracyBudget, CandidateSpec
+from squeezer.search.spec import AccuracyBudget, CandidateSpec, Runtime
 
 Section = dict[str, Any]
 
@@ -112,7 +112,7 @@ def builtin_config(
     budget: AccuracyBudget,
     epochs: int,
     task: str = "classification",
-    runtime: str = "onnxruntime",
+    runtime: Runtime = "onnxruntime",
 ) -> dict[str, Any]:
     """The NNCF config of built-in candidate `name` for a model taking `sample_size` inputs (None: no
     `input_info`; the service's runner takes it from the model archive), with the quantizer placement of
@@ -158,7 +158,7 @@ def candidate_configs(
     budget: AccuracyBudget,
     epochs: int,
     task: str = "classification",
-    runtime: str = "onnxruntime",
+    runtime: Runtime = "onnxruntime",
 ) -> dict[str, dict[str, Any]]:
     """name -> NNCF config for each candidate, in order. A user's config without an
     `accuracy_aware_training` section gets the search's early exit; one without `input_info` gets

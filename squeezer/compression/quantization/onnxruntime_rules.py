@@ -77,7 +77,11 @@ def _is_two_tensor_add(node: fx.Node) -> bool:
         node.op == "call_method" and node.target in ("add", "add_")
     )
     args = node.args[:2]
-    return is_add and len(args) == 2 and all(isinstance(a, fx.Node) and tensor_meta(a) is not None for a in args)
+    return (
+        is_add
+        and len(args) == 2
+        and all(isinstance(a, fx.Node) and a.op != "get_attr" and tensor_meta(a) is not None for a in args)
+    )
 
 
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -86,7 +90,8 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_function" and node.target in _RELU_FUNCS
 
 
-def _reads_shape(node: fx.Node) -> bool:
+def reads_shape(node: fx.Node) -> bool:
+    """`x.size()`, `x.dim()`, `x.shape`: a reader of the tensor's shape, not its values."""
     return (node.op == "call_method" and node.target in ("size", "dim")) or (
         node.op == "call_function" and node.target is getattr
     )
@@ -112,7 +117,7 @@ def float_adds(
 
     def readers_quantize(node: fx.Node, seen: set[fx.Node]) -> bool:
         for user in node.users:
-            if user in seen or _reads_shape(user):
+            if user in seen or reads_shape(user):
                 continue
             seen.add(user)
             if user in adds:

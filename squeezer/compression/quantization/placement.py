@@ -23,7 +23,7 @@ from squeezer.compression.config.models import QuantizationConfig, QuantizerGrou
 from squeezer.compression.graph.modules import WEIGHTED_LAYERS, registration
 from squeezer.compression.graph.scopes import matches_any, should_consider
 from squeezer.compression.graph.trace import TracedGraph, first_layers, tensor_meta
-from squeezer.compression.quantization.onnxruntime_rules import float_adds, onnxruntime_ports
+from squeezer.compression.quantization.onnxruntime_rules import float_adds, onnxruntime_ports, reads_shape
 from squeezer.compression.quantization.quantizer import QuantizerSpec, with_bits
 from squeezer.errors import ConfigError
 
@@ -200,6 +200,15 @@ def _is_tensor(node: fx.Node) -> bool:
     return tensor_meta(node) is not None
 
 
+def _reads_activations(node: fx.Node, ports: list[int]) -> bool:
+    """False for a two-input op with a constant side (x + 1, x @ W with W a parameter): placement
+    quantizes only activation-activation ones."""
+    if len(ports) != 2:
+        return True
+    args = [node.args[i] for i in ports if i < len(node.args)]
+    return all(isinstance(a, fx.Node) and _is_tensor(a) and a.op != "get_attr" for a in args)
+
+
 def _is_part_of_split(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """`chunk(x)[i]`, `split(x)[i]`: a tensor taken from an op (not scale-preserving as placed, such as
     `unbind`) that returns a tuple of tensors."""
@@ -219,12 +228,7 @@ def _is_concat_read_only_as_tensor(node: fx.Node) -> bool:
     channel shuffle reads the shape from the concat itself (an extra quantizer there was only cost)."""
     if node.target not in (torch.cat, torch.concat):
         return False
-    shape_reads = [
-        u
-        for u in node.users
-        if (u.op == "call_method" and u.target in ("size", "dim")) or (u.op == "call_function" and u.target is getattr)
-    ]
-    return not shape_reads
+    return not any(reads_shape(u) for u in node.users)
 
 
 def _upstream(
@@ -410,7 +414,7 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
 
     def quantizes_input(node: fx.Node) -> bool:
         ports = activation_ports(node, modules) or onnxruntime_ports(node, modules)
-        return bool(ports) and (len(ports) == 1 or all(isinstance(a, fx.Node) and _is_tensor(a) for a in node.args[:2]))
+        return bool(ports) and _reads_activations(node, ports)
 
     skipped_adds = (
         float_adds(traced.gm, modules, quantizes_input, lambda n: is_agnostic(n, modules)) if for_onnxruntime else set()
@@ -428,11 +432,9 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
                     add_input(branch, node)
         if not ports or not considered(node, cfg.activations):
             continue
-        tensor_args = [node.args[i] for i in ports if i < len(node.args)]
-        if len(ports) == 2 and not all(
-            isinstance(a, fx.Node) and _is_tensor(a) and a.op != "get_attr" for a in tensor_args
-        ):
+        if not _reads_activations(node, ports):
             continue  # x + 1, x @ W (a parameter): not an activation-activation op
+        tensor_args = [node.args[i] for i in ports if i < len(node.args)]
         for arg in tensor_args:
             add_input(arg, node)
         if matches_any(aliases(node), unified_ops):
