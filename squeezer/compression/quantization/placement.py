@@ -222,13 +222,20 @@ def _is_part_of_split(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     )
 
 
-def _is_concat_read_only_as_tensor(node: fx.Node) -> bool:
-    """A concat none of whose readers asks for its shape: onnxruntime fuses DequantizeLinear -> Concat
-    -> QuantizeLinear only when the QuantizeLinear is the concat's sole reader, and ShuffleNet's
-    channel shuffle reads the shape from the concat itself (an extra quantizer there was only cost)."""
-    if node.target not in (torch.cat, torch.concat):
-        return False
-    return not any(reads_shape(u) for u in node.users)
+def _is_concat(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target in (torch.cat, torch.concat)
+
+
+def _is_behind_concat(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """`node` is a concat's output through reshapes / transposes (ShuffleNet's channel shuffle): the halves
+    of a split of it take the concat's quantizer (as quantize_static's file does), so the next block's
+    split and convs read int8 without a requantization."""
+    while not _is_concat(node):
+        source = node.args[0] if node.args else None
+        if not is_agnostic(node, modules) or node.target is operator.getitem or not isinstance(source, fx.Node):
+            return False
+        node = source
+    return True
 
 
 def _upstream(
@@ -242,12 +249,21 @@ def _upstream(
 
     `split_parts` (onnxruntime): a part of a `chunk` / `split` (which returns a tuple, not a tensor)
     is a producer of its own, so the convs reading ShuffleNet's split halves get a quantized input; so
-    is a concat whose shape nothing reads, whose output gets its own quantizer besides its branches':
-    onnxruntime runs it as QLinearConcat and a max-pool after it on int8 (GoogLeNet 1.79x -> 2.10x of
-    FP32)."""
+    is a concat, whose output gets its own quantizer besides its branches': onnxruntime runs it as
+    QLinearConcat and a max-pool after it on int8 (GoogLeNet 1.79x -> 2.10x of FP32). It fuses
+    DequantizeLinear -> Concat -> QuantizeLinear only when the QuantizeLinear is the concat's sole
+    reader, so the concat's shape reads (ShuffleNet's channel shuffle asks `x.size()`) take the
+    quantized tensor too, whose shape is the same."""
     if node.op == "get_attr":
         return None
-    if split_parts and (_is_part_of_split(node, modules) or _is_concat_read_only_as_tensor(node)):
+    if split_parts and _is_concat(node):
+        edges.extend([(node, user), *((node, reader) for reader in node.users if reads_shape(reader))])
+        return [node]
+    if split_parts and _is_part_of_split(node, modules):
+        split = cast(fx.Node, node.args[0])  # chunk / split, checked by _is_part_of_split
+        source = split.args[0] if split.args else None
+        if isinstance(source, fx.Node) and _is_behind_concat(source, modules):
+            return _upstream(source, modules, edges, split, split_parts)
         edges.append((node, user))
         return [node]
     if not is_agnostic(node, modules):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import operator
 
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -263,3 +264,37 @@ def test_onnxruntime_target_quantizes_concat_outputs(tmp_path):
     assert fused_plain["MaxPool"] + fused_plain["Concat"] > 0  # FP32 between a dequantize and a quantize
     assert fused_ort["QLinearConcat"] == 2 and fused_ort["NhwcMaxPool"] == 1  # on int8
     assert fused_ort["MaxPool"] + fused_ort["Concat"] == 0
+
+
+def test_onnxruntime_target_runs_shufflenet_channel_shuffle_on_int8(tmp_path):
+    """torchvision's channel shuffle reads `x.size()` from each block's concat, and onnxruntime fuses a
+    concat into QLinearConcat only when a QuantizeLinear is its sole reader. The shape reads take the
+    quantized concat and the next block's split halves share its quantizer, so the concat, the shuffle's
+    reshape / transpose and the split run on int8 between QLinearConvs (before: every concat in FP32
+    between dequantizes and a quantize). The export's shape reads take the int8 tensor, so onnxruntime
+    does not dequantize a concat just to read its shape, as it does in quantize_static's file."""
+    from squeezer.examples.zoo import build
+
+    torch.manual_seed(0)
+    model = build("shufflenet_v2_x0_5")
+    blocks = sum(type(m).__name__ == "InvertedResidual" for m in model.modules())  # one concat each
+    config = NNCFConfig.from_dict(
+        {
+            "input_info": {"sample_size": [1, 3, 64, 64]},
+            "target_runtime": "onnxruntime",
+            "compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 8}}},
+        }
+    )
+    register_default_init_args(
+        config, [(torch.rand(8, 3, 64, 64), torch.zeros(8, dtype=torch.long))], criterion=nn.CrossEntropyLoss()
+    )
+    ctrl, _ = create_compressed_model(model, config, dump_graphs=False)
+    ops = optimized_ops(ctrl.export_model(tmp_path / "shufflenet.onnx"), tmp_path)  # parity-checked
+    assert ops["Conv"] + ops["FusedConv"] == 0 and ops["QLinearConv"] == 56
+    assert blocks == 16 and ops["QLinearConcat"] == blocks
+    assert ops["QuantizeLinear"] == 2  # the model's input and the classifier's, none after an FP32 op
+
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph  # written by optimized_ops
+    concat_outputs = {o for n in optimized.node if n.op_type == "QLinearConcat" for o in n.output}
+    dequantized = [n for n in optimized.node if n.op_type == "DequantizeLinear" and n.input[0] in concat_outputs]
+    assert len(dequantized) == 0  # quantize_static's file: 60 DequantizeLinear of concats, each read by a Shape
