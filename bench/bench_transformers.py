@@ -40,7 +40,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from squeezer.examples.ptq_check import ort_ptq
-from squeezer.examples.zoo import VOCAB, ZOO, _Logits, build, prepare_torchvision
+from squeezer.examples.zoo import VOCAB, ZOO, _Logits, build, import_torchvision, prepare_torchvision
 from squeezer.runtime import load_runner
 
 SEQ = 128
@@ -79,6 +79,17 @@ def _hf(kind: str, **config: Any) -> Callable[[], nn.Module]:
     return make
 
 
+def _tv_vit(**config: Any) -> Callable[[], nn.Module]:
+    """A torchvision VisionTransformer (nn.MultiheadAttention inside), random init."""
+
+    def make() -> nn.Module:
+        torchvision = import_torchvision()
+        torch.manual_seed(0)
+        return torchvision.models.VisionTransformer(num_classes=10, **config).eval()
+
+    return make
+
+
 CASES: dict[str, Case] = {
     # the zoo's configurations (32 wide)
     "bert": Case(lambda: build("bert"), (SEQ,), True),
@@ -98,6 +109,11 @@ CASES: dict[str, Case] = {
         (3, 224, 224),
         False,
     ),
+    "tv_vit_l2_h192": Case(
+        _tv_vit(image_size=224, patch_size=16, num_layers=2, num_heads=3, hidden_dim=192, mlp_dim=768),
+        (3, 224, 224),
+        False,
+    ),  # torchvision's ViT at vit_l2_h192's width: nn.MultiheadAttention instead of Hugging Face's Linears
 }
 
 
