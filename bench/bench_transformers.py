@@ -79,13 +79,20 @@ def _hf(kind: str, **config: Any) -> Callable[[], nn.Module]:
     return make
 
 
+def _random_head(model: nn.Module) -> nn.Module:
+    """torchvision's ViT starts its classifier at zero: every output is 0 and parity would compare zeros."""
+    head = model.get_submodule("heads.head")
+    nn.init.normal_(head.weight, std=0.02)
+    return model
+
+
 def _tv_vit(**config: Any) -> Callable[[], nn.Module]:
     """A torchvision VisionTransformer (nn.MultiheadAttention inside), random init."""
 
     def make() -> nn.Module:
         torchvision = import_torchvision()
         torch.manual_seed(0)
-        return torchvision.models.VisionTransformer(num_classes=10, **config).eval()
+        return _random_head(torchvision.models.VisionTransformer(num_classes=10, **config).eval())
 
     return make
 
@@ -95,7 +102,9 @@ CASES: dict[str, Case] = {
     "bert": Case(lambda: build("bert"), (SEQ,), True),
     "distilbert": Case(lambda: build("distilbert"), (SEQ,), True),
     "hf_vit": Case(lambda: build("hf_vit"), tuple(ZOO["hf_vit"].input_shape[1:]), False),
-    "vit_tiny": Case(lambda: build("vit_tiny"), tuple(ZOO["vit_tiny"].input_shape[1:]), False),  # nn.MultiheadAttention
+    "vit_tiny": Case(  # nn.MultiheadAttention
+        lambda: _random_head(build("vit_tiny")), tuple(ZOO["vit_tiny"].input_shape[1:]), False
+    ),
     # the width the issue measured BERT at (2 layers, 128 wide)
     "bert_l2_h128": Case(_hf("bert", hidden_size=128, num_attention_heads=2, intermediate_size=512), (SEQ,), True),
     "distilbert_l2_h128": Case(_hf("distilbert", dim=128, n_heads=2, hidden_dim=512), (SEQ,), True),
