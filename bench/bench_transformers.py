@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -81,7 +81,7 @@ def _hf(kind: str, **config: Any) -> Callable[[], nn.Module]:
 
 def _random_head(model: nn.Module) -> nn.Module:
     """torchvision's ViT starts its classifier at zero: every output is 0 and parity would compare zeros."""
-    head = model.get_submodule("heads.head")
+    head = cast(nn.Linear, model.get_submodule("heads.head"))
     nn.init.normal_(head.weight, std=0.02)
     return model
 
