@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -40,7 +40,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from squeezer.examples.ptq_check import ort_ptq
-from squeezer.examples.zoo import VOCAB, ZOO, _Logits, build, prepare_torchvision
+from squeezer.examples.zoo import VOCAB, ZOO, _Logits, build, import_torchvision, prepare_torchvision
 from squeezer.runtime import load_runner
 
 SEQ = 128
@@ -79,12 +79,32 @@ def _hf(kind: str, **config: Any) -> Callable[[], nn.Module]:
     return make
 
 
+def _random_head(model: nn.Module) -> nn.Module:
+    """torchvision's ViT starts its classifier at zero: every output is 0 and parity would compare zeros."""
+    head = cast(nn.Linear, model.get_submodule("heads.head"))
+    nn.init.normal_(head.weight, std=0.02)
+    return model
+
+
+def _tv_vit(**config: Any) -> Callable[[], nn.Module]:
+    """A torchvision VisionTransformer (nn.MultiheadAttention inside), random init."""
+
+    def make() -> nn.Module:
+        torchvision = import_torchvision()
+        torch.manual_seed(0)
+        return _random_head(torchvision.models.VisionTransformer(num_classes=10, **config).eval())
+
+    return make
+
+
 CASES: dict[str, Case] = {
     # the zoo's configurations (32 wide)
     "bert": Case(lambda: build("bert"), (SEQ,), True),
     "distilbert": Case(lambda: build("distilbert"), (SEQ,), True),
     "hf_vit": Case(lambda: build("hf_vit"), tuple(ZOO["hf_vit"].input_shape[1:]), False),
-    "vit_tiny": Case(lambda: build("vit_tiny"), tuple(ZOO["vit_tiny"].input_shape[1:]), False),  # nn.MultiheadAttention
+    "vit_tiny": Case(  # nn.MultiheadAttention
+        lambda: _random_head(build("vit_tiny")), tuple(ZOO["vit_tiny"].input_shape[1:]), False
+    ),
     # the width the issue measured BERT at (2 layers, 128 wide)
     "bert_l2_h128": Case(_hf("bert", hidden_size=128, num_attention_heads=2, intermediate_size=512), (SEQ,), True),
     "distilbert_l2_h128": Case(_hf("distilbert", dim=128, n_heads=2, hidden_dim=512), (SEQ,), True),
@@ -98,6 +118,11 @@ CASES: dict[str, Case] = {
         (3, 224, 224),
         False,
     ),
+    "tv_vit_l2_h192": Case(
+        _tv_vit(image_size=224, patch_size=16, num_layers=2, num_heads=3, hidden_dim=192, mlp_dim=768),
+        (3, 224, 224),
+        False,
+    ),  # torchvision's ViT at vit_l2_h192's width: nn.MultiheadAttention instead of Hugging Face's Linears
 }
 
 

@@ -5,6 +5,7 @@ per-epoch scalars for TensorBoard and, where OpenVINO is installed on the worker
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,14 @@ logger = logging.getLogger(__name__)
 def plain_state_dict(stripped: nn.Module, keys: set[str]) -> dict[str, torch.Tensor]:
     """The stripped model's tensors under the original model's keys: a parametrized weight is stored
     as its effective (fake-quantized, masked) value, so `load_state_dict` on the user's class takes it."""
-    marker = ".parametrizations.weight.original"
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for key, value in stripped.state_dict().items():
-            if key.endswith(marker):
-                key, value = (
-                    key.removesuffix(marker) + ".weight",
-                    stripped.get_submodule(key.removesuffix(marker)).weight,
-                )
+            parametrized = re.fullmatch(r"(?:(.*)\.)?parametrizations\.(\w+)\.original", key)
+            if parametrized:  # `weight`, or nn.MultiheadAttention's `in_proj_weight`
+                module, tensor = parametrized.group(1) or "", parametrized.group(2)
+                key = f"{module}.{tensor}" if module else tensor
+                value = getattr(stripped.get_submodule(module), tensor)
             if key in keys:
                 out[key] = value.detach().cpu().clone()
     return out

@@ -11,7 +11,7 @@ from torch import nn
 from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
 from squeezer.compression.export.openvino_export import import_openvino, read_ir_archive
 from squeezer.examples.models import MLP
-from squeezer.worker.outputs import openvino_ir
+from squeezer.worker.outputs import openvino_ir, plain_state_dict
 
 
 def _int8_mlp_onnx(tmp_path):
@@ -51,3 +51,34 @@ def test_an_ir_that_does_not_reproduce_the_model_is_left_out_with_a_warning(tmp_
         "no OpenVINO IR: OpenVINO output 0 differs from the torch model"
     )
     assert not (tmp_path / "model_openvino.zip").exists() and not (tmp_path / "openvino_ir").exists()
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attention(x, x, x, need_weights=False)[0].mean(1))
+
+
+def test_the_plain_state_dict_carries_the_quantized_attention_in_projection():
+    """The stripped download loads into the user's own class, with in_proj_weight on its int8 grid."""
+    torch.manual_seed(0)
+    config = NNCFConfig.from_dict(
+        {"input_info": {"sample_size": [1, 5, 16]}, "compression": {"algorithm": "quantization"}}
+    )
+    register_default_init_args(config, [(torch.randn(8, 5, 16), torch.zeros(8, dtype=torch.long))])
+    original = _SelfAttention()
+    keys = set(original.state_dict())
+    fp32 = original.attention.in_proj_weight.detach().clone()
+    ctrl, compressed = create_compressed_model(original, config, dump_graphs=False)
+    with torch.no_grad():
+        quantized = compressed.attention.in_proj_weight.clone()
+    plain = plain_state_dict(ctrl.strip(), keys)
+    assert set(plain) == keys
+    assert torch.allclose(plain["attention.in_proj_weight"], quantized, rtol=0, atol=1e-7)
+    assert not torch.equal(plain["attention.in_proj_weight"], fp32)
+    user_model = _SelfAttention()
+    user_model.load_state_dict(plain)  # strict: every key of the user's class is there

@@ -38,7 +38,7 @@ from squeezer.compression.graph.surgery import (
     weight_parametrizations,
 )
 from squeezer.compression.init_args import flatten_tensors
-from squeezer.compression.quantization.placement import ACTIVATIONS_ATTR
+from squeezer.compression.quantization.placement import ACTIVATIONS_ATTR, attention_projections
 from squeezer.compression.quantization.quantizer import FakeQuantizer
 from squeezer.errors import ExportError
 
@@ -142,8 +142,34 @@ class WeightQDQ(nn.Module):
         return torch.fake_quantize_per_channel_affine(w, self.step, self.zp, self.axis, self.qmin, self.qmax)
 
 
-def _weight_quantizer(module: nn.Module) -> nn.Module | None:
-    return next((p for p in weight_parametrizations(module) if isinstance(p, (FakeQuantizer, FakeQuantize))), None)
+def _weight_quantizer(module: nn.Module, tensor: str = "weight") -> nn.Module | None:
+    return next(
+        (p for p in weight_parametrizations(module, tensor) if isinstance(p, (FakeQuantizer, FakeQuantize))), None
+    )
+
+
+def _on_export_grid(weight: torch.Tensor, grid: Grid, out_axis: int, k: torch.Tensor) -> tuple[torch.Tensor, WeightQDQ]:
+    """`weight` (on `grid`) times the per-output-channel factor `k` (a folded BatchNorm's; ones without one),
+    as a per-channel int8 grid and the parametrization that exports it as QuantizeLinear/DequantizeLinear."""
+    n_out = weight.shape[out_axis]
+    step = grid.step.expand(n_out) if grid.axis is None else grid.step
+    zp = grid.zero_point.expand(n_out) if grid.axis is None else grid.zero_point
+    if grid.axis not in (None, out_axis):
+        raise ExportError(f"weight quantized along axis {grid.axis}, expected output axis {out_axis}")
+    q = torch.round(weight / _bcast(step, out_axis, weight.dim())) + _bcast(zp, out_axis, weight.dim())
+    q = q.clamp(grid.qmin, grid.qmax)
+    neg = k < 0
+    if neg.any():
+        # (q - zp) * s * k with k < 0 equals (q' - zp') * s * |k| on the mirrored grid.
+        mirror = grid.qmin + grid.qmax if bool((zp != 0).any()) else 0
+        sign = _bcast(neg, out_axis, weight.dim())
+        q = torch.where(sign, mirror - q, q)
+        zp = torch.where(neg, mirror - zp, zp)
+    step = step * k.abs()
+    cmin, cmax = (-128, 127) if grid.qmin < 0 else (0, 255)
+    q = q.clamp(cmin, cmax)
+    new_weight = (q - _bcast(zp, out_axis, weight.dim())) * _bcast(step, out_axis, weight.dim())
+    return new_weight, WeightQDQ(step, zp, out_axis, cmin, cmax)
 
 
 def _to_export_weight(module: nn.Module, bn: nn.Module | None) -> nn.Module:
@@ -167,34 +193,41 @@ def _to_export_weight(module: nn.Module, bn: nn.Module | None) -> nn.Module:
         k = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
         b = bias if bias is not None else torch.zeros(n_out)
         bias = (b - norm.running_mean) * k + norm.bias.detach()
+    qdq: WeightQDQ | None = None
     if grid is None:
         new_weight = weight * _bcast(k, out_axis, weight.dim())
-        qdq = None
     else:
-        step = grid.step.expand(n_out) if grid.axis is None else grid.step
-        zp = grid.zero_point.expand(n_out) if grid.axis is None else grid.zero_point
-        if grid.axis not in (None, out_axis):
-            raise ExportError(f"weight quantized along axis {grid.axis}, expected output axis {out_axis}")
-        q = torch.round(weight / _bcast(step, out_axis, weight.dim())) + _bcast(zp, out_axis, weight.dim())
-        q = q.clamp(grid.qmin, grid.qmax)
-        neg = k < 0
-        if neg.any():
-            # (q - zp) * s * k with k < 0 equals (q' - zp') * s * |k| on the mirrored grid.
-            mirror = grid.qmin + grid.qmax if bool((zp != 0).any()) else 0
-            sign = _bcast(neg, out_axis, weight.dim())
-            q = torch.where(sign, mirror - q, q)
-            zp = torch.where(neg, mirror - zp, zp)
-        step = step * k.abs()
-        cmin, cmax = (-128, 127) if grid.qmin < 0 else (0, 255)
-        q = q.clamp(cmin, cmax)
-        new_weight = (q - _bcast(zp, out_axis, weight.dim())) * _bcast(step, out_axis, weight.dim())
-        qdq = WeightQDQ(step, zp, out_axis, cmin, cmax)
+        new_weight, qdq = _on_export_grid(weight, grid, out_axis, k)
     module.weight = nn.Parameter(new_weight.float(), requires_grad=False)
     if bias is not None:
         module.bias = nn.Parameter(bias.float(), requires_grad=False)
     if qdq is not None:
         parametrize.register_parametrization(module, "weight", qdq)
     return module
+
+
+def _quantized_projections(module: nn.Module) -> list[str]:
+    """The in-projection matrices of an nn.MultiheadAttention that carry a weight quantizer."""
+    if not isinstance(module, nn.MultiheadAttention):
+        return []
+    return [t for t in attention_projections(module) if _weight_quantizer(module, t) is not None]
+
+
+def _to_export_attention(module: nn.Module) -> nn.Module:
+    """nn.MultiheadAttention with its quantized in-projections on a per-row int8 grid; its forward applies
+    them as `linear`, so each exports as DequantizeLinear(int8) -> MatMul (out_proj is a layer of its own)."""
+    tensors = _quantized_projections(module)
+    grids = {t: grid_of(cast(nn.Module, _weight_quantizer(module, t))) for t in tensors}
+    with torch.no_grad():
+        values = {t: cast(torch.Tensor, getattr(module, t)).detach().clone() for t in tensors}  # on the grid
+    new = unparametrized_copy(module)
+    for t in tensors:
+        grid, weight = grids[t], values[t]
+        qdq = None if grid is None else _on_export_grid(weight, grid, 0, torch.ones(weight.shape[0]))
+        setattr(new, t, nn.Parameter(weight if qdq is None else qdq[0], requires_grad=False))
+        if qdq is not None:
+            parametrize.register_parametrization(new, t, qdq[1])
+    return new
 
 
 def _norm_act_tail(bn: nn.Module) -> nn.Module | None:
@@ -238,7 +271,9 @@ def build_export_model(model: nn.Module) -> nn.Module:
         export.graph.lint()
         export.recompile()
     for name, module in list(export.named_modules()):
-        if module in folded or _weight_quantizer(module) is not None:
+        if _quantized_projections(module):
+            replace_submodule(export, name, _to_export_attention(module))
+        elif module in folded or _weight_quantizer(module) is not None:
             replace_submodule(export, name, _to_export_weight(module, folded.get(module)))
     for name, module in list(export.named_modules()):
         if isinstance(module, (FakeQuantizer, FakeQuantize)):
@@ -250,7 +285,7 @@ def build_export_model(model: nn.Module) -> nn.Module:
 def _check_finite_ranges(model: nn.Module) -> None:
     """A quantizer whose range went NaN/inf (training diverged) cannot give an integer grid: say where."""
     bad = [
-        name.replace(".parametrizations.weight.0", ".weight").replace(f"{ACTIVATIONS_ATTR}.", "")
+        re.sub(r"\.parametrizations\.(\w+)\.0$", r".\1", name).replace(f"{ACTIVATIONS_ATTR}.", "")
         for name, q in model.named_modules()
         if isinstance(q, FakeQuantizer) and not all(bool(torch.isfinite(p).all()) for p in q.parameters())
     ]

@@ -8,6 +8,8 @@ requires before it emits QLinearConv / QGemm (its own quantize_static does the s
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -256,9 +258,8 @@ def shorten_names(model: onnx.ModelProto) -> None:
             return name
         if name.startswith(("/", "onnx::")):  # exporter-generated value names: number them
             return generated.setdefault(name, f"t{len(generated)}")
-        return name.replace(".parametrizations.weight.original", ".weight").replace(
-            ".parametrizations.weight.0.", ".weight_"
-        )
+        name = re.sub(r"\.parametrizations\.(\w+)\.original", r".\1", name)  # also MHA's in_proj_weight
+        return re.sub(r"\.parametrizations\.(\w+)\.0\.", r".\1_", name)
 
     for init in graph.initializer:
         init.name = short(init.name)

@@ -38,18 +38,18 @@ def replace_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def weight_parametrizations(module: nn.Module) -> list[nn.Module]:
-    """The parametrizations applied to `module.weight`, in order (empty when there are none)."""
-    if not parametrize.is_parametrized(module, "weight"):
+def weight_parametrizations(module: nn.Module, tensor: str = "weight") -> list[nn.Module]:
+    """The parametrizations applied to `module.<tensor>`, in order (empty when there are none)."""
+    if not parametrize.is_parametrized(module, tensor):
         return []
-    return list(cast(Any, module).parametrizations.weight)
+    return list(getattr(cast(Any, module).parametrizations, tensor))
 
 
-def original_weight(module: nn.Module) -> torch.Tensor:
-    """The stored (unparametrized) weight tensor."""
-    if not parametrize.is_parametrized(module, "weight"):
-        return cast(torch.Tensor, module.weight)
-    return cast(torch.Tensor, cast(Any, module).parametrizations.weight.original)
+def original_weight(module: nn.Module, tensor: str = "weight") -> torch.Tensor:
+    """The stored (unparametrized) `module.<tensor>` (nn.MultiheadAttention's is `in_proj_weight`)."""
+    if not parametrize.is_parametrized(module, tensor):
+        return cast(torch.Tensor, getattr(module, tensor))
+    return cast(torch.Tensor, getattr(cast(Any, module).parametrizations, tensor).original)
 
 
 def fold_parametrizations(root: nn.Module, name: str, fold: Callable[[nn.Module], bool]) -> nn.Module:

@@ -30,6 +30,7 @@ from squeezer.compression.quantization.placement import (
     WeightPoint,
     _weight_scale_shape,
     apply_manual_precision,
+    attention_projections,
     compute_setup,
 )
 from squeezer.compression.quantization.precision.hawq import run_hawq
@@ -44,8 +45,8 @@ logger = logging.getLogger(__name__)
 SETUP_VERSION = 1
 
 
-def weight_quantizer_of(module: nn.Module) -> FakeQuantizer | None:
-    return next((p for p in weight_parametrizations(module) if isinstance(p, FakeQuantizer)), None)
+def weight_quantizer_of(module: nn.Module, tensor: str = "weight") -> FakeQuantizer | None:
+    return next((p for p in weight_parametrizations(module, tensor) if isinstance(p, FakeQuantizer)), None)
 
 
 # ---------------------------------------------------------------------------------------------- builder
@@ -57,7 +58,7 @@ def _insert(ctx: BuildContext, setup: QuantizerSetup) -> tuple[dict[str, FakeQua
     for wp in setup.weights:
         module = model.get_submodule(wp.module)
         q = FakeQuantizer(wp.spec)
-        parametrize.register_parametrization(module, "weight", q)
+        parametrize.register_parametrization(module, wp.tensor, q)
         weight_q[wp.id] = q
     act_q: dict[str, FakeQuantizer] = {}
     if not setup.activations:
@@ -91,28 +92,31 @@ def _insert(ctx: BuildContext, setup: QuantizerSetup) -> tuple[dict[str, FakeQua
 
 
 def _fallback_setup(ctx: BuildContext, cfg: QuantizationConfig) -> QuantizerSetup:
-    """Untraceable model: weight quantizers only, on every conv/linear module."""
+    """Untraceable model: weight quantizers only, on every conv/linear module and attention in-projection."""
     hw = ctx.cfg.target_device != "TRIAL"
     setup = QuantizerSetup()
     for name, module in ctx.model.named_modules():
         reg = registration(module)
         weighted = isinstance(module, WEIGHTED_MODULES) or (reg and "quantization" not in reg["ignored_algorithms"])
-        if not weighted or matches_any(name, cfg.ignored_scopes):
+        tensors = attention_projections(module) if isinstance(module, nn.MultiheadAttention) else ["weight"]
+        if not (weighted or isinstance(module, nn.MultiheadAttention)) or matches_any(name, cfg.ignored_scopes):
             continue
         per_channel = cfg.weights.per_channel if cfg.weights.per_channel is not None else hw
         bits = cfg.weights.bits or 8
         half = bits == 8 and ctx.cfg.target_device in ("ANY", "CPU") and cfg.overflow_fix == "enable"
-        spec = QuantizerSpec(
-            num_bits=bits,
-            mode=cfg.weights.mode or "symmetric",
-            signedness_to_force=True if hw else cfg.weights.signed,
-            narrow_range=bits == 8 and not half,
-            half_range=half,
-            per_channel=per_channel,
-            scale_shape=_weight_scale_shape(module, per_channel),
-            is_weights=True,
-        )
-        setup.weights.append(WeightPoint(f"{name}|WEIGHT", name, spec))
+        for tensor in tensors:
+            spec = QuantizerSpec(
+                num_bits=bits,
+                mode=cfg.weights.mode or "symmetric",
+                signedness_to_force=True if hw else cfg.weights.signed,
+                narrow_range=bits == 8 and not half,
+                half_range=half,
+                per_channel=per_channel,
+                scale_shape=_weight_scale_shape(module, per_channel, tensor),
+                is_weights=True,
+            )
+            point_id = f"{name}|WEIGHT" if tensor == "weight" else f"{name}.{tensor}|WEIGHT"
+            setup.weights.append(WeightPoint(point_id, name, spec, tensor))
     return setup
 
 
@@ -208,14 +212,16 @@ def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> Quantizati
 
 
 def _warn_fp32_matrices(ctx: BuildContext, setup: QuantizerSetup) -> None:
-    """Name the weight matrices no quantizer covers because no layer owns them (nn.MultiheadAttention's
-    packed in_proj_weight): they stay FP32 in the export, which the size ratio alone does not show."""
+    """Name the weight matrices no quantizer covers because no layer Squeezer quantizes owns them (a bare
+    nn.Parameter a custom module multiplies by): they stay FP32 in the export, which the size ratio alone
+    does not show. Layers left out by ignored_scopes are not named: that was asked for."""
     quantized = {wp.module for wp in setup.weights}
     left = [
         f"{name}.{pname}" if name else pname
         for name, module in ctx.model.named_modules()
         if name not in quantized
         and not is_weighted_for(module, "quantization")
+        and not isinstance(module, nn.MultiheadAttention)
         and "parametrizations" not in name.split(".")  # another algorithm's weight (mask, quantizer)
         for pname, p in module.named_parameters(recurse=False)
         if p.dim() == 2
@@ -257,7 +263,9 @@ def _initialize(
         )
     configs = _range_configs(cfg, setup)
     device = ctx.device()
-    weights = {wp.id: (weight_q[wp.id], original_weight(ctx.model.get_submodule(wp.module))) for wp in setup.weights}
+    weights = {
+        wp.id: (weight_q[wp.id], original_weight(ctx.model.get_submodule(wp.module), wp.tensor)) for wp in setup.weights
+    }
     if wants_samples == 0:
         init_ranges(ctx.model, weights, {}, configs, None, device)
     else:

@@ -87,6 +87,7 @@ _AGNOSTIC_FUNCS = {
     operator.getitem,
     torch.unbind,
 }
+_ATTENTION_INPUTS = ("query", "key", "value")
 _ONE_INPUT_METHODS = {"mean"}
 _TWO_INPUT_METHODS = {"add", "add_", "matmul", "bmm"}
 _AGNOSTIC_METHODS = {
@@ -109,9 +110,10 @@ class WeightPoint:
     id: str
     module: str
     spec: QuantizerSpec
+    tensor: str = "weight"  # the parameter of `module` it quantizes (nn.MultiheadAttention: in_proj_weight)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "module": self.module, "spec": self.spec.to_dict()}
+        return {"id": self.id, "module": self.module, "tensor": self.tensor, "spec": self.spec.to_dict()}
 
 
 @dataclass
@@ -143,7 +145,10 @@ class QuantizerSetup:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QuantizerSetup:
         return cls(
-            weights=[WeightPoint(w["id"], w["module"], QuantizerSpec.from_dict(w["spec"])) for w in d["weights"]],
+            weights=[
+                WeightPoint(w["id"], w["module"], QuantizerSpec.from_dict(w["spec"]), w.get("tensor", "weight"))
+                for w in d["weights"]
+            ],
             activations=[
                 ActivationPoint(**{**a, "spec": QuantizerSpec.from_dict(a["spec"])}) for a in d["activations"]
             ],
@@ -157,6 +162,8 @@ def activation_ports(node: fx.Node, modules: dict[str, nn.Module]) -> list[int]:
     """Input ports of `node` whose activations should be quantized (empty: not quantizable)."""
     if node.op == "call_module":
         m = modules[str(node.target)]
+        if isinstance(m, nn.MultiheadAttention):
+            return [0, 1, 2]  # query, key, value: each feeds an in-projection matmul
         reg = registration(m)
         if isinstance(m, _QUANT_INPUT_MODULES) or (reg and "quantization" not in reg["ignored_algorithms"]):
             return [0]
@@ -172,6 +179,14 @@ def activation_ports(node: fx.Node, modules: dict[str, nn.Module]) -> list[int]:
         if node.target in _TWO_INPUT_METHODS:
             return [0, 1]
     return []
+
+
+def port_args(node: fx.Node, ports: list[int], modules: dict[str, nn.Module]) -> list[Any]:
+    """The arguments at `ports`; nn.MultiheadAttention's query / key / value also when passed by keyword."""
+    args = [node.args[i] for i in ports if i < len(node.args)]
+    if node.op == "call_module" and isinstance(modules[str(node.target)], nn.MultiheadAttention):
+        args += [node.kwargs[k] for k in _ATTENTION_INPUTS[len(node.args) :] if k in node.kwargs]
+    return args
 
 
 def is_agnostic(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -305,8 +320,8 @@ def _override(group: QuantizerGroup, overrides: dict[str, QuantizerOverride], al
     return values
 
 
-def _weight_scale_shape(module: nn.Module, per_channel: bool) -> tuple[int, ...]:
-    weight = cast(torch.Tensor, module.weight)
+def _weight_scale_shape(module: nn.Module, per_channel: bool, tensor: str = "weight") -> tuple[int, ...]:
+    weight = cast(torch.Tensor, getattr(module, tensor))
     if not per_channel:
         return (1,)
     reg = registration(module)
@@ -318,25 +333,45 @@ def _weight_scale_shape(module: nn.Module, per_channel: bool) -> tuple[int, ...]
     return tuple(shape)
 
 
-def _weighted_layers(node: fx.Node, modules: dict[str, nn.Module], name: str) -> list[tuple[str, nn.Module, str]]:
-    """(module path, layer, weight quantizer id) of the layers whose weight a module call uses.
+def attention_projections(module: nn.MultiheadAttention) -> list[str]:
+    """The in-projection matrices of an nn.MultiheadAttention, in the order its forward applies them:
+    the packed (3E, E) `in_proj_weight`, or q/k/v_proj_weight when key and value have other widths."""
+    if module._qkv_same_embed_dim:
+        return ["in_proj_weight"]
+    return ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
 
-    nn.MultiheadAttention is one leaf op whose `out_proj` Linear never appears as a call of its
-    own; its packed `in_proj_weight` is not a layer's weight and stays FP32 (warned by the builder).
+
+def _weighted_layers(node: fx.Node, modules: dict[str, nn.Module], name: str) -> list[tuple[str, nn.Module, str, str]]:
+    """(module path, layer, tensor, weight quantizer id) of the weight matrices a module call uses.
+
+    nn.MultiheadAttention is one leaf op: its in-projection matrices belong to it (ids `<node>/linear_<k>`,
+    NNCF's names for the `linear` calls of its forward) and its `out_proj` Linear never appears as a call
+    of its own.
     """
     target = str(node.target)
     module = modules[target]
     if isinstance(module, nn.MultiheadAttention):
-        return [(f"{target}.out_proj", module.out_proj, f"{name}/Linear[out_proj]/linear_0|WEIGHT")]
+        projections = [
+            (target, module, t, f"{name}/linear_{k}|WEIGHT") for k, t in enumerate(attention_projections(module))
+        ]
+        return [
+            *projections,
+            (f"{target}.out_proj", module.out_proj, "weight", f"{name}/Linear[out_proj]/linear_0|WEIGHT"),
+        ]
     reg = registration(module)
     weighted = isinstance(module, WEIGHTED_MODULES) or (reg and "quantization" not in reg["ignored_algorithms"])
     if not weighted or not isinstance(getattr(module, "weight", None), torch.Tensor):
         return []
-    return [(target, module, f"{name}|WEIGHT")]
+    return [(target, module, "weight", f"{name}|WEIGHT")]
 
 
 def weight_spec(
-    module: nn.Module, cfg: QuantizationConfig, opts: PlacementOptions, aliases: list[str], first_conv: bool
+    module: nn.Module,
+    cfg: QuantizationConfig,
+    opts: PlacementOptions,
+    aliases: list[str],
+    first_conv: bool,
+    tensor: str = "weight",
 ) -> QuantizerSpec:
     """The weight quantizer of one layer: config, scope overrides and the target device's rules."""
     hw = opts.target_device != "TRIAL"
@@ -356,7 +391,7 @@ def weight_spec(
         narrow_range=bits == 8 and not half,
         half_range=half,
         per_channel=per_channel,
-        scale_shape=_weight_scale_shape(module, per_channel),
+        scale_shape=_weight_scale_shape(module, per_channel, tensor),
         logarithm_scale=cfg.weights.logarithm_scale,
         is_weights=True,
         compression_lr_multiplier=cfg.compression_lr_multiplier,
@@ -381,18 +416,17 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
     for_onnxruntime = opts.target_runtime == "onnxruntime" and opts.target_device in ("ANY", "CPU")
 
     # ------------------------------------------------------------------ weights
-    seen_modules: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for node in traced.gm.graph.nodes:
         if node.op != "call_module":
             continue
-        for path, module, point_id in _weighted_layers(node, modules, traced.names[node]):
-            if path in seen_modules:
+        for path, module, tensor, point_id in _weighted_layers(node, modules, traced.names[node]):
+            if (path, tensor) in seen:
                 continue
-            seen_modules.add(path)
+            seen.add((path, tensor))
             if considered(node, cfg.weights):
-                setup.weights.append(
-                    WeightPoint(point_id, path, weight_spec(module, cfg, opts, aliases(node), path in first_convs))
-                )
+                spec = weight_spec(module, cfg, opts, aliases(node), path in first_convs, tensor)
+                setup.weights.append(WeightPoint(point_id, path, spec, tensor))
 
     # ------------------------------------------------------------------ activations
     # producer -> group root (union-find over producers that must share one quantizer)
@@ -450,7 +484,7 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
             continue
         if not _reads_activations(node, ports):
             continue  # x + 1, x @ W (a parameter): not an activation-activation op
-        tensor_args = [node.args[i] for i in ports if i < len(node.args)]
+        tensor_args = port_args(node, ports, modules)
         for arg in tensor_args:
             add_input(arg, node)
         if matches_any(aliases(node), unified_ops):

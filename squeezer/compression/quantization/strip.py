@@ -46,16 +46,19 @@ def to_torch_fake_quantize(q: FakeQuantizer) -> FakeQuantize:
 
 
 def strip_quantizers(model: nn.Module, setup: QuantizerSetup) -> nn.Module:
-    for wp in setup.weights:
-        module = model.get_submodule(wp.module)
-        quantizer = next(p for p in weight_parametrizations(module) if isinstance(p, FakeQuantizer))
-        fq = to_torch_fake_quantize(quantizer)
-        with torch.no_grad():
-            on_grid = cast(torch.Tensor, module.weight).detach().clone()
+    by_module: dict[str, list[str]] = {}
+    for wp in setup.weights:  # nn.MultiheadAttention: one module, one or three quantized in-projections
+        by_module.setdefault(wp.module, []).append(wp.tensor)
+    for path, tensors in by_module.items():
+        module = model.get_submodule(path)
         plain = unparametrized_copy(module)
-        plain.weight = nn.Parameter(on_grid, requires_grad=False)
-        parametrize.register_parametrization(plain, "weight", fq)
-        replace_submodule(model, wp.module, plain)
+        for tensor in tensors:
+            quantizer = next(p for p in weight_parametrizations(module, tensor) if isinstance(p, FakeQuantizer))
+            with torch.no_grad():
+                on_grid = cast(torch.Tensor, getattr(module, tensor)).detach().clone()
+            setattr(plain, tensor, nn.Parameter(on_grid, requires_grad=False))
+            parametrize.register_parametrization(plain, tensor, to_torch_fake_quantize(quantizer))
+        replace_submodule(model, path, plain)
     if setup.activations:
         container = cast(nn.ModuleDict, model.get_submodule(ACTIVATIONS_ATTR))
         for key in list(container.keys()):

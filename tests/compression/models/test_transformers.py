@@ -124,15 +124,33 @@ class TinyViTBlock(nn.Module):
         return self.head(x.mean(1))
 
 
-def test_multihead_attention_out_proj_is_quantized_and_in_proj_named_as_fp32(tmp_path, caplog):
+def test_multihead_attention_projections_are_quantized_and_nothing_is_named_fp32(tmp_path, caplog):
     torch.manual_seed(0)
     with caplog.at_level("WARNING", logger="squeezer.compression.quantization.algorithm"):
         ctrl, compressed = create_compressed_model(TinyViTBlock(), int8({"sample_size": [1, 5, 12]}), dump_graphs=False)
-    assert "1 weight matrices are not owned by a layer Squeezer quantizes and stay FP32: attention.in_proj_weight" in (
-        caplog.text
-    )
+    assert "stay FP32" not in caplog.text
+    assert weight_quantizer_of(compressed.attention, "in_proj_weight") is not None
     assert weight_quantizer_of(compressed.attention.out_proj) is not None
     compressed.train()
     compressed(torch.rand(4, 5, 12)).sum().backward()
+    assert compressed.attention.parametrizations.in_proj_weight[0].scale.grad is not None
     assert compressed.attention.out_proj.parametrizations.weight[0].scale.grad is not None
     ctrl.export_model(tmp_path / "vit_block.onnx")  # verified in onnxruntime
+
+
+class BareMatrix(nn.Module):
+    """A weight matrix no layer owns: F.linear with a bare nn.Parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Parameter(torch.randn(8, 12))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(nn.functional.linear(x, self.proj))
+
+
+def test_a_matrix_no_layer_owns_is_named_as_fp32(caplog):
+    with caplog.at_level("WARNING", logger="squeezer.compression.quantization.algorithm"):
+        create_compressed_model(BareMatrix(), int8({"sample_size": [1, 12]}), dump_graphs=False)
+    assert "1 weight matrices are not owned by a layer Squeezer quantizes and stay FP32: proj" in caplog.text

@@ -51,17 +51,18 @@ def run_hawq(
     allowed = sorted(set(precision.bits or DEFAULT_BITS))
     ratio = precision.compression_ratio if precision.compression_ratio is not None else DEFAULT_COMPRESSION_RATIO
     pinned = _pinned_bits(setup, precision.bitwidth_per_scope)
-    modules = {wp.id: ctx.model.get_submodule(wp.module) for wp in setup.weights}
+    layers = {wp.id: (ctx.model.get_submodule(wp.module), wp.tensor) for wp in setup.weights}
     if precision.traces_per_layer_path:
-        traces = load_traces(Path(precision.traces_per_layer_path), list(modules))
+        traces = load_traces(Path(precision.traces_per_layer_path), list(layers))
         probes: list[int] = []
     else:
-        estimate = _estimate_traces(ctx, precision, modules)
+        estimate = _estimate_traces(ctx, precision, layers)
         traces, probes = estimate.traces, estimate.probes_per_batch
-    macs = macs_per_sample(ctx.model, modules, ctx.example_inputs)
+    macs = macs_per_sample(ctx.model, layers, ctx.example_inputs)
     candidates = []
     for wp in setup.weights:
-        weight = cast(torch.Tensor, modules[wp.id].weight).detach()  # what the quantizer will see
+        module, tensor = layers[wp.id]
+        weight = cast(torch.Tensor, getattr(module, tensor)).detach()  # what the quantizer will see
         options = [pinned[wp.id]] if wp.id in pinned else allowed
         noise = {b: quantization_noise(weight, with_bits(wp.spec, b), range_configs[wp.id]) for b in options}
         candidates.append(LayerCandidate(wp.id, macs[wp.id], traces[wp.id], noise))
@@ -97,7 +98,7 @@ def _pinned_bits(setup: QuantizerSetup, pairs: list[list[int | str]]) -> dict[st
     return pinned
 
 
-def _estimate_traces(ctx: BuildContext, precision: PrecisionInit, modules: dict[str, nn.Module]) -> Any:
+def _estimate_traces(ctx: BuildContext, precision: PrecisionInit, layers: dict[str, tuple[nn.Module, str]]) -> Any:
     if not ctx.config.has_extra_struct(QuantizationPrecisionInitArgs):
         raise CompressionError(
             "HAWQ precision initialization needs data and a loss: call "
@@ -121,7 +122,7 @@ def _estimate_traces(ctx: BuildContext, precision: PrecisionInit, modules: dict[
     def loss(outputs: Any, target: Any) -> torch.Tensor:
         return args.criterion_fn(outputs, target, args.criterion)
 
-    weights = {qid: original_weight(m) for qid, m in modules.items()}
+    weights = {qid: original_weight(m, tensor) for qid, (m, tensor) in layers.items()}
     iters = precision.iter_number if precision.iter_number is not None else DEFAULT_ITER_NUMBER
     return average_hessian_traces(ctx.model, weights, batches(), loss, iters, precision.tolerance)
 
@@ -152,12 +153,14 @@ def load_traces(path: Path, ids: list[str]) -> dict[str, float]:
 
 
 def macs_per_sample(
-    model: nn.Module, modules: dict[str, nn.Module], example: tuple[tuple[Any, ...], dict[str, Any]]
+    model: nn.Module, layers: dict[str, tuple[nn.Module, str]], example: tuple[tuple[Any, ...], dict[str, Any]]
 ) -> dict[str, int]:
-    """Multiply-accumulates of one sample through each layer: weight count x positions it is applied at
-    (a conv's output pixels, a transposed conv's input pixels, a linear layer's tokens). A layer the
-    example forward does not call as a module (nn.MultiheadAttention's out_proj) counts its weights once."""
-    positions: dict[nn.Module, int] = {m: 0 for m in modules.values()}
+    """Multiply-accumulates of one sample through each weight (quantizer id -> (module, tensor name)): weight
+    count x positions it is applied at (a conv's output pixels, a transposed conv's input pixels, a linear
+    layer's or an attention's in-projection's tokens). A layer the example forward does not call as a module
+    (nn.MultiheadAttention's out_proj) counts its weights once."""
+    positions: dict[nn.Module, int] = {m: 0 for m, _ in layers.values()}
+    tensor_of = {m: tensor for m, tensor in layers.values()}
 
     def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         out = output if isinstance(output, torch.Tensor) else next(iter(_tensors(output)), None)
@@ -165,7 +168,7 @@ def macs_per_sample(
             return
         if isinstance(module, _CONV_TRANSPOSE) and isinstance(inputs[0], torch.Tensor):
             positions[module] += int(inputs[0][0, 0].numel())
-        elif original_weight(module).dim() > 2:
+        elif original_weight(module, tensor_of[module]).dim() > 2:
             positions[module] += int(out[0, 0].numel()) if out.dim() > 2 else 1
         else:
             positions[module] += out.numel() // (out.shape[0] * out.shape[-1]) if out.dim() >= 2 else 1
@@ -178,7 +181,7 @@ def macs_per_sample(
     finally:
         for h in handles:
             h.remove()
-    return {qid: original_weight(m).numel() * max(positions[m], 1) for qid, m in modules.items()}
+    return {qid: original_weight(m, tensor).numel() * max(positions[m], 1) for qid, (m, tensor) in layers.items()}
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:
@@ -215,6 +218,7 @@ def _report(
             {
                 "id": wp.id,
                 "module": wp.module,
+                "tensor": wp.tensor,
                 "bits": chosen[wp.id],
                 "hessian_trace": by_id[wp.id].trace,
                 "macs": by_id[wp.id].macs,

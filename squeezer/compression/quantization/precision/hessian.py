@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from squeezer.compression.graph.surgery import evaluating
 
@@ -68,7 +69,9 @@ def average_hessian_traces(
     try:
         for p in params:
             p.requires_grad_(True)
-        with evaluating(model), torch.enable_grad():
+        # the fused attention kernels (nn.MultiheadAttention, F.scaled_dot_product_attention) have no double
+        # backward on CPU; the math one is plain differentiable ops
+        with evaluating(model), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             for args, kwargs, target in batches:
                 loss = loss_fn(model(*args, **kwargs), target)
                 grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
