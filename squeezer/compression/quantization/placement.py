@@ -253,6 +253,27 @@ def _is_behind_concat(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return True
 
 
+def _branching_edges(arg: fx.Node, producers: list[fx.Node], modules: dict[str, nn.Module]) -> set[tuple[fx.Node, fx.Node]]:
+    """Edges (tensor, op) inside a scale-preserving chain from `producers` to `arg` where the tensor has
+    other readers too: GoogLeNet's max-pool feeds three convs and the next branch's max-pool.
+    onnxruntime runs DequantizeLinear -> MaxPool -> QuantizeLinear on int8 only when the QuantizeLinear
+    is the pool's sole reader, so the quantizer is applied again before the second pool as well (the
+    same quantizer: a max-pool of grid values stays on the grid, so the numbers do not change)."""
+    edges: set[tuple[fx.Node, fx.Node]] = set()
+    stack, seen = [arg], set(producers)
+    while stack:
+        node = stack.pop()
+        if node in seen or not is_agnostic(node, modules):
+            continue
+        seen.add(node)
+        for source in node.all_input_nodes:
+            branches = _is_tensor(source) and len(source.users) > 1 and not _is_passthrough(source, modules)
+            if branches and source not in producers and is_agnostic(source, modules):
+                edges.add((source, node))
+            stack.append(source)
+    return edges
+
+
 def _upstream(
     node: fx.Node,
     modules: dict[str, nn.Module],
@@ -461,6 +482,8 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
         chain.discard(consumer)
         if arg not in producers and not all(_is_passthrough(n, modules) for n in chain):
             chain_ends.setdefault(producers[0], set()).add((arg, consumer))
+        if for_onnxruntime:
+            chain_ends.setdefault(producers[0], set()).update(_branching_edges(arg, producers, modules))
 
     def quantizes_input(node: fx.Node) -> bool:
         ports = activation_ports(node, modules) or onnxruntime_ports(node, modules)

@@ -266,6 +266,34 @@ def test_onnxruntime_target_quantizes_concat_outputs(tmp_path):
     assert fused_ort["MaxPool"] + fused_ort["Concat"] == 0
 
 
+class PoolThenInception(nn.Module):
+    """GoogLeNet between stages: a max-pool read by a conv and by the next block's pooling branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.branch_pool = nn.MaxPool2d(3, 1, padding=1, ceil_mode=True)
+        self.a = nn.Conv2d(8, 4, 1)
+        self.b = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.stem(x))
+        return torch.cat([self.a(x), self.b(self.branch_pool(x))], 1).mean((2, 3))
+
+
+def test_onnxruntime_target_runs_chained_max_pools_on_int8(tmp_path):
+    """onnxruntime runs DequantizeLinear -> MaxPool -> QuantizeLinear on int8 only when the
+    QuantizeLinear is the pool's sole reader; a pool that also feeds a second pool is quantized again
+    before it (GoogLeNet: 6 of its 13 pools ran in FP32, quantize_static's file runs all 13 on int8)."""
+    plain, ort = compress_both(PoolThenInception, (1, 3, 16, 16))
+    fused_plain = optimized_ops(plain.export_model(tmp_path / "plain.onnx"), tmp_path)
+    fused_ort = optimized_ops(ort.export_model(tmp_path / "ort.onnx"), tmp_path)  # parity-checked
+    assert fused_plain["MaxPool"] > 0
+    assert fused_ort["NhwcMaxPool"] == 2 and fused_ort["MaxPool"] == 0
+    assert fused_ort["QLinearConv"] == 3
+
+
 def test_onnxruntime_target_runs_shufflenet_channel_shuffle_on_int8(tmp_path):
     """torchvision's channel shuffle reads `x.size()` from each block's concat, and onnxruntime fuses a
     concat into QLinearConcat only when a QuantizeLinear is its sole reader. The shape reads take the
