@@ -253,7 +253,9 @@ def _is_behind_concat(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return True
 
 
-def _branching_edges(arg: fx.Node, producers: list[fx.Node], modules: dict[str, nn.Module]) -> set[tuple[fx.Node, fx.Node]]:
+def _branching_edges(
+    arg: fx.Node, producers: list[fx.Node], modules: dict[str, nn.Module]
+) -> set[tuple[fx.Node, fx.Node]]:
     """Edges (tensor, op) inside a scale-preserving chain from `producers` to `arg` where the tensor has
     other readers too: GoogLeNet's max-pool feeds three convs and the next branch's max-pool.
     onnxruntime runs DequantizeLinear -> MaxPool -> QuantizeLinear on int8 only when the QuantizeLinear
@@ -285,8 +287,9 @@ def _upstream(
 
     `split_parts` (onnxruntime): a part of a `chunk` / `split` (which returns a tuple, not a tensor)
     is a producer of its own, so the convs reading ShuffleNet's split halves get a quantized input; so
-    is a concat, whose output gets its own quantizer besides its branches': onnxruntime runs it as
-    QLinearConcat and a max-pool after it on int8 (GoogLeNet 1.79x -> 2.10x of FP32). It fuses
+    is a concat, whose output is quantized besides its branches (sharing their quantizer, see
+    `compute_setup`): onnxruntime runs it as QLinearConcat and a max-pool after it on int8
+    (GoogLeNet 1.79x -> 2.10x of FP32). It fuses
     DequantizeLinear -> Concat -> QuantizeLinear only when the QuantizeLinear is the concat's sole
     reader, so the concat's shape reads (ShuffleNet's channel shuffle asks `x.size()`) take the
     quantized tensor too, whose shape is the same."""
@@ -463,15 +466,15 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
     consumers: dict[fx.Node, list[fx.Node]] = {}
     unified_ops = [op for group in (cfg.activations.unified_scale_ops or []) for op in group]
 
-    def add_input(arg: Any, consumer: fx.Node) -> None:
+    def add_input(arg: Any, consumer: fx.Node) -> list[fx.Node]:
         if not isinstance(arg, fx.Node):
-            return
+            return []
         path_edges: list[tuple[fx.Node, fx.Node]] = []
         producers = _upstream(arg, modules, path_edges, consumer, split_parts=for_onnxruntime)
         if not producers:
-            return
+            return []
         if not cfg.quantize_inputs and any(p.op == "placeholder" for p in producers):
-            return
+            return []
         for p in producers[1:]:
             parent[find(p)] = find(producers[0])
         for p in producers:
@@ -484,11 +487,13 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
             chain_ends.setdefault(producers[0], set()).add((arg, consumer))
         if for_onnxruntime:
             chain_ends.setdefault(producers[0], set()).update(_branching_edges(arg, producers, modules))
+        return producers
 
     def quantizes_input(node: fx.Node) -> bool:
         ports = activation_ports(node, modules) or onnxruntime_ports(node, modules)
         return bool(ports) and _reads_activations(node, ports)
 
+    concat_branches: dict[fx.Node, list[fx.Node]] = {}
     skipped_adds = (
         float_adds(traced.gm, modules, quantizes_input, lambda n: is_agnostic(n, modules)) if for_onnxruntime else set()
     )
@@ -502,7 +507,7 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
             branches = node.args[0] if isinstance(node.args[0], (list, tuple)) else []
             for branch in branches:  # each branch's output quantized: the convs that end them run in INT8
                 if isinstance(branch, fx.Node) and _is_tensor(branch) and considered(node, cfg.activations):
-                    add_input(branch, node)
+                    concat_branches.setdefault(node, []).extend(add_input(branch, node))
         if not ports or not considered(node, cfg.activations):
             continue
         if not _reads_activations(node, ports):
@@ -519,6 +524,10 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
             if node.op == "output":
                 for arg in node.all_input_nodes:
                     add_input(arg, node)
+    for concat, branch_producers in concat_branches.items():
+        if concat in parent:  # its output is quantized: one scale for it and its branches (NNCF's unified
+            for p in branch_producers:  # concat), so QLinearConcat copies bytes instead of requantizing
+                parent[find(p)] = find(concat)
 
     groups: dict[fx.Node, list[fx.Node]] = {}
     for p in parent:

@@ -10,6 +10,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from onnx import numpy_helper
 from torch import nn
 
 from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
@@ -264,6 +265,22 @@ def test_onnxruntime_target_quantizes_concat_outputs(tmp_path):
     assert fused_plain["MaxPool"] + fused_plain["Concat"] > 0  # FP32 between a dequantize and a quantize
     assert fused_ort["QLinearConcat"] == 2 and fused_ort["NhwcMaxPool"] == 1  # on int8
     assert fused_ort["MaxPool"] + fused_ort["Concat"] == 0
+
+
+def test_onnxruntime_target_gives_a_concat_and_its_branches_one_scale(tmp_path):
+    """As NNCF unifies a concat's inputs: with the branches and the output on one grid, QLinearConcat
+    copies bytes; with a scale each it requantizes every input (SqueezeNet ran 1.53x of FP32 speed
+    that way against 1.84x with NNCF's placement and the same kernels)."""
+    _, ort = compress_both(InceptionBlock, (1, 3, 8, 8))
+    optimized_ops(ort.export_model(tmp_path / "ort.onnx"), tmp_path)
+    graph = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    concats = [n for n in graph.node if n.op_type == "QLinearConcat"]
+    assert len(concats) == 2
+    for concat in concats:  # inputs: output scale, output zero point, then (tensor, scale, zero point) per input
+        scales = [values[concat.input[i]] for i in (0, *range(3, len(concat.input), 3))]
+        zero_points = [values[concat.input[i]] for i in (1, *range(4, len(concat.input), 3))]
+        assert all(s == scales[0] for s in scales) and all(z == zero_points[0] for z in zero_points)
 
 
 class PoolThenInception(nn.Module):
