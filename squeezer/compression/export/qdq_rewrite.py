@@ -113,20 +113,37 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
     return len(remove)
 
 
+def _data_dependent(graph: onnx.GraphProto) -> set[str]:
+    """Names of the tensors whose values depend on the graph's input values (not only on their shapes)."""
+    data = {value.name for value in graph.input}
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        if node.op_type not in ("Shape", "Size") and any(name in data for name in node.input):
+            data.update(node.output)
+    return data
+
+
 def gather_before_dequantize(model: onnx.ModelProto) -> int:
     """`DequantizeLinear(int8 table) -> Gather(ids)` (an embedding) becomes `Gather(int8 table, ids)` then
     dequantize the gathered rows: onnxruntime keeps DequantizeLinear out of constant folding, so the first form
     dequantizes the whole table on every call (a 30522 x 768 vocabulary: 23M values per inference). Per-row
     scales are gathered with the rows and multiplied; a per-tensor or per-column grid stays a DequantizeLinear.
-    Returns how many Gathers were rewritten."""
+    Returns how many Gathers were rewritten.
+
+    Only gathers whose ids are the model's data (token ids) are rewritten, not those whose ids are
+    computed from constants and shapes (position ids `arange(seq_len)`, all-zero token types): OpenVINO
+    folds those to a constant int8 tensor and its low-precision AddTransformation then fails on the
+    embedding sum ("index '0' out of range", zoo BERT), while their tables are small (512 positions)."""
     graph = model.graph
     inits = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
+    data = _data_dependent(graph)
     rewritten = 0
     new_nodes: list[tuple[onnx.NodeProto, list[onnx.NodeProto]]] = []
     for node in graph.node:
         dq = producer.get(node.input[0]) if node.op_type == "Gather" else None
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or len(dq.input) < 3:
+            continue
+        if node.input[1] not in data:
             continue
         table, scale, zero_point = (inits.get(name) for name in dq.input[:3])
         gather_axis = next((a.i for a in node.attribute if a.name == "axis"), 0)

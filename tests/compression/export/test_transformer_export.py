@@ -139,6 +139,28 @@ def test_embedding_rows_are_gathered_before_dequantizing(scale, zero_point, axis
     np.testing.assert_allclose(_run(model, feeds), before, rtol=1e-6, atol=0)
 
 
+def test_position_rows_are_not_gathered_before_dequantizing():
+    """Ids computed from the input's shape (position ids) are constants to OpenVINO, whose CPU plugin
+    failed on a constant int8 embedding; only ids that are the input's data are rewritten."""
+    model = _embedding_graph(np.linspace(0.01, 0.2, 20), np.zeros(20), 0)
+    graph = model.graph
+    graph.node[1].input[1] = "positions"
+    graph.node.extend(
+        [
+            helper.make_node("Shape", ["ids"], ["shape"]),
+            helper.make_node("Gather", ["shape", "one"], ["length"]),
+            helper.make_node("Range", ["zero", "length", "one"], ["positions"]),
+        ]
+    )
+    graph.initializer.extend([numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("zero", 0), ("one", 1))])
+    sorted_nodes = [graph.node[0], *graph.node[2:], graph.node[1]]  # the Gather of rows last
+    del graph.node[:]
+    graph.node.extend(sorted_nodes)
+    graph.output[0].type.tensor_type.shape.dim.pop(0)
+    onnx.checker.check_model(model)
+    assert gather_before_dequantize(model) == 0
+
+
 def test_transposed_weight_is_stored_transposed():
     rng = np.random.default_rng(0)
     weight = rng.integers(-127, 128, size=(5, 3)).astype(np.int8)  # (out, in), as nn.Linear keeps it
