@@ -288,11 +288,10 @@ def _upstream(
     `split_parts` (onnxruntime): a part of a `chunk` / `split` (which returns a tuple, not a tensor)
     is a producer of its own, so the convs reading ShuffleNet's split halves get a quantized input; so
     is a concat, whose output is quantized besides its branches (sharing their quantizer, see
-    `compute_setup`): onnxruntime runs it as QLinearConcat and a max-pool after it on int8
-    (GoogLeNet 1.79x -> 2.10x of FP32). It fuses
-    DequantizeLinear -> Concat -> QuantizeLinear only when the QuantizeLinear is the concat's sole
-    reader, so the concat's shape reads (ShuffleNet's channel shuffle asks `x.size()`) take the
-    quantized tensor too, whose shape is the same."""
+    `compute_setup`): onnxruntime runs it as QLinearConcat and a max-pool after it on int8 (GoogLeNet
+    1.79x -> 2.10x of FP32). It fuses DequantizeLinear -> Concat -> QuantizeLinear only when the
+    QuantizeLinear is the concat's sole reader, so the concat's shape reads (ShuffleNet's channel
+    shuffle asks `x.size()`) take the quantized tensor too, whose shape is the same."""
     if node.op == "get_attr":
         return None
     if split_parts and _is_concat(node):
@@ -524,9 +523,11 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
             if node.op == "output":
                 for arg in node.all_input_nodes:
                     add_input(arg, node)
+    # A quantized concat output shares its branches' scale (as NNCF unifies a concat's inputs), so
+    # QLinearConcat copies bytes instead of requantizing every input (SqueezeNet 1.53x -> 2.19x of FP32).
     for concat, branch_producers in concat_branches.items():
-        if concat in parent:  # its output is quantized: one scale for it and its branches (NNCF's unified
-            for p in branch_producers:  # concat), so QLinearConcat copies bytes instead of requantizing
+        if concat in parent:
+            for p in branch_producers:
                 parent[find(p)] = find(concat)
 
     groups: dict[fx.Node, list[fx.Node]] = {}
