@@ -39,20 +39,27 @@ def measure(
     max_runs: int = MAX_RUNS,
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """({runtime: {fp32_ms, compressed_ms, speedup, batch_size, runs}}, warnings) for the runtimes
-    installed here; a warning for each runtime where the compressed file is not faster (speedup < 1)."""
+    installed here; a warning for each runtime where the compressed file is not faster (speedup < 1),
+    and for each that could not run a file (its figures are left out, the other runtimes' kept)."""
     available = [r for r in runtimes if _installed(r)]
     threads = _threads()
     batch = int(next(iter(inputs.values())).shape[0])
     report: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
     for runtime in available:
-        fp32_ms, compressed_ms, paired, runs = _paired_medians(
-            load_runner(fp32_onnx, runtime, threads),
-            load_runner(compressed_onnx, runtime, threads),
-            inputs,
-            budget_s / len(available),
-            max_runs,
-        )
+        try:
+            fp32_ms, compressed_ms, paired, runs = _paired_medians(
+                load_runner(fp32_onnx, runtime, threads),
+                load_runner(compressed_onnx, runtime, threads),
+                inputs,
+                budget_s / len(available),
+                max_runs,
+            )
+        except Exception as exc:  # one runtime that cannot load or run a file keeps the others' figures
+            reason = (str(exc).strip().splitlines() or [""])[-1][:300]
+            warnings.append(f"latency not measured in {runtime}: {type(exc).__name__}: {reason}")
+            logger.warning("latency not measured in %s", runtime, exc_info=True)
+            continue
         speedup = fp32_ms / compressed_ms
         report[runtime] = {
             "fp32_ms": fp32_ms,

@@ -71,3 +71,27 @@ def test_the_job_process_cannot_report_impossible_timings():
             DoneMessage(status="succeeded", uncompressed_metric=1.0, latency={"onnxruntime": {**timing, **bad}})
     with pytest.raises(pydantic.ValidationError, match="tensorrt"):
         DoneMessage(status="succeeded", uncompressed_metric=1.0, latency={"tensorrt": timing})
+
+
+def test_a_runtime_that_cannot_run_the_file_keeps_the_others_figures(tmp_path):
+    """onnxruntime runs its own contrib op com.microsoft::Inverse and OpenVINO cannot compile it: the
+    report keeps onnxruntime's timing and says why OpenVINO's is missing (it used to lose both)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Inverse", ["x"], ["y"], domain="com.microsoft")],
+        "inverse",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    onnx.save(model, tmp_path / "inverse.onnx")
+    inputs = {"x": (torch.eye(4) * 2).numpy()}
+    report, warnings = measure(tmp_path / "inverse.onnx", tmp_path / "inverse.onnx", inputs, max_runs=3)
+    assert set(report) == {"onnxruntime"} and report["onnxruntime"]["runs"] >= 1
+    # the same file twice may also be reported "not faster"; only the missing runtime matters here
+    missing = [w for w in warnings if w.startswith("latency not measured")]
+    assert len(missing) == 1 and missing[0].startswith("latency not measured in openvino: RuntimeError")
