@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from squeezer.compression.accuracy_aware import create_accuracy_aware_training_loop
-    from squeezer.compression.api import create_compressed_model, load_state, strip
+    from squeezer.compression.api import controller_of, create_compressed_model, load_state, strip
     from squeezer.compression.config import NNCFConfig, SqueezerConfig
     from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
     from squeezer.compression.export.onnx_export import export_onnx
@@ -20,6 +20,21 @@ if TYPE_CHECKING:
     from squeezer.compression.graph.lift import lift_exported_program
     from squeezer.compression.graph.modules import register_module
     from squeezer.compression.init_args import InitDataLoader, register_default_init_args
+    from squeezer.compression.ptq import (
+        AdvancedAccuracyRestorerParameters,
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        Dataset,
+        DropType,
+        IgnoredScope,
+        ModelType,
+        QuantizationMode,
+        QuantizationPreset,
+        RangeEstimator,
+        TargetDevice,
+        quantize,
+        quantize_with_accuracy_control,
+    )
 
 _SOURCES = {
     "create_accuracy_aware_training_loop": "squeezer.compression.accuracy_aware",
@@ -38,18 +53,48 @@ _SOURCES = {
     "register_module": "squeezer.compression.graph.modules",
     "InitDataLoader": "squeezer.compression.init_args",
     "register_default_init_args": "squeezer.compression.init_args",
+    "controller_of": "squeezer.compression.api",
 }
+# NNCF 3.x's post-training API: `import squeezer.compression as nncf; nncf.quantize(...)`
+_PTQ_NAMES = (
+    "AdvancedAccuracyRestorerParameters",
+    "AdvancedQuantizationParameters",
+    "AdvancedSmoothQuantParameters",
+    "Dataset",
+    "DropType",
+    "IgnoredScope",
+    "ModelType",
+    "QuantizationMode",
+    "QuantizationPreset",
+    "RangeEstimator",
+    "TargetDevice",
+    "quantize",
+    "quantize_with_accuracy_control",
+)
+_SOURCES.update(dict.fromkeys(_PTQ_NAMES, "squeezer.compression.ptq"))
 # importing these registers the algorithms with squeezer.compression.build
 _ALGORITHM_PACKAGES = ("distillation", "pruning", "quantization", "sparsity")
 
 __all__ = [
+    "AdvancedAccuracyRestorerParameters",
+    "AdvancedQuantizationParameters",
+    "AdvancedSmoothQuantParameters",
     "CompositeController",
     "CompressionController",
     "CompressionStage",
+    "Dataset",
+    "DropType",
+    "IgnoredScope",
     "InitDataLoader",
+    "ModelType",
     "NNCFConfig",
+    "QuantizationMode",
+    "QuantizationPreset",
+    "RangeEstimator",
     "SqueezerConfig",
+    "TargetDevice",
     "UnsafeArchive",
+    "controller_of",
     "create_accuracy_aware_training_loop",
     "create_compressed_model",
     "export_onnx",
@@ -57,6 +102,8 @@ __all__ = [
     "load_algorithms",
     "load_exported_program",
     "load_state",
+    "quantize",
+    "quantize_with_accuracy_control",
     "register_default_init_args",
     "register_module",
     "strip",

@@ -315,6 +315,7 @@ class StagedQuantizationScheduler(CompressionScheduler):
 
 class QuantizationController(CompressionController):
     name = "quantization"
+    ptq_report: Any = None  # set by squeezer.compression.ptq.quantize (a PTQReport): what post-training did
 
     def __init__(
         self,

@@ -1,0 +1,210 @@
+"""`quantize`: post-training INT8 quantization of a PyTorch model, NNCF 3.x's signature.
+
+The steps, each measured on real models (README, "Post-training quantization"):
+1. place quantizers as the training-time API does (same placement rules, `target_runtime` included);
+2. cross-layer equalization of conv/linear pairs with only ReLU or max pooling between them
+   (`equalization.py`); for transformers, SmoothQuant with a per-group alpha (`smooth_quant.py`);
+3. weights: per-channel min-max; activations: the MSE-optimal range (`ranges.py`);
+4. fast bias correction (`bias_correction.py`).
+The result is the same kind of model `create_compressed_model` returns: it exports through the same
+verified ONNX / OpenVINO path (`export_model` on its controller, `controller_of(model)`), and it can
+be fine-tuned as it is (quantization-aware training starting from the post-training ranges).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from squeezer.compression.api import controller_of, create_compressed_model
+from squeezer.compression.config.nncf_config import NNCFConfig
+from squeezer.compression.graph.surgery import original_weight
+from squeezer.compression.init_args import register_default_init_args
+from squeezer.compression.ptq.bias_correction import fast_bias_correction as correct_biases
+from squeezer.compression.ptq.dataset import BatchLoader, Dataset, Inputs, batch_size_of, collect_batches
+from squeezer.compression.ptq.equalization import equalize
+from squeezer.compression.ptq.ranges import ActivationStats, quantizers_enabled, set_activation_range
+from squeezer.compression.ptq.smooth_quant import smooth_quant
+from squeezer.compression.ptq.types import (
+    AdvancedQuantizationParameters,
+    IgnoredScope,
+    ModelType,
+    QuantizationMode,
+    QuantizationPreset,
+    RangeEstimator,
+    TargetDevice,
+)
+from squeezer.compression.quantization.algorithm import QuantizationController
+from squeezer.compression.quantization.quantizer import FakeQuantizer
+from squeezer.compression.quantization.range_init import StatCollector
+from squeezer.errors import CompressionError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PTQReport:
+    """What `quantize` did, kept on the controller (`controller_of(model).ptq_report`)."""
+
+    samples: int = 0
+    equalized: list[str] = field(default_factory=list)  # "first->second" layer pairs
+    smooth_quant_alphas: dict[str, float] = field(default_factory=dict)
+    bias_corrections: dict[str, torch.Tensor] = field(default_factory=dict)  # module path -> added to bias
+    seconds: float = 0.0
+    bias_batches: list[Inputs] = field(default_factory=list, repr=False)  # what bias correction ran on
+    accuracy_control: dict[str, Any] | None = None
+
+
+def _value(x: Any) -> Any:
+    return x.value if hasattr(x, "value") else x
+
+
+def _config(
+    preset: QuantizationPreset | None,
+    target_device: TargetDevice,
+    model_type: ModelType | None,
+    ignored_scope: IgnoredScope | None,
+    target_runtime: str | None,
+) -> dict[str, Any]:
+    transformer = model_type is not None and _value(model_type) == ModelType.TRANSFORMER.value
+    if preset is None:
+        preset = QuantizationPreset.MIXED if transformer else QuantizationPreset.PERFORMANCE
+    if transformer and target_runtime is None:
+        target_runtime = "onnxruntime"  # residual and embedding sums stay FP32 (their outliers are +-400)
+    compression: dict[str, Any] = {
+        "algorithm": "quantization",
+        "preset": _value(preset),
+        # NNCF 3.x's PTQ default: 7-bit weights (the VNNI-less overflow fix) on the first conv only
+        "overflow_fix": "first_layer_only",
+        # ranges are set below, from statistics this module collects; no BatchNorm adaptation in PTQ
+        "initializer": {"range": {"num_init_samples": 0}, "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}},
+    }
+    config: dict[str, Any] = {"target_device": _value(target_device), "compression": compression}
+    if target_runtime is not None:
+        config["target_runtime"] = target_runtime
+    if ignored_scope is not None:
+        scopes = ignored_scope.to_scopes()
+        if scopes:
+            compression["ignored_scopes"] = scopes  # the section's scopes are checked against the model
+            compression["validate_scopes"] = ignored_scope.validate
+    return config
+
+
+def _controller(model: nn.Module) -> QuantizationController:
+    ctrl = controller_of(model)
+    if not isinstance(ctrl, QuantizationController):
+        raise CompressionError("the model was not produced by squeezer.compression.quantize")
+    return ctrl
+
+
+def all_quantizers(ctrl: QuantizationController) -> list[FakeQuantizer]:
+    return [*ctrl.weight_quantizers.values(), *ctrl.non_weight_quantizers.values()]
+
+
+def _init_weight_ranges(ctrl: QuantizationController) -> None:
+    for wp in ctrl.setup.weights:
+        q = ctrl.weight_quantizers[wp.id]
+        stats = StatCollector(q.axis)
+        stats.update(original_weight(ctrl.model.get_submodule(wp.module), wp.tensor), keep_values=False)
+        lo, hi = stats.min_max("min_max", q.spec.mode == "symmetric", {})
+        q.apply_minmax(lo, hi, lower_bound=1e-8)
+
+
+def _init_activation_ranges(ctrl: QuantizationController, batches: list[Inputs], estimator: RangeEstimator) -> None:
+    keep = estimator is not RangeEstimator.MINMAX
+    stats = {qid: ActivationStats(q, keep) for qid, q in ctrl.non_weight_quantizers.items()}
+
+    def record(s: ActivationStats):
+        return lambda _m, args: s.update(args[0])
+
+    handles = [s.quantizer.register_forward_pre_hook(record(s)) for s in stats.values()]
+    try:
+        with quantizers_enabled(all_quantizers(ctrl), False), torch.no_grad():
+            for args, kwargs in batches:
+                ctrl.model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    for qid, s in stats.items():
+        if not s.seen:
+            logger.warning("activation quantizer %s saw no calibration data; its range stays at the default", qid)
+            continue
+        set_activation_range(s, estimator)
+
+
+def quantize(
+    model: nn.Module,
+    calibration_dataset: Dataset,
+    mode: QuantizationMode | None = None,
+    preset: QuantizationPreset | None = None,
+    target_device: TargetDevice = TargetDevice.ANY,
+    subset_size: int = 300,
+    fast_bias_correction: bool = True,
+    model_type: ModelType | None = None,
+    ignored_scope: IgnoredScope | None = None,
+    advanced_parameters: AdvancedQuantizationParameters | None = None,
+) -> nn.Module:
+    """INT8 post-training quantization from `subset_size` calibration samples (no labels, no training).
+
+    Returns a copy of `model` with quantizers; the caller's model is left untouched. Export it with
+    `controller_of(q).export_model("m.onnx")` or fine-tune it like any compressed model.
+    """
+    started = time.perf_counter()
+    if mode is not None:
+        raise CompressionError(f"mode={_value(mode)!r} is not supported; only INT8 quantization (mode=None) is")
+    advanced = advanced_parameters or AdvancedQuantizationParameters()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    batches = collect_batches(calibration_dataset, subset_size, model, device, "calibration_dataset")
+    config = NNCFConfig.from_dict(_config(preset, target_device, model_type, ignored_scope, advanced.target_runtime))
+    register_default_init_args(config, BatchLoader(batches))
+    _, qmodel = create_compressed_model(model, config, dump_graphs=False)
+    ctrl = _controller(qmodel)
+    if not ctrl.weight_quantizers and not ctrl.non_weight_quantizers:
+        raise CompressionError(
+            f"{type(model).__name__} has no layer to quantize (no Conv, Linear or matmul inputs outside the "
+            f"ignored scope); the model would be returned unchanged"
+        )
+    report = PTQReport(samples=sum(batch_size_of(b) for b in batches))
+    qmodel.eval()
+    transformer = model_type is not None and _value(model_type) == ModelType.TRANSFORMER.value
+    weighted = {wp.module for wp in ctrl.setup.weights if wp.tensor == "weight"}
+    if advanced.cross_layer_equalization and ctrl.context and ctrl.context.traced:
+        report.equalized = equalize(ctrl.context.gm, weighted)
+    alphas = advanced.smooth_quant_alphas
+    if transformer and (alphas.matmul is None or alphas.matmul >= 0) and ctrl.context and ctrl.context.traced:
+        candidates = alphas.alpha_candidates if alphas.matmul is None else (alphas.matmul,)
+        report.smooth_quant_alphas = smooth_quant(
+            ctrl.context.gm, ctrl.non_weight_quantizers, weighted, batches, all_quantizers(ctrl), candidates
+        )
+    _init_weight_ranges(ctrl)
+    _init_activation_ranges(ctrl, batches, advanced.activations_range_estimator or RangeEstimator.MSE)
+    if fast_bias_correction and not advanced.disable_bias_correction:
+        layers = {wp.module: qmodel.get_submodule(wp.module) for wp in ctrl.setup.weights if wp.tensor == "weight"}
+        subset = _subset(batches, advanced.bias_correction_subset_size)
+        report.bias_corrections = correct_biases(qmodel, layers, subset, all_quantizers(ctrl))
+        report.bias_batches = subset
+    report.seconds = time.perf_counter() - started
+    ctrl.ptq_report = report
+    logger.info(
+        "post-training quantization: %d samples, %d weight and %d activation quantizers, %.1f s",
+        report.samples,
+        len(ctrl.weight_quantizers),
+        len(ctrl.non_weight_quantizers),
+        report.seconds,
+    )
+    return qmodel
+
+
+def _subset(batches: list[Inputs], samples: int) -> list[Inputs]:
+    out, seen = [], 0
+    for b in batches:
+        if seen >= samples:
+            break
+        out.append(b)
+        seen += batch_size_of(b)
+    return out

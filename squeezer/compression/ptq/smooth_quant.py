@@ -1,0 +1,184 @@
+"""SmoothQuant: move activation outliers into the weights of the Linear layers that read them.
+
+A transformer's Linear inputs have a few channels a hundred times larger than the rest, so a per-tensor
+INT8 grid spends its levels on them. With s_c = max|x_c|^alpha / max|W_:,c|^(1-alpha), the input is
+divided by s (an explicit multiply before the quantizer, `SmoothScale`) and the weight columns are
+multiplied by it: the FP32 function is unchanged, the activation grid is finer, and the per-channel
+weight grid absorbs the larger columns. alpha is chosen per layer group (the Linears that read one
+quantized tensor) by that group's own output error on calibration rows: no single alpha suits every
+layer (MiniLM's feed-forward output wants less migration than its attention inputs).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+from torch import fx, nn
+
+from squeezer.compression.graph.surgery import original_weight
+from squeezer.compression.ptq.dataset import Inputs
+from squeezer.compression.ptq.ranges import quantizers_enabled
+from squeezer.compression.quantization.placement import ACTIVATIONS_ATTR
+from squeezer.compression.quantization.quantizer import FakeQuantizer, QuantizerSpec
+
+logger = logging.getLogger(__name__)
+
+SMOOTH_ATTR = "_smooth_quant"
+ROWS = 4096  # calibration rows kept per group for the alpha search
+
+
+class SmoothScale(nn.Module):
+    """x * inverse_scale over the last dimension (exported as one Mul before the QuantizeLinear)."""
+
+    inverse_scale: torch.Tensor
+
+    def __init__(self, inverse_scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("inverse_scale", inverse_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.inverse_scale
+
+
+@dataclass
+class _Group:
+    point_id: str
+    qnode: fx.Node
+    linears: list[nn.Linear]
+    quantizer: FakeQuantizer
+    absmax: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+
+
+def _groups(gm: fx.GraphModule, act_q: dict[str, FakeQuantizer], quantized_modules: set[str]) -> list[_Group]:
+    """Activation quantizers inserted once whose every reader is a quantized nn.Linear."""
+    nodes: dict[str, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and str(node.target).startswith(ACTIVATIONS_ATTR + "."):
+            nodes.setdefault(str(node.target)[len(ACTIVATIONS_ATTR) + 1 :], []).append(node)
+    modules = dict(gm.named_modules())
+    groups = []
+    for point_id, qnodes in nodes.items():
+        if len(qnodes) != 1 or point_id not in act_q or act_q[point_id].spec.per_channel:
+            continue
+        users = list(qnodes[0].users)
+        if not users or not all(
+            u.op == "call_module"
+            and isinstance(modules[str(u.target)], nn.Linear)
+            and str(u.target) in quantized_modules
+            for u in users
+        ):
+            continue
+        linears = [cast(nn.Linear, modules[str(u.target)]) for u in users]
+        if len({m.in_features for m in linears}) != 1:
+            continue
+        groups.append(_Group(point_id, qnodes[0], linears, act_q[point_id]))
+    return groups
+
+
+def _collect(model: nn.Module, groups: list[_Group], batches: list[Inputs], quantizers: list[FakeQuantizer]) -> None:
+    """Per-channel |max| of each group's input and a random subsample of its rows (FP32 model)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def hook(group: _Group):
+        def record(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].detach().float()
+            rows = x.reshape(-1, x.shape[-1])
+            amax = rows.abs().amax(0)
+            group.absmax = amax if group.absmax is None else torch.maximum(group.absmax, amax)
+            pick = rows[torch.randperm(rows.shape[0], generator=generator)[: ROWS // len(batches) + 1]]
+            group.rows = pick if group.rows is None else torch.cat([group.rows, pick])
+
+        return record
+
+    handles = [g.quantizer.register_forward_pre_hook(hook(g)) for g in groups]
+    try:
+        with quantizers_enabled(quantizers, False), torch.no_grad():
+            for args, kwargs in batches:
+                model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    """Symmetric per-row 8-bit narrow grid, as the weight quantizers use."""
+    step = w.abs().amax(1, keepdim=True).clamp(min=1e-8) / 127
+    return (w / step).round().clamp(-127, 127) * step
+
+
+def _fake_quant_input(x: torch.Tensor, spec: QuantizerSpec) -> torch.Tensor:
+    """Per-tensor 8-bit grid over the observed range (symmetric or asymmetric as the quantizer is)."""
+    if spec.mode == "symmetric":
+        signed = bool((x < 0).any())
+        step = x.abs().max().clamp(min=1e-8) / (127 if signed else 255)
+        return (x / step).round().clamp(-128 if signed else 0, 127 if signed else 255) * step
+    lo, hi = x.min().clamp(max=0), x.max().clamp(min=0)
+    step = (hi - lo).clamp(min=1e-8) / 255
+    zero = (-lo / step).round()
+    return ((x / step).round() + zero).clamp(0, 255).sub(zero) * step
+
+
+def _scales(group: _Group, alpha: float) -> torch.Tensor:
+    assert group.absmax is not None
+    w_absmax = torch.stack([original_weight(m).detach().abs().amax(0) for m in group.linears]).amax(0)
+    s = group.absmax.clamp(min=1e-5).pow(alpha) / w_absmax.clamp(min=1e-5).pow(1 - alpha)
+    return s.clamp(min=1e-5)
+
+
+def _group_error(group: _Group, alpha: float) -> float:
+    """Squared output error of the group's Linears with INT8 input and weights, at this alpha."""
+    assert group.rows is not None
+    x = group.rows
+    s = _scales(group, alpha) if alpha > 0 else torch.ones(x.shape[1])
+    xq = _fake_quant_input(x / s, group.quantizer.spec)
+    err = 0.0
+    for m in group.linears:
+        w = original_weight(m).detach().float()
+        ref = x @ w.T
+        err += float((xq @ _fake_quant_weight(w * s).T - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-12))
+    return err
+
+
+def smooth_quant(
+    gm: fx.GraphModule,
+    act_q: dict[str, FakeQuantizer],
+    quantized_modules: set[str],
+    batches: list[Inputs],
+    all_quantizers: list[FakeQuantizer],
+    alphas: tuple[float, ...],
+) -> dict[str, float]:
+    """Insert `SmoothScale` before every eligible group and rescale its weights; returns alpha per group."""
+    groups = _groups(gm, act_q, quantized_modules)
+    if not groups:
+        return {}
+    _collect(gm, groups, batches, all_quantizers)
+    container = nn.ModuleDict()
+    gm.add_submodule(SMOOTH_ATTR, container)
+    chosen: dict[str, float] = {}
+    for index, group in enumerate(groups):
+        if group.absmax is None:
+            continue
+        errors = {alpha: _group_error(group, alpha) for alpha in alphas}
+        alpha = min(errors, key=errors.__getitem__)
+        chosen[group.point_id] = alpha
+        if alpha <= 0:
+            continue
+        s = _scales(group, alpha)
+        with torch.no_grad():
+            for m in group.linears:
+                original_weight(m).mul_(s.to(original_weight(m).dtype))
+        container[str(index)] = SmoothScale(1.0 / s)
+        with gm.graph.inserting_before(group.qnode):
+            scaled = gm.graph.call_module(f"{SMOOTH_ATTR}.{index}", (group.qnode.args[0],))
+        group.qnode.args = (scaled, *group.qnode.args[1:])
+    if len(container):
+        gm.graph.lint()
+        gm.recompile()
+    else:
+        delattr(gm, SMOOTH_ATTR)
+    logger.info("SmoothQuant: %d of %d groups smoothed", len(container), len(groups))
+    return chosen
