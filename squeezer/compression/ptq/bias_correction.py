@@ -6,12 +6,14 @@ records each layer's mean output per channel; the quantized pass measures the qu
 corrects the layer's output on the fly, so every later layer is measured on already-corrected inputs
 (the order NNCF's bias correction reaches by walking the graph, here in one pass). The accumulated
 difference is added to the bias; a layer without a bias gets one (a BatchNorm after it folds it in).
+`quantize` records the FP32 means during its range-statistics pass, so only the quantized pass is extra.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import cast
 
 import torch
@@ -30,11 +32,18 @@ def bias_of(model: nn.Module, name: str) -> torch.Tensor:
     return cast(torch.Tensor, model.get_submodule(name).bias)
 
 
+def correctable(layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    return {name: m for name, m in layers.items() if isinstance(m, _LAYERS)}
+
+
 def _channel_mean(out: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """Mean over every dimension but the output channels (dim 1 of a conv, the last of a Linear)."""
-    if isinstance(layer, nn.Linear):
-        return out.detach().reshape(-1, out.shape[-1]).double().mean(0)
-    return out.detach().transpose(0, 1).reshape(out.shape[1], -1).double().mean(1)
+    """Mean over every dimension but the output channels (dim 1 of a conv, the last of a Linear),
+    reduced in place of the tensor (no transposed copy) and accumulated in float64."""
+    out = out.detach()
+    dims = tuple(range(out.dim() - 1)) if isinstance(layer, nn.Linear) else (0, *range(2, out.dim()))
+    return out.sum(dim=dims, dtype=torch.float64) / max(
+        1, out.numel() // out.shape[-1 if isinstance(layer, nn.Linear) else 1]
+    )
 
 
 def _broadcast(delta: torch.Tensor, out: torch.Tensor, layer: nn.Module) -> torch.Tensor:
@@ -43,45 +52,45 @@ def _broadcast(delta: torch.Tensor, out: torch.Tensor, layer: nn.Module) -> torc
     return delta.to(out.dtype).reshape(1, -1, *([1] * (out.dim() - 2)))
 
 
-def _run(model: nn.Module, batches: list[Inputs]) -> None:
-    with torch.no_grad():
-        for args, kwargs in batches:
-            model(*args, **kwargs)
+class FP32Means:
+    """Records each layer's mean output per channel while `active` (hooks stay until `close`)."""
 
+    def __init__(self, layers: dict[str, nn.Module]) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.active = True
+        self.handles = [layer.register_forward_hook(self._hook(name, layer)) for name, layer in layers.items()]
 
-def _with_hooks(layers: dict[str, nn.Module], make: Callable[[str, nn.Module], Callable]) -> list:
-    return [layer.register_forward_hook(make(name, layer)) for name, layer in layers.items()]
+    def _hook(self, name: str, layer: nn.Module) -> Callable:
+        def record(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+            if self.active:
+                self.sums[name] = self.sums.get(name, 0) + _channel_mean(out, layer)
+                self.counts[name] = self.counts.get(name, 0) + 1
 
+        return record
 
-def fast_bias_correction(
-    model: nn.Module, layers: dict[str, nn.Module], batches: list[Inputs], quantizers: list[FakeQuantizer]
-) -> dict[str, torch.Tensor]:
-    """Correct the bias of each layer in `layers` (module path -> Conv/Linear); returns the correction
-    added to each layer's bias (accuracy control takes it back from layers it returns to FP32)."""
-    layers = {name: m for name, m in layers.items() if isinstance(m, _LAYERS)}
-    if not layers or not batches:
-        return {}
-    fp_sum: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def record_fp(name: str, layer: nn.Module) -> Callable:
-        def hook(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
-            mean = _channel_mean(out, layer)
-            fp_sum[name] = fp_sum.get(name, 0) + mean
-            counts[name] = counts.get(name, 0) + 1
-
-        return hook
-
-    handles = _with_hooks(layers, record_fp)
-    try:
-        with quantizers_enabled(quantizers, False):
-            _run(model, batches)
-    finally:
-        for h in handles:
+    def close(self) -> dict[str, torch.Tensor]:
+        for h in self.handles:
             h.remove()
-    fp_mean = {name: fp_sum[name] / counts[name] for name in fp_sum}
+        return {name: self.sums[name] / self.counts[name] for name in self.sums}
+
+
+@contextlib.contextmanager
+def recording_fp32_means(layers: dict[str, nn.Module]) -> Iterator[FP32Means]:
+    recorder = FP32Means(correctable(layers))
+    try:
+        yield recorder
+    finally:
+        recorder.close()
+
+
+def apply_correction(
+    model: nn.Module, layers: dict[str, nn.Module], batches: list[Inputs], fp_mean: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The quantized pass: measure, correct on the fly, then add the mean difference to each bias."""
+    layers = correctable(layers)
     q_sum: dict[str, torch.Tensor] = {}
-    magnitude: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
 
     def correct(name: str, layer: nn.Module) -> Callable:
         def hook(_m: nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor | None:
@@ -89,32 +98,44 @@ def fast_bias_correction(
                 return None
             mean = _channel_mean(out, layer)
             q_sum[name] = q_sum.get(name, 0) + mean
-            magnitude[name] = magnitude.get(name, 0) + out.detach().abs().double().mean()
+            counts[name] = counts.get(name, 0) + 1
             return out + _broadcast(fp_mean[name] - mean, out, layer)
 
         return hook
 
-    handles = _with_hooks(layers, correct)
+    handles = [layer.register_forward_hook(correct(name, layer)) for name, layer in layers.items()]
     try:
-        _run(model, batches)
+        with torch.no_grad():
+            for args, kwargs in batches:
+                model(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
-    report: dict[str, torch.Tensor] = {}
+    added: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
         if name not in q_sum:
             continue
-        n = counts[name]
-        delta = (fp_mean[name] - q_sum[name] / n).float()
+        delta = (fp_mean[name] - q_sum[name] / counts[name]).float()
         with torch.no_grad():
             if getattr(layer, "bias", None) is None:
                 weight = cast(torch.Tensor, layer.weight)
                 layer.bias = nn.Parameter(torch.zeros(delta.shape[0], dtype=weight.dtype, device=weight.device))
             bias = bias_of(model, name)
             bias.add_(delta.to(bias.device, bias.dtype))
-        report[name] = delta.detach().clone()
-        logger.debug(
-            "bias correction %s: %.3g of the mean output", name, float(delta.abs().max() / (magnitude[name] / n))
-        )
-    logger.info("fast bias correction: %d layers corrected", len(report))
-    return report
+        added[name] = delta.detach().clone()
+    logger.info("fast bias correction: %d layers corrected", len(added))
+    return added
+
+
+def fast_bias_correction(
+    model: nn.Module, layers: dict[str, nn.Module], batches: list[Inputs], quantizers: list[FakeQuantizer]
+) -> dict[str, torch.Tensor]:
+    """Both passes: correct the bias of each layer in `layers` (module path -> Conv/Linear); returns the
+    correction added to each layer's bias (accuracy control takes it back from layers it returns to FP32)."""
+    layers = correctable(layers)
+    if not layers or not batches:
+        return {}
+    with recording_fp32_means(layers) as recorder, quantizers_enabled(quantizers, False), torch.no_grad():
+        for args, kwargs in batches:
+            model(*args, **kwargs)
+    return apply_correction(model, layers, batches, recorder.close())

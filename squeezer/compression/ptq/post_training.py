@@ -13,8 +13,10 @@ be fine-tuned as it is (quantization-aware training starting from the post-train
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +27,7 @@ from squeezer.compression.api import controller_of, create_compressed_model
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.graph.surgery import original_weight
 from squeezer.compression.init_args import register_default_init_args
-from squeezer.compression.ptq.bias_correction import fast_bias_correction as correct_biases
+from squeezer.compression.ptq.bias_correction import FP32Means, apply_correction, recording_fp32_means
 from squeezer.compression.ptq.dataset import BatchLoader, Dataset, Inputs, batch_size_of, collect_batches
 from squeezer.compression.ptq.equalization import equalize
 from squeezer.compression.ptq.ranges import ActivationStats, quantizers_enabled, set_activation_range
@@ -56,6 +58,7 @@ class PTQReport:
     smooth_quant_alphas: dict[str, float] = field(default_factory=dict)
     bias_corrections: dict[str, torch.Tensor] = field(default_factory=dict)  # module path -> added to bias
     seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # where the time went
     bias_batches: list[Inputs] = field(default_factory=list, repr=False)  # what bias correction ran on
     accuracy_control: dict[str, Any] | None = None
 
@@ -115,7 +118,15 @@ def _init_weight_ranges(ctrl: QuantizationController) -> None:
         q.apply_minmax(lo, hi, lower_bound=1e-8)
 
 
-def _init_activation_ranges(ctrl: QuantizationController, batches: list[Inputs], estimator: RangeEstimator) -> None:
+def _init_activation_ranges(
+    ctrl: QuantizationController,
+    batches: list[Inputs],
+    estimator: RangeEstimator,
+    means: FP32Means | None = None,
+    mean_batches: int = 0,
+) -> None:
+    """Activation statistics in one FP32 pass (which also records the first `mean_batches` batches'
+    layer means for bias correction into `means`), then each quantizer's range."""
     keep = estimator is not RangeEstimator.MINMAX
     stats = {qid: ActivationStats(q, keep) for qid, q in ctrl.non_weight_quantizers.items()}
 
@@ -125,7 +136,9 @@ def _init_activation_ranges(ctrl: QuantizationController, batches: list[Inputs],
     handles = [s.quantizer.register_forward_pre_hook(record(s)) for s in stats.values()]
     try:
         with quantizers_enabled(all_quantizers(ctrl), False), torch.no_grad():
-            for args, kwargs in batches:
+            for index, (args, kwargs) in enumerate(batches):
+                if means is not None:
+                    means.active = index < mean_batches
                 ctrl.model(*args, **kwargs)
     finally:
         for h in handles:
@@ -155,38 +168,47 @@ def quantize(
     `controller_of(q).export_model("m.onnx")` or fine-tune it like any compressed model.
     """
     started = time.perf_counter()
+    phases: dict[str, float] = {}
     if mode is not None:
         raise CompressionError(f"mode={_value(mode)!r} is not supported; only INT8 quantization (mode=None) is")
     advanced = advanced_parameters or AdvancedQuantizationParameters()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    batches = collect_batches(calibration_dataset, subset_size, model, device, "calibration_dataset")
+    with _phase(phases, "data"):
+        batches = collect_batches(calibration_dataset, subset_size, model, device, "calibration_dataset")
     config = NNCFConfig.from_dict(_config(preset, target_device, model_type, ignored_scope, advanced.target_runtime))
     register_default_init_args(config, BatchLoader(batches))
-    _, qmodel = create_compressed_model(model, config, dump_graphs=False)
+    with _phase(phases, "placement"):
+        _, qmodel = create_compressed_model(model, config, dump_graphs=False)
     ctrl = _controller(qmodel)
     if not ctrl.weight_quantizers and not ctrl.non_weight_quantizers:
         raise CompressionError(
             f"{type(model).__name__} has no layer to quantize (no Conv, Linear or matmul inputs outside the "
             f"ignored scope); the model would be returned unchanged"
         )
-    report = PTQReport(samples=sum(batch_size_of(b) for b in batches))
+    report = PTQReport(samples=sum(batch_size_of(b) for b in batches), phase_seconds=phases)
     qmodel.eval()
     transformer = model_type is not None and _value(model_type) == ModelType.TRANSFORMER.value
     weighted = {wp.module for wp in ctrl.setup.weights if wp.tensor == "weight"}
     if advanced.cross_layer_equalization and ctrl.context and ctrl.context.traced:
-        report.equalized = equalize(ctrl.context.gm, weighted)
+        with _phase(phases, "equalization"):
+            report.equalized = equalize(ctrl.context.gm, weighted)
     alphas = advanced.smooth_quant_alphas
     if transformer and (alphas.matmul is None or alphas.matmul >= 0) and ctrl.context and ctrl.context.traced:
         candidates = alphas.alpha_candidates if alphas.matmul is None else (alphas.matmul,)
-        report.smooth_quant_alphas = smooth_quant(
-            ctrl.context.gm, ctrl.non_weight_quantizers, weighted, batches, all_quantizers(ctrl), candidates
-        )
-    _init_weight_ranges(ctrl)
-    _init_activation_ranges(ctrl, batches, advanced.activations_range_estimator or RangeEstimator.MSE)
-    if fast_bias_correction and not advanced.disable_bias_correction:
-        layers = {wp.module: qmodel.get_submodule(wp.module) for wp in ctrl.setup.weights if wp.tensor == "weight"}
-        subset = _subset(batches, advanced.bias_correction_subset_size)
-        report.bias_corrections = correct_biases(qmodel, layers, subset, all_quantizers(ctrl))
+        with _phase(phases, "smooth_quant"):
+            report.smooth_quant_alphas = smooth_quant(
+                ctrl.context.gm, ctrl.non_weight_quantizers, weighted, batches, all_quantizers(ctrl), candidates
+            )
+    correct = fast_bias_correction and not advanced.disable_bias_correction
+    layers = {wp.module: qmodel.get_submodule(wp.module) for wp in ctrl.setup.weights if wp.tensor == "weight"}
+    subset = _subset(batches, advanced.bias_correction_subset_size) if correct else []
+    estimator = advanced.activations_range_estimator or RangeEstimator.MSE
+    with _phase(phases, "ranges"), recording_fp32_means(layers if correct else {}) as means:
+        _init_weight_ranges(ctrl)
+        _init_activation_ranges(ctrl, batches, estimator, means, len(subset))
+    if correct:
+        with _phase(phases, "bias_correction"):
+            report.bias_corrections = apply_correction(qmodel, layers, subset, means.close())
         report.bias_batches = subset
     report.seconds = time.perf_counter() - started
     ctrl.ptq_report = report
@@ -198,6 +220,15 @@ def quantize(
         report.seconds,
     )
     return qmodel
+
+
+@contextlib.contextmanager
+def _phase(phases: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
 
 
 def _subset(batches: list[Inputs], samples: int) -> list[Inputs]:

@@ -20,6 +20,7 @@ from squeezer.compression.quantization.range_init import StatCollector, _floor_e
 
 MSE_SAMPLES = 1 << 16  # values per quantizer the MSE search scores (a uniform random subsample)
 MSE_CANDIDATES = torch.linspace(0.2, 1.0, 33)
+VALUES_PER_BATCH = 8192  # values kept per batch and per-tensor quantizer for the MSE and percentile ranges
 
 
 @contextlib.contextmanager
@@ -35,12 +36,31 @@ def quantizers_enabled(quantizers: list[FakeQuantizer], enabled: bool) -> Iterat
             q.enabled.fill_(value)
 
 
+class _PerTensorCollector(StatCollector):
+    """StatCollector for a per-tensor quantizer in one pass over the tensor (`aminmax`) plus a random
+    subsample: the general collector's channel transpose and per-sample statistics cost ResNet-18's
+    calibration pass as much again as the convolutions."""
+
+    def update(self, x: torch.Tensor, keep_values: bool) -> None:
+        x = x.detach()
+        lo, hi = torch.aminmax(x)
+        lo, hi = lo.float().reshape(1), hi.float().reshape(1)
+        self.mins.append(lo)
+        self.maxs.append(hi)
+        self.abs_maxs.append(torch.maximum(lo.abs(), hi.abs()))
+        if keep_values:
+            flat = x.reshape(-1)
+            if flat.numel() > VALUES_PER_BATCH:
+                flat = flat[torch.randint(0, flat.numel(), (VALUES_PER_BATCH,), device=flat.device)]
+            self.values.append(flat.float().reshape(1, -1))
+
+
 class ActivationStats:
     """Statistics of one activation quantizer's input, reduced batch by batch (bounded memory)."""
 
     def __init__(self, quantizer: FakeQuantizer, keep_values: bool) -> None:
         self.quantizer = quantizer
-        self.collector = StatCollector(quantizer.axis)
+        self.collector = StatCollector(quantizer.axis) if quantizer.axis is not None else _PerTensorCollector(None)
         self.keep_values = keep_values
 
     def update(self, x: torch.Tensor) -> None:

@@ -101,8 +101,16 @@ def _grid_levels(
 def _quantize_to_grid(
     x: torch.Tensor, step: torch.Tensor, offset: float | torch.Tensor, qmin: int, qmax: int
 ) -> torch.Tensor:
-    """The fake-quantized tensor, without gradients (inference, calibration)."""
-    return _grid_levels(x, step, offset, qmin, qmax)[0].mul_(step)
+    """The fake-quantized tensor, without gradients (inference, calibration): no STE mask, which took
+    a third of a calibrated ResNet-18's fake-quantization time."""
+    q = torch.mul(x, 1.0 / step).round_()
+    shifted = not isinstance(offset, float) or offset != 0.0
+    if shifted:
+        q.add_(offset)
+    q.clamp_(qmin, qmax)
+    if shifted:
+        q.sub_(offset)
+    return q.mul_(step)
 
 
 class _SymmetricFQ(torch.autograd.Function):
