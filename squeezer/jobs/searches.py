@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 
 from squeezer.db import Export, Job, JobMetric, JobStatus, Search
 from squeezer.jobs import transitions
-from squeezer.search import CandidateOutcome, HalvingRule, SearchResult, SearchSettings, pareto_front, recommend
-from squeezer.search.front import common_latency_scale
-from squeezer.search.result import SearchStatus
+from squeezer.search import CandidateOutcome, SearchResult, SearchSettings, pareto_front
+from squeezer.search.front import common_latency_scale, recommendation
+from squeezer.search.result import SearchStatus, compression_algorithms
 from squeezer.search.spec import DEADLINE_REASON
 
 logger = logging.getLogger(__name__)
@@ -73,8 +73,10 @@ def _outcome(job: Job, onnx: Export | None, settings: SearchSettings) -> Candida
         measured_latency_ms=timing.get("compressed_ms"),
         measured_fp32_latency_ms=timing.get("fp32_ms"),
         measured_speedup=timing.get("paired_speedup"),
+        measured_speedup_spread=timing.get("paired_speedup_spread"),
         size_bytes=onnx.size_bytes if onnx is not None and job.status == JobStatus.succeeded else None,
         compression_rate=result.get("compression_rate", job.compression_rate),
+        algorithms=compression_algorithms((job.spec or {}).get("config") or {}),
         epochs=job.epoch,
         wall_time_s=wall,
         stopped_reason=job.stopped_reason,
@@ -98,6 +100,7 @@ def search_result(session: Session, search: Search) -> SearchResult:
     fp32s = [(j.result or {}).get("uncompressed_metric") for j in jobs]  # the same for every candidate
     fp32 = next((m for m in fp32s if m is not None), None)
     end = finished_at(search) or datetime.now(UTC)
+    advice = recommendation(outcomes, settings.objective, settings.runtime)
     return SearchResult(
         objective=settings.objective,
         runtime=settings.runtime,
@@ -106,7 +109,9 @@ def search_result(session: Session, search: Search) -> SearchResult:
         metric_floor=settings.accuracy.floor(fp32) if fp32 is not None else None,
         candidates=outcomes,
         front=front,
-        recommended=recommend(outcomes, settings.objective),
+        recommended=advice.name,
+        keep_fp32=advice.keep_fp32,
+        recommendation_note=advice.note,
         epochs_spent=sum(job.epoch for job in jobs),
         wall_time_s=(_aware(end) - _aware(search.created_at)).total_seconds(),
     )
@@ -145,8 +150,8 @@ def judge_epoch(session: Session, job_id: str, epoch: int) -> str | None:
         return DEADLINE_REASON if epoch > 0 and stop_candidate(session, job_id, DEADLINE_REASON) else None
     if not settings.early_stopping:
         return None
-    rule = HalvingRule(settings.halving_rate)
-    if not rule.is_rung(epoch):
+    rule = settings.halving()
+    if not rule.judges(epoch):
         return None
     rows = session.execute(
         select(Job.candidate, JobMetric.accuracy_budget, JobMetric.compression_rate)
@@ -155,19 +160,21 @@ def judge_epoch(session: Session, job_id: str, epoch: int) -> str | None:
     ).all()
     margins = {str(name): float(margin) for name, margin, _ in rows}
     rates = {str(name): rate for name, _, rate in rows}
-    if job.candidate not in margins or not rule.should_stop(job.candidate, epoch, margins, rates):
+    if job.candidate not in margins:
         return None
-    own = rates[job.candidate] or 0.0
-    rivals = sorted((m for n, m in margins.items() if (rates[n] or 0.0) >= own - 1e-9), reverse=True)
-    reason = (
-        f"successive halving at epoch {epoch}: {margins[job.candidate]:+.3g} from the accuracy budget, "
-        f"rank {rivals.index(margins[job.candidate]) + 1} of the {len(rivals)} candidates there compressed at "
-        f"least as much (the best {max(1, len(rivals) // rule.rate)} go on)"
-    )
-    if stop_candidate(session, job_id, reason):
+    reason = rule.verdict(job.candidate, epoch, margins, rates, _margin_at(session, job_id, epoch - 1))
+    if reason is not None and stop_candidate(session, job_id, reason):
         logger.info("search %s: candidate %s stopped: %s", search.id, job.candidate, reason)
         return reason
     return None
+
+
+def _margin_at(session: Session, job_id: str, epoch: int) -> float | None:
+    """The job's accuracy margin at `epoch` (None: that epoch is not recorded)."""
+    margin = session.scalar(
+        select(JobMetric.accuracy_budget).where(JobMetric.job_id == job_id, JobMetric.epoch == epoch)
+    )
+    return None if margin is None else float(margin)
 
 
 def cancel_search(session: Session, search: Search) -> None:

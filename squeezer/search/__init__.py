@@ -2,7 +2,9 @@
 
 A search runs candidates (built-in NNCF configs, or the user's own), measures each finished one on
 the runtime where it will run, and returns the Pareto front of accuracy against latency and/or size
-with one recommended model: the fastest (or smallest) within the accuracy budget.
+with one recommended model: the fastest (or smallest) within the accuracy budget, latencies within the
+timing's noise counting as ties. Where no candidate within the budget is faster than FP32, the result
+says so and, for the latency objective, recommends keeping the FP32 model.
 
 The service runs candidates as ordinary jobs on as many workers as there are (`squeezer.jobs.searches`);
 `search_in_process` (in `local.py`, which imports torch) runs the same candidates one after another in
@@ -11,7 +13,7 @@ so the API can validate searches without it.
 """
 
 from squeezer.search.candidates import BUILTIN_CANDIDATES, DEFAULT_CANDIDATES, candidate_configs
-from squeezer.search.front import pareto_front, recommend
+from squeezer.search.front import Recommendation, pareto_front, recommend, recommendation
 from squeezer.search.halving import HalvingRule
 from squeezer.search.result import CandidateOutcome, SearchResult
 from squeezer.search.spec import AccuracyBudget, CandidateSpec, ComputeBudget, Objective, SearchSettings
@@ -25,11 +27,13 @@ __all__ = [
     "ComputeBudget",
     "HalvingRule",
     "Objective",
+    "Recommendation",
     "SearchResult",
     "SearchSettings",
     "candidate_configs",
     "pareto_front",
     "recommend",
+    "recommendation",
 ]
 
 

@@ -32,9 +32,8 @@ from squeezer.compression.accuracy_aware.records import EpochRecord
 from squeezer.compression.export.onnx_export import export_onnx
 from squeezer.runtime.compare import measure
 from squeezer.search.candidates import candidate_configs
-from squeezer.search.front import common_latency_scale, pareto_front, recommend
-from squeezer.search.halving import HalvingRule
-from squeezer.search.result import CandidateOutcome, SearchResult
+from squeezer.search.front import common_latency_scale, pareto_front, recommendation
+from squeezer.search.result import CandidateOutcome, SearchResult, compression_algorithms
 from squeezer.search.spec import (
     DEADLINE_REASON,
     AccuracyBudget,
@@ -145,6 +144,7 @@ class _InProcessSearch:
         front = pareto_front(outcomes, self.settings.objective)
         for outcome in outcomes:
             outcome.on_front = outcome.name in front
+        advice = recommendation(outcomes, self.settings.objective, self.settings.runtime)
         return SearchResult(
             objective=self.settings.objective,
             runtime=self.settings.runtime,
@@ -153,7 +153,9 @@ class _InProcessSearch:
             metric_floor=self.settings.accuracy.floor(self.fp32_metric),
             candidates=outcomes,
             front=front,
-            recommended=recommend(outcomes, self.settings.objective),
+            recommended=advice.name,
+            keep_fp32=advice.keep_fp32,
+            recommendation_note=advice.note,
             epochs_spent=sum(o.epochs for o in outcomes),
             wall_time_s=time.monotonic() - started,
         )
@@ -167,10 +169,13 @@ class _InProcessSearch:
         self.rates_at.setdefault(record.epoch, {})[name] = record.compression_rate
         if record.epoch > 0 and self._past_deadline():
             raise _Stop(DEADLINE_REASON)
-        rule = HalvingRule(self.settings.halving_rate)
+        if not self.settings.early_stopping:
+            return
         margins, rates = self.margins_at[record.epoch], self.rates_at[record.epoch]
-        if self.settings.early_stopping and rule.should_stop(name, record.epoch, margins, rates):
-            raise _Stop(f"successive halving at epoch {record.epoch}: {record.accuracy_budget:+.3g} from the budget")
+        previous = self.margins_at.get(record.epoch - 1, {}).get(name)
+        reason = self.settings.halving().verdict(name, record.epoch, margins, rates, previous)
+        if reason is not None:
+            raise _Stop(reason)
 
     def _candidate(self, name: str, config: dict[str, Any]) -> CandidateOutcome:
         caller, settings = self.caller, self.settings
@@ -204,11 +209,17 @@ class _InProcessSearch:
                 within_budget=(last.accuracy_budget >= 0) if last else None,
                 epochs=last.epoch if last else 0,
                 wall_time_s=time.monotonic() - started,
+                algorithms=compression_algorithms(config),
                 stopped_reason=stop.reason,
             )
         except Exception as exc:  # one candidate that cannot run on this model does not end the search
             logger.warning("candidate %s failed: %s", name, exc, exc_info=True)
-            return CandidateOutcome(name=name, status="failed", error=f"{type(exc).__name__}: {exc}")
+            return CandidateOutcome(
+                name=name,
+                status="failed",
+                algorithms=compression_algorithms(config),
+                error=f"{type(exc).__name__}: {exc}",
+            )
         stats = loop.statistics
         metric = stats.compressed_accuracy if stats else records[-1].metric
         onnx = ctrl.export_model(workdir / "model.onnx")
@@ -223,8 +234,10 @@ class _InProcessSearch:
             measured_latency_ms=timing.get("compressed_ms"),
             measured_fp32_latency_ms=timing.get("fp32_ms"),
             measured_speedup=timing.get("paired_speedup"),
+            measured_speedup_spread=timing.get("paired_speedup_spread"),
             size_bytes=onnx.stat().st_size,
             compression_rate=stats.compression_rate if stats else None,
+            algorithms=compression_algorithms(config),
             epochs=records[-1].epoch if records else 0,
             wall_time_s=time.monotonic() - started,
         )

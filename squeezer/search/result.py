@@ -3,7 +3,8 @@ The same type from the service (assembled from the candidate jobs' rows) and fro
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -11,6 +12,16 @@ from squeezer.search.spec import Objective
 
 SearchStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 CandidateStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled", "stopped"]
+# NNCF's sparsity algorithms: zeros in the weights, which a runtime's dense kernels compute all the same
+SPARSITY_ALGORITHMS = frozenset({"magnitude_sparsity", "rb_sparsity", "const_sparsity"})
+
+
+def compression_algorithms(config: Mapping[str, Any]) -> list[str]:
+    """The `algorithm` of each section of an NNCF config's `compression` (one section or a list)."""
+    sections = config.get("compression") or []
+    if isinstance(sections, Mapping):
+        sections = [sections]
+    return [str(s["algorithm"]) for s in sections if isinstance(s, Mapping) and "algorithm" in s]
 
 
 class CandidateOutcome(BaseModel):
@@ -38,8 +49,17 @@ class CandidateOutcome(BaseModel):
     measured_speedup: float | None = Field(
         default=None, description="median over back-to-back pairs of calls of FP32 time / its time (the worker's)"
     )
+    measured_speedup_spread: float | None = Field(
+        default=None,
+        ge=0,
+        description="the spread of those pairs' ratios relative to their median, where the worker reports it; "
+        "the search counts latencies closer than this (and never closer than 5%) as ties",
+    )
     size_bytes: int | None = Field(default=None, description="size of its exported ONNX file")
     compression_rate: float | None = None
+    algorithms: list[str] = Field(
+        default_factory=list, description="the NNCF compression algorithms of its config, in order"
+    )
     epochs: int = 0
     wall_time_s: float | None = None
     on_front: bool = False
@@ -52,6 +72,11 @@ class CandidateOutcome(BaseModel):
             return None
         return self.fp32_latency_ms / self.latency_ms
 
+    @property
+    def sparse(self) -> bool:
+        """Whether its compression zeroes weights (sparsity), which only pays where a runtime skips zeros."""
+        return any(a in SPARSITY_ALGORITHMS for a in self.algorithms)
+
 
 class SearchResult(BaseModel):
     objective: Objective
@@ -62,6 +87,14 @@ class SearchResult(BaseModel):
     candidates: list[CandidateOutcome]
     front: list[str] = Field(description="names of the candidates on the Pareto front, best objective first")
     recommended: str | None = Field(default=None, description="the best candidate within the budget for the objective")
+    keep_fp32: bool = Field(
+        default=False,
+        description="no candidate within the budget is measurably faster than FP32 on the runtime, so for the "
+        "latency objective the recommendation is to keep the original model (`recommended` is None)",
+    )
+    recommendation_note: str | None = Field(
+        default=None, description="why, in words, when no candidate within the budget is faster than FP32"
+    )
     epochs_spent: int = 0
     wall_time_s: float | None = None
 

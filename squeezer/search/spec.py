@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from squeezer.search.halving import GRACE_EPOCHS, HalvingRule
+
 Objective = Literal["latency", "size", "both"]
 DEADLINE_REASON = "the search's wall-time budget was spent"  # why a candidate stopped past max_wall_time_s
 Runtime = Literal["onnxruntime", "openvino"]
@@ -94,3 +96,12 @@ class SearchSettings(BaseModel):
     halving_rate: Annotated[int, Field(ge=2, le=8)] = Field(
         default=2, description="successive halving's reduction factor: keep the best 1/rate at each rung epoch"
     )
+    halving_grace_epochs: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=GRACE_EPOCHS,
+        description="epochs of training every candidate gets before successive halving can stop it "
+        "(pruning and sparsity need an epoch or two to recover)",
+    )
+
+    def halving(self) -> HalvingRule:
+        """The successive-halving rule these settings ask for (the service's and the library's alike)."""
+        return HalvingRule(rate=self.halving_rate, grace_epochs=self.halving_grace_epochs)

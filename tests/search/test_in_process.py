@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from squeezer.examples.digits import digits_loaders, train_epoch
 from squeezer.examples.models import ResidualCNN
 from squeezer.search import AccuracyBudget, CandidateSpec, pareto_front, search_in_process
+from squeezer.search.front import LATENCY_NOISE
 
 
 def accuracy(model, loader):
@@ -77,7 +78,13 @@ def test_search_in_process_measures_every_candidate_and_recommends_within_budget
     assert result.candidate("pruning50_int8").compression_rate == pytest.approx(0.5, abs=0.1)
     assert result.candidate("int8").size_bytes < 0.5 * result.candidate("mine").size_bytes  # INT8 vs FP32 weights
     assert result.front == pareto_front(result.candidates, "latency") and result.front
-    assert result.recommended is not None and result.best.within_budget and result.best.on_front
+    # a recommendation only where one within the budget is faster than FP32 beyond the timing's noise
+    faster = [c.name for c in result.candidates if c.within_budget and c.speedup > 1 + LATENCY_NOISE]
+    assert (result.recommended is None) == (not faster) == result.keep_fp32
+    if faster:
+        assert result.recommended in faster and result.best.within_budget and result.best.on_front
+    else:  # on this 8x8 CNN, INT8 is usually slower than FP32 in onnxruntime (0.85x)
+        assert "keep the FP32 model" in result.recommendation_note
     assert result.epochs_spent == sum(c.epochs for c in result.candidates)
 
 
