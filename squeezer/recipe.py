@@ -6,14 +6,29 @@ No torch import here, so the API can validate recipes without it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    mode: Literal["train", "ptq"] = Field(
+        default="train",
+        description="train: compress as the config says, with training epochs; ptq: post-training INT8 "
+        "quantization from calibration samples (train_data's x; labels not needed), no training",
+    )
+    subset_size: int = Field(default=300, ge=1, le=1_000_000, description="ptq: calibration samples used")
+    max_drop: float | None = Field(
+        default=None,
+        ge=0,
+        description="ptq: accuracy control; layers go back to FP32 until the metric on val_data is within "
+        "max_drop of the FP32 model's (in metric units: accuracy points for classification)",
+    )
+    model_type: Literal["transformer"] | None = Field(
+        default=None, description="ptq: 'transformer' switches on SmoothQuant and the transformer placement"
+    )
     task: Literal["classification", "regression"] = "classification"
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = Field(default=1e-3, gt=0, le=10)
@@ -26,3 +41,22 @@ class Recipe(BaseModel):
     epochs: int = Field(default=3, ge=1, le=10000, description="epochs when the config has no accuracy_aware_training")
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _ptq_only_fields(self) -> Recipe:
+        if self.mode == "train" and (self.max_drop is not None or self.model_type is not None):
+            raise ValueError("max_drop and model_type apply to mode 'ptq' (post-training quantization) only")
+        return self
+
+
+def ptq_config_problem(config: dict[str, Any]) -> str | None:
+    """Why `config` cannot drive a post-training job (it asks for algorithms that need training), or None."""
+    sections = config.get("compression") or []
+    sections = [sections] if isinstance(sections, dict) else sections
+    others = sorted({str(s.get("algorithm", "?")) for s in sections if isinstance(s, dict)} - {"quantization"})
+    if others:
+        return (
+            f"post-training quantization (recipe mode 'ptq') quantizes only; the config also asks for "
+            f"{', '.join(others)}: use mode 'train' for those algorithms"
+        )
+    return None

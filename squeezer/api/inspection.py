@@ -169,14 +169,22 @@ def dataset_summary(path: Path, filename: str) -> dict[str, Any]:
     one streamed pass (never loaded whole); 422 when it is not one, or when it holds NaN or inf."""
     try:
         scan = scan_safetensors if filename.endswith(".safetensors") else scan_npz
-        arrays = scan(path, ("x", "y"))
+        try:
+            arrays = scan(path, ("x", "y"))
+        except KeyError:
+            arrays = scan(path, ("x",))  # calibration samples for post-training quantization need no labels
     except KeyError as exc:
         found = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
-        raise ApiError(422, "Invalid dataset", f"{filename} must hold arrays 'x' and 'y'; has {found}") from exc
+        raise ApiError(
+            422, "Invalid dataset", f"{filename} must hold an array 'x' (and 'y' for labels); has {found}"
+        ) from exc
     except Exception as exc:  # pickled object arrays, truncated files, wrong headers
         raise ApiError(422, "Invalid dataset", f"{filename} is not a readable .npz / .safetensors file: {exc}") from exc
-    x, y = arrays["x"], arrays["y"]
-    if not x.shape or not y.shape or x.shape[0] != y.shape[0]:
+    x, y = arrays["x"], arrays.get("y")
+    if y is None:
+        if not x.shape:
+            raise ApiError(422, "Invalid dataset", f"{filename}: x is a scalar; samples go along its first axis")
+    elif not x.shape or not y.shape or x.shape[0] != y.shape[0]:
         raise ApiError(
             422,
             "Invalid dataset",
@@ -195,10 +203,10 @@ def dataset_summary(path: Path, filename: str) -> dict[str, Any]:
         "x_dtype": x.dtype,
         "x_min": x.min,  # integer x (token ids) only
         "x_max": x.max,
-        "y_shape": y.shape,
-        "y_dtype": y.dtype,
-        "y_min": y.min,
-        "y_max": y.max,
+        "y_shape": y.shape if y is not None else None,  # None: features only (calibration data)
+        "y_dtype": y.dtype if y is not None else None,
+        "y_min": y.min if y is not None else None,
+        "y_max": y.max if y is not None else None,
     }
 
 
@@ -207,13 +215,22 @@ def _fits(shape: list[int | None], actual: list[int]) -> bool:
     return len(shape) == len(actual) and all(d is None or d == a for d, a in zip(shape, actual, strict=True))
 
 
-def check_job_data(model: dict[str, Any] | None, data: dict[str, Any] | None, task: str, field: str) -> None:
-    """422 naming `field` when the dataset cannot feed the model (the same rules as the worker's)."""
+def check_job_data(
+    model: dict[str, Any] | None, data: dict[str, Any] | None, task: str, field: str, labels: bool = True
+) -> None:
+    """422 naming `field` when the dataset cannot feed the model (the same rules as the worker's);
+    `labels=False`: calibration samples, whose labels (if any) are not read."""
     if data is None:
         return
 
     def unfit(detail: str) -> ApiError:
         return ApiError(422, "Data do not fit the model", f"{field}: {detail}", path=f"$.{field}")
+
+    if labels and "y_shape" in data and data["y_shape"] is None:
+        raise unfit(
+            "the dataset has no labels (array 'y'); training and validation data need them (calibration "
+            "samples for recipe mode 'ptq' do not)"
+        )
 
     inputs = model.get("inputs") if model else None
     if inputs and len(inputs) == 1 and not _fits(inputs[0][1:], data["x_shape"][1:]):
@@ -221,6 +238,8 @@ def check_job_data(model: dict[str, Any] | None, data: dict[str, Any] | None, ta
     dtypes = model.get("input_dtypes") if model else None
     if dtypes and len(dtypes) == 1 and dtypes[0] is not None:
         _check_x_values(dtypes[0], (model or {}).get("input_vocab", [None])[0], data, unfit)
+    if not labels:
+        return
     outputs = model.get("outputs") if model else None
     output = outputs[0] if outputs and outputs[0] else None  # several outputs: the first are the logits
     if task == "regression" and output is not None and not _fits(output[1:], data["y_shape"][1:]):

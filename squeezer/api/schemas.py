@@ -39,9 +39,15 @@ class JobCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     model: str = Field(description="artifact id of a torch.export archive (.pt2)")
-    config: dict[str, Any] | str = Field(description="NNCF config as JSON, or the id of a config artifact")
-    train_data: str
-    val_data: str
+    config: dict[str, Any] | str | None = Field(
+        default=None,
+        description="NNCF config as JSON, or the id of a config artifact; optional for recipe mode 'ptq' "
+        "(then target_device, target_runtime, preset and ignored_scopes are read from it)",
+    )
+    train_data: str = Field(description="dataset artifact: training data, or calibration samples for mode 'ptq'")
+    val_data: str | None = Field(
+        default=None, description="dataset artifact with labels; optional only for mode 'ptq' without max_drop"
+    )
     recipe: Recipe = Field(default_factory=Recipe)
     priority: int = Field(0, ge=0, le=9)
 

@@ -174,6 +174,8 @@ def execute_job(
         spec = dict(job.spec)
         paths = {}
         for field in ("model", "train_data", "val_data"):
+            if spec.get(field) is None:  # a post-training job may have no val_data
+                continue
             artifact = session.get(Artifact, spec[field])
             assert artifact is not None
             paths[field] = str(store.path(artifact.storage_path))
@@ -184,7 +186,7 @@ def execute_job(
             "model_path": paths["model"],
             "config": spec["config"],
             "train_path": paths["train_data"],
-            "val_path": paths["val_data"],
+            "val_path": paths.get("val_data"),
             "recipe": spec["recipe"],
             "workdir": str(workdir),
             **({"latency_batch_size": spec["latency_batch_size"]} if "latency_batch_size" in spec else {}),

@@ -32,11 +32,13 @@ from squeezer.compression import (
     register_default_init_args,
 )
 from squeezer.compression.accuracy_aware import FixedEpochsLoop, TrainingLoop
+from squeezer.compression.api import controller_of
 from squeezer.compression.graph.archive import UnsafeArchive, load_exported_program
-from squeezer.errors import SqueezerError
+from squeezer.errors import CompressionError, ConfigError, SqueezerError
 from squeezer.recipe import Recipe
 from squeezer.runtime.compare import job_latency
 from squeezer.worker.outputs import write_outputs
+from squeezer.worker.post_training import ptq_statistics, quantize_for_job
 from squeezer.worker.tensorboard import journal_epoch
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ class JobCancelled(SqueezerError):
 @dataclass
 class JobResult:
     status: str  # "succeeded" or "cancelled"
-    uncompressed_metric: float
+    uncompressed_metric: float | None  # None: a post-training job without val_data measured no metric
     metric: float | None
     compression_rate: float | None
     epochs: int
@@ -71,8 +73,9 @@ class JobResult:
 # ------------------------------------------------------------------------------------------ inputs
 
 
-def load_dataset(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """`x` and `y` arrays from `.npz` (no pickles allowed) or `.safetensors`."""
+def load_dataset(path: str | Path, labels: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` and `y` arrays from `.npz` (no pickles allowed) or `.safetensors`; with `labels=False` (calibration
+    data) `y` may be absent and comes back as an empty tensor."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
@@ -84,6 +87,8 @@ def load_dataset(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
                 arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:
         raise JobInputError(f"{path.name} is not a readable .npz or .safetensors file: {exc}") from exc
+    if not labels and "x" in arrays and "y" not in arrays:
+        arrays["y"] = np.zeros(len(arrays["x"]), dtype=np.int64)
     missing = {"x", "y"} - set(arrays)
     if missing:
         raise JobInputError(f"{path.name} must hold arrays 'x' and 'y'; missing {sorted(missing)}")
@@ -163,6 +168,12 @@ def first_tensor(out: Any) -> torch.Tensor:
 def check_data(
     model: nn.Module, model_input: ModelInput, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, name: str
 ) -> None:
+    check_features(model_input, x, name)
+    check_labels(model, x, y, recipe, name)
+
+
+def check_features(model_input: ModelInput, x: torch.Tensor, name: str) -> None:
+    """x fits the model's input: sample shape, and floats or in-vocabulary token ids as it takes."""
     shape = model_input.shape
     if tuple(x.shape[1:]) != shape[1:]:
         raise JobInputError(f"{name}: samples have shape {tuple(x.shape[1:])}, the model takes {shape[1:]}")
@@ -177,6 +188,10 @@ def check_data(
         raise JobInputError(
             f"{name}: x holds integers ({x.dtype}); the model takes float features ({model_input.dtype})"
         )
+
+
+def check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, name: str) -> None:
+    """y fits the task: class ids within the model's outputs, or targets of the output's shape."""
     with torch.no_grad():
         out = first_tensor(model.eval()(x[:2]))
     if recipe.task == "classification":
@@ -250,7 +265,7 @@ def run_job(
     model_path: str | Path,
     config: dict[str, Any],
     train_path: str | Path,
-    val_path: str | Path,
+    val_path: str | Path | None,
     recipe: Recipe | dict[str, Any],
     workdir: str | Path,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -265,6 +280,10 @@ def run_job(
     workdir.mkdir(parents=True, exist_ok=True)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
+    if recipe.mode == "ptq":
+        return run_ptq_job(model_path, config, train_path, val_path, recipe, workdir, on_epoch, latency_batch_size)
+    if val_path is None:
+        raise JobInputError("a training job needs val_data (the metric the accuracy budget is measured on)")
     model, model_input = load_model_input(model_path)
     shape = model_input.shape
     (x_train, y_train), (x_val, y_val) = load_dataset(train_path), load_dataset(val_path)
@@ -380,6 +399,65 @@ def run_job(
         latency,
         warnings,
     )
+
+
+def run_ptq_job(
+    model_path: str | Path,
+    config: dict[str, Any],
+    calibration_path: str | Path,
+    val_path: str | Path | None,
+    recipe: Recipe,
+    workdir: Path,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    latency_batch_size: int | None,
+) -> JobResult:
+    """Post-training quantization (`post_training.py`): no training, no labels needed for calibration."""
+    model, model_input = load_model_input(model_path)
+    x_cal, _ = load_dataset(calibration_path, labels=False)
+    check_features(model_input, x_cal, "train_data")
+    x_cal = x_cal.to(model_input.dtype) if model_input.is_token_ids else x_cal
+    device = _device(recipe)
+    model.to(device)
+    val_loader, uncompressed, metric_fn = None, None, None
+    if val_path is not None:
+        x_val, y_val = load_dataset(val_path)
+        check_data(model, model_input, x_val, y_val, recipe, "val_data")
+        x_val = x_val.to(model_input.dtype) if model_input.is_token_ids else x_val
+        val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=max(recipe.batch_size, 256))
+        uncompressed = _metric(recipe, model, val_loader, device)
+
+        def metric_fn(m: nn.Module, data: Any) -> float:
+            return _metric(recipe, m, data, device)
+
+    original_keys = set(model.state_dict())
+    try:
+        quantized = quantize_for_job(model, config, recipe, x_cal, device, metric_fn, val_loader)
+    except (CompressionError, ConfigError) as exc:
+        raise JobInputError(str(exc)) from exc
+    ctrl = controller_of(quantized)
+    metric = _metric(recipe, quantized, val_loader, device) if val_loader is not None else None
+    records: list[dict[str, Any]] = []
+    if metric is not None:
+        record = {
+            "epoch": 0,
+            "phase": "post_training",
+            "stage": ctrl.compression_stage().name,
+            "metric": metric,
+            # accuracy control's floor; without max_drop the FP32 metric is the reference
+            "accuracy_budget": (uncompressed or 0.0) - (recipe.max_drop or 0.0),
+            "wall_time_s": ptq_statistics(quantized)["seconds"],
+        }
+        records.append(record)
+        journal_epoch(workdir, record)
+        if on_epoch is not None:
+            on_epoch(record)
+    warnings: list[str] = []
+    sample = (x_val if val_path is not None else x_cal)[: latency_batch_size or recipe.batch_size]
+    artifacts = write_outputs(ctrl, quantized, workdir, original_keys, sample[:8], warnings)
+    latency = _latency(model, artifacts["onnx"], sample, workdir, warnings)
+    statistics = ctrl.statistics().to_dict() | {"post_training": ptq_statistics(quantized)}
+    logger.info("post-training quantization: metric %s (FP32 %s); wrote %s", metric, uncompressed, sorted(artifacts))
+    return JobResult("succeeded", uncompressed, metric, None, 0, records, statistics, artifacts, latency, warnings)
 
 
 def _latency(

@@ -18,6 +18,7 @@ from squeezer.api.schemas import JobCreate, JobPage, JobRead, JobSpec, MetricRea
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.db import ApiKey, Artifact, ArtifactKind, Job, JobMetric, JobStatus
 from squeezer.jobs import transitions
+from squeezer.recipe import ptq_config_problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 logger = logging.getLogger(__name__)
@@ -56,22 +57,31 @@ def create_job(
     body: JobCreate, request: Request, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep
 ) -> Job:
     _check_job_quota(session, key, settings.max_active_jobs_per_key)
+    recipe = body.recipe
+    ptq = recipe.mode == "ptq"
+    _check_mode_inputs(body)
     model_artifact = _artifact_of_kind(session, key, body.model, ArtifactKind.model, "model")
-    spec: dict[str, Any] = {"model": model_artifact.id, "recipe": body.recipe.model_dump()}
+    spec: dict[str, Any] = {"model": model_artifact.id, "recipe": recipe.model_dump(), "val_data": None}
     for field in ("train_data", "val_data"):
-        data = _artifact_of_kind(session, key, getattr(body, field), ArtifactKind.dataset, field)
-        check_job_data(model_artifact.meta, data.meta, body.recipe.task, field)  # 422 before anything is queued
+        artifact_id = getattr(body, field)
+        if artifact_id is None:
+            continue
+        data = _artifact_of_kind(session, key, artifact_id, ArtifactKind.dataset, field)
+        labels = not (ptq and field == "train_data")  # calibration samples need no labels
+        check_job_data(model_artifact.meta, data.meta, recipe.task, field, labels)  # 422 before anything is queued
         spec[field] = data.id
     if isinstance(body.config, str):
         artifact = _artifact_of_kind(session, key, body.config, ArtifactKind.config, "config")
         config = json.loads(store.path(artifact.storage_path).read_text(encoding="utf-8"))
     else:
-        config = body.config
+        config = body.config or {}
     model = NNCFConfig.validate(config)  # 422 naming the JSON path, before anything is stored
     check_input_info(model_artifact.meta, config, model.input_info)
+    if ptq and (problem := ptq_config_problem(config)) is not None:
+        raise ApiError(422, "Config does not fit the recipe", problem, path="$.config.compression")
     spec["config"] = config
     aa = model.accuracy_aware_training
-    total = aa.params.maximal_total_epochs if aa is not None else body.recipe.epochs
+    total = 0 if ptq else aa.params.maximal_total_epochs if aa is not None else recipe.epochs
     job = Job(owner_id=key.id, name=body.name, priority=body.priority, spec=spec, total_epochs=total)
     session.add(job)
     session.commit()
@@ -82,6 +92,22 @@ def create_job(
     except Exception:  # the broker is down: the job is stored, and the sweep sends it once the broker is back
         logger.warning("could not enqueue job %s; the sweep will send it", job.id, exc_info=True)
     return job
+
+
+def _check_mode_inputs(body: JobCreate) -> None:
+    """What each recipe mode needs: training needs a config and labelled validation data; post-training
+    quantization needs validation data only for accuracy control (max_drop)."""
+    if body.recipe.mode == "train":
+        for field in ("config", "val_data"):
+            if getattr(body, field) is None:
+                raise ApiError(422, "Missing field", f"{field} is required for recipe mode 'train'", path=f"$.{field}")
+    elif body.recipe.max_drop is not None and body.val_data is None:
+        raise ApiError(
+            422,
+            "Missing field",
+            "val_data is required with recipe.max_drop: accuracy control measures the metric on it",
+            path="$.val_data",
+        )
 
 
 def owned_job(session: SessionDep, key: ApiKey, job_id: str) -> Job:

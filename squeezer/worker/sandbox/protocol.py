@@ -70,7 +70,7 @@ class RuntimeLatency(Message):
 class DoneMessage(Message):
     type: Literal["done"] = "done"
     status: Literal["succeeded", "cancelled"]
-    uncompressed_metric: Finite
+    uncompressed_metric: OptionalFinite = None  # a post-training job without val_data measures no metric
     metric: OptionalFinite = None
     compression_rate: OptionalFinite = None
     statistics: dict[str, Any] = Field(default_factory=dict)
