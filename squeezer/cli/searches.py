@@ -73,11 +73,18 @@ def _summary(search: SearchRead) -> None:
     result = search.result
     console.print(f"front (best {result.objective} first): {', '.join(result.front) or 'none'}")
     best = result.best
-    if best is None:
+    if result.keep_fp32:
+        console.print("[yellow]recommended: keep the FP32 model[/yellow]", markup=True)
+    elif best is None:
         console.print("[yellow]no candidate finished within the accuracy budget[/yellow]")
     else:
-        speed = f", {best.speedup:.2f}x faster than FP32 in {result.runtime}" if best.speedup else ""
+        speed = ""
+        if best.speedup:
+            slower = " (not faster)" if best.speedup <= 1 else ""
+            speed = f", {best.speedup:.2f}x FP32's speed in {result.runtime}{slower}"
         console.print(f"recommended: [green]{best.name}[/green] (job {best.job_id}): metric {best.metric:.4g}{speed}")
+    if result.recommendation_note:
+        console.print(result.recommendation_note, markup=False, highlight=False)
     console.print(f"{result.epochs_spent} epochs in {result.wall_time_s or 0:.0f} s")
 
 

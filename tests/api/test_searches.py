@@ -122,7 +122,10 @@ def record(session, job_id, owner, epoch, margin):
 
 def test_halving_stops_low_ranked_candidates_below_budget_as_their_epochs_arrive(api, artifacts):
     names = ["int8", "int8_kd", "pruning30_int8", "pruning50_int8"]
-    search = api.post("/v1/searches", headers=api.alice, json=body(artifacts, candidates=names)).json()
+    # grace 1: judged from epoch 1 on (the default grace of 2 epochs is tested in tests/search)
+    search = api.post(
+        "/v1/searches", headers=api.alice, json=body(artifacts, candidates=names, halving_grace_epochs=1)
+    ).json()
     jobs = {c["name"]: c["job_id"] for c in search["result"]["candidates"]}
     with api.app.state.sessions() as session:
         for name in names:

@@ -82,8 +82,10 @@ def paused_job(work, process):
 
 
 def dominates(a, b):
+    """Over (metric, file size): the search's objective here. Sizes are exact; latency is not (ties within
+    the timing noise are tested in tests/search), and on this MLP INT8 is not faster than FP32."""
     return (
-        a.metric >= b.metric and a.latency_ms <= b.latency_ms and (a.metric > b.metric or a.latency_ms < b.latency_ms)
+        a.metric >= b.metric and a.size_bytes <= b.size_bytes and (a.metric > b.metric or a.size_bytes < b.size_bytes)
     )
 
 
@@ -124,6 +126,7 @@ def test_a_search_on_two_workers_survives_a_killed_worker(tmp_path, redis_server
                 budget=0.5,
                 candidates=CANDIDATES,
                 max_total_epochs=12,
+                objective="size",
                 name="mlp",
             )
             assert [c.name for c in search.result.candidates] == [
@@ -160,7 +163,7 @@ def test_a_search_on_two_workers_survives_a_killed_worker(tmp_path, redis_server
     best = result.best
     assert best is not None and best.within_budget and best.metric >= result.metric_floor
     assert best.name in result.front
-    assert best.latency_ms == min(c.latency_ms for c in measured if c.within_budget)
+    assert best.size_bytes == min(c.size_bytes for c in measured if c.within_budget)
     session = ort.InferenceSession(str(onnx))
     logits = session.run(None, {session.get_inputs()[0].name: val[0].numpy()})[0]
     assert 100.0 * float((np.argmax(logits, 1) == val[1].numpy()).mean()) >= result.metric_floor - 1.0
