@@ -32,6 +32,7 @@ KeyOption = Annotated[str | None, typer.Option("--api-key", envvar="SQUEEZER_API
 
 def register(app: typer.Typer) -> None:
     app.command()(submit)
+    app.command()(quantize)
     app.add_typer(jobs_app, name="jobs")
 
 
@@ -121,6 +122,51 @@ def submit(
         console.print(f"submitted job {job.id} ({job.status})")
         if watch:
             _finished(client.jobs.wait(job, progress=True))
+
+
+def quantize(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a torch.export archive (.pt2)")],
+    calib: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="calibration samples (.npz / .safetensors; y not needed)")
+    ],
+    val: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="validation data with labels (the metric)")
+    ] = None,
+    max_drop: Annotated[
+        float | None, typer.Option(help="accuracy control: metric points the INT8 model may lose (needs --val)")
+    ] = None,
+    subset_size: Annotated[int, typer.Option(min=1, help="calibration samples used")] = 300,
+    model_type: Annotated[str | None, typer.Option(help="'transformer' for BERT-like models (SmoothQuant)")] = None,
+    config: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="NNCF config: target device / runtime, scopes")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="job name (default: the model file's name)")] = None,
+    priority: Annotated[int, typer.Option(min=0, max=9)] = 0,
+    watch: Annotated[bool, typer.Option(help="follow the job until it ends")] = False,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Post-training INT8 quantization: calibration samples in, a verified INT8 model out, no training."""
+    if max_drop is not None and val is None:
+        raise typer.BadParameter("--max-drop needs --val: accuracy control measures the metric on it")
+    with _client(url, api_key) as client:
+        recipe = check_recipe(  # InvalidInput (exit 2) before any upload
+            {"mode": "ptq", "subset_size": subset_size, "max_drop": max_drop, "model_type": model_type}
+        )
+        config_json = check_config(config) if config is not None else None
+        model_artifact = client.artifacts.upload(model, "model")
+        calib_artifact = client.artifacts.upload(calib, "dataset")
+        val_artifact = client.artifacts.upload(val, "dataset") if val is not None else None
+        job = client.jobs.create(
+            name or model.stem, model_artifact, config_json, calib_artifact, val_artifact, recipe, priority
+        )
+        console.print(f"submitted post-training quantization job {job.id} ({job.status})")
+        if watch:
+            done = client.jobs.wait(job)
+            result = done.result or {}
+            if result.get("metric") is not None:
+                console.print(f"metric {result['metric']:.4g} (FP32 {result['uncompressed_metric']:.4g})")
+            _finished(done)
 
 
 @jobs_app.command("ls")

@@ -188,6 +188,46 @@ class Client:
             priority=priority,
         )
 
+    def quantize(
+        self,
+        model: Any,
+        example_input: Any,
+        calibration_data: Any,
+        val_data: Any = None,
+        *,
+        max_drop: float | None = None,
+        subset_size: int = 300,
+        model_type: str | None = None,
+        config: Any = None,
+        recipe: Recipe | dict[str, Any] | None = None,
+        name: str | None = None,
+        priority: int = 0,
+    ) -> JobRead:
+        """Post-training INT8 quantization as a job: no training, and no labels for calibration.
+
+        `calibration_data`: samples (an array or tensor of x, an (x, y) pair whose y is ignored, a file or a
+        dataset id). `val_data` (with labels) measures the metric; with `max_drop` (metric points) layers
+        go back to FP32 until the drop is within it (accuracy control). `model_type="transformer"` for
+        BERT-like models. `config`: optional NNCF config for target_device / target_runtime / ignored_scopes.
+        """
+        fields = {"mode": "ptq", "subset_size": subset_size, "max_drop": max_drop, "model_type": model_type}
+        checked_recipe = check_recipe({**(check_recipe(recipe).model_dump() if recipe else {}), **fields})
+        if max_drop is not None and val_data is None:
+            raise ValueError("max_drop needs val_data: accuracy control measures the metric on it")
+        config_json = check_config(config) if config is not None else None
+        with tempfile.TemporaryDirectory(prefix="squeezer-") as tmp:
+            archive = export_model(model, example_input, Path(tmp) / "model.pt2")
+            model_artifact = self.artifacts.upload(archive, "model")
+        return self.jobs.create(
+            name=name or f"{type(model).__name__} ptq",
+            model=model_artifact,
+            config=config_json,
+            train_data=self._dataset(calibration_data, "calibration.npz"),
+            val_data=self._dataset(val_data, "val.npz") if val_data is not None else None,
+            recipe=checked_recipe,
+            priority=priority,
+        )
+
     def search(
         self,
         model: Any,
@@ -248,7 +288,7 @@ class Client:
         )
 
     def _dataset(self, data: Any, filename: str) -> str:
-        if isinstance(data, tuple):
+        if isinstance(data, tuple) or hasattr(data, "shape"):  # (x, y), or x alone (calibration samples)
             return self.artifacts.upload(dataset_bytes(data), "dataset", filename=filename).id
         if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
             return self.artifacts.upload(Path(data), "dataset").id
@@ -290,19 +330,20 @@ class Jobs:
         self,
         name: str,
         model: str | ArtifactRead,
-        config: dict[str, Any] | str | ArtifactRead,
+        config: dict[str, Any] | str | ArtifactRead | None,
         train_data: str | ArtifactRead,
-        val_data: str | ArtifactRead,
+        val_data: str | ArtifactRead | None,
         recipe: Recipe | dict[str, Any] | None = None,
         priority: int = 0,
     ) -> JobRead:
-        """Submit a job from uploaded artifacts; `config` is inline JSON or a config artifact."""
+        """Submit a job from uploaded artifacts; `config` is inline JSON or a config artifact (None and
+        `val_data=None` only for recipe mode "ptq")."""
         body = {
             "name": name,
             "model": _id(model),
-            "config": config if isinstance(config, dict) else _id(config),
+            "config": config if isinstance(config, dict) or config is None else _id(config),
             "train_data": _id(train_data),
-            "val_data": _id(val_data),
+            "val_data": _id(val_data) if val_data is not None else None,
             "recipe": check_recipe(recipe).model_dump(),
             "priority": priority,
         }

@@ -68,11 +68,15 @@ def _numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def dataset_bytes(data: tuple[Any, Any]) -> bytes:
-    """An (x, y) pair of arrays or tensors as `.npz` bytes (no pickles)."""
-    x, y = data
+def dataset_bytes(data: tuple[Any, Any] | Any) -> bytes:
+    """An (x, y) pair of arrays or tensors as `.npz` bytes (no pickles); a lone array or tensor is x
+    without labels (calibration samples for post-training quantization)."""
     buffer = io.BytesIO()
-    np.savez(buffer, x=_numpy(x), y=_numpy(y))
+    if isinstance(data, tuple):
+        x, y = data
+        np.savez(buffer, x=_numpy(x), y=_numpy(y))
+    else:
+        np.savez(buffer, x=_numpy(data))
     return buffer.getvalue()
 
 

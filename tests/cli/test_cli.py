@@ -84,6 +84,20 @@ def test_serve_and_the_job_commands_on_the_embedded_defaults(tmp_path):
         session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
         assert session.run(None, {session.get_inputs()[0].name: np.zeros((2, 64), np.float32)})[0].shape == (2, 10)
 
+        # post-training quantization: calibration samples without labels; then accuracy control with --val
+        with np.load(files["train"]) as train:
+            np.savez(tmp_path / "calib.npz", x=train["x"][:200])
+        quantized = cli("quantize", str(files["model"]), "--calib", str(tmp_path / "calib.npz"), "--watch")
+        assert quantized.returncode == 0, quantized.stdout + quantized.stderr
+        assert re.search(r"post-training quantization job [0-9a-f]{32} \(queued\)", quantized.stdout)
+        assert "succeeded" in quantized.stdout
+        args = ["--calib", tmp_path / "calib.npz", "--val", files["val"], "--max-drop", "0.5", "--watch"]
+        controlled = cli("quantize", str(files["model"]), *map(str, args))
+        assert controlled.returncode == 0, controlled.stdout + controlled.stderr
+        assert re.search(r"metric [0-9.]+ \(FP32 [0-9.]+\)", controlled.stdout)
+        refused = cli("quantize", str(files["model"]), "--calib", str(tmp_path / "calib.npz"), "--max-drop", "1")
+        assert refused.returncode == 2 and "--max-drop needs --val" in refused.stdout + refused.stderr
+
         missing = cli("jobs", "show", "0" * 32)
         assert missing.returncode == 2 and "404 Not found" in missing.stdout
         finished = cli("jobs", "cancel", job_id)

@@ -81,6 +81,25 @@ def test_compress_wait_and_download(service, tmp_path, monkeypatch):
         client.jobs.download(job, "weights", tmp_path)
 
 
+def test_quantize_runs_post_training_quantization_without_labels(service, tmp_path):
+    app, queue, client, _ = service
+    torch.manual_seed(0)
+    x, y = digits_tensors(image_size=None)
+    job = client.quantize(MLP(hidden=32), x[:1], x[:300], (x[1200:], y[1200:]), max_drop=100.0)
+    assert job.status == "queued" and job.total_epochs == 0 and queue.jobs[-1] == (job.id, 0)
+    assert execute_job(job.id, app.state.sessions, app.state.store, tmp_path / "w") == "succeeded"
+    done = client.jobs.get(job)
+    assert done.status == "succeeded" and done.result["statistics"]["post_training"]["samples"] >= 300
+    assert done.result["statistics"]["post_training"]["accuracy_control"]["validations"] == 2  # within 100 points
+    onnx = client.jobs.download(done, "onnx", tmp_path)
+    session = ort.InferenceSession(str(onnx))
+    assert session.run(None, {session.get_inputs()[0].name: x[:4].numpy()})[0].shape == (4, 10)
+    with pytest.raises(ValueError, match="max_drop needs val_data"):
+        client.quantize(MLP(hidden=32), x[:1], x[:300], max_drop=1.0)
+    with pytest.raises(InvalidInput, match=r"\$\.recipe\.model_type"):
+        client.quantize(MLP(hidden=32), x[:1], x[:300], model_type="cnn")
+
+
 def test_each_failure_has_its_error_class(service, tmp_path, monkeypatch):
     _, _, client, _ = service
     with pytest.raises(AuthenticationError, match="unknown or revoked"), Client(client.url, "sq_not-a-key") as stranger:
