@@ -22,7 +22,7 @@ def test_minilm_post_training_int8_keeps_embeddings(tmp_path):
     from squeezer.examples.minilm import load_minilm, sentences, token_batches
 
     model, tokenizer = load_minilm()
-    calibration = token_batches(tokenizer, sentences(32, seed=0), 64, 8)
+    calibration = token_batches(tokenizer, sentences(64, seed=0), 64, 8)  # 32 gave 0.9899
     evaluation = token_batches(tokenizer, sentences(16, seed=1), 64, 8)
     with torch.no_grad():
         reference = torch.cat([model(**x) for x in evaluation])

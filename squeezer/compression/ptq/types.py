@@ -52,8 +52,9 @@ class QuantizationMode(StrEnum):
 class RangeEstimator(StrEnum):
     """How an activation quantizer's range is chosen from the calibration data.
 
-    MSE: the clipping range with the smallest quantization error on the data (default for activations);
-    MINMAX: the observed extremes; PERCENTILE: the 0.01 / 99.99 percentiles.
+    MSE: the clipping range with the smallest quantization error on the data (the default for CNNs);
+    MINMAX: the observed extremes (the default for ModelType.TRANSFORMER, whose smoothed Linear inputs
+    keep more with their full range); PERCENTILE: the 0.01 / 99.99 percentiles.
     """
 
     MINMAX = "min_max"
@@ -97,8 +98,7 @@ class AdvancedSmoothQuantParameters:
 class AdvancedQuantizationParameters:
     """Knobs beyond the defaults (the names follow NNCF's where NNCF has the same knob).
 
-    activations_range_estimator: how activation ranges are chosen (None: MSE; the search includes the
-      full range, so it never does worse than MINMAX on the calibration data).
+    activations_range_estimator: how activation ranges are chosen (None: MSE, MINMAX for transformers).
     smooth_quant_alphas: SmoothQuant settings (applied for ModelType.TRANSFORMER).
     cross_layer_equalization: equalize the channel ranges of conv/linear pairs joined by ReLU / max pooling.
     disable_bias_correction: skip bias correction altogether.
