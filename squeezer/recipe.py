@@ -26,8 +26,17 @@ class Recipe(BaseModel):
         description="ptq: accuracy control; layers go back to FP32 until the metric on val_data is within "
         "max_drop of the FP32 model's (in metric units: accuracy points for classification)",
     )
+    drop_type: Literal["absolute", "relative"] = Field(
+        default="absolute", description="ptq: max_drop in metric points, or in percent of the FP32 metric"
+    )
     model_type: Literal["transformer"] | None = Field(
-        default=None, description="ptq: 'transformer' switches on SmoothQuant and the transformer placement"
+        default=None, description="'transformer' switches on SmoothQuant and the transformer placement (ptq init)"
+    )
+    init: Literal["range", "ptq"] = Field(
+        default="range",
+        description="train: how quantizers start; 'range' is the config's range init, 'ptq' the post-training "
+        "steps (equalization, MSE ranges, bias correction, SmoothQuant for transformers), so training "
+        "starts from the post-training model",
     )
     task: Literal["classification", "regression"] = "classification"
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
@@ -44,8 +53,10 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _ptq_only_fields(self) -> Recipe:
-        if self.mode == "train" and (self.max_drop is not None or self.model_type is not None):
-            raise ValueError("max_drop and model_type apply to mode 'ptq' (post-training quantization) only")
+        if self.mode == "train" and self.max_drop is not None:
+            raise ValueError("max_drop applies to mode 'ptq' (post-training quantization) only")
+        if self.mode == "train" and self.model_type is not None and self.init != "ptq":
+            raise ValueError("model_type applies to mode 'ptq' or to init 'ptq' only")
         return self
 
 

@@ -14,6 +14,7 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from squeezer.recipe import Recipe
 from squeezer.search.spec import AccuracyBudget, CandidateSpec, Runtime
 
 Section = dict[str, Any]
@@ -85,11 +86,20 @@ _METHODS: dict[str, tuple[str, Callable[[], list[Section]]]] = {
         _adaptive_pruning,
     ),
 }
+# candidates without training: the job's recipe runs post-training quantization (recipe mode "ptq")
+POST_TRAINING: dict[str, str] = {
+    "ptq": "post-training INT8 quantization: calibration only, no training epochs",
+    "ptq_accuracy_control": "post-training INT8, with layers back in FP32 until the metric is within the budget",
+}
 BUILTIN_CANDIDATES: dict[str, str] = {
+    **POST_TRAINING,
     **{name: about for name, (about, _) in _METHODS.items()},
     **{f"{name}_kd": f"{about}, distilled from the original model" for name, (about, _) in _METHODS.items()},
 }
+# post-training candidates first: they take a minute, and within the budget they can make training moot
 DEFAULT_CANDIDATES: tuple[str, ...] = (
+    "ptq",
+    "ptq_accuracy_control",
     "int8",
     "int8_sparsity50",
     "pruning30_int8",
@@ -118,6 +128,13 @@ def builtin_config(
     `input_info`; the service's runner takes it from the model archive), with the quantizer placement of
     the runtime the search measures on: `"target_runtime": "onnxruntime"` there (its integer kernels need
     more quantized inputs), NNCF's placement for OpenVINO, which is faster with it."""
+    if name in POST_TRAINING:
+        config: dict[str, Any] = {"compression": _int8()}
+        if runtime == "onnxruntime":
+            config["target_runtime"] = "onnxruntime"
+        if sample_size is not None:
+            config["input_info"] = {"sample_size": list(sample_size)}
+        return config
     base = name.removesuffix("_kd")
     about_sections = _METHODS.get(base)
     if about_sections is None or (name != base and name not in BUILTIN_CANDIDATES):
@@ -128,7 +145,7 @@ def builtin_config(
             {"algorithm": "knowledge_distillation", "type": "softmax" if task == "classification" else "mse"}
         )
     loop = adaptive_level(budget, epochs) if name in ADAPTIVE else early_exit(budget, epochs)
-    config: dict[str, Any] = {"compression": compression, "accuracy_aware_training": loop}
+    config = {"compression": compression, "accuracy_aware_training": loop}
     if runtime == "onnxruntime":
         config["target_runtime"] = "onnxruntime"
     if sample_size is not None:
@@ -180,3 +197,26 @@ def candidate_configs(
             raise ValueError(f"candidate {name!r} is listed twice (index {index}); names must be unique")
         configs[name] = config
     return configs
+
+
+def is_post_training(name: str) -> bool:
+    return name in POST_TRAINING
+
+
+def training_candidates(candidates: Sequence[str | CandidateSpec] | None) -> int:
+    """How many of the candidates train (the epoch budget is shared among those only)."""
+    listed = DEFAULT_CANDIDATES if candidates is None else candidates
+    return sum(1 for c in listed if not (isinstance(c, str) and is_post_training(c)))
+
+
+def candidate_recipe(name: str, recipe: Recipe, budget: AccuracyBudget) -> Recipe:
+    """The recipe candidate `name` runs with: post-training quantization for the PTQ candidates (accuracy
+    control within the search's budget); for the others, training that starts from post-training ranges."""
+    if name == "ptq":
+        return recipe.model_copy(update={"mode": "ptq"})
+    if name == "ptq_accuracy_control":
+        relative = budget.maximal_relative_accuracy_degradation
+        drop = relative if relative is not None else budget.maximal_absolute_accuracy_degradation
+        kind = "absolute" if relative is None else "relative"
+        return recipe.model_copy(update={"mode": "ptq", "max_drop": drop, "drop_type": kind})
+    return recipe.model_copy(update={"init": "ptq"})

@@ -146,7 +146,11 @@ def recommendation(
     `latency` it is no better than the original model, which is within any budget, so with no faster
     candidate the recommendation is to keep FP32; for `size` and `both` it may still be the smallest,
     and the note says it is not faster. The recommendation is on the front, except where a sparse
-    candidate set aside for a dense one is what dominates it (it may measure more accurate)."""
+    candidate set aside for a dense one is what dominates it (it may measure more accurate).
+
+    A candidate that needed no training (post-training quantization: 0 epochs) is recommended over a
+    trained one that is not measurably cheaper, even a more accurate one: both are within the budget,
+    and the note says how many training epochs that saves."""
     noise = latency_noise(outcomes)
     within = [o for o in outcomes if _measured(o) and o.within_budget]
     if not within:
@@ -158,9 +162,25 @@ def recommendation(
         return Recommendation(None, keep_fp32=True, note=f"{note}; keep the FP32 model")
     pool = [o for o in pool if not _hollow_sparsity(o, pool, noise)]
     best = _best(pool, objective, noise)
+    untrained = [o for o in pool if o.epochs == 0]
+    if best.epochs > 0 and untrained:
+        ready = _best(untrained, objective, noise)
+        if not _measurably_cheaper(best, ready, objective, noise):
+            note = (
+                f"{ready.name} needed no training and {best.name} is not measurably "
+                f"{'faster' if objective == 'latency' else 'smaller' if objective == 'size' else 'cheaper'}: "
+                f"recommending it saves the {best.epochs} training epochs {best.name} took"
+            )
+            return Recommendation(ready.name, note=note)
     if _faster_than_fp32(best, noise):
         return Recommendation(best.name)
     return Recommendation(best.name, note=f"{_not_faster(best, runtime, noise)}; recommended for its size")
+
+
+def _measurably_cheaper(a: CandidateOutcome, b: CandidateOutcome, objective: Objective, noise: float) -> bool:
+    """Whether `a` beats `b` on the objective's costs beyond the noise (latency) or at all (file size)."""
+    pairs = zip(_costs(a, objective, noise), _costs(b, objective, noise), strict=True)
+    return any(_lower(ca, cb, n) for (ca, n), (cb, _) in pairs)
 
 
 def recommend(outcomes: Sequence[CandidateOutcome], objective: Objective) -> str | None:

@@ -29,9 +29,18 @@ from squeezer.compression import (
     register_default_init_args,
 )
 from squeezer.compression.accuracy_aware.records import EpochRecord
+from squeezer.compression.api import controller_of
 from squeezer.compression.export.onnx_export import export_onnx
+from squeezer.compression.init_args import wrap_dataloader_for_init
+from squeezer.compression.ptq import (
+    AdvancedQuantizationParameters,
+    Dataset,
+    DropType,
+    quantize,
+    quantize_with_accuracy_control,
+)
 from squeezer.runtime.compare import measure
-from squeezer.search.candidates import candidate_configs
+from squeezer.search.candidates import candidate_configs, is_post_training, training_candidates
 from squeezer.search.front import common_latency_scale, pareto_front, recommendation
 from squeezer.search.result import CandidateOutcome, SearchResult, compression_algorithms
 from squeezer.search.spec import (
@@ -91,8 +100,8 @@ def search_in_process(
         budget=ComputeBudget(max_total_epochs=max_total_epochs, max_wall_time_s=max_wall_time_s),
         early_stopping=early_stopping,
     )
-    names = candidate_configs(settings.candidates, None, accuracy, 1)  # validates names before any work
-    epochs = settings.budget.epochs_per_candidate(len(names), epochs_per_candidate)
+    candidate_configs(settings.candidates, None, accuracy, 1)  # validates names before any work
+    epochs = settings.budget.epochs_per_candidate(training_candidates(settings.candidates), epochs_per_candidate)
     configs = candidate_configs(settings.candidates, list(example_input.shape), accuracy, epochs, runtime=runtime)
     with tempfile.TemporaryDirectory(prefix="squeezer-search-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
@@ -190,15 +199,22 @@ class _InProcessSearch:
 
         nncf_config = NNCFConfig.from_dict({**config, "log_dir": str(workdir)})
         register_default_init_args(nncf_config, caller.init_loader, criterion=caller.criterion)
+        loop: Any = None
+        ptq_metric = 0.0
         try:
-            ctrl, cmodel = create_compressed_model(copy.deepcopy(caller.model), nncf_config)
-            loop = create_accuracy_aware_training_loop(nncf_config, ctrl, self.fp32_metric, on_epoch_end=judge)
-            cmodel = loop.run(
-                cmodel,
-                caller.train_epoch_fn,
-                caller.validate_fn,
-                configure_optimizers_fn=lambda: caller.configure_optimizers_fn(cmodel),
-            )
+            if is_post_training(name):
+                cmodel = self._post_training(name, config)
+                ctrl = controller_of(cmodel)
+                ptq_metric = float(caller.validate_fn(cmodel, 0))
+            else:
+                ctrl, cmodel = create_compressed_model(copy.deepcopy(caller.model), nncf_config)
+                loop = create_accuracy_aware_training_loop(nncf_config, ctrl, self.fp32_metric, on_epoch_end=judge)
+                cmodel = loop.run(
+                    cmodel,
+                    caller.train_epoch_fn,
+                    caller.validate_fn,
+                    configure_optimizers_fn=lambda: caller.configure_optimizers_fn(cmodel),
+                )
         except _Stop as stop:
             logger.info("candidate %s stopped: %s", name, stop.reason)
             last = records[-1] if records else None
@@ -220,8 +236,8 @@ class _InProcessSearch:
                 algorithms=compression_algorithms(config),
                 error=f"{type(exc).__name__}: {exc}",
             )
-        stats = loop.statistics
-        metric = stats.compressed_accuracy if stats else records[-1].metric
+        stats = loop.statistics if loop is not None else None
+        metric = stats.compressed_accuracy if stats else records[-1].metric if records else ptq_metric
         onnx = ctrl.export_model(workdir / "model.onnx")
         inputs = {_input_name(onnx): self.example_input.numpy()}
         report, _ = measure(self.root / "fp32.onnx", onnx, inputs, runtimes=(settings.runtime,))
@@ -241,6 +257,35 @@ class _InProcessSearch:
             epochs=records[-1].epoch if records else 0,
             wall_time_s=time.monotonic() - started,
         )
+
+    def _post_training(self, name: str, config: dict[str, Any]) -> nn.Module:
+        """A post-training candidate: `quantize` on the init loader's inputs; accuracy control validates
+        with the caller's `validate_fn` within the search's budget."""
+        caller = self.caller
+        loader = wrap_dataloader_for_init(caller.init_loader)
+        calibration = Dataset(loader, lambda item: _call_form(loader.get_inputs(item)))
+        runtime = config.get("target_runtime")
+        advanced = AdvancedQuantizationParameters(target_runtime=runtime)
+        if name == "ptq":
+            return quantize(copy.deepcopy(caller.model), calibration, advanced_parameters=advanced)
+        budget = self.settings.accuracy
+        relative = budget.maximal_relative_accuracy_degradation
+        absolute = float(budget.maximal_absolute_accuracy_degradation or 0.0)
+        return quantize_with_accuracy_control(
+            copy.deepcopy(caller.model),
+            calibration,
+            calibration,  # ranks the layer groups by output error; the metric itself is validate_fn's
+            lambda model, _data: caller.validate_fn(model, 0),
+            max_drop=relative / 100 if relative is not None else absolute,
+            drop_type=DropType.RELATIVE if relative is not None else DropType.ABSOLUTE,
+            advanced_quantization_parameters=advanced,
+        )
+
+
+def _call_form(inputs: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+    """(args, kwargs) as `Dataset` items are called: keyword arguments alone as a dict, else the args."""
+    args, kwargs = inputs
+    return kwargs if kwargs and not args else args
 
 
 def _input_name(onnx: Path) -> str:

@@ -67,12 +67,14 @@ def quantize_for_job(
         return sq.quantize(model, calibration, subset_size=recipe.subset_size, model_type=model_type, **kwargs)
     assert metric is not None and val_loader is not None  # the API refuses max_drop without val_data
     advanced = kwargs.pop("advanced_parameters", None)
+    relative = recipe.drop_type == "relative"  # the recipe's relative drop is in percent, NNCF's a fraction
     return sq.quantize_with_accuracy_control(
         model,
         calibration,
         sq.Dataset(val_loader, lambda item: item[0].to(device)),
         metric,
-        max_drop=recipe.max_drop,
+        max_drop=recipe.max_drop / 100 if relative else recipe.max_drop,
+        drop_type=sq.DropType.RELATIVE if relative else sq.DropType.ABSOLUTE,
         subset_size=recipe.subset_size,
         model_type=model_type,
         advanced_quantization_parameters=advanced,
@@ -100,3 +102,30 @@ def ptq_statistics(model: nn.Module) -> dict[str, Any]:
             for key in ("fp32_metric", "int8_metric", "metric", "drop", "max_drop", "validations", "seconds")
         } | {"fp32_layers": [{"name": g["name"], "reason": g["reason"]} for g in ac["fp32_groups"]]}
     return out
+
+
+def start_from_post_training(ctrl: Any, init_loader: DataLoader, recipe: Recipe, device: torch.device) -> None:
+    """Recipe init "ptq": the quantization controller's ranges (and biases) from the post-training steps,
+    so quantization-aware training starts where post-training quantization ends."""
+    from squeezer.compression.ptq.dataset import collect_batches
+    from squeezer.compression.ptq.post_training import calibrate
+
+    quantization = next((c for c in [ctrl, *ctrl.child_ctrls] if isinstance(c, QuantizationController)), None)
+    if quantization is None:
+        return
+    batches = collect_batches(
+        (x.to(device) for x, _ in init_loader), recipe.subset_size, quantization.model, device, "train_data"
+    )
+    model_type = sq.ModelType.TRANSFORMER if recipe.model_type == "transformer" else None
+    was_training = quantization.model.training
+    quantization.model.eval()
+    try:
+        # no equalization: it rescales FP32 weights that other algorithms (pruning masks) already read
+        calibrate(
+            quantization,
+            batches,
+            model_type,
+            advanced=sq.AdvancedQuantizationParameters(cross_layer_equalization=False),
+        )
+    finally:
+        quantization.model.train(was_training)

@@ -38,7 +38,7 @@ from squeezer.errors import CompressionError, ConfigError, SqueezerError
 from squeezer.recipe import Recipe
 from squeezer.runtime.compare import job_latency
 from squeezer.worker.outputs import write_outputs
-from squeezer.worker.post_training import ptq_statistics, quantize_for_job
+from squeezer.worker.post_training import ptq_statistics, quantize_for_job, start_from_post_training
 from squeezer.worker.tensorboard import journal_epoch
 
 logger = logging.getLogger(__name__)
@@ -321,6 +321,8 @@ def run_job(
     )
     original_keys = set(model.state_dict())
     ctrl, cmodel = create_compressed_model(model, nncf_config)
+    if recipe.init == "ptq":
+        start_from_post_training(ctrl, init_loader, recipe, device)
 
     def train_epoch_fn(
         compression_ctrl: Any, model: nn.Module, epoch: int, optimizer: Any, lr_scheduler: Any = None

@@ -53,11 +53,19 @@ def test_a_search_queues_one_job_per_candidate(api, artifacts):
     assert {j["search_id"] for j in jobs} == {search["id"]} and {j["candidate"] for j in jobs} == set(names)
     with api.app.state.sessions() as session:
         for job in session.scalars(select(Job)):
+            recipe = job.spec["recipe"]
+            assert job.spec["latency_batch_size"] == 4
+            if job.candidate.startswith("ptq"):  # post-training: no loop, no epochs, the budget as max_drop
+                assert recipe["mode"] == "ptq" and job.total_epochs == 0
+                assert "accuracy_aware_training" not in job.spec["config"]
+                assert recipe["max_drop"] == (1.0 if job.candidate == "ptq_accuracy_control" else None)
+                continue
             loop = job.spec["config"]["accuracy_aware_training"]
             assert loop["mode"] == ("adaptive_compression_level" if "adaptive" in job.candidate else "early_exit")
             assert loop["params"]["maximal_absolute_accuracy_degradation"] == 1.0
-            assert loop["params"]["maximal_total_epochs"] == 2 == 15 // len(DEFAULT_CANDIDATES)
-            assert job.spec["latency_batch_size"] == 4 and job.total_epochs == 2
+            # the epochs are shared among the candidates that train
+            assert loop["params"]["maximal_total_epochs"] == 2 == 15 // (len(DEFAULT_CANDIDATES) - 2)
+            assert job.total_epochs == 2 and recipe["mode"] == "train" and recipe["init"] == "ptq"
     assert api.get(f"/v1/searches/{search['id']}", headers=api.bob).status_code == 404  # another key's
     listed = api.get("/v1/searches", headers=api.alice).json()
     assert listed["total"] == 1 and listed["items"][0]["id"] == search["id"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from squeezer.compression.config.nncf_config import NNCFConfig
+from squeezer.recipe import Recipe
 from squeezer.search import BUILTIN_CANDIDATES, DEFAULT_CANDIDATES, AccuracyBudget, CandidateSpec, candidate_configs
-from squeezer.search.candidates import UnknownCandidate
+from squeezer.search.candidates import UnknownCandidate, candidate_recipe, is_post_training, training_candidates
 
 BUDGET = AccuracyBudget(maximal_absolute_accuracy_degradation=1.0)
 
@@ -16,6 +17,9 @@ def test_every_builtin_is_a_valid_config_with_the_search_budget():
     assert len(DEFAULT_CANDIDATES) >= 6 and set(DEFAULT_CANDIDATES) <= set(configs)
     for name, config in configs.items():
         model = NNCFConfig.validate(config)
+        if is_post_training(name):  # no training loop: calibration only (the job's recipe says so)
+            assert "accuracy_aware_training" not in config and config["compression"][0]["algorithm"] == "quantization"
+            continue
         aa = config["accuracy_aware_training"]
         assert aa["params"]["maximal_absolute_accuracy_degradation"] == 1.0
         assert aa["params"]["maximal_total_epochs"] == 4
@@ -60,3 +64,21 @@ def test_unknown_and_repeated_names_are_refused():
     assert info.value.index == 1
     with pytest.raises(ValueError, match="twice"):
         candidate_configs(["int8", "int8"], None, BUDGET, 3)
+
+
+def test_post_training_candidates_come_first_and_share_no_epochs():
+    assert DEFAULT_CANDIDATES[:2] == ("ptq", "ptq_accuracy_control")
+    assert training_candidates(None) == len(DEFAULT_CANDIDATES) - 2
+    assert training_candidates(["ptq", "int8", CandidateSpec(name="ptq_mine", config={})]) == 2
+
+
+def test_each_candidate_runs_with_its_recipe():
+    recipe = Recipe(epochs=5, lr=0.01)
+    ptq = candidate_recipe("ptq", recipe, BUDGET)
+    assert ptq.mode == "ptq" and ptq.max_drop is None and ptq.lr == 0.01
+    controlled = candidate_recipe("ptq_accuracy_control", recipe, BUDGET)
+    assert (controlled.mode, controlled.max_drop, controlled.drop_type) == ("ptq", 1.0, "absolute")
+    relative = AccuracyBudget(maximal_relative_accuracy_degradation=2.0)
+    assert candidate_recipe("ptq_accuracy_control", recipe, relative).drop_type == "relative"
+    trained = candidate_recipe("pruning30_int8", recipe, BUDGET)
+    assert (trained.mode, trained.init, trained.epochs) == ("train", "ptq", 5)  # QAT starts from PTQ ranges

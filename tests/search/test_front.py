@@ -246,3 +246,22 @@ def test_halving_does_not_stop_a_candidate_closing_in_on_the_floor():
         "successive halving at epoch 2: -2 from the accuracy budget, rank 4 of the 4 candidates there "
         "compressed at least as much (the best 2 go on)"
     )
+
+
+def trained(name, metric, latency, size, epochs):
+    o = outcome(name, metric, latency, size)
+    o.epochs = epochs
+    return o
+
+
+def test_a_post_training_candidate_within_budget_wins_unless_training_buys_measurable_speed():
+    ptq = outcome("ptq", 92.0, 10.0, 1000)  # no epochs: post-training quantization
+    qat = trained("int8", 93.5, 9.8, 1000, epochs=4)  # more accurate, 2% faster: within the timing noise
+    advice = recommendation([ptq, qat], "latency")
+    assert advice.name == "ptq"
+    assert "saves the 4 training epochs int8 took" in advice.note
+    pruned = trained("pruning50_int8", 91.0, 6.0, 600, epochs=3)  # measurably faster: training paid off
+    assert recommendation([ptq, qat, pruned], "latency").name == "pruning50_int8"
+    assert recommendation([ptq, trained("smaller", 91.0, 10.0, 900, epochs=2)], "size").name == "smaller"
+    outside = outcome("ptq", 80.0, 10.0, 1000)  # below the floor: training it is
+    assert recommendation([outside, qat], "latency").name == "int8"

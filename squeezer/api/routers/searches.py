@@ -27,8 +27,8 @@ from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.db import ApiKey, ArtifactKind, Job, Search
 from squeezer.errors import ConfigError
 from squeezer.jobs import searches, transitions
-from squeezer.search import DEFAULT_CANDIDATES, SearchSettings, candidate_configs
-from squeezer.search.candidates import UnknownCandidate
+from squeezer.search import SearchSettings, candidate_configs
+from squeezer.search.candidates import UnknownCandidate, candidate_recipe, training_candidates
 
 router = APIRouter(prefix="/v1/searches", tags=["searches"])
 POLL_S = 1.0
@@ -53,8 +53,7 @@ def _candidate_path(index: int, path: str) -> str:
 
 def _configs(body: SearchCreate, model_meta: dict[str, Any] | None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Each candidate's NNCF config, validated as a job's would be; a 422 names the candidate's JSON path."""
-    count = len(body.candidates) if body.candidates is not None else len(DEFAULT_CANDIDATES)
-    epochs = body.budget.epochs_per_candidate(count, body.recipe.epochs)
+    epochs = body.budget.epochs_per_candidate(training_candidates(body.candidates), body.recipe.epochs)
     try:
         configs = candidate_configs(body.candidates, None, body.accuracy, epochs, body.recipe.task, body.runtime)
     except UnknownCandidate as exc:
@@ -128,17 +127,17 @@ def create_search(
     session.flush()
     jobs = []
     for name, config in configs.items():
-        aa = config["accuracy_aware_training"]["params"]
+        loop = config.get("accuracy_aware_training")  # none for post-training candidates: no epochs
         job = Job(
             owner_id=key.id,
             name=f"{body.name}/{name}",
             priority=body.priority,
             search_id=search.id,
             candidate=name,
-            total_epochs=aa.get("maximal_total_epochs"),
+            total_epochs=loop["params"].get("maximal_total_epochs") if loop else 0,
             spec={
                 "model": model_artifact.id,
-                "recipe": body.recipe.model_dump(),
+                "recipe": candidate_recipe(name, body.recipe, body.accuracy).model_dump(),
                 "config": config,
                 "latency_batch_size": body.batch_size,
                 **data,
