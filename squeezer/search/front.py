@@ -162,19 +162,23 @@ def recommendation(
         return Recommendation(None, keep_fp32=True, note=f"{note}; keep the FP32 model")
     pool = [o for o in pool if not _hollow_sparsity(o, pool, noise)]
     best = _best(pool, objective, noise)
+    notes = []
     untrained = [o for o in pool if o.epochs == 0]
     if best.epochs > 0 and untrained:
         ready = _best(untrained, objective, noise)
         if not _measurably_cheaper(best, ready, objective, noise):
-            note = (
-                f"{ready.name} needed no training and {best.name} is not measurably "
-                f"{'faster' if objective == 'latency' else 'smaller' if objective == 'size' else 'cheaper'}: "
-                f"recommending it saves the {best.epochs} training epochs {best.name} took"
+            cheaper = {"latency": "faster", "size": "smaller"}.get(objective, "cheaper")
+            notes.append(
+                f"{ready.name} needed no training and {best.name} is not measurably {cheaper}: recommending it "
+                f"saves the {best.epochs} training epochs {best.name} took"
             )
-            return Recommendation(ready.name, note=note)
-    if _faster_than_fp32(best, noise):
-        return Recommendation(best.name)
-    return Recommendation(best.name, note=f"{_not_faster(best, runtime, noise)}; recommended for its size")
+            best = ready
+    elif best.epochs == 0 and any(o.epochs > 0 for o in pool):
+        spent = sum(o.epochs for o in pool if o.epochs > 0)
+        notes.append(f"{best.name} needed no training; the trained candidates within the budget took {spent} epochs")
+    if not _faster_than_fp32(best, noise):
+        notes.append(f"{_not_faster(best, runtime, noise)}; recommended for its size")
+    return Recommendation(best.name, note="; ".join(notes) or None)
 
 
 def _measurably_cheaper(a: CandidateOutcome, b: CandidateOutcome, objective: Objective, noise: float) -> bool:

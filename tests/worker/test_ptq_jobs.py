@@ -101,7 +101,7 @@ def test_ptq_job_with_accuracy_control_reports_the_fp32_layers(service):
     ("body", "status", "message"),
     [
         ({"recipe": {"mode": "ptq", "max_drop": 1.0}}, 422, "val_data is required with recipe.max_drop"),
-        ({"recipe": {"max_drop": 1.0}}, 422, "apply to mode 'ptq'"),
+        ({"recipe": {"max_drop": 1.0}}, 422, "max_drop applies to mode 'ptq'"),
         (
             {"recipe": {"mode": "train"}, "config": {"compression": {"algorithm": "quantization"}}},
             422,
@@ -146,3 +146,42 @@ def test_calibration_samples_of_the_wrong_shape_are_refused_at_submit(service):
     response = _submit(client, headers, {"model": ids["model"], "train_data": bad, "recipe": {"mode": "ptq"}})
     assert response.status_code == 422
     assert "samples have shape (32,), the model takes (64,)" in response.json()["detail"]
+
+
+def test_a_search_recommends_its_post_training_candidate_and_counts_the_epochs_saved(service):
+    app, client, headers, ids, tmp_path = service
+    trains_two_epochs = {  # 4-bit weights (stored in int8: the same file size) and no drop allowed: it trains
+        "name": "qat",
+        "config": {
+            "compression": {"algorithm": "quantization", "weights": {"bits": 4}},
+            "accuracy_aware_training": {
+                "mode": "early_exit",
+                "params": {"maximal_absolute_accuracy_degradation": 0.0, "maximal_total_epochs": 2},
+            },
+        },
+    }
+    body = {
+        "name": "ptq-first",
+        "model": ids["model"],
+        "train_data": ids["train"],
+        "val_data": ids["val"],
+        "accuracy": {"maximal_absolute_accuracy_degradation": 5.0},
+        "candidates": ["ptq", trains_two_epochs],
+        "objective": "size",
+        "early_stopping": False,
+        "recipe": {"lr": 1e-3},
+    }
+    created = client.post("/v1/searches", headers=headers, json=body)
+    assert created.status_code == 201, created.text
+    search = created.json()
+    for candidate in search["result"]["candidates"]:
+        assert execute_job(candidate["job_id"], app.state.sessions, app.state.store, tmp_path / "work") == "succeeded"
+    result = client.get(f"/v1/searches/{search['id']}", headers=headers).json()["result"]
+    outcomes = {c["name"]: c for c in result["candidates"]}
+    assert outcomes["ptq"]["epochs"] == 0 and outcomes["qat"]["epochs"] == 2, (result["fp32_metric"], outcomes)
+    assert outcomes["ptq"]["within_budget"]
+    assert result["recommended"] == "ptq"
+    assert (
+        "ptq needed no training; the trained candidates within the budget took 2 epochs"
+        in (result["recommendation_note"])
+    )
