@@ -159,7 +159,7 @@ def create_compressed_model(
     device = next((p.device for p in work.parameters()), torch.device("cpu"))
     example = _example_inputs(config, device)
     gm, trace_error = _trace(work, example)
-    if gm is not None and cfg.target_runtime == "onnxruntime" and cfg.target_device in ("ANY", "CPU"):
+    if gm is not None and cfg.placement_runtime == "onnxruntime" and cfg.target_device in ("ANY", "CPU"):
         split_gated_activations(gm)  # before naming: quantizer ids name the written-out nodes
     traced = name_nodes(gm, type(model).__name__) if gm is not None else None
     compressed: nn.Module = gm if gm is not None else work

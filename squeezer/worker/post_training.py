@@ -107,25 +107,6 @@ def ptq_statistics(model: nn.Module) -> dict[str, Any]:
 def start_from_post_training(ctrl: Any, init_loader: DataLoader, recipe: Recipe, device: torch.device) -> None:
     """Recipe init "ptq": the quantization controller's ranges (and biases) from the post-training steps,
     so quantization-aware training starts where post-training quantization ends."""
-    from squeezer.compression.ptq.dataset import collect_batches
-    from squeezer.compression.ptq.post_training import calibrate
+    from squeezer.compression.ptq.post_training import calibrate_for_training
 
-    quantization = next((c for c in [ctrl, *ctrl.child_ctrls] if isinstance(c, QuantizationController)), None)
-    if quantization is None:
-        return
-    batches = collect_batches(
-        (x.to(device) for x, _ in init_loader), recipe.subset_size, quantization.model, device, "train_data"
-    )
-    model_type = sq.ModelType.TRANSFORMER if recipe.model_type == "transformer" else None
-    was_training = quantization.model.training
-    quantization.model.eval()
-    try:
-        # no equalization: it rescales FP32 weights that other algorithms (pruning masks) already read
-        calibrate(
-            quantization,
-            batches,
-            model_type,
-            advanced=sq.AdvancedQuantizationParameters(cross_layer_equalization=False),
-        )
-    finally:
-        quantization.model.train(was_training)
+    calibrate_for_training(ctrl, init_loader, device, recipe.model_type == "transformer", recipe.subset_size)

@@ -425,6 +425,10 @@ class CompressionConfigModel(BaseModel):
     # Squeezer's addition: the runtime the export is for. "onnxruntime" quantizes the inputs its
     # integer kernels need (see quantization/onnxruntime_rules.py and gated_activations.py)
     target_runtime: Literal["onnxruntime", "openvino"] | None = None
+    # Squeezer's addition: "transformer" gives BERT-like models the post-training rules at range init
+    # (SmoothQuant, min-max ranges, bias correction) and, unless target_runtime says otherwise, the
+    # onnxruntime placement that leaves residual and embedding sums FP32
+    model_type: Literal["transformer"] | None = None
     compression: list[AlgorithmConfig] = Field(default_factory=list)
     accuracy_aware_training: AccuracyAwareConfig | None = None
     compression_lr_multiplier: float | None = None
@@ -464,6 +468,14 @@ class CompressionConfigModel(BaseModel):
                 )
             seen.add(algo.algorithm)
         return value
+
+    @property
+    def placement_runtime(self) -> str | None:
+        """The runtime whose quantizer placement applies: `target_runtime`, else onnxruntime's for
+        transformers (their residual sums' outliers stay FP32), else NNCF's (None)."""
+        if self.target_runtime is not None:
+            return self.target_runtime
+        return "onnxruntime" if self.model_type == "transformer" else None
 
     def algorithm(self, name: str) -> Any:
         """The section of algorithm `name`, or None."""

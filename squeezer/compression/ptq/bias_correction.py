@@ -85,10 +85,17 @@ def recording_fp32_means(layers: dict[str, nn.Module]) -> Iterator[FP32Means]:
 
 
 def apply_correction(
-    model: nn.Module, layers: dict[str, nn.Module], batches: list[Inputs], fp_mean: dict[str, torch.Tensor]
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batches: list[Inputs],
+    fp_mean: dict[str, torch.Tensor],
+    add_biases: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """The quantized pass: measure, correct on the fly, then add the mean difference to each bias."""
+    """The quantized pass: measure, correct on the fly, then add the mean difference to each bias;
+    `add_biases=False` leaves layers without a bias as they are (their state dict keeps its keys)."""
     layers = correctable(layers)
+    if not add_biases:
+        layers = {name: m for name, m in layers.items() if getattr(m, "bias", None) is not None}
     q_sum: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 

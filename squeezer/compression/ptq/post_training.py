@@ -25,13 +25,14 @@ from torch import nn
 
 from squeezer.compression.api import controller_of, create_compressed_model
 from squeezer.compression.config.nncf_config import NNCFConfig
+from squeezer.compression.controller import CompressionController
 from squeezer.compression.graph.surgery import original_weight
-from squeezer.compression.init_args import register_default_init_args
+from squeezer.compression.init_args import iterate_batches, register_default_init_args, wrap_dataloader_for_init
 from squeezer.compression.ptq.bias_correction import FP32Means, apply_correction, recording_fp32_means
 from squeezer.compression.ptq.dataset import BatchLoader, Dataset, Inputs, batch_size_of, collect_batches
 from squeezer.compression.ptq.equalization import equalize
 from squeezer.compression.ptq.ranges import ActivationStats, quantizers_enabled, set_activation_range
-from squeezer.compression.ptq.smooth_quant import smooth_quant
+from squeezer.compression.ptq.smooth_quant import smooth_quant, smoothed_groups
 from squeezer.compression.ptq.types import (
     AdvancedQuantizationParameters,
     IgnoredScope,
@@ -157,6 +158,7 @@ def calibrate(
     fast_bias_correction: bool = True,
     advanced: AdvancedQuantizationParameters | None = None,
     phases: dict[str, float] | None = None,
+    add_biases: bool = True,
 ) -> PTQReport:
     """The post-training steps on a model whose quantizers are placed: equalization, SmoothQuant (for
     transformers), ranges and bias correction. `quantize` calls it on a fresh model; the training-time
@@ -190,7 +192,7 @@ def calibrate(
         _init_activation_ranges(ctrl, batches, estimator, means, len(subset))
     if correct:
         with _phase(phases, "bias_correction"):
-            report.bias_corrections = apply_correction(qmodel, layers, subset, means.close())
+            report.bias_corrections = apply_correction(qmodel, layers, subset, means.close(), add_biases)
         report.bias_batches = subset
     ctrl.ptq_report = report
     return report
@@ -261,3 +263,32 @@ def _subset(batches: list[Inputs], samples: int) -> list[Inputs]:
         out.append(b)
         seen += batch_size_of(b)
     return out
+
+
+def calibrate_for_training(
+    ctrl: CompressionController, loader: Any, device: torch.device, transformer: bool, samples: int = 300
+) -> dict[str, int]:
+    """The post-training steps on a model about to be trained (`create_compressed_model` with
+    `"model_type": "transformer"`, or a job's recipe init "ptq"): calibration batches from the init
+    loader, no equalization (it rescales FP32 weights that pruning masks may already read) and no new
+    biases (a resumed model must have the same parameters). Returns the SmoothQuant groups to record."""
+    quantization = next((c for c in [ctrl, *ctrl.child_ctrls] if isinstance(c, QuantizationController)), None)
+    if quantization is None:
+        return {}
+    wrapped = wrap_dataloader_for_init(loader)
+    batches = [inputs for inputs in iterate_batches(wrapped, samples, device)]
+    model = quantization.model
+    was_training = model.training
+    model.eval()
+    try:
+        calibrate(
+            quantization,
+            batches,
+            ModelType.TRANSFORMER if transformer else None,
+            advanced=AdvancedQuantizationParameters(cross_layer_equalization=False),
+            add_biases=False,
+        )
+    finally:
+        model.train(was_training)
+    gm = quantization.context.gm if quantization.context is not None and quantization.context.traced else None
+    return smoothed_groups(gm) if gm is not None else {}

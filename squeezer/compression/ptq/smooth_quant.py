@@ -156,10 +156,9 @@ def smooth_quant(
     if not groups:
         return {}
     _collect(gm, groups, batches, all_quantizers)
-    container = nn.ModuleDict()
-    gm.add_submodule(SMOOTH_ATTR, container)
     chosen: dict[str, float] = {}
-    for index, group in enumerate(groups):
+    inverse_scales: dict[str, torch.Tensor] = {}
+    for group in groups:
         if group.absmax is None:
             continue
         errors = {alpha: _group_error(group, alpha) for alpha in alphas}
@@ -171,14 +170,48 @@ def smooth_quant(
         with torch.no_grad():
             for m in group.linears:
                 original_weight(m).mul_(s.to(original_weight(m).dtype))
-        container[str(index)] = SmoothScale(1.0 / s)
-        with gm.graph.inserting_before(group.qnode):
-            scaled = gm.graph.call_module(f"{SMOOTH_ATTR}.{index}", (group.qnode.args[0],))
-        group.qnode.args = (scaled, *group.qnode.args[1:])
-    if len(container):
-        gm.graph.lint()
-        gm.recompile()
-    else:
-        delattr(gm, SMOOTH_ATTR)
-    logger.info("SmoothQuant: %d of %d groups smoothed", len(container), len(groups))
+        inverse_scales[group.point_id] = 1.0 / s
+    _insert(gm, {g.point_id: g.qnode for g in groups}, inverse_scales)
+    logger.info("SmoothQuant: %d of %d groups smoothed", len(inverse_scales), len(groups))
     return chosen
+
+
+def _insert(gm: fx.GraphModule, qnodes: dict[str, fx.Node], inverse_scales: dict[str, torch.Tensor]) -> None:
+    """A `SmoothScale` before each named quantizer node, as `_smooth_quant.<n>` in the order given."""
+    if not inverse_scales:
+        return
+    container = nn.ModuleDict()
+    gm.add_submodule(SMOOTH_ATTR, container)
+    for index, (point_id, inverse) in enumerate(inverse_scales.items()):
+        container[str(index)] = SmoothScale(inverse)
+        qnode = qnodes[point_id]
+        with gm.graph.inserting_before(qnode):
+            scaled = gm.graph.call_module(f"{SMOOTH_ATTR}.{index}", (qnode.args[0],))
+        qnode.args = (scaled, *qnode.args[1:])
+    gm.graph.lint()
+    gm.recompile()
+
+
+def smoothed_groups(gm: fx.GraphModule) -> dict[str, int]:
+    """point id -> channels of each `SmoothScale` in `gm`, in module order (what `restore_smoothing` takes)."""
+    if not hasattr(gm, SMOOTH_ATTR):
+        return {}
+    out: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and str(node.target).startswith(SMOOTH_ATTR + "."):
+            quantizer = next(iter(node.users))
+            module = cast(SmoothScale, gm.get_submodule(str(node.target)))
+            out[str(quantizer.target)[len(ACTIVATIONS_ATTR) + 1 :]] = int(module.inverse_scale.numel())
+    return out
+
+
+def restore_smoothing(gm: fx.GraphModule, groups: dict[str, int]) -> None:
+    """The `SmoothScale` modules of a saved model, with placeholder scales (the state dict fills them in)."""
+    if not groups:
+        return
+    qnodes = {
+        str(n.target)[len(ACTIVATIONS_ATTR) + 1 :]: n
+        for n in gm.graph.nodes
+        if n.op == "call_module" and str(n.target).startswith(ACTIVATIONS_ATTR + ".")
+    }
+    _insert(gm, qnodes, {point_id: torch.ones(channels) for point_id, channels in groups.items()})
