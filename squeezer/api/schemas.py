@@ -113,7 +113,7 @@ class JobSpec(BaseModel):
 
     model: str
     train_data: str
-    val_data: str
+    val_data: str | None = None  # post-training jobs without accuracy control have none
     config: dict[str, Any]
     recipe: dict[str, Any]
 

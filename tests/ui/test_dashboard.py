@@ -226,3 +226,31 @@ def test_the_list_pages_and_filters_by_status(ui_service, page):
     page.wait_for_function("() => document.querySelector('#range').textContent === '1–18 of 18'")
     statuses_shown = set(page.locator("#jobs tbody td:nth-child(2)").all_inner_texts())
     assert statuses_shown == {"failed"} and page.url.endswith("?status=failed")
+
+
+@pytest.mark.slow
+def test_a_post_training_job_is_submitted_from_the_page_without_validation_data(ui_service, job_files, page, tmp_path):
+    import numpy as np
+
+    with np.load(job_files["train"]) as train:
+        np.savez(tmp_path / "calibration.npz", x=train["x"][:128])  # no labels
+    sign_in(page, ui_service.url, ui_service.keys["alice"], "/ui/submit")
+    assert page.is_hidden("#max_drop")
+    page.select_option("#mode", "ptq")
+    assert page.is_visible("#max_drop") and page.is_visible("#val-optional")
+    page.fill("#name", "ptq-from-page")
+    page.set_input_files("#model", str(job_files["model"]))
+    page.set_input_files("#train", str(tmp_path / "calibration.npz"))
+    page.fill("#config", "{}")
+    page.click("#submit")
+    page.wait_for_url(f"{ui_service.url}/ui/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    with api(ui_service, "alice") as alice:
+        spec = alice.get(f"/v1/jobs/{job_id}/spec").json()
+        assert spec["recipe"]["mode"] == "ptq" and spec.get("val_data") is None
+        deadline = time.monotonic() + 120
+        while (job := alice.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    assert job["status"] == "succeeded", job
+    page.wait_for_function("() => document.querySelector('#job-status').textContent === 'succeeded'")

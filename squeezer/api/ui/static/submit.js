@@ -58,9 +58,25 @@ Squeezer.page(async (main) => {
     }
   }
 
+  const mode = main.querySelector("#mode");
+  const valInput = main.querySelector("#val");
+  mode.addEventListener("change", () => {
+    const ptq = mode.value === "ptq"; // calibration only: validation data only for accuracy control
+    for (const field of main.querySelectorAll(".ptq-only")) field.hidden = !ptq;
+    main.querySelector("#val-optional").hidden = !ptq;
+    valInput.required = !ptq;
+  });
+
   function recipe() {
     const value = (id) => main.querySelector(`#${id}`).value;
+    const extra = {};
+    if (mode.value === "ptq") {
+      extra.mode = "ptq";
+      if (value("max_drop") !== "") extra.max_drop = Number(value("max_drop"));
+      if (value("model_type")) extra.model_type = value("model_type");
+    }
     return {
+      ...extra,
       task: value("task"),
       optimizer: value("optimizer"),
       lr: Number(value("lr")),
@@ -116,7 +132,7 @@ Squeezer.page(async (main) => {
       const ids = {
         model: await upload(main.querySelector("#model"), "model"),
         train_data: await upload(main.querySelector("#train"), "dataset"),
-        val_data: await upload(main.querySelector("#val"), "dataset"),
+        val_data: valInput.files.length ? await upload(valInput, "dataset") : null,
       };
       if (asSearch.checked) {
         const search = await api("/v1/searches", { method: "POST", json: searchBody(ids, inlineConfig) });
@@ -126,6 +142,7 @@ Squeezer.page(async (main) => {
       const body = {
         name: main.querySelector("#name").value,
         ...ids,
+        // post-training quantization reads target device, runtime and scopes from the config, if any
         config: configFile.files.length ? await upload(configFile, "config") : inlineConfig,
         recipe: recipe(),
         priority: Number(main.querySelector("#priority").value),
