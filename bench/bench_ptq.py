@@ -12,7 +12,8 @@ Three cases, side by side in one run (2 threads; a shared 2-core machine, so tim
 NNCF's figures come from `bench/nncf_ptq_runner.py` run in a separate venv (`--nncf-python`; never a
 dependency). Prints a table, writes bench/results/ptq.json.
 
-    python bench/bench_ptq.py [--cases minilm resnet18 digits_ac] [--nncf-python /work/nncf-venv/bin/python]
+    python bench/bench_ptq.py [--cases minilm resnet18 digits_ac zoo] [--nncf-python /work/nncf-venv/bin/python]
+- zoo: the 14 zoo CNNs and 3 image transformers, PTQ output error against `quantize_static`.
 """
 
 from __future__ import annotations
@@ -171,12 +172,79 @@ def digits_ac() -> dict[str, Any]:
     return result
 
 
-CASES = {"minilm": minilm, "resnet18": resnet18, "digits_ac": digits_ac}
+ZOO_CNNS = (
+    "resnet18",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_lite0",
+    "mnasnet0_5",
+    "regnet_x_400mf",
+    "regnet_y_400mf",
+    "shufflenet_v2_x0_5",
+    "squeezenet1_1",
+    "densenet121",
+    "googlenet",
+    "convnext_tiny",
+)
+ZOO_TRANSFORMERS = ("vit_tiny", "deit_tiny", "hf_vit")
+
+
+def zoo(seeds: int = 2, size: int = 64, samples: int = 64) -> dict[str, Any]:
+    """Every zoo CNN and image transformer (random init, BatchNorm calibrated, 64x64): relative max output
+    error of Squeezer's PTQ (its exported ONNX in onnxruntime) and of `quant_pre_process` + `quantize_static`
+    on the same FP32 weights and calibration batches, averaged over `seeds` random models."""
+    import torch
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import squeezer.compression as nncf
+    from squeezer.examples.ptq_check import _batches, _run_onnx, fp32_model, ort_ptq, relative_error
+
+    rows: dict[str, Any] = {}
+    for name in (*ZOO_CNNS, *ZOO_TRANSFORMERS):
+        errors: dict[str, list[float]] = {"squeezer": [], "quantize_static": [], "squeezer_s": [], "ort_s": []}
+        for seed in range(seeds):
+            model, spec = fp32_model(name, size, seed)
+            calibration = _batches(spec, samples, 8, seed=1000)
+            held_out = _batches(spec, 32, 8, seed=2000)
+            with torch.no_grad():
+                expected = torch.cat([model(x) for x in held_out]).numpy()
+            model_type = nncf.ModelType.TRANSFORMER if name in ZOO_TRANSFORMERS else None
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp)
+                started = time.perf_counter()
+                quantized = nncf.quantize(model, nncf.Dataset(calibration), subset_size=samples, model_type=model_type)
+                errors["squeezer_s"].append(time.perf_counter() - started)
+                path = nncf.controller_of(quantized).export_model(str(folder / "sq.onnx"), verify=False)
+                errors["squeezer"].append(relative_error(_run_onnx(path, held_out), expected))
+                fp32 = folder / "fp32.onnx"
+                torch.onnx.export(
+                    model,
+                    (held_out[0],),
+                    str(fp32),
+                    input_names=["input"],
+                    dynamic_axes={"input": {0: "b"}},
+                    dynamo=False,
+                )
+                started = time.perf_counter()
+                quant_pre_process(str(fp32), str(folder / "pre.onnx"))
+                ort_path = ort_ptq(folder / "pre.onnx", calibration, folder / "ort.onnx")
+                errors["ort_s"].append(time.perf_counter() - started)
+                errors["quantize_static"].append(relative_error(_run_onnx(ort_path, held_out), expected))
+        row = {key: float(np.mean(values)) for key, values in errors.items()}
+        row["ratio"] = row["squeezer"] / row["quantize_static"]
+        rows[name] = row
+        print(f"{name:<22}{row['squeezer']:>10.4f}{row['quantize_static']:>10.4f}{row['ratio']:>8.2f}", flush=True)
+    return rows
+
+
+CASES = {"minilm": minilm, "resnet18": resnet18, "digits_ac": digits_ac, "zoo": zoo}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument("--cases", nargs="*", default=["minilm", "resnet18", "digits_ac"], help=f"of {list(CASES)}")
     parser.add_argument("--nncf-python", default="/work/nncf-venv/bin/python", help="python of a venv with NNCF")
     parser.add_argument("--out", type=Path, default=RESULTS / "ptq.json")
     args = parser.parse_args()
@@ -186,10 +254,12 @@ def main() -> None:
 
     torch.set_num_threads(2)
     results: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "threads": 2}
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     for case in args.cases:
-        results[case] = {"squeezer": CASES[case](), "nncf": _nncf(args.nncf_python, case)}
+        nncf = _nncf(args.nncf_python, case) if case != "zoo" else None  # the runner has no zoo case
+        results[case] = {"squeezer": CASES[case](), "nncf": nncf}
         print(case, json.dumps(results[case], indent=1, default=str))
-    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    args.out.write_text(json.dumps({**previous, **results}, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":
