@@ -71,7 +71,8 @@ def minilm(length: int = 128) -> dict[str, Any]:
         torch_cos = F.cosine_similarity(torch.cat([quantized(**x) for x in evaluation]), reference)
     result: dict[str, Any] = {"ptq_seconds": seconds, "cosine_torch_min": float(torch_cos.min())}
     with tempfile.TemporaryDirectory() as tmp:
-        int8 = nncf.controller_of(quantized).export_model(str(Path(tmp) / "int8.onnx"))
+        names = ["input_ids", "attention_mask"]
+        int8 = nncf.controller_of(quantized).export_model(str(Path(tmp) / "int8.onnx"), input_names=names)
         fp32 = Path(tmp) / "fp32.onnx"
         example = evaluation[0]
         torch.onnx.export(
@@ -259,7 +260,7 @@ def main() -> None:
         nncf = _nncf(args.nncf_python, case) if case != "zoo" else None  # the runner has no zoo case
         results[case] = {"squeezer": CASES[case](), "nncf": nncf}
         print(case, json.dumps(results[case], indent=1, default=str))
-    args.out.write_text(json.dumps({**previous, **results}, indent=2, default=str) + "\n")
+        args.out.write_text(json.dumps({**previous, **results}, indent=2, default=str) + "\n")  # after each case
 
 
 if __name__ == "__main__":
