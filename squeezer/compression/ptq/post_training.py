@@ -31,6 +31,7 @@ from squeezer.compression.init_args import iterate_batches, register_default_ini
 from squeezer.compression.ptq.bias_correction import FP32Means, apply_correction, recording_fp32_means
 from squeezer.compression.ptq.dataset import BatchLoader, Dataset, Inputs, batch_size_of, collect_batches
 from squeezer.compression.ptq.equalization import equalize
+from squeezer.compression.ptq.gptq import gptq_round
 from squeezer.compression.ptq.ranges import ActivationStats, quantizers_enabled, set_activation_range
 from squeezer.compression.ptq.smooth_quant import smooth_quant, smoothed_groups
 from squeezer.compression.ptq.types import (
@@ -57,6 +58,8 @@ class PTQReport:
     samples: int = 0
     equalized: list[str] = field(default_factory=list)  # "first->second" layer pairs
     smooth_quant_alphas: dict[str, float] = field(default_factory=dict)
+    clip_ratios: dict[str, float] = field(default_factory=dict)  # activation quantizer id -> range shrink
+    gptq_layers: list[str] = field(default_factory=list)  # Linears whose weights GPTQ rounded
     bias_corrections: dict[str, torch.Tensor] = field(default_factory=dict)  # module path -> added to bias
     seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)  # where the time went
@@ -125,6 +128,7 @@ def _init_activation_ranges(
     estimator: RangeEstimator,
     means: FP32Means | None = None,
     mean_batches: int = 0,
+    clip_ratios: dict[str, float] | None = None,
 ) -> None:
     """Activation statistics in one FP32 pass (which also records the first `mean_batches` batches'
     layer means for bias correction into `means`), then each quantizer's range."""
@@ -148,7 +152,7 @@ def _init_activation_ranges(
         if not s.seen:
             logger.warning("activation quantizer %s saw no calibration data; its range stays at the default", qid)
             continue
-        set_activation_range(s, estimator)
+        set_activation_range(s, estimator, (clip_ratios or {}).get(qid, 1.0))
 
 
 def calibrate(
@@ -170,6 +174,7 @@ def calibrate(
     transformer = model_type is not None and _value(model_type) == ModelType.TRANSFORMER.value
     weighted = {wp.module for wp in ctrl.setup.weights if wp.tensor == "weight"}
     gm = ctrl.context.gm if ctrl.context is not None and ctrl.context.traced is not None else None
+    second_moments: dict[str, torch.Tensor] = {}
     if advanced.cross_layer_equalization and gm is not None:
         with _phase(phases, "equalization"):
             report.equalized = equalize(gm, weighted)
@@ -177,9 +182,18 @@ def calibrate(
     if transformer and (alphas.matmul is None or alphas.matmul >= 0) and gm is not None:
         candidates = alphas.alpha_candidates if alphas.matmul is None else (alphas.matmul,)
         with _phase(phases, "smooth_quant"):
-            report.smooth_quant_alphas = smooth_quant(
-                gm, ctrl.non_weight_quantizers, weighted, batches, all_quantizers(ctrl), candidates
+            chosen = smooth_quant(
+                gm,
+                ctrl.non_weight_quantizers,
+                weighted,
+                batches,
+                all_quantizers(ctrl),
+                candidates,
+                alphas.clip_ratios,
+                second_moments if advanced.gptq else None,
             )
+            report.smooth_quant_alphas = {pid: alpha for pid, (alpha, _) in chosen.items()}
+            report.clip_ratios = {pid: ratio for pid, (_, ratio) in chosen.items() if ratio < 1.0}
     correct = fast_bias_correction and not advanced.disable_bias_correction
     layers = {wp.module: qmodel.get_submodule(wp.module) for wp in ctrl.setup.weights if wp.tensor == "weight"}
     subset = _subset(batches, advanced.bias_correction_subset_size) if correct else []
@@ -189,7 +203,9 @@ def calibrate(
     estimator = advanced.activations_range_estimator or default
     with _phase(phases, "ranges"), recording_fp32_means(layers if correct else {}) as means:
         _init_weight_ranges(ctrl)
-        _init_activation_ranges(ctrl, batches, estimator, means, len(subset))
+        if second_moments:
+            report.gptq_layers = _round_weights(ctrl, second_moments)
+        _init_activation_ranges(ctrl, batches, estimator, means, len(subset), report.clip_ratios)
     if correct:
         with _phase(phases, "bias_correction"):
             report.bias_corrections = apply_correction(qmodel, layers, subset, means.close(), add_biases)
@@ -244,6 +260,24 @@ def quantize(
         report.seconds,
     )
     return qmodel
+
+
+def _round_weights(ctrl: QuantizationController, second_moments: dict[str, torch.Tensor]) -> list[str]:
+    """GPTQ rounding of the weights whose input second moments are known (the SmoothQuant groups)."""
+    done = []
+    for wp in ctrl.setup.weights:
+        h = second_moments.get(wp.module)
+        if h is None or wp.tensor != "weight":
+            continue
+        q = ctrl.weight_quantizers[wp.id]
+        step, _, qmin, qmax = q.qparams()
+        weight = original_weight(ctrl.model.get_submodule(wp.module), wp.tensor)
+        if weight.dim() != 2 or step.numel() != weight.shape[0]:
+            continue
+        with torch.no_grad():
+            weight.copy_(gptq_round(weight, step, qmin, qmax, h))
+        done.append(wp.module)
+    return done
 
 
 @contextlib.contextmanager

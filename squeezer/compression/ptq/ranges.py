@@ -71,8 +71,9 @@ class ActivationStats:
         return bool(self.collector.mins)
 
 
-def set_activation_range(stats: ActivationStats, estimator: RangeEstimator) -> None:
-    """Give the quantizer the range `estimator` picks from `stats`."""
+def set_activation_range(stats: ActivationStats, estimator: RangeEstimator, ratio: float = 1.0) -> None:
+    """Give the quantizer the range `estimator` picks from `stats` (min-max shrunk by `ratio`, when given:
+    SmoothQuant's search chose it by the output error of the layers that read the tensor)."""
     q, c = stats.quantizer, stats.collector
     symmetric = q.spec.mode == "symmetric"
     lo, hi = c.min_max("min_max", symmetric, {})
@@ -80,6 +81,9 @@ def set_activation_range(stats: ActivationStats, estimator: RangeEstimator) -> N
         lo, hi = c.min_max("percentile", symmetric, {"min_percentile": 0.01, "max_percentile": 99.99})
         if symmetric:  # the symmetric grid's scale is the larger magnitude of the two
             hi = torch.maximum(lo.abs(), hi.abs())
+    if ratio < 1.0:
+        q.apply_minmax(lo * ratio, _floor_empty_ranges(lo, hi) * ratio, lower_bound=1e-8)
+        return
     q.apply_minmax(lo, _floor_empty_ranges(lo, hi), lower_bound=1e-8)
     if estimator is RangeEstimator.MSE and c.values:
         _mse_search(q, lo, hi, torch.cat(c.values, dim=1))

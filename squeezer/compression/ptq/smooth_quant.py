@@ -6,7 +6,9 @@ divided by s (an explicit multiply before the quantizer, `SmoothScale`) and the 
 multiplied by it: the FP32 function is unchanged, the activation grid is finer, and the per-channel
 weight grid absorbs the larger columns. alpha is chosen per layer group (the Linears that read one
 quantized tensor) by that group's own output error on calibration rows: no single alpha suits every
-layer (MiniLM's feed-forward output wants less migration than its attention inputs).
+layer (MiniLM's feed-forward output wants less migration than its attention inputs). The same output
+error picks how far to clip each group's input range: a GELU output's rare tokens ten times the rest
+cost the Linear after it more as a coarse grid than as clipped values.
 """
 
 from __future__ import annotations
@@ -48,8 +50,11 @@ class _Group:
     point_id: str
     qnode: fx.Node
     linears: list[nn.Linear]
+    paths: list[str]
     quantizer: FakeQuantizer
     absmax: torch.Tensor | None = None
+    mins: torch.Tensor | None = None  # per channel, over all calibration data
+    maxs: torch.Tensor | None = None
     rows: torch.Tensor | None = None
 
 
@@ -75,7 +80,7 @@ def _groups(gm: fx.GraphModule, act_q: dict[str, FakeQuantizer], quantized_modul
         linears = [cast(nn.Linear, modules[str(u.target)]) for u in users]
         if len({m.in_features for m in linears}) != 1:
             continue
-        groups.append(_Group(point_id, qnodes[0], linears, act_q[point_id]))
+        groups.append(_Group(point_id, qnodes[0], linears, [str(u.target) for u in users], act_q[point_id]))
     return groups
 
 
@@ -87,8 +92,10 @@ def _collect(model: nn.Module, groups: list[_Group], batches: list[Inputs], quan
         def record(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             x = args[0].detach().float()
             rows = x.reshape(-1, x.shape[-1])
-            amax = rows.abs().amax(0)
-            group.absmax = amax if group.absmax is None else torch.maximum(group.absmax, amax)
+            low, high = rows.amin(0), rows.amax(0)
+            group.mins = low if group.mins is None else torch.minimum(group.mins, low)
+            group.maxs = high if group.maxs is None else torch.maximum(group.maxs, high)
+            group.absmax = torch.maximum(group.mins.abs(), group.maxs.abs())
             pick = rows[torch.randperm(rows.shape[0], generator=generator)[: ROWS // len(batches) + 1]]
             group.rows = pick if group.rows is None else torch.cat([group.rows, pick])
 
@@ -110,15 +117,15 @@ def _fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
     return (w / step).round().clamp(-127, 127) * step
 
 
-def _fake_quant_input(x: torch.Tensor, spec: QuantizerSpec) -> torch.Tensor:
-    """Per-tensor 8-bit grid over the observed range (symmetric or asymmetric as the quantizer is)."""
+def _fake_quant_input(x: torch.Tensor, spec: QuantizerSpec, lo: float, hi: float) -> torch.Tensor:
+    """Per-tensor 8-bit grid over [lo, hi] (symmetric or asymmetric as the quantizer is)."""
     if spec.mode == "symmetric":
-        signed = bool((x < 0).any())
-        step = x.abs().max().clamp(min=1e-8) / (127 if signed else 255)
+        signed = lo < 0
+        step = max(abs(lo), abs(hi), 1e-8) / (127 if signed else 255)
         return (x / step).round().clamp(-128 if signed else 0, 127 if signed else 255) * step
-    lo, hi = x.min().clamp(max=0), x.max().clamp(min=0)
-    step = (hi - lo).clamp(min=1e-8) / 255
-    zero = (-lo / step).round()
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    step = max(hi - lo, 1e-8) / 255
+    zero = round(-lo / step)
     return ((x / step).round() + zero).clamp(0, 255).sub(zero) * step
 
 
@@ -129,18 +136,27 @@ def _scales(group: _Group, alpha: float) -> torch.Tensor:
     return s.clamp(min=1e-5)
 
 
-def _group_error(group: _Group, alpha: float) -> float:
-    """Squared output error of the group's Linears with INT8 input and weights, at this alpha."""
-    assert group.rows is not None
+def _group_error(group: _Group, alpha: float, ratio: float = 1.0) -> float:
+    """Relative squared output error of the group's Linears with INT8 input and weights, at this alpha
+    and with the input's range (over all calibration data, after smoothing) shrunk by `ratio`."""
+    assert group.rows is not None and group.mins is not None and group.maxs is not None
     x = group.rows
     s = _scales(group, alpha) if alpha > 0 else torch.ones(x.shape[1])
-    xq = _fake_quant_input(x / s, group.quantizer.spec)
+    lo, hi = float((group.mins / s).min()) * ratio, float((group.maxs / s).max()) * ratio
+    xq = _fake_quant_input(x / s, group.quantizer.spec, lo, hi)
     err = 0.0
     for m in group.linears:
         w = original_weight(m).detach().float()
         ref = x @ w.T
         err += float((xq @ _fake_quant_weight(w * s).T - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-12))
     return err
+
+
+def _choose(group: _Group, alphas: tuple[float, ...], ratios: tuple[float, ...]) -> tuple[float, float]:
+    """(alpha, clip ratio) with the smallest output error: alpha first at the full range, then the ratio."""
+    alpha = min(alphas, key=lambda a: _group_error(group, a))
+    ratio = min(ratios, key=lambda r: _group_error(group, alpha, r))
+    return alpha, ratio
 
 
 def smooth_quant(
@@ -150,20 +166,27 @@ def smooth_quant(
     batches: list[Inputs],
     all_quantizers: list[FakeQuantizer],
     alphas: tuple[float, ...],
-) -> dict[str, float]:
-    """Insert `SmoothScale` before every eligible group and rescale its weights; returns alpha per group."""
+    ratios: tuple[float, ...] = (1.0,),
+    second_moments: dict[str, torch.Tensor] | None = None,
+) -> dict[str, tuple[float, float]]:
+    """Insert `SmoothScale` before every eligible group and rescale its weights; returns (alpha, clip ratio)
+    per group: the ratio by which its input quantizer's min-max range is to be shrunk. `second_moments`,
+    when given, receives each group Linear's (smoothed) input X^T X, for `gptq.py`."""
     groups = _groups(gm, act_q, quantized_modules)
     if not groups:
         return {}
     _collect(gm, groups, batches, all_quantizers)
-    chosen: dict[str, float] = {}
+    chosen: dict[str, tuple[float, float]] = {}
     inverse_scales: dict[str, torch.Tensor] = {}
     for group in groups:
         if group.absmax is None:
             continue
-        errors = {alpha: _group_error(group, alpha) for alpha in alphas}
-        alpha = min(errors, key=errors.__getitem__)
-        chosen[group.point_id] = alpha
+        alpha, ratio = _choose(group, alphas, ratios)
+        chosen[group.point_id] = (alpha, ratio)
+        if second_moments is not None and group.rows is not None:
+            x = group.rows / (_scales(group, alpha) if alpha > 0 else 1.0)
+            h = x.double().T @ x.double()
+            second_moments.update(dict.fromkeys(group.paths, h))
         if alpha <= 0:
             continue
         s = _scales(group, alpha)
