@@ -19,6 +19,7 @@ dependency). Prints a table, writes bench/results/ptq.json.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import platform
@@ -56,12 +57,17 @@ def minilm(length: int = 128) -> dict[str, Any]:
     import torch.nn.functional as F
 
     import squeezer.compression as nncf
-    from squeezer.examples.minilm import load_minilm, sentences, token_batches
+    from squeezer.examples.minilm import load_minilm, token_batches
     from squeezer.runtime.latency import load_runner
 
     model, tokenizer = load_minilm()
-    calibration = token_batches(tokenizer, sentences(64, seed=0), length, 8)
-    evaluation = token_batches(tokenizer, sentences(32, seed=1), length, 8)
+    # the sentences NNCF's runner calibrates and evaluates on, so that both columns see the same data
+    spec = importlib.util.spec_from_file_location("nncf_ptq_runner", Path(__file__).parent / "nncf_ptq_runner.py")
+    assert spec is not None and spec.loader is not None
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    calibration = token_batches(tokenizer, runner.CALIBRATION_SENTENCES, length, 8)
+    evaluation = token_batches(tokenizer, runner.EVAL_SENTENCES, length, 8)
     with torch.no_grad():
         reference = torch.cat([model(**x) for x in evaluation])
     started = time.perf_counter()
@@ -209,6 +215,10 @@ def zoo(seeds: int = 2, size: int = 64, samples: int = 64) -> dict[str, Any]:
         for seed in range(seeds):
             native = ZOO[name].input_shape[-1]  # the transformers take their own image size only
             model, spec = fp32_model(name, native if name in ZOO_TRANSFORMERS else size, seed)
+            with torch.no_grad():  # torchvision and timm start classifier heads at zero: outputs would be 0
+                for module in model.modules():
+                    if isinstance(module, torch.nn.Linear) and not bool(module.weight.any()):
+                        module.weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed))
             calibration = _batches(spec, samples, 8, seed=1000)
             held_out = _batches(spec, 32, 8, seed=2000)
             with torch.no_grad():
@@ -241,7 +251,7 @@ def zoo(seeds: int = 2, size: int = 64, samples: int = 64) -> dict[str, Any]:
                 errors["ort_s"].append(time.perf_counter() - started)
                 errors["quantize_static"].append(relative_error(_run_onnx(ort_path, held_out), expected))
         row = {key: float(np.mean(values)) for key, values in errors.items()}
-        row["ratio"] = row["squeezer"] / row["quantize_static"]
+        row["ratio"] = row["squeezer"] / max(row["quantize_static"], 1e-12)
         rows[name] = row
         print(f"{name:<22}{row['squeezer']:>10.4f}{row['quantize_static']:>10.4f}{row['ratio']:>8.2f}", flush=True)
     return rows
