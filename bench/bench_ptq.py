@@ -62,7 +62,7 @@ def minilm(length: int = 128) -> dict[str, Any]:
 
     model, tokenizer = load_minilm()
     # the sentences NNCF's runner calibrates and evaluates on, so that both columns see the same data
-    spec = importlib.util.spec_from_file_location("nncf_ptq_runner", Path(__file__).parent / "nncf_ptq_runner.py")
+    spec = importlib.util.spec_from_file_location("minilm_sentences", Path(__file__).parent / "minilm_sentences.py")
     assert spec is not None and spec.loader is not None
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
