@@ -117,7 +117,9 @@ class AdvancedQuantizationParameters:
     # it gave 0.9964 on one sentence set and 0.89 on another (its X^T X is mostly padding tokens' rows)
     gptq: bool = False
     disable_bias_correction: bool = False
-    bias_correction_subset_size: int = 128
+    # 64: ResNet-18's error at 224x224 was no worse than with 128 (0.0183 vs 0.0229 relative max) for
+    # half the quantized pass
+    bias_correction_subset_size: int = 64
     target_runtime: str | None = None
 
 
