@@ -70,4 +70,10 @@ def ptq_config_problem(config: dict[str, Any]) -> str | None:
             f"post-training quantization (recipe mode 'ptq') quantizes only; the config also asks for "
             f"{', '.join(others)}: use mode 'train' for those algorithms"
         )
+    device = config.get("target_device", "ANY")
+    if device not in POST_TRAINING_DEVICES:
+        return f"target_device {device!r} is not a post-training target; allowed: {', '.join(POST_TRAINING_DEVICES)}"
     return None
+
+
+POST_TRAINING_DEVICES = ("ANY", "CPU", "GPU", "NPU", "CPU_SPR")  # NNCF 3.x's TargetDevice

@@ -112,8 +112,9 @@ def test_ptq_job_with_accuracy_control_reports_the_fp32_layers(service):
             422,
             "quantizes only; the config also asks for magnitude_sparsity",
         ),
+        ({"recipe": {"mode": "ptq"}, "config": {"target_device": "TRIAL"}}, 422, "not a post-training target"),
     ],
-    ids=["max_drop-without-val", "max_drop-in-train", "train-without-val", "ptq-with-sparsity"],
+    ids=["max_drop-without-val", "max_drop-in-train", "train-without-val", "ptq-with-sparsity", "trial-device"],
 )
 def test_ptq_submissions_that_cannot_run_are_refused(service, body, status, message):
     _, client, headers, ids, _ = service
