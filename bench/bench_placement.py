@@ -30,27 +30,13 @@ from bench_runtime import RESULTS, build_model, input_names, machine, make_input
 from torch import nn
 
 from squeezer.examples.ptq_check import ort_ptq
+from squeezer.examples.zoo import BENCHMARK_CNNS
 from squeezer.runtime import RUNTIMES, load_runner
 
 CONFIGS = {"nncf": "int8", "onnxruntime": "int8_onnxruntime"}
 RECOMMENDED = {"onnxruntime": "onnxruntime", "openvino": "nncf"}  # the placement to use per runtime
 TIE = 0.95  # ratios within 5% of each other: the spread of one model's rounds on a shared machine
-MODELS = [
-    "resnet18",
-    "mobilenet_v2",
-    "mobilenet_v3_small",
-    "mobilenet_v3_large",
-    "efficientnet_b0",
-    "efficientnet_lite0",
-    "mnasnet0_5",
-    "regnet_x_400mf",
-    "regnet_y_400mf",
-    "shufflenet_v2_x0_5",
-    "squeezenet1_1",
-    "densenet121",
-    "googlenet",
-    "convnext_tiny",
-]
+MODELS = list(BENCHMARK_CNNS)
 
 
 def int8_export(model: nn.Module, name: str, sample: str, calibration: list[torch.Tensor], out: Path) -> Path:

@@ -179,22 +179,6 @@ def digits_ac() -> dict[str, Any]:
     return result
 
 
-ZOO_CNNS = (
-    "resnet18",
-    "mobilenet_v2",
-    "mobilenet_v3_small",
-    "mobilenet_v3_large",
-    "efficientnet_b0",
-    "efficientnet_lite0",
-    "mnasnet0_5",
-    "regnet_x_400mf",
-    "regnet_y_400mf",
-    "shufflenet_v2_x0_5",
-    "squeezenet1_1",
-    "densenet121",
-    "googlenet",
-    "convnext_tiny",
-)
 ZOO_TRANSFORMERS = ("vit_tiny", "deit_tiny", "hf_vit")
 
 
@@ -207,10 +191,10 @@ def zoo(seeds: int = 2, size: int = 64, samples: int = 64) -> dict[str, Any]:
 
     import squeezer.compression as nncf
     from squeezer.examples.ptq_check import _batches, _run_onnx, fp32_model, ort_ptq, relative_error
-    from squeezer.examples.zoo import ZOO
+    from squeezer.examples.zoo import BENCHMARK_CNNS, ZOO
 
     rows: dict[str, Any] = {}
-    for name in (*ZOO_CNNS, *ZOO_TRANSFORMERS):
+    for name in (*BENCHMARK_CNNS, *ZOO_TRANSFORMERS):
         errors: dict[str, list[float]] = {"squeezer": [], "quantize_static": [], "squeezer_s": [], "ort_s": []}
         for seed in range(seeds):
             native = ZOO[name].input_shape[-1]  # the transformers take their own image size only

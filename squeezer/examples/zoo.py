@@ -212,6 +212,25 @@ ZOO: dict[str, ZooModel] = {
 }
 
 
+# the 14 CNNs the placement and post-training benchmarks measure (bench_placement.py, bench_ptq.py)
+BENCHMARK_CNNS: tuple[str, ...] = (
+    "resnet18",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_lite0",
+    "mnasnet0_5",
+    "regnet_x_400mf",
+    "regnet_y_400mf",
+    "shufflenet_v2_x0_5",
+    "squeezenet1_1",
+    "densenet121",
+    "googlenet",
+    "convnext_tiny",
+)
+
+
 def build(name: str, seed: int = 0) -> nn.Module:
     """The zoo model `name`, random-init with `seed`, in eval mode."""
     torch.manual_seed(seed)

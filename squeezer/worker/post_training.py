@@ -102,11 +102,3 @@ def ptq_statistics(model: nn.Module) -> dict[str, Any]:
             for key in ("fp32_metric", "int8_metric", "metric", "drop", "max_drop", "validations", "seconds")
         } | {"fp32_layers": [{"name": g["name"], "reason": g["reason"]} for g in ac["fp32_groups"]]}
     return out
-
-
-def start_from_post_training(ctrl: Any, init_loader: DataLoader, recipe: Recipe, device: torch.device) -> None:
-    """Recipe init "ptq": the quantization controller's ranges (and biases) from the post-training steps,
-    so quantization-aware training starts where post-training quantization ends."""
-    from squeezer.compression.ptq.post_training import calibrate_for_training
-
-    calibrate_for_training(ctrl, init_loader, device, recipe.model_type == "transformer", recipe.subset_size)

@@ -34,11 +34,12 @@ from squeezer.compression import (
 from squeezer.compression.accuracy_aware import FixedEpochsLoop, TrainingLoop
 from squeezer.compression.api import controller_of
 from squeezer.compression.graph.archive import UnsafeArchive, load_exported_program
+from squeezer.compression.ptq.post_training import calibrate_for_training
 from squeezer.errors import CompressionError, ConfigError, SqueezerError
 from squeezer.recipe import Recipe
 from squeezer.runtime.compare import job_latency
 from squeezer.worker.outputs import write_outputs
-from squeezer.worker.post_training import ptq_statistics, quantize_for_job, start_from_post_training
+from squeezer.worker.post_training import ptq_statistics, quantize_for_job
 from squeezer.worker.tensorboard import journal_epoch
 
 logger = logging.getLogger(__name__)
@@ -321,8 +322,8 @@ def run_job(
     )
     original_keys = set(model.state_dict())
     ctrl, cmodel = create_compressed_model(model, nncf_config)
-    if recipe.init == "ptq":
-        start_from_post_training(ctrl, init_loader, recipe, device)
+    if recipe.init == "ptq":  # quantization-aware training starts where post-training quantization ends
+        calibrate_for_training(ctrl, init_loader, device, recipe.model_type == "transformer", recipe.subset_size)
 
     def train_epoch_fn(
         compression_ctrl: Any, model: nn.Module, epoch: int, optimizer: Any, lr_scheduler: Any = None

