@@ -29,7 +29,7 @@ from squeezer.compression.init_args import flatten_tensors
 from squeezer.compression.ptq.bias_correction import bias_of
 from squeezer.compression.ptq.bias_correction import fast_bias_correction as correct_biases
 from squeezer.compression.ptq.dataset import Dataset, Inputs, collect_batches
-from squeezer.compression.ptq.post_training import all_quantizers, quantize
+from squeezer.compression.ptq.post_training import quantize
 from squeezer.compression.ptq.ranges import quantizers_enabled
 from squeezer.compression.ptq.types import (
     AdvancedAccuracyRestorerParameters,
@@ -41,7 +41,6 @@ from squeezer.compression.ptq.types import (
     TargetDevice,
 )
 from squeezer.compression.quantization.algorithm import QuantizationController
-from squeezer.compression.quantization.quantizer import FakeQuantizer
 from squeezer.errors import CompressionError
 
 logger = logging.getLogger(__name__)
@@ -82,14 +81,10 @@ def quantizer_groups(ctrl: QuantizationController) -> list[QuantizerGroup]:
     return list(groups.values())
 
 
-def _quantizer_map(ctrl: QuantizationController) -> dict[str, FakeQuantizer]:
-    return {**ctrl.weight_quantizers, **ctrl.non_weight_quantizers}
-
-
 @contextlib.contextmanager
 def in_fp32(ctrl: QuantizationController, groups: list[QuantizerGroup]) -> Iterator[None]:
     """The groups' quantizers off and their layers' bias corrections taken back (an exact FP32 layer)."""
-    quantizers = _quantizer_map(ctrl)
+    quantizers = ctrl.all_quantizations
     corrections = ctrl.ptq_report.bias_corrections
     layers = [g.name for g in groups if g.name in corrections]
     with torch.no_grad():
@@ -123,7 +118,7 @@ def configure(ctrl: QuantizationController, fp32_groups: list[QuantizerGroup]) -
         for name, delta in report.bias_corrections.items():
             bias_of(ctrl.model, name).sub_(delta)
     off = {q for g in fp32_groups for q in g.quantizer_ids}
-    for qid, q in _quantizer_map(ctrl).items():
+    for qid, q in ctrl.all_quantizations.items():
         q.enabled.fill_(int(qid not in off))
     if report.bias_batches:
         skipped = {g.name for g in fp32_groups}
@@ -132,7 +127,9 @@ def configure(ctrl: QuantizationController, fp32_groups: list[QuantizerGroup]) -
             for wp in ctrl.setup.weights
             if wp.tensor == "weight" and wp.module not in skipped
         }
-        report.bias_corrections = correct_biases(ctrl.model, layers, report.bias_batches, all_quantizers(ctrl))
+        report.bias_corrections = correct_biases(
+            ctrl.model, layers, report.bias_batches, list(ctrl.all_quantizations.values())
+        )
     else:
         report.bias_corrections = {}
 
@@ -287,7 +284,7 @@ def quantize_with_accuracy_control(
                 restorer.max_num_iterations,
             )
         configure(ctrl, groups[:k])
-        quantizers = _quantizer_map(ctrl)
+        quantizers = ctrl.all_quantizations
         for group in groups[:k]:
             for q in group.quantizer_ids:
                 quantizers[q].set_enabled(False)  # also frozen for fine-tuning

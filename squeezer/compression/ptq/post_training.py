@@ -44,7 +44,6 @@ from squeezer.compression.ptq.types import (
     TargetDevice,
 )
 from squeezer.compression.quantization.algorithm import QuantizationController
-from squeezer.compression.quantization.quantizer import FakeQuantizer
 from squeezer.compression.quantization.range_init import StatCollector
 from squeezer.errors import CompressionError
 
@@ -109,10 +108,6 @@ def _controller(model: nn.Module) -> QuantizationController:
     return ctrl
 
 
-def all_quantizers(ctrl: QuantizationController) -> list[FakeQuantizer]:
-    return [*ctrl.weight_quantizers.values(), *ctrl.non_weight_quantizers.values()]
-
-
 def _init_weight_ranges(ctrl: QuantizationController) -> None:
     for wp in ctrl.setup.weights:
         q = ctrl.weight_quantizers[wp.id]
@@ -140,7 +135,7 @@ def _init_activation_ranges(
 
     handles = [s.quantizer.register_forward_pre_hook(record(s)) for s in stats.values()]
     try:
-        with quantizers_enabled(all_quantizers(ctrl), False), torch.no_grad():
+        with quantizers_enabled(list(ctrl.all_quantizations.values()), False), torch.no_grad():
             for index, (args, kwargs) in enumerate(batches):
                 if means is not None:
                     means.active = index < mean_batches
@@ -187,7 +182,7 @@ def calibrate(
                 ctrl.non_weight_quantizers,
                 weighted,
                 batches,
-                all_quantizers(ctrl),
+                list(ctrl.all_quantizations.values()),
                 candidates,
                 alphas.clip_ratios,
                 second_moments if advanced.gptq else None,

@@ -52,10 +52,13 @@ class _Group:
     linears: list[nn.Linear]
     paths: list[str]
     quantizer: FakeQuantizer
-    absmax: torch.Tensor | None = None
     mins: torch.Tensor | None = None  # per channel, over all calibration data
     maxs: torch.Tensor | None = None
     rows: torch.Tensor | None = None
+
+    @property
+    def absmax(self) -> torch.Tensor | None:
+        return None if self.mins is None or self.maxs is None else torch.maximum(self.mins.abs(), self.maxs.abs())
 
 
 def _groups(gm: fx.GraphModule, act_q: dict[str, FakeQuantizer], quantized_modules: set[str]) -> list[_Group]:
@@ -95,7 +98,6 @@ def _collect(model: nn.Module, groups: list[_Group], batches: list[Inputs], quan
             low, high = rows.amin(0), rows.amax(0)
             group.mins = low if group.mins is None else torch.minimum(group.mins, low)
             group.maxs = high if group.maxs is None else torch.maximum(group.maxs, high)
-            group.absmax = torch.maximum(group.mins.abs(), group.maxs.abs())
             pick = rows[torch.randperm(rows.shape[0], generator=generator)[: ROWS // len(batches) + 1]]
             group.rows = pick if group.rows is None else torch.cat([group.rows, pick])
 
