@@ -438,6 +438,7 @@ def run_ptq_job(
     except (CompressionError, ConfigError) as exc:
         raise JobInputError(str(exc)) from exc
     ctrl = controller_of(quantized)
+    post_training = ptq_statistics(quantized)
     metric = _metric(recipe, quantized, val_loader, device) if val_loader is not None else None
     records: list[dict[str, Any]] = []
     if metric is not None:
@@ -448,7 +449,7 @@ def run_ptq_job(
             "metric": metric,
             # accuracy control's floor; without max_drop the FP32 metric is the reference
             "accuracy_budget": (uncompressed or 0.0) - (recipe.max_drop or 0.0),
-            "wall_time_s": ptq_statistics(quantized)["seconds"],
+            "wall_time_s": post_training["seconds"],
         }
         records.append(record)
         journal_epoch(workdir, record)
@@ -458,7 +459,7 @@ def run_ptq_job(
     sample = (x_val if val_path is not None else x_cal)[: latency_batch_size or recipe.batch_size]
     artifacts = write_outputs(ctrl, quantized, workdir, original_keys, sample[:8], warnings)
     latency = _latency(model, artifacts["onnx"], sample, workdir, warnings)
-    statistics = ctrl.statistics().to_dict() | {"post_training": ptq_statistics(quantized)}
+    statistics = ctrl.statistics().to_dict() | {"post_training": post_training}
     logger.info("post-training quantization: metric %s (FP32 %s); wrote %s", metric, uncompressed, sorted(artifacts))
     return JobResult("succeeded", uncompressed, metric, None, 0, records, statistics, artifacts, latency, warnings)
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from squeezer.compression.graph.surgery import evaluating
 from squeezer.compression.init_args import flatten_tensors, to_device
 from squeezer.errors import CompressionError
 
@@ -117,18 +118,14 @@ def collect_batches(
 
 
 def _check_runs(model: nn.Module, inputs: Inputs, what: str) -> None:
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(*inputs[0], **inputs[1])
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise CompressionError(
             f"the model does not run on {what} item 0 (after transform_fn: {_describe(inputs)}): {message}"
         ) from exc
-    finally:
-        model.train(was_training)
 
 
 class BatchLoader:

@@ -26,7 +26,7 @@ from torch import nn
 from squeezer.compression.api import controller_of, create_compressed_model
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.controller import CompressionController
-from squeezer.compression.graph.surgery import original_weight
+from squeezer.compression.graph.surgery import evaluating, original_weight
 from squeezer.compression.init_args import iterate_batches, register_default_init_args, wrap_dataloader_for_init
 from squeezer.compression.ptq.bias_correction import FP32Means, apply_correction, recording_fp32_means
 from squeezer.compression.ptq.dataset import BatchLoader, Dataset, Inputs, batch_size_of, collect_batches
@@ -306,10 +306,7 @@ def calibrate_for_training(
         return {}
     wrapped = wrap_dataloader_for_init(loader)
     batches = [inputs for inputs in iterate_batches(wrapped, samples, device)]
-    model = quantization.model
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(quantization.model):
         calibrate(
             quantization,
             batches,
@@ -317,7 +314,5 @@ def calibrate_for_training(
             advanced=AdvancedQuantizationParameters(cross_layer_equalization=False),
             add_biases=False,
         )
-    finally:
-        model.train(was_training)
     gm = quantization.context.gm if quantization.context is not None and quantization.context.traced else None
     return smoothed_groups(gm) if gm is not None else {}
