@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from squeezer.compression.api import controller_of, create_compressed_model
+from squeezer.compression.config.models import RangeInit
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.controller import CompressionController
 from squeezer.compression.graph.surgery import evaluating, original_weight
@@ -44,7 +45,7 @@ from squeezer.compression.ptq.types import (
     TargetDevice,
 )
 from squeezer.compression.quantization.algorithm import QuantizationController
-from squeezer.compression.quantization.range_init import StatCollector
+from squeezer.compression.quantization.range_init import init_ranges
 from squeezer.errors import CompressionError
 
 logger = logging.getLogger(__name__)
@@ -109,12 +110,13 @@ def _controller(model: nn.Module) -> QuantizationController:
 
 
 def _init_weight_ranges(ctrl: QuantizationController) -> None:
-    for wp in ctrl.setup.weights:
-        q = ctrl.weight_quantizers[wp.id]
-        stats = StatCollector(q.axis)
-        stats.update(original_weight(ctrl.model.get_submodule(wp.module), wp.tensor), keep_values=False)
-        lo, hi = stats.min_max("min_max", q.spec.mode == "symmetric", {})
-        q.apply_minmax(lo, hi, lower_bound=1e-8)
+    """Per-channel min-max weight ranges, from the (possibly equalized or smoothed) weights as they are now."""
+    weights = {
+        wp.id: (ctrl.weight_quantizers[wp.id], original_weight(ctrl.model.get_submodule(wp.module), wp.tensor))
+        for wp in ctrl.setup.weights
+    }
+    minmax = RangeInit(type="min_max")
+    init_ranges(ctrl.model, weights, {}, dict.fromkeys(weights, minmax), None, torch.device("cpu"))
 
 
 def _init_activation_ranges(
