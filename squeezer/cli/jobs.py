@@ -90,7 +90,7 @@ def _finished(job: JobRead) -> None:
 
 def submit(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a torch.export archive (.pt2)")],
-    config: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="NNCF config JSON")],
+    config: Annotated[str, typer.Option(help="NNCF config: a JSON file (comments allowed) or a sample's name")],
     train: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="training data, .npz or .safetensors")],
     val: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="validation data, .npz or .safetensors")],
     recipe: Annotated[str | None, typer.Option(help="training recipe: a JSON file or inline JSON")] = None,
@@ -105,15 +105,14 @@ def submit(
     """Upload a model, a config and data, and submit a compression job."""
     with _client(url, api_key) as client:
         checked_recipe = check_recipe(_recipe(recipe, epochs, lr))  # InvalidInput (exit 2) before any upload
-        check_config(config)
+        config_json = check_config(config)  # read once: comments dropped, sample names resolved
         model_artifact = client.artifacts.upload(model, "model")
-        config_artifact = client.artifacts.upload(config, "config")
         train_artifact = client.artifacts.upload(train, "dataset")
         val_artifact = client.artifacts.upload(val, "dataset")
         job = client.jobs.create(
             name or model.stem,
             model_artifact,
-            config_artifact,
+            config_json,
             train_artifact,
             val_artifact,
             checked_recipe,
@@ -138,7 +137,7 @@ def quantize(
     subset_size: Annotated[int, typer.Option(min=1, help="calibration samples used")] = 300,
     model_type: Annotated[str | None, typer.Option(help="'transformer' for BERT-like models (SmoothQuant)")] = None,
     config: Annotated[
-        Path | None, typer.Option(exists=True, dir_okay=False, help="NNCF config: target device / runtime, scopes")
+        str | None, typer.Option(help="NNCF config (a JSON file or a sample's name): target device / runtime, scopes")
     ] = None,
     name: Annotated[str | None, typer.Option(help="job name (default: the model file's name)")] = None,
     priority: Annotated[int, typer.Option(min=0, max=9)] = 0,
@@ -153,7 +152,7 @@ def quantize(
         recipe = check_recipe(  # InvalidInput (exit 2) before any upload
             {"mode": "ptq", "subset_size": subset_size, "max_drop": max_drop, "model_type": model_type}
         )
-        config_json = check_config(config) if config is not None else None
+        config_json = check_config(config, need_compression=False) if config is not None else None
         model_artifact = client.artifacts.upload(model, "model")
         calib_artifact = client.artifacts.upload(calib, "dataset")
         val_artifact = client.artifacts.upload(val, "dataset") if val is not None else None

@@ -4,7 +4,6 @@ each candidate is a job, so `squeezer jobs download <job id>` downloads its expo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +13,8 @@ from rich.table import Table
 
 from squeezer.cli.jobs import KeyOption, UrlOption, _client, _recipe, _shown, console
 from squeezer.client import Client, ClientError, SearchRead
-from squeezer.client.validation import check_recipe
+from squeezer.client.errors import InvalidInput
+from squeezer.client.validation import check_config, check_recipe
 from squeezer.search import AccuracyBudget, CandidateSpec, ComputeBudget, SearchSettings
 
 searches_app = typer.Typer(help="Follow and cancel searches.", no_args_is_help=True)
@@ -26,14 +26,15 @@ def register(app: typer.Typer) -> None:
 
 
 def _candidate(value: str) -> str | CandidateSpec:
-    """`int8` (built in) or `NAME=config.json` (a config of the user's own)."""
+    """`int8` (built in) or `NAME=config.json` (a config of the user's own, comments allowed, or a sample's
+    name), checked as the service will check it before anything is uploaded."""
     if "=" not in value:
         return value
     name, path = value.split("=", 1)
     try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise typer.BadParameter(f"{path}: not a readable JSON file: {exc}", param_hint="--candidate") from exc
+        config = check_config(path)
+    except InvalidInput as exc:
+        raise typer.BadParameter(f"{name}: {exc.detail}", param_hint="--candidate") from exc
     return CandidateSpec(name=name, config=config)
 
 

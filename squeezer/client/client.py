@@ -214,7 +214,7 @@ class Client:
         checked_recipe = check_recipe({**(check_recipe(recipe).model_dump() if recipe else {}), **fields})
         if max_drop is not None and val_data is None:
             raise ValueError("max_drop needs val_data: accuracy control measures the metric on it")
-        config_json = check_config(config) if config is not None else None
+        config_json = check_config(config, need_compression=False) if config is not None else None
         with tempfile.TemporaryDirectory(prefix="squeezer-") as tmp:
             archive = export_model(model, example_input, Path(tmp) / "model.pt2")
             model_artifact = self.artifacts.upload(archive, "model")

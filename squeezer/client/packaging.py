@@ -78,16 +78,3 @@ def dataset_bytes(data: tuple[Any, Any] | Any) -> bytes:
     else:
         np.savez(buffer, x=_numpy(data))
     return buffer.getvalue()
-
-
-def config_dict(config: Any) -> dict[str, Any]:
-    """A config given as a dict (or `NNCFConfig`) or as a path to a JSON file."""
-    if isinstance(config, dict):
-        return dict(config)
-    path = Path(config)
-    import jstyleson  # NNCF configs may carry comments
-
-    loaded = jstyleson.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: a compression config is a JSON object, got {type(loaded).__name__}")
-    return loaded

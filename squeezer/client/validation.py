@@ -4,14 +4,13 @@ comes after every upload. (Both checks are pydantic only: no torch.)"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from squeezer.client.errors import InvalidInput
-from squeezer.client.packaging import config_dict
 from squeezer.compression.config.nncf_config import NNCFConfig
+from squeezer.compression.config.reader import check_top_level, load_config
 from squeezer.errors import ConfigError
 from squeezer.recipe import Recipe
 
@@ -28,15 +27,14 @@ def check_recipe(recipe: Recipe | dict[str, Any] | None) -> Recipe:
         raise InvalidInput(422, "Invalid recipe", detail, {"path": errors[0]["path"], "errors": errors}) from None
 
 
-def check_config(config: Any) -> dict[str, Any]:
-    """A config (dict, `NNCFConfig` or JSON file) as a validated dict; `InvalidInput` naming the JSON path."""
+def check_config(config: Any, *, need_compression: bool = True) -> dict[str, Any]:
+    """A config (dict, `NNCFConfig`, JSON file with comments or a sample's name) as a validated dict, checked
+    as the service will check it; `InvalidInput` naming the JSON path. `need_compression=False` for
+    post-training jobs, whose config may only set the target device."""
     try:
-        loaded = config_dict(config)
-    except (OSError, ValueError) as exc:  # no such file, not JSON, not an object
-        source = str(config) if isinstance(config, (str, Path)) else type(config).__name__
-        raise InvalidInput(422, "Invalid compression config", f"{source}: {exc}", {"path": "$"}) from None
-    try:
+        loaded = load_config(config)
         NNCFConfig.validate(loaded)
+        check_top_level(loaded, need_compression=need_compression)
     except ConfigError as exc:
         body = {"path": exc.path, "problems": exc.problems}
         raise InvalidInput(422, "Invalid compression config", str(exc), body) from None

@@ -18,12 +18,13 @@ from squeezer.compression import load_algorithms
 from squeezer.compression.build import ALGORITHMS, PRIORITY, BuildContext
 from squeezer.compression.config.models import InputInfo
 from squeezer.compression.config.nncf_config import NNCFConfig
+from squeezer.compression.config.reader import top_level_problems
 from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
 from squeezer.compression.graph.dot import write_dot
 from squeezer.compression.graph.lift import export_and_lift
 from squeezer.compression.graph.surgery import evaluating
 from squeezer.compression.graph.trace import name_nodes, trace
-from squeezer.compression.init_args import QuantizationRangeInitArgs, first_batch
+from squeezer.compression.init_args import QuantizationRangeInitArgs, first_batch, to_device
 from squeezer.compression.quantization.gated_activations import split_gated_activations
 from squeezer.errors import CompressionError, ConfigError, StateError
 
@@ -32,9 +33,17 @@ logger = logging.getLogger(__name__)
 _CONTROLLERS: weakref.WeakKeyDictionary[nn.Module, CompressionController] = weakref.WeakKeyDictionary()
 
 
-def _example_inputs(config: NNCFConfig, device: torch.device) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Dummy inputs from `input_info`, or the first batch of the registered init loader."""
+def _example_inputs(
+    config: NNCFConfig, device: torch.device, example_input: Any = None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Dummy inputs from `input_info`, else `example_input` (a tensor, a tuple of them or a dict of keyword
+    inputs), else the first batch of the registered init loader."""
     infos: list[InputInfo] | None = config.model.input_info
+    if not infos and example_input is not None:
+        if isinstance(example_input, dict):
+            return (), to_device(dict(example_input), device)
+        given = tuple(example_input) if isinstance(example_input, tuple | list) else (example_input,)
+        return to_device(given, device), {}
     if infos:
         args: list[torch.Tensor] = []
         kwargs: dict[str, torch.Tensor] = {}
@@ -57,7 +66,7 @@ def _example_inputs(config: NNCFConfig, device: torch.device) -> tuple[tuple[Any
         return first_batch(config.get_extra_struct(QuantizationRangeInitArgs).data_loader, device)
     raise ConfigError(
         "input_info is missing and no data loader is registered to deduce the model inputs; add "
-        '"input_info": {"sample_size": [1, C, H, W]} or call register_default_init_args first',
+        '"input_info": {"sample_size": [1, C, H, W]}, pass example_input=, or call register_default_init_args first',
         path="$.input_info",
     )
 
@@ -136,9 +145,14 @@ def create_compressed_model(
     config: NNCFConfig | dict[str, Any],
     compression_state: dict[str, Any] | None = None,
     dump_graphs: bool = True,
+    *,
+    example_input: Any = None,
     **unsupported: Any,
 ) -> tuple[CompressionController, nn.Module]:
     """Compress a copy of `model` as `config` says; returns `(controller, compressed_model)`.
+
+    `example_input` (Squeezer's addition, as NNCF 3.x's `quantize` takes one): the model's inputs when the
+    config has no `input_info`, so one config fits models of any input shape.
 
     The compressed model is a `torch.fx.GraphModule` holding the original submodules (state-dict
     names are unchanged apart from parametrized weights); the caller's model is left untouched.
@@ -152,12 +166,14 @@ def create_compressed_model(
         raise CompressionError("the model object has already been compressed; pass the original model")
     if not isinstance(config, NNCFConfig):
         config = NNCFConfig.from_dict(config)
+    for path, problem in top_level_problems(config):  # NNCF accepts these silently; the service refuses them
+        logger.warning("config %s: %s", path, problem)
     cfg = config.model
     if compression_state is not None and "builder_state" not in compression_state:
         raise StateError("compression_state must be the dict returned by ctrl.get_compression_state()")
     work = copy.deepcopy(model)
     device = next((p.device for p in work.parameters()), torch.device("cpu"))
-    example = _example_inputs(config, device)
+    example = _example_inputs(config, device, example_input)
     gm, trace_error = _trace(work, example)
     if gm is not None and cfg.placement_runtime == "onnxruntime" and cfg.target_device in ("ANY", "CPU"):
         split_gated_activations(gm)  # before naming: quantizer ids name the written-out nodes

@@ -134,6 +134,9 @@ def test_another_keys_resources_do_not_exist(api, artifacts):
         ({"priority": 11}, 422, r"\$\.priority"),
         ({"recipe": {"seed": 2**64}}, 422, r"\$\.recipe\.seed"),
         ({"surprise": 1}, 422, r"\$\.surprise"),
+        # a misspelt section used to end `succeeded` with an uncompressed model
+        ({"config": {"compresion": {"algorithm": "quantization"}}}, 422, r"did you mean 'compression' \(found"),
+        ({"config": {"input_info": {"sample_size": [1, 64]}}}, 422, r"no 'compression' section"),
     ],
 )
 def test_bad_job_requests(api, artifacts, change, status, message):
@@ -298,3 +301,20 @@ def test_a_jobs_spec_holds_its_config_and_recipe(api, artifacts):
     spec = api.get(f"/v1/jobs/{job['id']}/spec", headers=api.alice).json()
     assert spec["config"] == CONFIG and spec["recipe"]["epochs"] == 7 and spec["model"] == model["id"]
     assert "spec" not in job and "config" not in job  # job lists stay small
+
+
+def test_a_config_artifact_may_carry_comments_and_is_checked_at_upload(api, artifacts):
+    """The library, the SDK and the samples accept // comments; the API reads configs with the same reader."""
+    model, data = artifacts
+    text = b'{\n  // INT8, the README way\n  "compression": {"algorithm": "quantization"} /* block */\n}'
+    config = upload(api, api.alice, "config", "int8.json", text)
+    assert config.status_code == 201, config.text
+    body = {"name": "x", "model": model["id"], "config": config.json()["id"], "train_data": data["id"]}
+    job = api.post("/v1/jobs", headers=api.alice, json={**body, "val_data": data["id"]})
+    assert job.status_code == 201, job.text
+    spec = api.get(f"/v1/jobs/{job.json()['id']}/spec", headers=api.alice).json()
+    assert spec["config"] == {"compression": {"algorithm": "quantization"}}  # the worker gets plain JSON
+    misspelt = upload(api, api.alice, "config", "c.json", b'{"compresion": {"algorithm": "quantization"}}')
+    assert misspelt.status_code == 422 and misspelt.json()["path"] == "$.compresion", misspelt.text
+    not_json = upload(api, api.alice, "config", "c.json", b'{"compression": }')
+    assert not_json.status_code == 422 and "c.json is not JSON (comments are allowed)" in not_json.json()["detail"]

@@ -42,6 +42,15 @@ def test_the_cli_offers_exactly_the_job_states():
     assert result.returncode == 2 and "'bogus' is not one of 'queued'" in result.stdout + result.stderr
 
 
+def test_configs_lists_and_shows_the_samples(tmp_path):
+    listed = run_cli("configs", "ls", home=tmp_path)
+    assert listed.returncode == 0 and "int8_early_exit" in listed.stdout and "Early Exit" in listed.stdout
+    shown = run_cli("configs", "show", "int8_early_exit.json", home=tmp_path)
+    assert shown.returncode == 0 and shown.stdout.startswith("{\n    // INT8 with the Early Exit")
+    missing = run_cli("configs", "show", "int9", home=tmp_path)
+    assert missing.returncode == 2 and "the samples are: const_sparsity" in missing.stdout
+
+
 @pytest.mark.slow
 def test_serve_and_the_job_commands_on_the_embedded_defaults(tmp_path):
     """`squeezer serve` as a subprocess; then submit, watch, list, show, download through the CLI only."""

@@ -13,7 +13,7 @@ import torch
 
 from squeezer.client import Client, InvalidInput
 from squeezer.examples.models import MLP
-from tests.helpers import app_with_two_keys, live_server
+from tests.helpers import app_with_two_keys, live_server, write_digits_job_files
 
 
 @pytest.fixture
@@ -77,3 +77,41 @@ def test_cli_submit_refuses_a_bad_recipe_or_config_with_exit_2_before_uploading(
     bad_config = _cli_submit(tmp_path, "--config", str(config))
     assert bad_config.returncode == 2 and "$.compression" in bad_config.stdout, bad_config.stdout + bad_config.stderr
     assert "Invalid compression config" in bad_config.stdout
+
+
+def test_cli_submit_and_search_take_commented_configs_and_sample_names(tmp_path):
+    """The CLI, the SDK and the API read configs alike: the samples' // comments pass everywhere, a sample's
+    name stands for its file, and a misspelt section is refused before any upload."""
+    app, _queue, alice, _ = app_with_two_keys(tmp_path)
+    with live_server(app) as url, Client(url, alice) as client:
+        _cli_configs(app, client, {**os.environ, "SQUEEZER_URL": url, "SQUEEZER_API_KEY": alice, "COLUMNS": "200"})
+
+
+def _cli_configs(app, client, env):
+    tmp_path = app.state.settings.home
+    files = write_digits_job_files(tmp_path)
+
+    def cli(*args):
+        command = [sys.executable, "-m", "squeezer.cli", *map(str, args)]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    commented = tmp_path / "mine.json"
+    commented.write_text('{\n  // INT8, one epoch\n  "compression": {"algorithm": "quantization"},\n}')
+    data = ["--train", files["train"], "--val", files["val"], "--epochs", "1"]
+    for config in (commented, "int8", "int8_early_exit.json"):
+        submitted = cli("submit", files["model"], "--config", config, *data)
+        assert submitted.returncode == 0 and "submitted job" in submitted.stdout, submitted.stdout + submitted.stderr
+    assert client.jobs.list().total == 3
+
+    misspelt = tmp_path / "typo.json"
+    misspelt.write_text('{"compresion": {"algorithm": "quantization"}}')
+    before = _stored_artifacts(app)
+    refused = cli("submit", files["model"], "--config", misspelt, *data)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "did you mean 'compression' (found 'compresion')?" in refused.stdout
+    assert _stored_artifacts(app) == before  # refused before the model was uploaded
+
+    candidate = cli("search", files["model"], *data[:4], "--candidate", f"mine={commented}", "--candidate", "int8")
+    assert candidate.returncode == 0, candidate.stdout + candidate.stderr
+    typo = cli("search", files["model"], *data[:4], "--candidate", f"mine={misspelt}")
+    assert typo.returncode == 2 and "did you mean 'compression'" in typo.stdout + typo.stderr

@@ -18,10 +18,20 @@ UNSUPPORTED = {"mixed_precision_autoq": "autoq"}
 HAWQ = {"mixed_precision_hawq", "int4_int8_hawq"}
 
 
+RGB = {"const_sparsity", "filter_pruning", "filter_pruning_adaptive", "filter_pruning_kd", "int8_asymmetric"}
+RGB |= {"magnitude_sparsity", "rb_sparsity", "rb_sparsity_int8"}
+
+
 def _model_for(name: str, channels: int) -> torch.nn.Module:
     if name in {"rb_sparsity", "const_sparsity"}:
         return MobileNetV2Tiny(num_classes=10, in_channels=channels)
     return ResidualCNN(num_classes=10, in_channels=channels)
+
+
+def test_samples_fit_any_input_shape():
+    """No sample fixes `input_info`: the inputs come from the model (the service), the data or example_input."""
+    for name in sample_config_names():
+        assert "input_info" not in NNCFConfig.from_json(sample_config_path(name)), name
 
 
 def _train_functions():
@@ -55,8 +65,8 @@ def test_sample_config_trains_a_step_and_exports(name, tmp_path):
     torch.manual_seed(0)
     config = NNCFConfig.from_json(sample_config_path(name))
     config["log_dir"] = str(tmp_path)
-    size = config["input_info"]["sample_size"]
-    data = [(torch.rand(4, *size[1:]), torch.randint(0, 10, (4,))) for _ in range(3)]
+    channels = 3 if name in RGB else 1
+    data = [(torch.rand(4, channels, 32, 32), torch.randint(0, 10, (4,))) for _ in range(3)]
     if name == "filter_pruning_learned_ranking":  # the search's shape, not its size
         config["compression"][0]["params"]["legr_params"].update(
             generations=2, population_size=2, num_samples=1, train_steps=1
@@ -72,7 +82,7 @@ def test_sample_config_trains_a_step_and_exports(name, tmp_path):
         validate_fn=validate_fn,
         val_loader=data,
     )
-    model = _model_for(name, size[1])
+    model = _model_for(name, channels)
     if name in UNSUPPORTED:
         with pytest.raises(ConfigError, match=UNSUPPORTED[name]):
             create_compressed_model(model, config, dump_graphs=False)

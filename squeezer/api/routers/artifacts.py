@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -15,6 +14,7 @@ from squeezer.api.errors import ApiError
 from squeezer.api.inspection import dataset_summary, model_signature
 from squeezer.api.schemas import ArtifactRead
 from squeezer.compression.config.nncf_config import NNCFConfig
+from squeezer.compression.config.reader import check_top_level, parse_config
 from squeezer.db import ApiKey, Artifact, ArtifactKind
 from squeezer.storage import LocalStore, StoredFile
 
@@ -40,11 +40,9 @@ def _check_content(kind: str, filename: str, head: bytes, store: LocalStore, key
                 422, "Invalid dataset", f"{filename}: datasets are .npz or .safetensors files with 'x' and 'y'"
             )
     if kind == "config":
-        try:
-            data = json.loads(store.path(key).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(422, "Invalid compression config", f"{filename} is not JSON: {exc}") from exc
+        data = parse_config(store.path(key).read_bytes(), filename)  # comments allowed, as in the library
         NNCFConfig.validate(data)  # ConfigError -> 422 with the JSON path
+        check_top_level(data, need_compression=False)  # a misspelt key now; a missing section at submit
         return None
     if kind == "model":
         return model_signature(store.path(key), filename)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -16,6 +15,7 @@ from squeezer.api.inspection import check_input_info, check_job_data
 from squeezer.api.routers.artifacts import owned_artifact
 from squeezer.api.schemas import JobCreate, JobPage, JobRead, JobSpec, MetricRead, Status
 from squeezer.compression.config.nncf_config import NNCFConfig
+from squeezer.compression.config.reader import check_top_level, parse_config
 from squeezer.db import ApiKey, Artifact, ArtifactKind, Job, JobMetric, JobStatus
 from squeezer.jobs import transitions
 from squeezer.recipe import ptq_config_problem
@@ -72,10 +72,11 @@ def create_job(
         spec[field] = data.id
     if isinstance(body.config, str):
         artifact = _artifact_of_kind(session, key, body.config, ArtifactKind.config, "config")
-        config = json.loads(store.path(artifact.storage_path).read_text(encoding="utf-8"))
+        config = parse_config(store.path(artifact.storage_path).read_bytes(), f"config artifact {artifact.id}")
     else:
         config = body.config or {}
     model = NNCFConfig.validate(config)  # 422 naming the JSON path, before anything is stored
+    check_top_level(config, need_compression=not ptq)  # a misspelt `compression` would succeed uncompressed
     check_input_info(model_artifact.meta, config, model.input_info)
     if ptq and (problem := ptq_config_problem(config)) is not None:
         raise ApiError(422, "Config does not fit the recipe", problem, path="$.config.compression")

@@ -24,11 +24,12 @@ from squeezer.api.inspection import check_input_info, check_job_data
 from squeezer.api.routers.jobs import ACTIVE, _artifact_of_kind
 from squeezer.api.schemas import SearchCreate, SearchPage, SearchRead
 from squeezer.compression.config.nncf_config import NNCFConfig
+from squeezer.compression.config.reader import check_top_level
 from squeezer.db import ApiKey, ArtifactKind, Job, Search
 from squeezer.errors import ConfigError
 from squeezer.jobs import searches, transitions
 from squeezer.search import SearchSettings, candidate_configs
-from squeezer.search.candidates import UnknownCandidate, candidate_recipe, training_candidates
+from squeezer.search.candidates import UnknownCandidate, candidate_recipe, is_post_training, training_candidates
 
 router = APIRouter(prefix="/v1/searches", tags=["searches"])
 POLL_S = 1.0
@@ -63,6 +64,7 @@ def _configs(body: SearchCreate, model_meta: dict[str, Any] | None) -> Iterator[
     for index, (name, config) in enumerate(configs.items()):
         try:
             model = NNCFConfig.validate(config)
+            check_top_level(config, need_compression=not is_post_training(name))
             check_input_info(model_meta, config, model.input_info)
         except ConfigError as exc:
             raise ApiError(

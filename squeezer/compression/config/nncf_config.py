@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jstyleson
 from pydantic import ValidationError
 
 from squeezer.compression.config.models import CompressionConfigModel
+from squeezer.compression.config.reader import load_config
 from squeezer.errors import ConfigError
 
 
@@ -69,12 +69,8 @@ class NNCFConfig(dict[str, Any]):
     # -------------------------------------------------------------------------------- construction
     @classmethod
     def from_json(cls, path: str | Path) -> NNCFConfig:
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            data = jstyleson.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-        return cls.from_dict(data)
+        """Read a JSON file (comments allowed), or a sample config by name (`"int8_early_exit"`)."""
+        return cls.from_dict(load_config(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NNCFConfig:

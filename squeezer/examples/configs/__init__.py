@@ -20,3 +20,13 @@ def sample_config_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"no sample config {name!r}; the samples are: {', '.join(sample_config_names())}")
     return path
+
+
+def sample_description(name: str) -> str:
+    """The comment lines at the top of the sample, joined: what it does and why."""
+    comments = []
+    for line in sample_config_path(name).read_text(encoding="utf-8").splitlines()[1:]:
+        if not line.strip().startswith("//"):
+            break
+        comments.append(line.strip().removeprefix("//").strip())
+    return " ".join(comments)

@@ -41,7 +41,7 @@ def test_sample_config_parses(path):
         )
     )
     # the dict view is the user's JSON; the typed view has one entry per algorithm
-    assert config["input_info"] == raw["input_info"]
+    assert dict(config) == raw
     algos = raw["compression"] if isinstance(raw["compression"], list) else [raw["compression"]]
     assert [a.algorithm for a in config.model.compression] == [a["algorithm"] for a in algos]
 
@@ -264,7 +264,7 @@ def test_config_must_be_an_object(tmp_path):
         NNCFConfig.from_dict([1, 2])  # type: ignore[arg-type]
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ConfigError, match="not valid JSON"):
+    with pytest.raises(ConfigError, match=r"bad.json is not JSON \(comments are allowed\): .*line 1 column 2"):
         NNCFConfig.from_json(bad)
 
 
