@@ -30,3 +30,12 @@ class StateError(SqueezerError):
 
 class CompressionError(SqueezerError):
     """The model cannot be compressed as configured (e.g. missing init data)."""
+
+
+class TrainingDiverged(CompressionError):
+    """The training loss became non-finite or exploded: further epochs would only train noise."""
+
+    def __init__(self, epoch: int, loss: float, reference: float | None = None) -> None:
+        self.epoch, self.loss, self.reference = epoch, loss, reference
+        grew = f", from {reference:.4g} at first" if reference is not None and loss == loss else ""
+        super().__init__(f"loss diverged at epoch {epoch} (loss={loss:.4g}{grew})")

@@ -36,9 +36,9 @@ def write_digits_job_files(folder, trained=False):
     return paths
 
 
-def upload_digits_job_inputs(client, headers, tmp_path):
+def upload_digits_job_inputs(client, headers, tmp_path, trained=False):
     """The files of `write_digits_job_files`, uploaded; returns their artifact ids."""
-    paths = write_digits_job_files(tmp_path)
+    paths = write_digits_job_files(tmp_path, trained)
     ids = {}
     for name, kind in (("train", "dataset"), ("val", "dataset"), ("model", "model")):
         response = client.post(

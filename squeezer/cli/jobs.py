@@ -17,6 +17,7 @@ from typing import Annotated, Any, cast
 
 import typer
 from rich.table import Column, Table
+from rich.text import Text
 
 from squeezer.api.schemas import Status
 from squeezer.client import Client, ClientError, JobRead
@@ -42,7 +43,7 @@ def _client(url: str | None, api_key: str | None) -> Iterator[Client]:
         with Client(url, api_key) as client:
             yield client
     except ClientError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(Text("error: ", style="red").append(str(exc), style=""))  # verbatim: no markup in messages
         raise typer.Exit(2) from exc
 
 
@@ -82,8 +83,11 @@ def _rows(prefix: str, values: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 
 def _finished(job: JobRead) -> None:
+    """One line with the outcome, the error verbatim (brackets and all), then the job's warnings."""
     colour = {"succeeded": "green", "failed": "red"}.get(job.status, "yellow")
-    console.print(f"job {job.id} [{colour}]{job.status}[/{colour}]" + (f": {job.error}" if job.error else ""))
+    line = Text(f"job {job.id} ").append(job.status, style=colour)
+    console.print(line.append(f": {job.error}" if job.error else ""))
+    _warnings(job)
     if job.status != "succeeded":
         raise typer.Exit(1)
 
@@ -208,7 +212,7 @@ def show(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
     if shown["result"]:  # latency and warnings get their own table and lines below
         shown["result"] = {k: v for k, v in shown["result"].items() if k not in ("latency", "warnings")}
     for field, value in _rows("", shown):
-        summary.add_row(field, value)
+        summary.add_row(field, Text(value))  # a job's error or name may hold [brackets]: never markup
     console.print(summary)
     _latency(job)
     if metrics:
@@ -243,8 +247,12 @@ def _latency(job: JobRead) -> None:
             speedup = f"[{colour}]{t.speedup:.2f}x[/{colour}]"
             table.add_row(runtime, f"{t.fp32_ms:.4g}", f"{t.compressed_ms:.4g}", speedup, str(t.batch_size))
         console.print(table)
+    _warnings(job)
+
+
+def _warnings(job: JobRead) -> None:
     for warning in job.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(Text("warning: ", style="yellow").append(warning, style=""))
 
 
 @jobs_app.command("watch")

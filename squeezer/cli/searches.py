@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from squeezer.cli.jobs import KeyOption, UrlOption, _client, _recipe, _shown, console
 from squeezer.client import Client, ClientError, SearchRead
@@ -57,7 +58,7 @@ def candidates_table(search: SearchRead) -> Table:
     for c in result.candidates:
         mark = "★" if c.name == result.recommended else ("●" if c.on_front else "")
         table.add_row(
-            c.name,
+            Text(c.name),  # the user's own name: never markup
             c.status,
             str(c.epochs),
             _shown(c.metric) if c.metric is not None else "",
@@ -196,6 +197,6 @@ def cancel(search_id: str, url: UrlOption = None, api_key: KeyOption = None) -> 
         try:
             found = client.searches.cancel(search_id)
         except ClientError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(Text("error: ", style="red").append(str(exc), style=""))
             raise typer.Exit(2) from exc
     console.print(f"search {found.id}: {found.status}")

@@ -224,12 +224,13 @@ def execute_job(
         _store_exports(sessions, store, job_id, workdir, done.outputs)
     except OSError as exc:
         return _finish(sessions, job_id, owner, JobStatus.failed, error=failure_reason(exc))
-    status = JobStatus.cancelled if done.status == "cancelled" else JobStatus.succeeded
+    status = JobStatus(done.status)
     outcome = _finish(
         sessions,
         job_id,
         owner,
         status,
+        **({"error": done.error} if done.error else {}),
         result={
             "statistics": done.statistics,
             "metric": done.metric,

@@ -31,11 +31,12 @@ from squeezer.compression import (
     lift_exported_program,
     register_default_init_args,
 )
-from squeezer.compression.accuracy_aware import FixedEpochsLoop, TrainingLoop
+from squeezer.compression.accuracy_aware import FixedEpochsLoop, LoopStatistics, TrainingLoop
+from squeezer.compression.accuracy_aware.divergence import LossWatch
 from squeezer.compression.api import controller_of
 from squeezer.compression.graph.archive import UnsafeArchive, load_exported_program
 from squeezer.compression.ptq.post_training import calibrate_for_training
-from squeezer.errors import CompressionError, ConfigError, SqueezerError
+from squeezer.errors import CompressionError, ConfigError, SqueezerError, TrainingDiverged
 from squeezer.recipe import Recipe
 from squeezer.runtime.compare import job_latency
 from squeezer.worker.outputs import write_outputs
@@ -55,7 +56,7 @@ class JobCancelled(SqueezerError):
 
 @dataclass
 class JobResult:
-    status: str  # "succeeded" or "cancelled"
+    status: str  # "succeeded", "cancelled", or "failed" with outputs (the loss diverged; `error` says so)
     uncompressed_metric: float | None  # None: a post-training job without val_data measured no metric
     metric: float | None
     compression_rate: float | None
@@ -66,6 +67,7 @@ class JobResult:
     # runtime -> {fp32_ms, compressed_ms, speedup, batch_size, runs}, on this CPU (runtime/compare.py)
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # e.g. the compressed model is not faster
+    error: str | None = None  # why a "failed" run (a diverged loss) failed; its best earlier model is kept
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -335,6 +337,7 @@ def run_job(
         for x, y in loader:
             compression_ctrl.scheduler.step()
             loss = _loss(recipe, first_tensor(model(x.to(device))), y.to(device)) + compression_ctrl.loss()
+            batch_losses.check(loss.item(), epoch + 1)  # stop at the first NaN, not after a whole epoch of them
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -342,6 +345,7 @@ def run_job(
         return total / len(train_set)
 
     records: list[dict[str, Any]] = []
+    batch_losses = LossWatch()
 
     def record(r: Any) -> None:
         logger.info(
@@ -383,6 +387,9 @@ def run_job(
         status = "cancelled"
         metric, rate = (records[-1]["metric"], records[-1]["compression_rate"]) if records else (None, None)
     warnings: list[str] = []
+    error = None
+    if loop.diverged is not None and loop.statistics is not None:
+        status, error = "failed", _divergence_report(loop.diverged, loop.statistics, recipe, warnings)
     artifacts = write_outputs(ctrl, cmodel, workdir, original_keys, x_val[:8], warnings)
     logger.info("%s: metric %s, compression rate %s; wrote %s", status, metric, rate, ", ".join(sorted(artifacts)))
     latency: dict[str, dict[str, Any]] = {}
@@ -401,7 +408,18 @@ def run_job(
         artifacts,
         latency,
         warnings,
+        error,
     )
+
+
+def _divergence_report(diverged: TrainingDiverged, stats: LoopStatistics, recipe: Recipe, warnings: list[str]) -> str:
+    """The job's error (what happened, what to change) and a warning saying which epoch's model was kept."""
+    within = "within" if stats.accuracy_budget >= 0 else "outside"
+    warnings.append(
+        f"training stopped at epoch {diverged.epoch} on a diverging loss; the exported model is epoch "
+        f"{stats.returned_epoch}'s (metric {stats.compressed_accuracy:.4g}, {within} the accuracy budget)"
+    )
+    return f"{diverged}: lower the learning rate (recipe.lr is {recipe.lr:g}; try {recipe.lr / 10:g})"
 
 
 def run_ptq_job(

@@ -145,3 +145,24 @@ def test_a_piped_progress_bar_keeps_its_whole_line(capsys, monkeypatch):
         bar.job(job)
     line = next(line for line in capsys.readouterr().out.splitlines() if LONG_NAME in line)
     assert "2/6" in line and "metric 97.7" in line and "rate 0.8" in line
+
+
+def test_errors_and_warnings_are_printed_verbatim_once(tmp_path):
+    """rich read "[EpochMessage,DoneMessage,FailedMessage]" as markup and dropped it; messages are data."""
+    app, _, alice, _ = app_with_two_keys(tmp_path)
+    error = "loss diverged at epoch 3 (loss=nan) [EpochMessage,DoneMessage,FailedMessage] [red]x[/red]"
+    warning = "the exported model is epoch 2's [not the last]"
+    with app.state.sessions() as session:
+        owner = session.scalars(select(ApiKey).where(ApiKey.name == "alice")).one()
+        job = Job(owner_id=owner.id, name="[b]mine[/b]", status=JobStatus.failed, spec={}, error=error)
+        job.result = {"warnings": [warning]}
+        job.finished_at = datetime.now(UTC)
+        session.add(job)
+        session.commit()
+        job_id = job.id
+    with live_server(app) as url:
+        watched = _cli(url, alice, "jobs", "watch", job_id)
+        shown = _cli(url, alice, "jobs", "show", job_id)
+    assert watched.returncode == 1
+    assert watched.stdout.count(error) == 1 and watched.stdout.count(warning) == 1, watched.stdout
+    assert error in shown.stdout and "[b]mine[/b]" in shown.stdout and shown.stdout.count(warning) == 1

@@ -156,3 +156,24 @@ def test_a_cancelled_queued_job_is_not_run(service):
     client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
     assert execute_job(job_id, app.state.sessions, app.state.store, tmp_path / "work") == "skipped"
     assert client.get(f"/v1/jobs/{job_id}", headers=headers).json()["status"] == "cancelled"
+
+
+def test_a_diverging_loss_fails_the_job_and_keeps_its_best_earlier_model(service):
+    """lr 10 used to end in "the job process sent an invalid message ... loss must be finite", with nothing
+    kept; now the job says the loss diverged and what to change, and exports the epoch before it."""
+    app, client, headers, _, _, tmp_path = service
+    (tmp_path / "trained").mkdir()
+    ids = upload_digits_job_inputs(client, headers, tmp_path / "trained", trained=True)  # a small first loss
+    recipe = {"epochs": 3, "lr": 10.0, "optimizer": "sgd", "momentum": 0.9}
+    job_id = submit(client, headers, ids, {"compression": {"algorithm": "quantization"}}, recipe)
+    assert execute_job(job_id, app.state.sessions, app.state.store, tmp_path / "work") == "failed"
+    job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    assert job["error"].startswith("loss diverged at epoch 1 (loss="), job["error"]
+    assert "lower the learning rate (recipe.lr is 10; try 1)" in job["error"]
+    assert any("the exported model is epoch 0's" in w for w in job["result"]["warnings"]), job["result"]
+    exports = {e["kind"] for e in client.get(f"/v1/jobs/{job_id}/artifacts", headers=headers).json()}
+    assert {"onnx", "stripped", "log"} <= exports
+    onnx = client.get(f"/v1/jobs/{job_id}/artifacts/onnx", headers=headers)
+    session = ort.InferenceSession(onnx.content, providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: np.zeros((2, 64), np.float32)})[0]
+    assert np.isfinite(out).all()  # the kept model, not the diverged one

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from squeezer.compression.accuracy_aware.divergence import LossWatch
 from squeezer.compression.accuracy_aware.records import Checkpoints, EpochRecord, LoopStatistics
 from squeezer.compression.api import load_state
 from squeezer.compression.config.models import (
@@ -30,7 +31,7 @@ from squeezer.compression.config.models import (
 )
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.controller import CompositeController, CompressionController, CompressionStage
-from squeezer.errors import CompressionError, ConfigError
+from squeezer.errors import CompressionError, ConfigError, TrainingDiverged
 
 logger = logging.getLogger(__name__)
 ADAPTIVE_ALGORITHMS = ("magnitude_sparsity", "rb_sparsity", "filter_pruning")
@@ -83,6 +84,8 @@ class TrainingLoop:
         self.best_val_metric_value = float("-inf")
         self.current_val_metric_value = float("-inf")
         self.current_loss: float | None = None
+        self.loss_watch = LossWatch()
+        self.diverged: TrainingDiverged | None = None  # set when training stopped on a diverging loss
         self.phase = "initial"
         self._resume: dict[str, Any] | None = None
         self._started = time.perf_counter()
@@ -162,6 +165,8 @@ class TrainingLoop:
         self.current_loss = float(loss) if loss is not None else None
         self.training_epoch_count += 1
         self.cumulative_epoch_count += 1
+        if self.current_loss is not None:
+            self.loss_watch.check(self.current_loss, self.cumulative_epoch_count)
 
     def update_learning_rate(self) -> None:
         scheduler = self.schedulers[0] if len(self.schedulers) == 1 else self.schedulers
@@ -267,6 +272,8 @@ class TrainingLoop:
             accuracy_budget=self.budget(compressed),
             result=kind,
             epochs=self.cumulative_epoch_count,
+            returned_epoch=checkpoint.epoch,
+            diverged=str(self.diverged) if self.diverged is not None else None,
         )
         if self.verbose:
             logger.info("accuracy-aware training finished\n%s", self.statistics.to_str())
@@ -308,7 +315,11 @@ class TrainingLoop:
             self.validate()
             self.record_epoch()
             self.end_of_epoch()
-        self.train()
+        try:
+            self.train()
+        except TrainingDiverged as exc:  # a result, not a crash: the checkpoints so far are still good
+            self.diverged = exc
+            logger.warning("%s; stopping and returning the best checkpoint of the epochs before it", exc)
         return self.finish()
 
     def train(self) -> None:

@@ -37,6 +37,8 @@ class LoopStatistics:
     accuracy_budget: float
     result: str  # which kind of checkpoint was returned, see Checkpoints.best()
     epochs: int
+    returned_epoch: int | None = None  # the epoch whose checkpoint was returned
+    diverged: str | None = None  # why training stopped early on a diverging loss (`divergence.py`)
 
     def to_str(self) -> str:
         return "\n".join(
@@ -48,6 +50,7 @@ class LoopStatistics:
                 f"Relative accuracy degradation: {self.relative_accuracy_degradation:.2f}%",
                 f"Accuracy budget: {self.accuracy_budget:.4f}",
                 f"Returned model: {self.result} (after {self.epochs} training epochs)",
+                *([f"Training stopped: {self.diverged}"] if self.diverged else []),
             ]
         )
 

@@ -123,6 +123,7 @@ def run(request_line: str, channel: Channel) -> None:
         {
             "type": "done",
             "status": result.status,
+            "error": getattr(result, "error", None),
             "uncompressed_metric": result.uncompressed_metric,
             "metric": result.metric,
             "compression_rate": result.compression_rate,

@@ -69,7 +69,8 @@ class RuntimeLatency(Message):
 
 class DoneMessage(Message):
     type: Literal["done"] = "done"
-    status: Literal["succeeded", "cancelled"]
+    status: Literal["succeeded", "cancelled", "failed"]  # failed with outputs: a diverged loss kept its best epoch
+    error: str | None = Field(None, max_length=8192)
     uncompressed_metric: OptionalFinite = None  # a post-training job without val_data measures no metric
     metric: OptionalFinite = None
     compression_rate: OptionalFinite = None

@@ -127,6 +127,47 @@ def test_early_exit_with_quantization_runs_to_the_limit_when_impossible(caplog):
     assert returned(torch.rand(2, 64)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("losses", [[2.3, 1.9, float("nan")], [2.3, 1.9, 1.5e23], [2.3, 1.9, float("inf")]])
+def test_a_diverging_loss_stops_the_loop_with_the_best_earlier_checkpoint(losses, caplog):
+    """NaN, infinite or exploded (1.5e23 was seen with lr 10): later epochs would train noise, so the loop
+    stops and returns what it had; the statistics say so. A large but healthy loss is not divergence."""
+    config, ctrl, model = build(
+        {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0}}},
+        {"mode": "early_exit", "params": {"maximal_absolute_accuracy_degradation": 1.0, "maximal_total_epochs": 6}},
+    )
+    epochs = iter(losses)
+    metrics = iter([97.0, 98.5, 98.0, 50.0])  # the budget (floor 99) is never met: the best epoch is 1
+    records = []
+    loop = create_accuracy_aware_training_loop(config, ctrl, 100.0, on_epoch_end=records.append)
+    first_weight = None
+
+    def train(ctrl, model, epoch, optimizer, lr_scheduler=None):
+        nonlocal first_weight
+        with torch.no_grad():
+            weight = next(iter(model.parameters()))
+            first_weight = first_weight if first_weight is not None else weight.clone()
+            weight.add_(1e6 if epoch == 2 else 0.0)  # what a diverging step does to the weights
+        return next(epochs)
+
+    with caplog.at_level(logging.WARNING):
+        returned = loop.run(model, train, lambda model, epoch: next(metrics), configure_optimizers_fn=sgd(model))
+    assert [r.epoch for r in records] == [0, 1, 2]  # the diverged epoch is not offered, and nothing after it runs
+    assert "loss diverged at epoch 3" in loop.statistics.diverged and "loss diverged at epoch 3" in caplog.text
+    assert loop.statistics.returned_epoch == 1 and loop.statistics.compressed_accuracy == 98.5
+    assert torch.equal(next(iter(returned.parameters())), first_weight)  # epoch 1's weights, not the blown-up ones
+
+
+def test_a_large_but_steady_loss_is_not_divergence():
+    config, ctrl, model = build(
+        {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0}}},
+        {"mode": "early_exit", "params": {"maximal_absolute_accuracy_degradation": 0.0, "maximal_total_epochs": 3}},
+    )
+    losses = iter([3e6, 9e6, 2e6])  # a regression on raw targets
+    loop = create_accuracy_aware_training_loop(config, ctrl, 100.0)
+    loop.run(model, lambda *a, **k: next(losses), lambda model, epoch: 90.0, configure_optimizers_fn=sgd(model))
+    assert loop.statistics.diverged is None and loop.statistics.epochs == 3
+
+
 def test_partially_compressed_fallback_never_crashes():
     config, ctrl, model = build(
         {"algorithm": "magnitude_sparsity", "params": {"sparsity_target": 0.5, "sparsity_target_epoch": 50}},
