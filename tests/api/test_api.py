@@ -221,8 +221,10 @@ def test_wrong_kind_bad_files_and_limits(api, artifacts):
     assert just_over.status_code == 413 and just_over.json()["title"] == "Upload too large"
     malformed = api.post("/v1/jobs", headers={**api.alice, "content-type": "application/json"}, content=b"{nope")
     assert malformed.status_code == 422 and malformed.headers["content-type"] == "application/problem+json"
-    assert api.get("/v1/jobs", headers={"Authorization": "Bearer sq_wrong"}).status_code == 401
-    assert api.get("/v1/jobs").status_code == 401
+    unknown, missing = api.get("/v1/jobs", headers={"Authorization": "Bearer sq_wrong"}), api.get("/v1/jobs")
+    assert unknown.status_code == missing.status_code == 401
+    assert unknown.headers["www-authenticate"] == 'Bearer error="invalid_token"'  # RFC 6750
+    assert missing.headers["www-authenticate"] == "Bearer"
 
 
 def test_an_upload_without_a_length_is_cut_off_while_it_streams(api):

@@ -10,7 +10,7 @@ import jstyleson
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from squeezer.api.errors import ApiError
+from squeezer.api.errors import ApiError, problems
 from squeezer.examples.configs import sample_config_names, sample_config_path
 
 router = APIRouter(prefix="/v1/sample-configs", tags=["sample configs"])
@@ -34,12 +34,12 @@ def _read(name: str) -> SampleConfig:
     return SampleConfig(name=name, file=path.name, description=" ".join(comments), config=jstyleson.loads(text))
 
 
-@router.get("", response_model=list[SampleConfig])
+@router.get("", response_model=list[SampleConfig], operation_id="sample_configs_list")
 def list_sample_configs() -> list[SampleConfig]:
     return [_read(name) for name in sample_config_names()]
 
 
-@router.get("/{name}", response_model=SampleConfig)
+@router.get("/{name}", response_model=SampleConfig, operation_id="sample_configs_get", responses=problems(404))
 def get_sample_config(name: str) -> SampleConfig:
     """`name` as listed (`int8_early_exit`) or as the file (`int8_early_exit.json`)."""
     name = name.removesuffix(".json")
