@@ -15,7 +15,7 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from squeezer.api import docs, errors, ui
+from squeezer.api import docs, errors, openapi, ui
 from squeezer.api.queue import JobQueue
 from squeezer.api.routers import artifacts, events, exports, health, jobs, samples, searches
 from squeezer.db import make_engine, make_session_factory
@@ -61,6 +61,7 @@ def _routes(lifespan: Any = None) -> FastAPI:
     routers = (jobs, events, exports, searches, samples)
     for router in (health.router, artifacts.router, *(r.router for r in routers)):
         app.include_router(router)
+    openapi.install(app)
     ui.install(app)  # the dashboard at /ui: pages and their files, outside the OpenAPI document
     return app
 

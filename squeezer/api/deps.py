@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from squeezer.api.errors import ApiError
@@ -25,14 +26,31 @@ def get_session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_current_key(request: Request, session: SessionDep) -> ApiKey:
-    header = request.headers.get("authorization", "")
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret:
-        raise ApiError(401, "Unauthorized", "send an API key as 'Authorization: Bearer <key>'")
-    key = find_key(session, secret.strip())
+# reads `Authorization: Bearer <key>` and declares the scheme in the OpenAPI document, on the routes that use it;
+# it never answers itself, so that a missing key is a 401 problem like an unknown one
+bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="an API key (`squeezer keys create NAME`)")
+
+
+def get_current_key(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> ApiKey:
+    if credentials is None:
+        raise ApiError(
+            401,
+            "Unauthorized",
+            "send an API key as 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    key = find_key(session, credentials.credentials)
     if key is None:
-        raise ApiError(401, "Unauthorized", "unknown or revoked API key")
+        raise ApiError(
+            401,
+            "Unauthorized",
+            "unknown or revoked API key",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
     _rate_limit(request, key.id)
     return key
 

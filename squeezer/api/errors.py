@@ -8,11 +8,46 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from squeezer.errors import ConfigError
 from squeezer.storage import UploadTooLarge
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """An error, as every route sends it (RFC 9457). Some carry more members: `path` (the JSON path of the
+    bad value), `problems`, `errors` (each invalid field), `limit_bytes`, `limit`, `used_bytes`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str  # "about:blank": the status and title say what happened
+    status: int
+    title: str
+    detail: str
+
+
+WHEN = {
+    400: "The body could not be read (bytes that are not UTF-8, a broken multipart form)",
+    401: "No API key, or an unknown or revoked one",
+    404: "No such resource for this key (another key's resources do not exist for it)",
+    409: "The resource's state does not allow this now",
+    410: "The file is no longer in the store",
+    413: "The request body is over the upload limit (`limit_bytes`)",
+    422: "The request is invalid; `path` or `errors` name the bad values",
+    429: "Over this key's rate limit (with `Retry-After`) or one of its quotas",
+    503: "The database or the broker does not answer",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of these error statuses: each a `Problem` in application/problem+json (a route's
+    `responses=`, so that generated clients parse its errors instead of failing on them)."""
+    schema = {"$ref": "#/components/schemas/Problem"}
+    return {s: {"description": WHEN[s], "content": {PROBLEM_JSON: {"schema": schema}}} for s in statuses}
 
 
 class ApiError(Exception):
@@ -25,7 +60,7 @@ class ApiError(Exception):
 
 def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
     body = {"type": "about:blank", "status": status, "title": title, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 class ProblemForBodyLimit:

@@ -12,6 +12,11 @@ import shutil
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from squeezer.api.app import openapi_document
 from squeezer.db import Artifact, Job
@@ -48,6 +53,11 @@ def test_no_input_breaks_the_api(case, fuzzed_app):
         assert content_type.startswith("application/problem+json"), (response.status_code, response.text[:200])
         with app.state.sessions() as session:
             assert (session.query(Job).count(), session.query(Artifact).count()) == before  # nothing stored
+    # the answer is one the document declares for this route, in the declared type and shape (generated
+    # clients parse by them)
+    case.validate_response(
+        response, checks=[status_code_conformance, content_type_conformance, response_schema_conformance]
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Form, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 from sqlalchemy import func, select
 
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
-from squeezer.api.errors import ApiError
+from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import dataset_summary, model_signature
 from squeezer.api.schemas import ArtifactRead
 from squeezer.compression.config.nncf_config import NNCFConfig
@@ -21,6 +21,8 @@ from squeezer.storage import LocalStore, StoredFile
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 CHUNK = 1 << 20
 ZIP_MAGIC = b"PK\x03\x04"
+# OpenAPI 3.0's mark of a file field, beside 3.1's contentMediaType: client generators read only this one
+BINARY = {"format": "binary"}
 
 
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
@@ -61,13 +63,13 @@ def _check_storage_quota(session: SessionDep, key: ApiKey, size: int, limit: int
         )
 
 
-@router.post("", status_code=201, response_model=ArtifactRead)
+@router.post("", status_code=201, response_model=ArtifactRead, operation_id="artifacts_create", responses=problems(422))
 async def upload_artifact(
     key: CurrentKey,
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
-    file: UploadFile,
+    file: Annotated[UploadFile, File(json_schema_extra=BINARY)],
     kind: Literal["model", "dataset", "config"] = Form(...),
 ) -> ArtifactRead:
     # the app's body limit already stopped oversized requests while they streamed in; this limit is exact
@@ -122,6 +124,6 @@ def owned_artifact(session: SessionDep, key: CurrentKey, artifact_id: str) -> Ar
     return artifact
 
 
-@router.get("/{artifact_id}", response_model=ArtifactRead)
+@router.get("/{artifact_id}", response_model=ArtifactRead, operation_id="artifacts_get", responses=problems(404))
 def get_artifact(artifact_id: str, key: CurrentKey, session: SessionDep) -> Artifact:
     return owned_artifact(session, key, artifact_id)

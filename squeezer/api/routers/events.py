@@ -15,6 +15,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import select
 
+from squeezer.api.errors import problems
 from squeezer.api.routers.jobs import TERMINAL, OwnedJob
 from squeezer.api.schemas import JobRead, MetricRead
 from squeezer.db import Job, JobMetric
@@ -29,7 +30,7 @@ def _last_epoch(last_event_id: str | None) -> int:
     return -1
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse)
+@router.get("/{job_id}/events", response_class=EventSourceResponse, operation_id="jobs_events", responses=problems(404))
 async def job_events(
     job_id: str,
     request: Request,

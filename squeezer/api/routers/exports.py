@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
 from squeezer.api.deps import CurrentKey, SessionDep, StoreDep
-from squeezer.api.errors import ApiError
+from squeezer.api.errors import ApiError, problems
 from squeezer.api.routers.jobs import owned_job
 from squeezer.api.schemas import ExportRead
 from squeezer.db import Export
@@ -37,7 +37,7 @@ def _read(job_id: str, export: Export) -> ExportRead:
     )
 
 
-@router.get("", response_model=list[ExportRead])
+@router.get("", response_model=list[ExportRead], operation_id="exports_list", responses=problems(404))
 def list_exports(job_id: str, key: CurrentKey, session: SessionDep) -> list[ExportRead]:
     job = owned_job(session, key, job_id)
     return [_read(job_id, e) for e in sorted(job.exports, key=lambda e: e.kind)]
@@ -46,7 +46,12 @@ def list_exports(job_id: str, key: CurrentKey, session: SessionDep) -> list[Expo
 @router.get(
     "/{kind}",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, 304: {"description": "ETag matched"}},
+    operation_id="exports_download",
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        304: {"description": "ETag matched"},
+        **problems(404, 410),
+    },
 )
 def download_export(
     job_id: str, kind: str, request: Request, key: CurrentKey, session: SessionDep, store: StoreDep

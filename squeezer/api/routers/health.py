@@ -6,17 +6,17 @@ from fastapi import APIRouter, Request
 from sqlalchemy import text
 
 from squeezer.api.deps import SessionDep
-from squeezer.api.errors import ApiError
+from squeezer.api.errors import ApiError, problems
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", operation_id="health_live")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", operation_id="health_ready", responses=problems(503))
 def readyz(request: Request, session: SessionDep) -> dict[str, str]:
     """Ready when both the database and the broker answer; 503 names the one that does not."""
     try:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import func, select
 
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
-from squeezer.api.errors import ApiError
+from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import check_input_info, check_job_data
 from squeezer.api.routers.artifacts import owned_artifact
 from squeezer.api.schemas import JobCreate, JobPage, JobRead, JobSpec, MetricRead, Status
@@ -52,7 +52,7 @@ def _check_job_quota(session: SessionDep, key: ApiKey, limit: int) -> None:
         )
 
 
-@router.post("", status_code=201, response_model=JobRead)
+@router.post("", status_code=201, response_model=JobRead, operation_id="jobs_create", responses=problems(404, 422))
 def create_job(
     body: JobCreate, request: Request, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep
 ) -> Job:
@@ -125,7 +125,7 @@ def get_owned_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
 OwnedJob = Annotated[Job, Depends(get_owned_job)]  # resolved before the handler (and before any stream) runs
 
 
-@router.get("", response_model=JobPage)
+@router.get("", response_model=JobPage, operation_id="jobs_list", responses=problems(422))
 def list_jobs(
     key: CurrentKey,
     session: SessionDep,
@@ -141,23 +141,25 @@ def list_jobs(
     return JobPage(items=[JobRead.model_validate(r) for r in rows], total=total, offset=offset, limit=limit)
 
 
-@router.get("/{job_id}", response_model=JobRead)
+@router.get("/{job_id}", response_model=JobRead, operation_id="jobs_get", responses=problems(404))
 def get_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
     return owned_job(session, key, job_id)
 
 
-@router.get("/{job_id}/spec", response_model=JobSpec)
+@router.get("/{job_id}/spec", response_model=JobSpec, operation_id="jobs_get_spec", responses=problems(404))
 def get_job_spec(job_id: str, key: CurrentKey, session: SessionDep) -> JobSpec:
     """The config and recipe the job runs with (not in the job itself, to keep job lists small)."""
     return JobSpec.model_validate(owned_job(session, key, job_id).spec)
 
 
-@router.get("/{job_id}/metrics", response_model=list[MetricRead])
+@router.get(
+    "/{job_id}/metrics", response_model=list[MetricRead], operation_id="jobs_list_metrics", responses=problems(404)
+)
 def job_metrics(job_id: str, key: CurrentKey, session: SessionDep) -> list[JobMetric]:
     return list(owned_job(session, key, job_id).metrics)
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead)
+@router.post("/{job_id}/cancel", response_model=JobRead, operation_id="jobs_cancel", responses=problems(404, 409))
 def cancel_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
     """queued: cancelled at once; running: cancelling (the worker stops after the epoch). One conditional
     transition, so a cancel racing a worker's claim or finish never overwrites what the worker did."""
@@ -170,7 +172,7 @@ def cancel_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
     return job
 
 
-@router.delete("/{job_id}", status_code=204)
+@router.delete("/{job_id}", status_code=204, operation_id="jobs_delete", responses=problems(404, 409))
 def delete_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep) -> Response:
     """The job, its metrics and its exports (rows and files); uploaded artifacts stay for other jobs."""
     job = owned_job(session, key, job_id)

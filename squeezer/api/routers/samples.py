@@ -1,5 +1,6 @@
 """The project's sample NNCF configs (`squeezer/examples/configs`), read-only: the dashboard's submit page
-offers them as starting points."""
+offers them as starting points. They need no key: they are files shipped with the package, the same for
+every caller, so a key would guard nothing (and a new user can read them before having one)."""
 
 from __future__ import annotations
 
@@ -9,36 +10,39 @@ import jstyleson
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from squeezer.api.deps import CurrentKey
-from squeezer.api.errors import ApiError
+from squeezer.api.errors import ApiError, problems
 from squeezer.examples.configs import sample_config_names, sample_config_path
 
 router = APIRouter(prefix="/v1/sample-configs", tags=["sample configs"])
 
 
 class SampleConfig(BaseModel):
-    name: str
+    name: str  # what GET /v1/sample-configs/{name} takes (the file's name is accepted too)
+    file: str  # its file in squeezer/examples/configs (`int8.json`), as the README names it
     description: str  # the comment lines at the top of the file
     config: dict[str, Any]  # the JSON, without its // comments
 
 
 def _read(name: str) -> SampleConfig:
-    text = sample_config_path(name).read_text(encoding="utf-8")
+    path = sample_config_path(name)
+    text = path.read_text(encoding="utf-8")
     comments = []
     for line in text.splitlines()[1:]:
         if not line.strip().startswith("//"):
             break
         comments.append(line.strip().removeprefix("//").strip())
-    return SampleConfig(name=name, description=" ".join(comments), config=jstyleson.loads(text))
+    return SampleConfig(name=name, file=path.name, description=" ".join(comments), config=jstyleson.loads(text))
 
 
-@router.get("", response_model=list[SampleConfig])
-def list_sample_configs(_: CurrentKey) -> list[SampleConfig]:
+@router.get("", response_model=list[SampleConfig], operation_id="sample_configs_list")
+def list_sample_configs() -> list[SampleConfig]:
     return [_read(name) for name in sample_config_names()]
 
 
-@router.get("/{name}", response_model=SampleConfig)
-def get_sample_config(name: str, _: CurrentKey) -> SampleConfig:
+@router.get("/{name}", response_model=SampleConfig, operation_id="sample_configs_get", responses=problems(404))
+def get_sample_config(name: str) -> SampleConfig:
+    """`name` as listed (`int8_early_exit`) or as the file (`int8_early_exit.json`)."""
+    name = name.removesuffix(".json")
     if name not in sample_config_names():
         raise ApiError(404, "Not found", f"no sample config {name!r}; the samples are {sample_config_names()}")
     return _read(name)

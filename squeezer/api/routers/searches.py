@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep
-from squeezer.api.errors import ApiError
+from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import check_input_info, check_job_data
 from squeezer.api.routers.jobs import ACTIVE, _artifact_of_kind
 from squeezer.api.schemas import SearchCreate, SearchPage, SearchRead
@@ -82,7 +82,9 @@ def _configs(body: SearchCreate, model_meta: dict[str, Any] | None) -> Iterator[
         yield name, config
 
 
-@router.post("", status_code=201, response_model=SearchRead)
+@router.post(
+    "", status_code=201, response_model=SearchRead, operation_id="searches_create", responses=problems(404, 422)
+)
 def create_search(
     body: SearchCreate, request: Request, key: CurrentKey, session: SessionDep, settings: SettingsDep
 ) -> SearchRead:
@@ -166,7 +168,7 @@ def _owned_search(session: Session, key: ApiKey, search_id: str) -> Search:
     return search
 
 
-@router.get("", response_model=SearchPage)
+@router.get("", response_model=SearchPage, operation_id="searches_list", responses=problems(422))
 def list_searches(
     key: CurrentKey,
     session: SessionDep,
@@ -179,12 +181,14 @@ def list_searches(
     return SearchPage(items=[_read(session, r) for r in rows], total=total, offset=offset, limit=limit)
 
 
-@router.get("/{search_id}", response_model=SearchRead)
+@router.get("/{search_id}", response_model=SearchRead, operation_id="searches_get", responses=problems(404))
 def get_search(search_id: str, key: CurrentKey, session: SessionDep) -> SearchRead:
     return _read(session, _owned_search(session, key, search_id))
 
 
-@router.post("/{search_id}/cancel", response_model=SearchRead)
+@router.post(
+    "/{search_id}/cancel", response_model=SearchRead, operation_id="searches_cancel", responses=problems(404, 409)
+)
 def cancel_search(search_id: str, key: CurrentKey, session: SessionDep) -> SearchRead:
     """Cancels every candidate not finished; finished ones and their exports stay."""
     search = _owned_search(session, key, search_id)
@@ -194,7 +198,7 @@ def cancel_search(search_id: str, key: CurrentKey, session: SessionDep) -> Searc
     return _read(session, _owned_search(session, key, search_id))
 
 
-@router.delete("/{search_id}", status_code=204)
+@router.delete("/{search_id}", status_code=204, operation_id="searches_delete", responses=problems(404, 409))
 def delete_search(search_id: str, key: CurrentKey, session: SessionDep, request: Request) -> Response:
     """The search and its candidate jobs (rows and exports); 409 while a candidate is running."""
     search = _owned_search(session, key, search_id)
@@ -217,7 +221,12 @@ def _get_owned_search(search_id: str, key: CurrentKey, session: SessionDep) -> S
     return _owned_search(session, key, search_id)
 
 
-@router.get("/{search_id}/events", response_class=EventSourceResponse)
+@router.get(
+    "/{search_id}/events",
+    response_class=EventSourceResponse,
+    operation_id="searches_events",
+    responses=problems(404),
+)
 async def search_events(
     search_id: str,
     request: Request,
