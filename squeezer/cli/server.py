@@ -117,7 +117,8 @@ def serve(
         path.chmod(0o600)
     secret = path.read_text(encoding="utf-8").strip()
     # the SDK and the CLI find this service from any folder through this per-user record
-    record = LocalService(client_url(host, port), secret, os.getpid(), str(settings.home.resolve())).publish()
+    record = LocalService(client_url(host, port), secret, os.getpid(), str(settings.home.resolve()))
+    record_path = record.publish()
     env = {**os.environ, "SQUEEZER_HOME": str(settings.home)}
     # training takes every core it gets; on one machine the API must still answer status polls promptly.
     # --exit-with-parent: should this process die without the `finally` below (SIGKILL), the worker stops too.
@@ -127,7 +128,7 @@ def serve(
     worker_processes = [subprocess.Popen(command, env=env) for _ in range(workers)]
     typer.echo(
         f"Squeezer API on http://{host}:{port} (docs: /docs)\nAPI key: {secret}\nkey file: {path} "
-        f"(and {record}, for the CLI and the SDK in any folder)"
+        f"(and {record_path}, for the CLI and the SDK in any folder)"
     )
     # uvicorn re-raises SIGINT / SIGTERM after its graceful shutdown; both must come through the `finally`
     # (SIGTERM's default action would end this process before it), which waits for the worker to stop.
@@ -135,6 +136,7 @@ def serve(
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     finally:
+        record.withdraw()  # first: the API no longer answers, and the workers may take a while to stop
         _stop_workers(worker_processes)
 
 
