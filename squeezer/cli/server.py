@@ -1,4 +1,5 @@
-"""Commands that run the service: serve (embedded defaults), worker, keys, db migrations."""
+"""Commands that run the service: serve (embedded defaults), services (the running ones), worker, keys,
+db migrations."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def register(app: typer.Typer) -> None:
     app.command()(worker)
     app.command()(recover)
     app.command()(serve)
+    app.command()(services)
 
 
 def _sessions(settings: Settings) -> sessionmaker[Session]:
@@ -138,6 +140,25 @@ def serve(
     finally:
         record.withdraw()  # first: the API no longer answers, and the workers may take a while to stop
         _stop_workers(worker_processes)
+
+
+def services() -> None:
+    """This user's running `squeezer serve`s; `*` marks the one the CLI and the SDK use in this folder."""
+    from squeezer.client import ClientError
+    from squeezer.client.discovery import LocalService, find_service, same_url
+
+    found, why = LocalService.live()
+    try:
+        here = find_service(None, None, Settings())[0]
+    except ClientError as exc:  # several and none for this project, or no key for SQUEEZER_URL
+        here, note = "", str(exc).splitlines()[-1] if found else why
+    else:
+        note = "" if any(same_url(s.url, here) for s in found) else f"used here: {here}, not one of these"
+    for s in found:
+        mark = "*" if here and same_url(s.url, here) else " "
+        typer.echo(f"{mark} {s.url}  {s.home}  pid {s.pid}  since {s.started_at}")
+    if note:
+        typer.echo(note)
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
