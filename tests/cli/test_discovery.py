@@ -59,6 +59,17 @@ def _exited_pid() -> int:
     return process.pid
 
 
+def _cli_env() -> dict[str, str]:
+    """No SQUEEZER_* settings, and this checkout's code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEEZER_")}
+    return env | {"PYTHONPATH": str(Path(__file__).parents[2]), "COLUMNS": "300"}
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "squeezer.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=_cli_env(), capture_output=True, text=True, timeout=120)
+
+
 def _target(client: Client) -> tuple[str, str]:
     return client.url, client.http.headers["Authorization"].removeprefix("Bearer ")
 
@@ -200,21 +211,14 @@ def test_a_dead_serve_is_ignored(tmp_path, elsewhere):
 
 
 def test_the_cli_lists_several_serves_instead_of_choosing(two_projects, elsewhere):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEEZER_")}
-    env |= {"PYTHONPATH": str(Path(__file__).parents[2]), "COLUMNS": "300"}
-
-    def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "squeezer.cli", *args]
-        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-
-    listed = cli("jobs", "ls", cwd=elsewhere)
+    listed = _cli("jobs", "ls", cwd=elsewhere)
     assert listed.returncode == 2, listed.stdout + listed.stderr
     assert A in listed.stdout and B in listed.stdout and "several local services" in listed.stdout
-    services = cli("services", cwd=elsewhere).stdout.splitlines()
+    services = _cli("services", cwd=elsewhere).stdout.splitlines()
     assert services[0].startswith(f"  {A}  {two_projects[0] / '.squeezer'}  pid {os.getpid()}")
     assert services[1].startswith(f"  {B}  {two_projects[1] / '.squeezer'}")
     assert services[2].startswith("choose one with url= (--url) or SQUEEZER_URL")
-    services = cli("services", cwd=two_projects[1]).stdout.splitlines()
+    services = _cli("services", cwd=two_projects[1]).stdout.splitlines()
     assert services[0].startswith(f"  {A}") and services[1].startswith(f"* {B}") and len(services) == 2
 
 
@@ -279,17 +283,12 @@ def test_after_serve_the_cli_works_from_another_folder_without_settings(tmp_path
 @pytest.mark.slow
 def test_two_serves_of_one_user_each_stay_their_projects_target(tmp_path):
     """`squeezer serve` in two projects: each project's CLI uses its own, another folder gets both listed."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEEZER_")}
-    env |= {"PYTHONPATH": str(Path(__file__).parents[2]), "COLUMNS": "300"}
+    env = _cli_env()
     projects, elsewhere = [tmp_path / "a", tmp_path / "b"], tmp_path / "elsewhere"
     ports = [free_port(), free_port()]
     servers = []
     for folder in [*projects, elsewhere]:
         folder.mkdir()
-
-    def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "squeezer.cli", *args]
-        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
     try:
         for project, port in zip(projects, ports, strict=True):
@@ -299,17 +298,17 @@ def test_two_serves_of_one_user_each_stay_their_projects_target(tmp_path):
             log.close()
             wait_ready(f"http://127.0.0.1:{port}", timeout=60, alive=lambda: servers[-1].poll() is None)
         for project, port in zip(projects, ports, strict=True):
-            listed = cli("services", cwd=project)
+            listed = _cli("services", cwd=project)
             assert f"* http://127.0.0.1:{port}  {project / '.squeezer'}" in listed.stdout, listed.stdout
-            assert cli("jobs", "ls", cwd=project).returncode == 0
-        ambiguous = cli("jobs", "ls", cwd=elsewhere)
+            assert _cli("jobs", "ls", cwd=project).returncode == 0
+        ambiguous = _cli("jobs", "ls", cwd=elsewhere)
         assert ambiguous.returncode == 2 and "several local services" in ambiguous.stdout
         assert all(f"http://127.0.0.1:{port}" in ambiguous.stdout for port in ports)
         servers[0].terminate()  # a's serve stops: b's is the only one, found from anywhere
         servers[0].wait(timeout=60)
-        assert cli("jobs", "ls", cwd=elsewhere).returncode == 0
+        assert _cli("jobs", "ls", cwd=elsewhere).returncode == 0
         # but never from a, whose key file belongs to a's serve
-        assert "used here: http://127.0.0.1:8000, not one of these" in cli("services", cwd=projects[0]).stdout
+        assert "used here: http://127.0.0.1:8000, not one of these" in _cli("services", cwd=projects[0]).stdout
     finally:
         for server in servers:
             server.terminate()
