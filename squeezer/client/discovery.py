@@ -7,7 +7,7 @@ each other's place: `$XDG_STATE_HOME/squeezer/services/<hash of the URL>.json` (
 (and replaced by the next `serve` on that URL). The single `local.json` of earlier versions is no
 longer read.
 
-The SDK and the CLI read the records when neither a URL nor a key was given: the `serve` for the
+The SDK and the CLI read the records when a URL or a key was not given: the `serve` for the
 current project (its SQUEEZER_HOME, or without one `.squeezer` here or in a folder above) wins,
 else the only one running; with several and none for this project they stop and list them rather
 than pick one, since the wrong choice would send jobs to another project's service.
@@ -133,10 +133,10 @@ class LocalService:
         if not records:
             return [], f"no 'squeezer serve' is running as this user ({services_dir()} holds no record of one)"
         ended = "; ".join(f"{r.url}, pid {r.pid}" for r in records)
+        them = "service recorded" if len(records) == 1 else "services recorded"
         verb = "is" if len(records) == 1 else "are"
         return [], (
-            f"the local service recorded in {services_dir()} ({ended}) {verb} no longer running; "
-            "start it with 'squeezer serve'"
+            f"the local {them} in {services_dir()} ({ended}) {verb} no longer running; start it with 'squeezer serve'"
         )
 
 
