@@ -1,7 +1,7 @@
 """Commands that use the service through the SDK: submit, and jobs ls | show | watch | cancel | download.
 
 The URL and key come from --url / --api-key, SQUEEZER_URL / SQUEEZER_API_KEY, the key file that
-`squeezer serve` writes in its folder, or the record of the running local service (client/discovery.py).
+`squeezer serve` writes in its folder, or the records of the running local services (client/discovery.py).
 Failures print the service's message and exit with status 2; `watch` and `submit --watch` exit with 1
 when the job did not succeed.
 """

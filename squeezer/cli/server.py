@@ -1,4 +1,5 @@
-"""Commands that run the service: serve (embedded defaults), worker, keys, db migrations."""
+"""Commands that run the service: serve (embedded defaults), services (the running ones), worker, keys,
+db migrations."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def register(app: typer.Typer) -> None:
     app.command()(worker)
     app.command()(recover)
     app.command()(serve)
+    app.command()(services)
 
 
 def _sessions(settings: Settings) -> sessionmaker[Session]:
@@ -117,7 +119,8 @@ def serve(
         path.chmod(0o600)
     secret = path.read_text(encoding="utf-8").strip()
     # the SDK and the CLI find this service from any folder through this per-user record
-    record = LocalService(client_url(host, port), secret, os.getpid(), str(settings.home.resolve())).publish()
+    record = LocalService(client_url(host, port), secret, os.getpid(), str(settings.home.resolve()))
+    record_path = record.publish()
     env = {**os.environ, "SQUEEZER_HOME": str(settings.home)}
     # training takes every core it gets; on one machine the API must still answer status polls promptly.
     # --exit-with-parent: should this process die without the `finally` below (SIGKILL), the worker stops too.
@@ -127,7 +130,7 @@ def serve(
     worker_processes = [subprocess.Popen(command, env=env) for _ in range(workers)]
     typer.echo(
         f"Squeezer API on http://{host}:{port} (docs: /docs)\nAPI key: {secret}\nkey file: {path} "
-        f"(and {record}, for the CLI and the SDK in any folder)"
+        f"(and {record_path}, for the CLI and the SDK in any folder)"
     )
     # uvicorn re-raises SIGINT / SIGTERM after its graceful shutdown; both must come through the `finally`
     # (SIGTERM's default action would end this process before it), which waits for the worker to stop.
@@ -135,7 +138,27 @@ def serve(
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     finally:
+        record.withdraw()  # first: the API no longer answers, and the workers may take a while to stop
         _stop_workers(worker_processes)
+
+
+def services() -> None:
+    """This user's running `squeezer serve`s; `*` marks the one the CLI and the SDK use in this folder."""
+    from squeezer.client import ClientError
+    from squeezer.client.discovery import LocalService, find_service, same_url
+
+    found, why = LocalService.live()
+    try:
+        here = find_service(None, None, Settings())[0]
+    except ClientError as exc:  # several and none for this project, or no key for SQUEEZER_URL
+        here, note = "", str(exc).splitlines()[-1] if found else why
+    else:
+        note = "" if any(same_url(s.url, here) for s in found) else f"used here: {here}, not one of these"
+    for s in found:
+        mark = "*" if here and same_url(s.url, here) else " "
+        typer.echo(f"{mark} {s.url}  {s.home}  pid {s.pid}  since {s.started_at}")
+    if note:
+        typer.echo(note)
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:

@@ -1,5 +1,5 @@
-"""Finding the local service from any folder: the per-user record `squeezer serve` writes, and how the
-SDK and the CLI choose between it, SQUEEZER_URL / SQUEEZER_API_KEY and a key file in the current folder.
+"""Finding the local service from any folder: the per-user records `squeezer serve` writes, and how the
+SDK and the CLI choose between them, SQUEEZER_URL / SQUEEZER_API_KEY and a key file in the current folder.
 
 The autouse fixture in tests/conftest.py points XDG_STATE_HOME at a temporary folder.
 """
@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from squeezer.client import Client, ClientError, wait_ready
-from squeezer.client.discovery import LocalService, client_url, local_service_file
+from squeezer.client.discovery import LocalService, client_url, record_file, services_dir
 from tests.servers import free_port
+
+A, B = "http://127.0.0.1:8123", "http://127.0.0.1:8124"
 
 
 @pytest.fixture
@@ -31,22 +33,59 @@ def elsewhere(tmp_path, monkeypatch):
     return folder
 
 
+@pytest.fixture
+def other_pid():
+    """A live process other than this one: the pid of a second `serve`."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture
+def two_projects(tmp_path, other_pid):
+    """Two projects of one user, each with its `serve` running (A on :8123, B on :8124)."""
+    projects = tmp_path / "a", tmp_path / "b"
+    LocalService(A, "sq_a", os.getpid(), str(projects[0] / ".squeezer")).publish()
+    LocalService(B, "sq_b", other_pid, str(projects[1] / ".squeezer")).publish()
+    for project in projects:
+        (project / ".squeezer").mkdir(parents=True)
+    return projects
+
+
 def _exited_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
 
 
+def _cli_env() -> dict[str, str]:
+    """No SQUEEZER_* settings, and this checkout's code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEEZER_")}
+    return env | {"PYTHONPATH": str(Path(__file__).parents[2]), "COLUMNS": "300"}
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "squeezer.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=_cli_env(), capture_output=True, text=True, timeout=120)
+
+
+def _target(client: Client) -> tuple[str, str]:
+    return client.url, client.http.headers["Authorization"].removeprefix("Bearer ")
+
+
 def test_the_record_is_private_to_the_user(tmp_path):
-    path = LocalService("http://127.0.0.1:8123", "sq_secret", os.getpid(), str(tmp_path)).publish()
-    assert path == local_service_file() and path.parent.name == "squeezer"
+    record = LocalService("http://127.0.0.1:8123", "sq_secret", os.getpid(), str(tmp_path))
+    path = record.publish()
+    assert path == record_file("http://127.0.0.1:8123/") and path.parent == services_dir()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.stat().st_mode) == stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o700
     assert json.loads(path.read_text()) == {
         "url": "http://127.0.0.1:8123",
         "api_key": "sq_secret",
         "pid": os.getpid(),
         "home": str(tmp_path),
+        "started_at": record.started_at,
     }
 
 
@@ -68,9 +107,9 @@ def test_a_stale_record_is_ignored_with_a_message_that_says_so(elsewhere, tmp_pa
 
 
 def test_without_any_record_the_message_names_where_it_looked(elsewhere):
-    with pytest.raises(ClientError, match="no 'squeezer serve' has run as this user") as raised:
+    with pytest.raises(ClientError, match="no 'squeezer serve' is running as this user") as raised:
         Client()
-    assert str(local_service_file()) in str(raised.value) and "SQUEEZER_API_KEY" in str(raised.value)
+    assert str(services_dir()) in str(raised.value) and "SQUEEZER_API_KEY" in str(raised.value)
 
 
 def test_the_recorded_key_is_never_sent_to_another_url(elsewhere, tmp_path, monkeypatch):
@@ -100,12 +139,87 @@ def test_a_key_file_here_wins_and_takes_the_url_only_from_its_own_service(elsewh
         assert client.url == "http://127.0.0.1:8124" and client.http.headers["Authorization"] == "Bearer sq_here"
 
 
-def test_a_live_service_on_the_same_url_keeps_its_record(tmp_path):
-    mine = LocalService("http://127.0.0.1:8123", "sq_first", os.getpid(), str(tmp_path)).publish()
-    LocalService("http://127.0.0.1:8123", "sq_second", os.getpid() + 1_000_000, str(tmp_path)).publish()
+def test_a_live_service_on_the_same_url_keeps_its_record(tmp_path, other_pid):
+    mine = LocalService(A, "sq_first", os.getpid(), str(tmp_path)).publish()
+    LocalService(A, "sq_second", other_pid, str(tmp_path)).publish()
     assert json.loads(mine.read_text())["api_key"] == "sq_first"  # the second one cannot bind that port
-    LocalService("http://127.0.0.1:8124", "sq_third", os.getpid() + 1_000_000, str(tmp_path)).publish()
-    assert json.loads(mine.read_text())["api_key"] == "sq_third"  # the newest service on another port wins
+    LocalService(A, "sq_third", _exited_pid(), str(tmp_path)).publish()
+    LocalService(A, "sq_fourth", other_pid, str(tmp_path)).withdraw()
+    assert json.loads(mine.read_text())["api_key"] == "sq_first"  # nor remove the first one's record
+
+
+def test_a_second_serve_does_not_replace_the_first(tmp_path, other_pid):
+    first = LocalService(A, "sq_a", os.getpid(), str(tmp_path / "a" / ".squeezer"))
+    second = LocalService(B, "sq_b", other_pid, str(tmp_path / "b" / ".squeezer"))
+    first.publish()
+    second.publish()
+    assert LocalService.live() == ([first, second], "")
+    second.withdraw()  # the second one stops: the first one is still found
+    assert LocalService.live() == ([first], "")
+
+
+def test_a_dead_serve_on_the_same_url_is_replaced(tmp_path):
+    LocalService(A, "sq_old", _exited_pid(), str(tmp_path / "old")).publish()
+    new = LocalService(A, "sq_new", os.getpid(), str(tmp_path / "new"))
+    new.publish()
+    assert LocalService.live() == ([new], "")
+
+
+def test_in_a_project_folder_its_own_serve_is_used(two_projects, monkeypatch, elsewhere):
+    a, b = two_projects
+    for folder, target in [(a, (A, "sq_a")), (b, (B, "sq_b")), (a / "scripts", (A, "sq_a"))]:
+        folder.mkdir(exist_ok=True)
+        monkeypatch.chdir(folder)
+        with Client() as client:
+            assert _target(client) == target, folder
+    monkeypatch.setenv("SQUEEZER_HOME", str(b / ".squeezer"))  # "for" a project, from anywhere
+    monkeypatch.chdir(elsewhere)
+    with Client() as client:
+        assert _target(client) == (B, "sq_b")
+
+
+def test_a_subproject_with_its_own_key_does_not_take_the_enclosing_projects_serve(two_projects, elsewhere, monkeypatch):
+    sub = two_projects[0] / "sub"
+    (sub / ".squeezer").mkdir(parents=True)
+    (sub / ".squeezer" / "api_key").write_text("sq_sub\n")
+    monkeypatch.chdir(sub)
+    with Client() as client:  # its own serve is not running: the default URL, never A with this key
+        assert _target(client) == ("http://127.0.0.1:8000", "sq_sub")
+
+
+def test_in_another_folder_several_serves_are_listed_not_chosen(two_projects, elsewhere, monkeypatch):
+    a, b = two_projects
+    with pytest.raises(ClientError) as raised:
+        Client()
+    message = str(raised.value)
+    assert f"{A}  (serve for {a / '.squeezer'}" in message and f"{B}  (serve for {b / '.squeezer'}" in message
+    assert "--url" in message and "SQUEEZER_URL" in message and "sq_a" not in message and "sq_b" not in message
+    monkeypatch.setenv("SQUEEZER_API_KEY", "sq_env")  # a key alone does not say which one either
+    with pytest.raises(ClientError, match="several local services"):
+        Client()
+    monkeypatch.delenv("SQUEEZER_API_KEY")
+    monkeypatch.setenv("SQUEEZER_URL", B)  # a URL does, and gets that service's key
+    with Client() as client:
+        assert _target(client) == (B, "sq_b")
+
+
+def test_a_dead_serve_is_ignored(tmp_path, elsewhere):
+    LocalService(A, "sq_a", os.getpid(), str(tmp_path / "a" / ".squeezer")).publish()
+    LocalService(B, "sq_b", _exited_pid(), str(tmp_path / "b" / ".squeezer")).publish()
+    with Client() as client:  # the only one running
+        assert _target(client) == (A, "sq_a")
+
+
+def test_the_cli_lists_several_serves_instead_of_choosing(two_projects, elsewhere):
+    listed = _cli("jobs", "ls", cwd=elsewhere)
+    assert listed.returncode == 2, listed.stdout + listed.stderr
+    assert A in listed.stdout and B in listed.stdout and "several local services" in listed.stdout
+    services = _cli("services", cwd=elsewhere).stdout.splitlines()
+    assert services[0].startswith(f"  {A}  {two_projects[0] / '.squeezer'}  pid {os.getpid()}")
+    assert services[1].startswith(f"  {B}  {two_projects[1] / '.squeezer'}")
+    assert services[2].startswith("choose one with url= (--url) or SQUEEZER_URL")
+    services = _cli("services", cwd=two_projects[1]).stdout.splitlines()
+    assert services[0].startswith(f"  {A}") and services[1].startswith(f"* {B}") and len(services) == 2
 
 
 @pytest.mark.parametrize(
@@ -163,4 +277,39 @@ def test_after_serve_the_cli_works_from_another_folder_without_settings(tmp_path
         text=True,
         timeout=120,
     )
-    assert failed.returncode == 2 and "is no longer running" in failed.stdout
+    assert failed.returncode == 2 and "no 'squeezer serve' is running" in failed.stdout  # it removed its record
+
+
+@pytest.mark.slow
+def test_two_serves_of_one_user_each_stay_their_projects_target(tmp_path):
+    """`squeezer serve` in two projects: each project's CLI uses its own, another folder gets both listed."""
+    env = _cli_env()
+    projects, elsewhere = [tmp_path / "a", tmp_path / "b"], tmp_path / "elsewhere"
+    ports = [free_port(), free_port()]
+    servers = []
+    for folder in [*projects, elsewhere]:
+        folder.mkdir()
+
+    try:
+        for project, port in zip(projects, ports, strict=True):
+            log = (project / "serve.log").open("w")
+            command = [sys.executable, "-m", "squeezer.cli", "serve", "--port", str(port)]
+            servers.append(subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+            wait_ready(f"http://127.0.0.1:{port}", timeout=60, alive=lambda: servers[-1].poll() is None)
+        for project, port in zip(projects, ports, strict=True):
+            listed = _cli("services", cwd=project)
+            assert f"* http://127.0.0.1:{port}  {project / '.squeezer'}" in listed.stdout, listed.stdout
+            assert _cli("jobs", "ls", cwd=project).returncode == 0
+        ambiguous = _cli("jobs", "ls", cwd=elsewhere)
+        assert ambiguous.returncode == 2 and "several local services" in ambiguous.stdout
+        assert all(f"http://127.0.0.1:{port}" in ambiguous.stdout for port in ports)
+        servers[0].terminate()  # a's serve stops: b's is the only one, found from anywhere
+        servers[0].wait(timeout=60)
+        assert _cli("jobs", "ls", cwd=elsewhere).returncode == 0
+        # but never from a, whose key file belongs to a's serve
+        assert "used here: http://127.0.0.1:8000, not one of these" in _cli("services", cwd=projects[0]).stdout
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=60)
