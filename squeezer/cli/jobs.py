@@ -21,6 +21,7 @@ from rich.text import Text
 
 from squeezer.api.schemas import Status
 from squeezer.client import Client, ClientError, JobRead
+from squeezer.client.client import TERMINAL
 from squeezer.client.progress import make_console
 from squeezer.client.validation import check_config, check_recipe
 from squeezer.db.models import JobStatus  # sqlalchemy is loaded by the CLI anyway
@@ -195,6 +196,8 @@ def list_jobs(
         metric = f"{job.current_metric:.4g}" if job.current_metric is not None else ""
         rate = f"{job.compression_rate:.3g}" if job.compression_rate is not None else ""
         total = f"/{job.total_epochs}" if job.total_epochs else ""
+        if job.total_epochs and job.status in TERMINAL and job.epoch < job.total_epochs:
+            total = f" (of ≤{job.total_epochs})"  # done early (met its budget), not stalled at 0/3
         table.add_row(
             job.id, job.name, job.status, f"{job.epoch}{total}", metric, rate, f"{job.created_at:%Y-%m-%d %H:%M}"
         )

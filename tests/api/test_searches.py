@@ -80,7 +80,10 @@ def test_bad_candidates_are_refused_at_submit_with_their_json_path(api, artifact
     assert invalid.status_code == 422, invalid.text
     assert invalid.json()["path"] == "$.candidates[1].config.compression.preset"
     assert "mine" in invalid.json()["detail"]
-    wrong_input = {"name": "mine", "config": {"input_info": {"sample_size": [1, 3]}, "compression": []}}
+    wrong_input = {
+        "name": "mine",
+        "config": {"input_info": {"sample_size": [1, 3]}, "compression": {"algorithm": "quantization"}},
+    }
     unfit = api.post("/v1/searches", headers=api.alice, json=body(artifacts, candidates=[wrong_input]))
     assert unfit.status_code == 422 and unfit.json()["path"] == "$.candidates[0].config.input_info.sample_size"
     no_budget = body(artifacts)

@@ -65,7 +65,7 @@ def test_piped_ls_and_show_are_whole_and_rounded(tmp_path):
         shown = _cli(url, alice, "jobs", "show", job_id)
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if job_id in line)
-    assert LONG_NAME in row and "succeeded" in row and "0/4" in row and "97.22" in row  # one line, nothing cut
+    assert LONG_NAME in row and "succeeded" in row and "0 (of ≤4)" in row and "97.22" in row  # one line, nothing cut
 
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()

@@ -215,7 +215,8 @@ def test_the_list_pages_and_filters_by_status(ui_service, page):
     assert names == [f"carol-{i:02d}" for i in range(50)]  # newest first, 50 a page
     assert page.inner_text("#range") == "1–50 of 55" and page.is_disabled("#prev")
     first = page.locator("#jobs tbody tr").first.inner_text()
-    assert "succeeded" in first and "3/5" in first and "90.00" in first and "25.0 %" in first
+    # finished after 3 of at most 5 epochs: not "3/5", which read as stalled
+    assert "succeeded" in first and "3 (of ≤5)" in first and "90.00" in first and "25.0 %" in first
 
     page.click("#next")
     page.wait_for_function("() => document.querySelector('#range').textContent === '51–55 of 55'")
@@ -254,3 +255,49 @@ def test_a_post_training_job_is_submitted_from_the_page_without_validation_data(
             time.sleep(0.5)
     assert job["status"] == "succeeded", job
     page.wait_for_function("() => document.querySelector('#job-status').textContent === 'succeeded'")
+
+
+def test_the_job_page_labels_small_learning_rates_mentions_the_key_file_and_fetches_nothing_missing(ui_service, page):
+    """Cosmetics a new user reported: the lr axis read "0 0 0 0 0" at 1e-4, a job done at once read "0/3",
+    the sign-in page did not say where `serve` writes the key, and the console showed a 404 (the favicon)."""
+    from datetime import UTC, datetime
+
+    from squeezer.api.keys import create_key
+    from squeezer.db import Job, JobMetric, JobStatus
+
+    missing = []
+    page.on("response", lambda r: missing.append(r.url) if r.status >= 400 else None)
+    page.goto(ui_service.url + "/ui/jobs")
+    assert ".squeezer/api_key" in page.inner_text("#sign-in")
+    with ui_service.app.state.sessions() as session:
+        key, secret = create_key(session, "dave")
+        spec = {"model": "m", "train_data": "t", "val_data": "v", "config": {}, "recipe": {"lr": 1e-4}}
+        job = Job(owner_id=key.id, name="small-lr", status=JobStatus.succeeded, spec=spec, epoch=2, total_epochs=3)
+        job.finished_at = datetime.now(UTC)
+        session.add(job)
+        session.flush()
+        for epoch in range(3):
+            lr, loss = (None, None) if epoch == 0 else (1e-4 / epoch, 0.3 / epoch)
+            session.add(
+                JobMetric(
+                    job_id=job.id,
+                    epoch=epoch,
+                    phase="initial",
+                    stage="FULLY_COMPRESSED",
+                    metric=90.0,
+                    accuracy_budget=0.5,
+                    loss=loss,
+                    lr=lr,
+                    wall_time_s=1.0,
+                )
+            )
+        session.commit()
+        job_id = job.id
+    sign_in(page, ui_service.url, secret, f"/ui/jobs/{job_id}")
+    page.wait_for_function("() => document.querySelector('#chart-loss').dataset.points === '3'")
+    labels = page.eval_on_selector(
+        "#chart-loss", "el => el.chart.axes[2].values(el.chart, [0.00005, 0.00007500000001, 0.0001], 2, 0.000025)"
+    )
+    assert labels == ["0.00005", "0.000075", "0.0001"]  # not "0"
+    assert "done after 2 of at most 3 epochs" in page.inner_text("#job-facts")
+    assert missing == [], missing

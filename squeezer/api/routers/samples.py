@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import jstyleson
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from squeezer.api.errors import ApiError, problems
-from squeezer.examples.configs import sample_config_names, sample_config_path
+from squeezer.compression.config.reader import parse_config
+from squeezer.examples.configs import sample_config_names, sample_config_path, sample_description
 
 router = APIRouter(prefix="/v1/sample-configs", tags=["sample configs"])
 
@@ -25,13 +25,8 @@ class SampleConfig(BaseModel):
 
 def _read(name: str) -> SampleConfig:
     path = sample_config_path(name)
-    text = path.read_text(encoding="utf-8")
-    comments = []
-    for line in text.splitlines()[1:]:
-        if not line.strip().startswith("//"):
-            break
-        comments.append(line.strip().removeprefix("//").strip())
-    return SampleConfig(name=name, file=path.name, description=" ".join(comments), config=jstyleson.loads(text))
+    config = parse_config(path.read_bytes(), path.name)  # the reader every config goes through
+    return SampleConfig(name=name, file=path.name, description=sample_description(name), config=config)
 
 
 @router.get("", response_model=list[SampleConfig], operation_id="sample_configs_list")

@@ -140,6 +140,17 @@ const Squeezer = (() => {
     return `${value.toFixed(unit ? 1 : 0)} ${units[unit]}`;
   }
 
+  // Epochs of a job: "3 of 10" while it runs; a finished job shows what it trained ("done after 0 of 3
+  // epochs" for one that met its budget at once), never "0/3" as if it had stalled.
+  function progress(job, short = false) {
+    const TERMINAL = ["succeeded", "failed", "cancelled"];
+    if (!job.total_epochs) return short ? `${job.epoch}` : `epoch ${job.epoch}`;
+    if (TERMINAL.includes(job.status) && job.epoch < job.total_epochs) {
+      return short ? `${job.epoch} (of ≤${job.total_epochs})` : `done after ${job.epoch} of at most ${job.total_epochs} epochs`;
+    }
+    return short ? `${job.epoch}/${job.total_epochs}` : `epoch ${job.epoch} of ${job.total_epochs}`;
+  }
+
   // An API problem as text: its title, detail and, where the API names it, the JSON path.
   function problemText(error) {
     const problem = error.body || {};
@@ -202,5 +213,5 @@ const Squeezer = (() => {
     else start();
   }
 
-  return { ApiError, api, events, download, el, number, percent, when, bytes, problemText, page };
+  return { ApiError, api, events, download, el, number, percent, when, bytes, progress, problemText, page };
 })();

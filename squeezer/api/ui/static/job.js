@@ -49,6 +49,8 @@ Squeezer.page(async (main) => {
     };
   }
 
+  // tick labels with 3 significant digits: uPlot's default rounds 1e-4 to "0" on a learning-rate axis
+  const significant = (_, ticks) => ticks.map((t) => (t == null ? "" : String(Number(t.toPrecision(3)))));
   const line = (label, stroke, extra = {}) => ({ label, stroke, width: 2, spanGaps: true, points: { show: true }, ...extra });
   const dashed = (label, stroke) => line(label, stroke, { dash: [6, 4], points: { show: false } });
   const charts = {
@@ -61,7 +63,10 @@ Squeezer.page(async (main) => {
     loss: chart(
       "chart-loss",
       [line("loss", COLORS.loss, { scale: "loss" }), line("learning rate", COLORS.lr, { scale: "lr" })],
-      [{ scale: "loss" }, { scale: "lr", side: 1, grid: { show: false }, size: 70 }],
+      [
+        { scale: "loss", values: significant },
+        { scale: "lr", side: 1, grid: { show: false }, size: 70, values: significant },
+      ],
       { loss: { auto: true }, lr: { auto: true } },
     ),
   };
@@ -107,7 +112,7 @@ Squeezer.page(async (main) => {
     status.className = `status ${job.status}`;
     facts(main.querySelector("#job-facts"), [
       ["Stage", job.stage ? job.stage.replaceAll("_", " ").toLowerCase() : "–"],
-      ["Progress", job.total_epochs ? `epoch ${job.epoch} of ${job.total_epochs}` : `epoch ${job.epoch}`],
+      ["Progress", Squeezer.progress(job)],
       ["Metric", number(job.current_metric)],
       ["Best metric", number(job.best_metric)],
       ["Compression rate", percent(job.compression_rate)],

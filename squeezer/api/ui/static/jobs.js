@@ -22,7 +22,7 @@ Squeezer.page(async (main) => {
   }
 
   function row(job) {
-    const progress = job.total_epochs ? `${job.epoch}/${job.total_epochs}` : `${job.epoch}`;
+    const progress = Squeezer.progress(job, true);
     return el(
       "tr",
       { "data-job-id": job.id },
