@@ -191,9 +191,12 @@ def _to_export_weight(module: nn.Module, bn: nn.Module | None) -> nn.Module:
     if bn is not None:
         norm = cast(nn.modules.batchnorm._BatchNorm, bn)
         assert norm.running_var is not None and norm.running_mean is not None
-        k = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+        affine = norm.weight is not None  # BatchNorm(affine=False) has no scale and shift
+        gamma = norm.weight.detach() if affine else torch.ones(n_out)
+        beta = norm.bias.detach() if affine else torch.zeros(n_out)
+        k = gamma / torch.sqrt(norm.running_var + norm.eps)
         b = bias if bias is not None else torch.zeros(n_out)
-        bias = (b - norm.running_mean) * k + norm.bias.detach()
+        bias = (b - norm.running_mean) * k + beta
     qdq: WeightQDQ | None = None
     if grid is None:
         new_weight = weight * _bcast(k, out_axis, weight.dim())

@@ -111,3 +111,30 @@ def test_batchnorm_is_folded_where_exact(model_cls, left, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     actual = session.run(None, {"input.0": x.numpy()})[0]
     assert np.abs(actual - expected).max() <= parity_bound(expected, 0.05)
+
+
+def _no_affine(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Sequential:
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.3, 3)
+    return nn.Sequential(layer, bn, nn.ReLU()).eval()
+
+
+@pytest.mark.parametrize(
+    ("build", "shape"),
+    [
+        (lambda: _no_affine(nn.Linear(8, 16), nn.BatchNorm1d(16, affine=False)), (8,)),
+        (lambda: _no_affine(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, affine=False)), (3, 8, 8)),
+    ],
+    ids=["linear", "conv"],
+)
+def test_batchnorm_without_affine_folds(build, shape, tmp_path):
+    """BatchNorm(affine=False) has no weight and bias: it folds with scale 1 and shift 0."""
+    torch.manual_seed(0)
+    config = NNCFConfig.from_dict(
+        {"input_info": {"sample_size": [1, *shape]}, "compression": {"algorithm": "quantization"}}
+    )
+    register_default_init_args(config, [(torch.randn(16, *shape), torch.zeros(16, dtype=torch.long))])
+    ctrl, _ = create_compressed_model(build(), config, dump_graphs=False)
+    path = ctrl.export_model(tmp_path / "m.onnx")  # raises ExportError if onnxruntime disagrees
+    assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(path)).graph.node}
