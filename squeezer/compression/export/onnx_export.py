@@ -51,6 +51,10 @@ DEFAULT_OPSET = 13  # the lowest that holds per-channel QuantizeLinear; raised w
 MAX_OPSET = 20  # the newest torch's TorchScript exporter writes
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_aten = torch.ops.aten
+# x.reshape_as(y) reads only y's shape; as fx methods and as the aten ops of a lifted torch.export graph
+_SHAPE_OF_OTHER = ("reshape_as", "view_as", "expand_as", _aten.reshape_as.default, _aten.view_as.default)
+_SHAPE_READS = ("size", "dim", _aten.sym_size.int)
 
 
 @dataclass
@@ -280,9 +284,12 @@ def _one_value_use(node: fx.Node) -> bool:
     shape_only = [
         u
         for u in node.users
-        if (u.op == "call_method" and u.target in ("reshape_as", "view_as", "expand_as") and u.args[0] is not node)
-        or (u.op == "call_method" and u.target in ("size", "dim"))
-        or (u.op == "call_function" and u.target is getattr and u.args[1:] == ("shape",))
+        if u.op in ("call_method", "call_function")
+        and (
+            (u.target in _SHAPE_OF_OTHER and u.args[0] is not node)
+            or u.target in _SHAPE_READS
+            or (u.target is getattr and u.args[1:] == ("shape",))
+        )
     ]
     return len(node.users) - len(shape_only) == 1
 

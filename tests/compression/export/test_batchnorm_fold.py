@@ -15,7 +15,10 @@ from onnx import numpy_helper
 from torch import nn
 
 from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
+from squeezer.client.packaging import export_model
 from squeezer.compression.export.onnx_export import parity_bound
+from squeezer.compression.graph.archive import load_exported_program
+from squeezer.compression.graph.lift import lift_exported_program
 
 
 def _random_stats(bn: nn.BatchNorm1d) -> nn.BatchNorm1d:
@@ -88,13 +91,19 @@ class TokenAxisBN(nn.Module):
     [(FlatMLP, 0), (MergedTokens, 0), (Conv1dBN, 0), (TokenAxisBN, 1)],
     ids=["linear-2d", "linear-flatten", "conv1d", "linear-3d-kept"],
 )
-def test_batchnorm_is_folded_where_exact(model_cls, left, tmp_path):
+@pytest.mark.parametrize("way_in", ["library", "service"])
+def test_batchnorm_is_folded_where_exact(model_cls, left, way_in, tmp_path):
+    """Both ways in: the library's fx trace, and the service's `.pt2` lifted from torch.export's aten graph."""
     torch.manual_seed(0)
-    model = model_cls().eval()
+    shape = model_cls.shape
+    model: nn.Module = model_cls().eval()
+    if way_in == "service":
+        archive = export_model(model, torch.randn(2, *shape), tmp_path / "m.pt2")
+        model = lift_exported_program(load_exported_program(archive))
     config = NNCFConfig.from_dict(
-        {"input_info": {"sample_size": [1, *model.shape]}, "compression": {"algorithm": "quantization"}}
+        {"input_info": {"sample_size": [1, *shape]}, "compression": {"algorithm": "quantization"}}
     )
-    data = [(torch.randn(16, *model.shape), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
+    data = [(torch.randn(16, *shape), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
     register_default_init_args(config, data)
     ctrl, compressed = create_compressed_model(model, config, dump_graphs=False)
     path = ctrl.export_model(tmp_path / "m.onnx")
@@ -104,7 +113,7 @@ def test_batchnorm_is_folded_where_exact(model_cls, left, tmp_path):
     weights = [numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith(".weight_quantized")]
     assert len(weights) == 2 and all(w.dtype == np.int8 for w in weights)  # the folded layer stays int8
 
-    x = torch.randn(8, *model.shape)
+    x = torch.randn(8, *shape)
     compressed.eval()
     with torch.no_grad():
         expected = compressed(x).numpy()
