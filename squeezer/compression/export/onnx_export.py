@@ -1,10 +1,11 @@
 """Export a compressed model to standard ONNX and check it in onnxruntime before returning.
 
-Steps: copy the model to CPU in eval mode; fold BatchNorm into the preceding conv (exact for
-per-channel weight grids: the int8 values stay, the channel scale is multiplied); replace every
-quantizer by a plain fake-quantize call with Python-number scales (uint8 activations, int8
-weights: what onnxruntime fuses); export with a dynamic batch dimension; store weights as int8
-and biases as int32; run the file in onnxruntime and compare with the torch model.
+Steps: copy the model to CPU in eval mode; fold BatchNorm into the conv or Linear whose output
+it normalizes (exact for per-channel weight grids: the int8 values stay, the channel scale is
+multiplied); replace every quantizer by a plain fake-quantize call with Python-number scales
+(uint8 activations, int8 weights: what onnxruntime fuses); export with a dynamic batch dimension;
+store weights as int8 and biases as int32; run the file in onnxruntime and compare with the torch
+model.
 """
 
 from __future__ import annotations
