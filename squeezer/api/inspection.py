@@ -57,14 +57,23 @@ def _not_an_export(filename: str, names: list[str]) -> ApiError:
     )
 
 
+# The export the static-batch message shows, as written (a test runs it). torch.export specializes a
+# dimension of size 1, so from a batch-1 example it refuses Dim('batch'): the example is doubled first.
+DYNAMIC_BATCH_EXPORT = (
+    "torch.export.save(torch.export.export(model, (torch.cat([x, x]),), "
+    "dynamic_shapes=({0: torch.export.Dim('batch', min=1)},)), 'model.pt2')"
+)
+
+
 def _static_batch(filename: str, inputs: list[list[int | None]]) -> ApiError:
     shape = next(s for s in inputs if s and s[0] is not None)
     return ApiError(
         422,
         "Model has a static batch size",
         f"{filename} was exported with a static batch of {shape[0]} (input shape {shape}), so it cannot train on "
-        "batches; export it with a dynamic batch dimension: torch.export.export(model, (example,), "
-        "dynamic_shapes=({0: torch.export.Dim('batch')},)) (the SDK's Client.compress does this)",
+        "batches; export it with a dynamic batch dimension, from an example batch of at least 2 (torch fixes a "
+        "batch of 1 and refuses Dim('batch') on it). For an example input x of any batch: "
+        f"{DYNAMIC_BATCH_EXPORT} (the SDK's Client.compress does this)",
     )
 
 

@@ -9,6 +9,7 @@ import zipfile
 import pytest
 import torch
 
+from squeezer.api.inspection import DYNAMIC_BATCH_EXPORT, model_signature
 from squeezer.examples.models import MLP
 from tests.api.test_api import CONFIG, api, artifacts, npz_bytes, upload  # noqa: F401  (fixtures)
 
@@ -36,7 +37,11 @@ def _other_zip(_tmp_path):
         (
             _static_batch_pt2,
             "Model has a static batch size",
-            ["m.pt2 was exported with a static batch of 1 (input shape [1, 64])", "dynamic_shapes=({0: "],
+            [
+                "m.pt2 was exported with a static batch of 1 (input shape [1, 64])",
+                "from an example batch of at least 2",
+                DYNAMIC_BATCH_EXPORT,
+            ],
         ),
         (_torch_save_pt2, "Invalid model archive", ["m.pt2 is a torch.save file", "torch.export.save("]),
         (_other_zip, "Invalid model archive", ["m.pt2 is a zip file, not a torch.export archive"]),
@@ -47,6 +52,18 @@ def test_models_that_cannot_train_are_refused_at_upload(api, tmp_path, make, tit
     assert response.status_code == 422 and response.json()["title"] == title, response.text
     assert all(f in response.json()["detail"] for f in fragments), response.json()["detail"]
     assert not [p for p in api.app.state.store.root.rglob("*") if p.is_file()]  # nothing kept
+
+
+def test_the_static_batch_fix_as_the_message_writes_it_makes_an_archive_the_api_takes(api, tmp_path, monkeypatch):  # noqa: F811
+    model, x = MLP().eval(), torch.rand(1, 64)  # the batch-1 example that gave the static archive
+    # the plain fix fails: torch specializes the batch of a batch-1 example to 1, so Dim('batch') is refused
+    with pytest.raises(torch._dynamo.exc.UserError, match=r"specialized it to be a constant \(1\)"):
+        torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    monkeypatch.chdir(tmp_path)
+    exec(DYNAMIC_BATCH_EXPORT, {"torch": torch, "model": model, "x": x})
+    assert model_signature(tmp_path / "model.pt2")["inputs"] == [[None, 64]]  # the batch is dynamic
+    response = upload(api, api.alice, "model", "m.pt2", (tmp_path / "model.pt2").read_bytes())
+    assert response.status_code == 201, response.text
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,11 @@
 """Export a compressed model to standard ONNX and check it in onnxruntime before returning.
 
-Steps: copy the model to CPU in eval mode; fold BatchNorm into the preceding conv (exact for
-per-channel weight grids: the int8 values stay, the channel scale is multiplied); replace every
-quantizer by a plain fake-quantize call with Python-number scales (uint8 activations, int8
-weights: what onnxruntime fuses); export with a dynamic batch dimension; store weights as int8
-and biases as int32; run the file in onnxruntime and compare with the torch model.
+Steps: copy the model to CPU in eval mode; fold BatchNorm into the conv or Linear whose output
+it normalizes (exact for per-channel weight grids: the int8 values stay, the channel scale is
+multiplied); replace every quantizer by a plain fake-quantize call with Python-number scales
+(uint8 activations, int8 weights: what onnxruntime fuses); export with a dynamic batch dimension;
+store weights as int8 and biases as int32; run the file in onnxruntime and compare with the torch
+model.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from squeezer.compression.graph.surgery import (
     unparametrized_copy,
     weight_parametrizations,
 )
+from squeezer.compression.graph.trace import tensor_meta
 from squeezer.compression.init_args import flatten_tensors
 from squeezer.compression.quantization.placement import ACTIVATIONS_ATTR, attention_projections
 from squeezer.compression.quantization.quantizer import FakeQuantizer
@@ -50,6 +52,10 @@ DEFAULT_OPSET = 13  # the lowest that holds per-channel QuantizeLinear; raised w
 MAX_OPSET = 20  # the newest torch's TorchScript exporter writes
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_aten = torch.ops.aten
+# x.reshape_as(y) reads only y's shape; as fx methods and as the aten ops of a lifted torch.export graph
+_SHAPE_OF_OTHER = ("reshape_as", "view_as", "expand_as", _aten.reshape_as.default, _aten.view_as.default)
+_SHAPE_READS = ("size", "dim", _aten.sym_size.int)
 
 
 @dataclass
@@ -190,9 +196,12 @@ def _to_export_weight(module: nn.Module, bn: nn.Module | None) -> nn.Module:
     if bn is not None:
         norm = cast(nn.modules.batchnorm._BatchNorm, bn)
         assert norm.running_var is not None and norm.running_mean is not None
-        k = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+        affine = norm.weight is not None  # BatchNorm(affine=False) has no scale and shift
+        gamma = norm.weight.detach() if affine else torch.ones(n_out)
+        beta = norm.bias.detach() if affine else torch.zeros(n_out)
+        k = gamma / torch.sqrt(norm.running_var + norm.eps)
         b = bias if bias is not None else torch.zeros(n_out)
-        bias = (b - norm.running_mean) * k + norm.bias.detach()
+        bias = (b - norm.running_mean) * k + beta
     qdq: WeightQDQ | None = None
     if grid is None:
         new_weight = weight * _bcast(k, out_axis, weight.dim())
@@ -240,6 +249,59 @@ def _norm_act_tail(bn: nn.Module) -> nn.Module | None:
     return nn.Sequential(cast(nn.Module, bn.drop), cast(nn.Module, bn.act))
 
 
+def _channel_source(bn: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The conv or Linear call whose output channels are, one for one, the channels that the BatchNorm call
+    `bn` normalizes, its output used on the way to `bn` only; None where folding would not be exact.
+
+    A conv's channels are axis 1, BatchNorm's axis. A Linear's are its last axis: the same only when
+    BatchNorm gets them as (N, C), the Linear's own 2-D output or its output with the leading axes merged
+    (timm's LeViT: `bn(linear(x).flatten(0, 1))`). On (N, L, C), BatchNorm1d normalizes L: never folded.
+    """
+    src = bn.args[0]
+    if not (isinstance(src, fx.Node) and _one_value_use(src)):
+        return None
+    if src.op == "call_module" and isinstance(modules[str(src.target)], _CONVS):
+        return src
+    if original_class(modules[str(bn.target)]) is not nn.BatchNorm1d:
+        return None
+    shape = tensor_meta(src)
+    if shape is None or len(shape) != 2:
+        return None
+    if _merges_leading_axes(src):  # (..., C) -> (M, C) in row-major order: the same C channels
+        inner = src.args[0]
+        if not (isinstance(inner, fx.Node) and _one_value_use(inner)):
+            return None
+        inner_shape = tensor_meta(inner)
+        if inner_shape is None or inner_shape[-1] != shape[-1]:
+            return None
+        src = inner
+    if src.op == "call_module" and isinstance(modules[str(src.target)], nn.Linear):
+        return src
+    return None
+
+
+def _one_value_use(node: fx.Node) -> bool:
+    """`node`'s value has one user; any others read its shape only (LeViT's `reshape_as(h)`), which a fold keeps."""
+    shape_only = [
+        u
+        for u in node.users
+        if u.op in ("call_method", "call_function")
+        and (
+            (u.target in _SHAPE_OF_OTHER and u.args[0] is not node)
+            or u.target in _SHAPE_READS
+            or (u.target is getattr and u.args[1:] == ("shape",))
+        )
+    ]
+    return len(node.users) - len(shape_only) == 1
+
+
+def _merges_leading_axes(node: fx.Node) -> bool:
+    """A reshape: one that keeps the last axis merges the leading ones (the caller checks the shapes)."""
+    if node.op == "call_method":
+        return node.target in ("flatten", "reshape", "view")
+    return node.op == "call_function" and node.target in (torch.flatten, torch.reshape)
+
+
 def build_export_model(model: nn.Module) -> nn.Module:
     """A CPU, eval-mode copy of `model` made of ops that export to standard QDQ ONNX."""
     export = copy.deepcopy(model).cpu().eval()
@@ -250,22 +312,22 @@ def build_export_model(model: nn.Module) -> nn.Module:
         for node in list(export.graph.nodes):
             if node.op != "call_module" or not isinstance(modules[str(node.target)], _BNS):
                 continue
-            src = node.args[0]
-            if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1):
+            src = _channel_source(node, modules)
+            if src is None:
                 continue
-            conv = modules[str(src.target)]
+            layer = modules[str(src.target)]
             bn = modules[str(node.target)]
             tail = _norm_act_tail(bn)
             # the exact BatchNorm classes, or a known norm + activation: a subclass may do more
-            if not isinstance(conv, _CONVS) or (original_class(bn) not in _BNS and tail is None):
+            if original_class(bn) not in _BNS and tail is None:
                 continue
-            if not bn.track_running_stats or conv in folded:
+            if not bn.track_running_stats or layer in folded:
                 continue
-            folded[conv] = bn
+            folded[layer] = bn
             if tail is not None:  # the normalization goes into the conv; its activation stays
                 replace_submodule(export, str(node.target), tail)
                 continue
-            node.replace_all_uses_with(src)
+            node.replace_all_uses_with(node.args[0])
             export.graph.erase_node(node)
         _short_quantizer_targets(export)
         export.graph.lint()
