@@ -49,6 +49,13 @@ class Recipe(BaseModel):
     batch_size: int = Field(default=64, ge=1, le=65536)
     epochs: int = Field(default=3, ge=1, le=10000, description="epochs when the config has no accuracy_aware_training")
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    max_wall_time_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=30 * 24 * 3600,
+        description="the job fails with 'deadline' past this many seconds of running, keeping its last good "
+        "checkpoint; at most the service's limit (SQUEEZER_JOB_MAX_WALL_TIME_S), which is also the default",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")

@@ -37,6 +37,23 @@ class Settings(BaseSettings):
         description="how a worker runs a job: landlock (own process, confined; Linux 6.7+) or process (own process, "
         "no credentials, unconfined: only for trusted uploads)",
     )
+    accept_weaker_sandbox: bool = Field(
+        default=False,
+        description="run jobs under Landlock older than ABI 6 (Linux 6.12), which cannot stop a job signalling "
+        "other processes of the worker's user or using their abstract UNIX sockets; off: such a worker refuses jobs",
+    )
+    # limits of every job process (worker/limits.py); 0 = sized to this machine when the worker starts
+    job_max_wall_time_s: float = Field(
+        default=24 * 3600.0, gt=0, description="a job running longer fails with 'deadline' (a recipe may ask for less)"
+    )
+    job_max_memory_bytes: int = Field(
+        default=0, ge=0, description="resident memory of a job's processes; 0: 75% of RAM"
+    )
+    job_max_cpu_time_s: float = Field(default=0, ge=0, description="CPU seconds of a job process; 0: wall time x cores")
+    job_max_processes: int = Field(default=64, ge=1, description="processes a job may run at once")
+    job_max_open_files: int = Field(default=4096, ge=64, description="open files of a job process")
+    job_max_disk_bytes: int = Field(default=16 * 1024**3, ge=1, description="size of a job's folder (outputs, state)")
+    job_poll_s: float = Field(default=1.0, gt=0, description="how often a worker checks its job's limits and cancel")
     url: str = Field(default="http://127.0.0.1:8000", description="the API the SDK and the CLI talk to")
     api_key: str = Field(default="", description="the SDK's and the CLI's key; default: the key file of serve")
 

@@ -113,11 +113,11 @@ def search_result(session: Session, search: Search) -> SearchResult:
         keep_fp32=advice.keep_fp32,
         recommendation_note=advice.note,
         epochs_spent=sum(job.epoch for job in jobs),
-        wall_time_s=(_aware(end) - _aware(search.created_at)).total_seconds(),
+        wall_time_s=(as_utc(end) - as_utc(search.created_at)).total_seconds(),
     )
 
 
-def _aware(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
@@ -143,7 +143,7 @@ def judge_epoch(session: Session, job_id: str, epoch: int) -> str | None:
     if search is None or search.cancelled_at is not None:
         return None
     settings = settings_of(search)
-    if search.deadline_at is not None and datetime.now(UTC) >= _aware(search.deadline_at):
+    if search.deadline_at is not None and datetime.now(UTC) >= as_utc(search.deadline_at):
         for sibling in search.candidates:
             if sibling.status == JobStatus.queued:
                 stop_candidate(session, sibling.id, DEADLINE_REASON)

@@ -26,6 +26,7 @@ from squeezer.db import make_engine, make_session_factory
 from squeezer.settings import Settings, get_settings
 from squeezer.storage import LocalStore
 from squeezer.worker.execute import execute_job
+from squeezer.worker.limits import JobLimits, log_isolation
 from squeezer.worker.sandbox.process import prestart_job_server, request_stop
 
 TASK = "squeezer.run_job"
@@ -65,7 +66,15 @@ def create_celery(settings: Settings | None = None) -> Celery:
             settings.heartbeat_s,
             settings.sandbox,
             enqueue=CeleryQueue(app).enqueue,
+            limits=JobLimits.from_settings(settings),
+            poll_s=settings.job_poll_s,
+            accept_weaker_sandbox=settings.accept_weaker_sandbox,
         )
+
+    @worker_ready.connect(weak=False)
+    def _report_isolation(**_: Any) -> None:
+        """At start, what this worker enforces on its jobs and what its kernel cannot (logged once)."""
+        log_isolation(settings)
 
     return app
 

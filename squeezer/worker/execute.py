@@ -19,18 +19,21 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from squeezer.db import Artifact, Export, Job, JobStatus
+from squeezer.db import Artifact, Export, Job, JobStatus, Search
 from squeezer.db.models import EXPORT_FILENAMES
 from squeezer.jobs import searches, transitions
+from squeezer.jobs.searches import as_utc
+from squeezer.settings import Settings
 from squeezer.storage import LocalStore
 from squeezer.worker.failures import failure_reason
-from squeezer.worker.recovery import Heartbeat
+from squeezer.worker.limits import JobLimits
 from squeezer.worker.sandbox.confine import SandboxUnavailable, require_landlock
 from squeezer.worker.sandbox.process import (
     JobInterrupted,
@@ -39,9 +42,12 @@ from squeezer.worker.sandbox.process import (
     run_job_process,
     stop_requested,
 )
-from squeezer.worker.sandbox.protocol import EpochMessage, JobRequest
+from squeezer.worker.sandbox.protocol import DoneMessage, EpochMessage, JobRequest
+from squeezer.worker.supervision import JobWatch
 
 RUN_JOB = "squeezer.worker.runner:run_job"
+LOOP_STATE = "loop_state.pt"  # what a training job saves after every epoch (runner.py)
+KEEP_OUTPUTS_S = 600.0  # the time a stopped job gets to export what its last epoch saved
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +142,58 @@ def _send_again(
         logger.warning("could not send job %s again; the sweep will", job_id, exc_info=True)
 
 
+def _stopped(
+    sessions: sessionmaker[Session],
+    store: LocalStore,
+    job_id: str,
+    owner: str,
+    request: JobRequest,
+    reason: str,
+    verdict: str,
+    spec: dict[str, Any],
+) -> str:
+    """The watch stopped the job process mid-epoch: keep what the last finished epoch saved, by running the
+    job once more in `stopped` mode (it trains nothing: it exports the saved loop state), then record it
+    as `cancelled` (a cancel), or `failed` with the verdict (a deadline, a resource limit)."""
+    done = None
+    workdir = Path(request.workdir)
+    if reason != "limit" and spec["recipe"].get("mode", "train") == "train" and (workdir / LOOP_STATE).exists():
+        keep = request.model_copy(update={"arguments": {**request.arguments, "stopped": reason}})
+        run = JobRun()
+        limits = JobLimits(**{**request.limits, "wall_time_s": KEEP_OUTPUTS_S}) if request.limits else None
+        until = datetime.now(UTC) + timedelta(seconds=KEEP_OUTPUTS_S)
+        try:
+            with JobWatch(sessions, job_id, owner, run, workdir, limits, until, None, 10.0, 1.0, watch_cancel=False):
+                done = run_job_process(keep, lambda _: None, lambda: False, run)
+        except (JobProcessFailed, JobInterrupted) as exc:
+            logger.error("job %s: keeping the outputs of its last epoch failed: %s", job_id, exc)
+    if not _still_ours(sessions, job_id, owner):
+        return "lost"
+    kinds = done.outputs if done is not None else []
+    with contextlib.suppress(OSError):
+        _store_exports(sessions, store, job_id, workdir, [*kinds, "log"])
+    result = _result(done) if done is not None else None
+    if reason == "cancelled":
+        outcome = _finish(sessions, job_id, owner, JobStatus.cancelled, result=result)
+    else:
+        kept = f"; {done.warnings[-1]}" if done is not None and done.warnings else ""
+        outcome = _finish(sessions, job_id, owner, JobStatus.failed, error=verdict + kept, result=result)
+    if outcome != "lost":
+        shutil.rmtree(workdir, ignore_errors=True)
+    return outcome
+
+
+def _result(done: DoneMessage) -> dict[str, Any]:
+    return {
+        "statistics": done.statistics,
+        "metric": done.metric,
+        "compression_rate": done.compression_rate,
+        "uncompressed_metric": done.uncompressed_metric,
+        "latency": {runtime: timing.model_dump() for runtime, timing in done.latency.items()},
+        "warnings": done.warnings,
+    }
+
+
 def _still_ours(sessions: sessionmaker[Session], job_id: str, owner: str) -> bool:
     with sessions() as session:
         return transitions.heartbeat(session, job_id, owner)
@@ -151,6 +209,9 @@ def execute_job(
     target: str = RUN_JOB,
     import_paths: Sequence[str] = (),
     enqueue: Callable[[str, int], None] | None = None,
+    limits: JobLimits | None = None,
+    poll_s: float = 1.0,
+    accept_weaker_sandbox: bool = False,
 ) -> str:
     """Run job `job_id` if it can be claimed; returns its final status, or 'skipped' (not claimed, or
     the worker is stopping), 'requeued' (stopped with the worker), 'lost' (no longer this worker's).
@@ -160,7 +221,9 @@ def execute_job(
     a hostile loader for `run_job`, and `import_paths` to find it). `work_root` must be shared by
     the workers that may resume each other's jobs (it is `<home>/work`): the loop state saved there
     after every epoch is where a requeued job continues. `enqueue` sends a job stopped with its
-    worker again (without it, the sweep does, after `requeue_after_s`).
+    worker again (without it, the sweep does, after `requeue_after_s`). `limits` bound the job process
+    (default: the settings'; `limits.py`), checked with cancel and the deadline every `poll_s`
+    (`supervision.py`).
     """
     if stop_requested():  # the worker is stopping: the job stays queued, its message goes back for the next
         return _hand_back(sessions, job_id, enqueue)
@@ -172,6 +235,8 @@ def execute_job(
         job = session.get(Job, job_id)
         assert job is not None
         spec = dict(job.spec)
+        search = session.get(Search, job.search_id) if job.search_id is not None else None
+        search_deadline = as_utc(search.deadline_at) if search is not None and search.deadline_at else None
         paths = {}
         for field in ("model", "train_data", "val_data"):
             if spec.get(field) is None:  # a post-training job may have no val_data
@@ -180,6 +245,8 @@ def execute_job(
             assert artifact is not None
             paths[field] = str(store.path(artifact.storage_path))
     workdir = Path(work_root).resolve() / job_id
+    limits = (limits or JobLimits.from_settings(Settings())).with_wall_time(spec["recipe"].get("max_wall_time_s"))
+    deadline = datetime.now(UTC) + timedelta(seconds=limits.wall_time_s)
     request = JobRequest(
         target=target,
         arguments={
@@ -195,18 +262,22 @@ def execute_job(
         workdir=str(workdir),
         confine=sandbox == "landlock",
         import_paths=list(import_paths),
+        limits=limits.to_dict(),
     )
     run = JobRun()
+    watch = JobWatch(sessions, job_id, owner, run, workdir, limits, deadline, search_deadline, heartbeat_s, poll_s)
     try:
         if request.confine:
-            require_landlock()
-        with Heartbeat(sessions, job_id, owner, heartbeat_s, on_lost=lambda: run.interrupt("lost")):
+            require_landlock(accept_weaker_sandbox)
+        with watch:
             done = run_job_process(
                 request, _record_epoch(sessions, job_id, owner, run), _cancel_requested(sessions, job_id), run
             )
     except JobInterrupted as exc:
         if exc.reason == "stopping":
             return _requeue(sessions, job_id, owner, enqueue)
+        if exc.reason in ("cancelled", "deadline", "limit"):
+            return _stopped(sessions, store, job_id, owner, request, exc.reason, watch.verdict or exc.reason, spec)
         logger.warning("job %s: %s", job_id, exc)
         return "lost"
     except (JobProcessFailed, SandboxUnavailable) as exc:
@@ -231,14 +302,7 @@ def execute_job(
         owner,
         status,
         **({"error": done.error} if done.error else {}),
-        result={
-            "statistics": done.statistics,
-            "metric": done.metric,
-            "compression_rate": done.compression_rate,
-            "uncompressed_metric": done.uncompressed_metric,
-            "latency": {runtime: timing.model_dump() for runtime, timing in done.latency.items()},
-            "warnings": done.warnings,
-        },
+        result=_result(done),
     )
     if outcome != "lost":
         shutil.rmtree(workdir, ignore_errors=True)  # everything worth keeping is in the store now

@@ -274,10 +274,15 @@ def run_job(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     latency_batch_size: int | None = None,
+    stopped: str | None = None,
 ) -> JobResult:
     """Compress the archived model as `config` says, training with `recipe`; files land in `workdir`.
     Latency is measured on a batch of `latency_batch_size` validation samples (default: the recipe's
-    batch size; a search asks for the batch size its user deploys at)."""
+    batch size; a search asks for the batch size its user deploys at).
+
+    `stopped` ("cancelled" or "deadline"): the worker stopped this job's process between two saves of its
+    loop state; train nothing, and write the outputs of what the last finished epoch saved (a cancel keeps
+    that epoch's model, as a cancel read after an epoch does; a deadline keeps the best checkpoint)."""
     recipe = Recipe.model_validate(recipe)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -373,6 +378,8 @@ def run_job(
         )
     if state_path.exists():
         loop.load_state(state_path)
+    if stopped is not None:
+        return _keep_saved_state(loop, ctrl, cmodel, recipe, stopped, workdir, original_keys, x_val, uncompressed)
     status = "succeeded"
     try:
         cmodel = loop.run(
@@ -410,6 +417,36 @@ def run_job(
         warnings,
         error,
     )
+
+
+def _keep_saved_state(
+    loop: TrainingLoop,
+    ctrl: Any,
+    cmodel: nn.Module,
+    recipe: Recipe,
+    stopped: str,
+    workdir: Path,
+    original_keys: set[str],
+    x_val: torch.Tensor,
+    uncompressed: float,
+) -> JobResult:
+    """The outputs of a job stopped mid-epoch, from its saved loop state; none when no epoch was saved."""
+    status = "cancelled" if stopped == "cancelled" else "failed"
+    if not loop.has_saved_state:
+        logger.info("%s before any epoch was saved: no outputs to keep", stopped)
+        return JobResult(status, uncompressed, None, None, 0)
+    model = loop.restore(cmodel, lambda: _optimizers(recipe, cmodel, recipe.epochs), best=stopped != "cancelled")
+    records = [r.to_dict() for r in loop.records]
+    kept = loop.statistics if stopped != "cancelled" else None
+    metric = kept.compressed_accuracy if kept else records[-1]["metric"]
+    rate = kept.compression_rate if kept else records[-1]["compression_rate"]
+    warnings: list[str] = []
+    epoch = kept.returned_epoch if kept else records[-1]["epoch"]
+    warnings.append(f"stopped ({stopped}) during epoch {records[-1]['epoch'] + 1}; the outputs are epoch {epoch}'s")
+    artifacts = write_outputs(ctrl, model, workdir, original_keys, x_val[:8], warnings)
+    logger.info("%s: kept epoch %d (metric %s); wrote %s", stopped, epoch, metric, ", ".join(sorted(artifacts)))
+    statistics = ctrl.statistics().to_dict()
+    return JobResult(status, uncompressed, metric, rate, len(records) - 1, records, statistics, artifacts, {}, warnings)
 
 
 def _divergence_report(diverged: TrainingDiverged, stats: LoopStatistics, recipe: Recipe, warnings: list[str]) -> str:

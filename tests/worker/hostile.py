@@ -71,3 +71,46 @@ def leave_a_child_behind(**_: Any) -> Any:
     return SimpleNamespace(
         status="succeeded", uncompressed_metric=1.0, metric=1.0, compression_rate=1.0, statistics=statistics
     )
+
+
+def allocate_without_end(workdir: str, **_: Any) -> None:
+    """Take memory 64 MiB at a time (each page touched, so it is resident), as a model too big for the box."""
+    import time
+
+    import numpy as np
+
+    held = []
+    for _ in range(4096):
+        held.append(np.ones(8 * 1024 * 1024))  # 64 MiB of float64, written
+        time.sleep(0.05)
+    raise RuntimeError("256 GiB allocated and no limit stopped the job")
+
+
+def fork_without_end(**_: Any) -> None:
+    """Start sleeping processes one after another, as a data loader with runaway workers."""
+    import subprocess
+    import sys
+    import time
+
+    children = []
+    for _ in range(1000):
+        children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
+        time.sleep(0.05)
+    raise RuntimeError("1000 processes started and no limit stopped the job")
+
+
+def fill_the_disk(workdir: str, **_: Any) -> None:
+    """Write 16 MiB files into the job's folder without end, as checkpoints kept every step."""
+    import time
+    from pathlib import Path
+
+    block = b"\1" * (16 * 1024 * 1024)
+    for i in range(4096):
+        (Path(workdir) / f"checkpoint-{i}.bin").write_bytes(block)
+        time.sleep(0.02)
+    raise RuntimeError("64 GiB written and no limit stopped the job")
+
+
+def spin_the_cpu(**_: Any) -> None:
+    while True:
+        pass

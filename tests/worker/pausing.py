@@ -56,6 +56,13 @@ def run_job_paused_mid_epoch_3(**arguments: Any) -> Any:
     return runner.run_job(**arguments)
 
 
+def run_job_paused_in_epoch_1(**arguments: Any) -> Any:
+    from squeezer.worker import runner
+
+    pause_at_batch(runner, BATCHES_PER_EPOCH // 2)
+    return runner.run_job(**arguments)
+
+
 class _PauseWhenImported(importlib.abc.MetaPathFinder):
     """Wraps the runner's loss as the runner is imported (the job process server imports it at start)."""
 

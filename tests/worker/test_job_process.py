@@ -74,7 +74,7 @@ def test_what_a_job_process_leaves_running_is_killed_when_it_ends(submitted):
 def test_a_worker_without_landlock_refuses_jobs_with_the_fix_in_the_reason(submitted, monkeypatch):
     monkeypatch.setattr("squeezer.worker.sandbox.confine.landlock_abi", lambda: 0)
     status, job, _ = run(*submitted, "kill_itself")
-    assert status == "failed" and "cannot confine job processes: Landlock ABI absent" in job.error
+    assert status == "failed" and "cannot confine job processes as required: Landlock ABI absent" in job.error
     assert "SQUEEZER_SANDBOX=process" in job.error
 
 

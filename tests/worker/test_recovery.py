@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from squeezer.db import ApiKey, Job, JobStatus
 from squeezer.jobs.transitions import recover_stale_jobs
-from squeezer.worker.recovery import Heartbeat
+from squeezer.worker.sandbox.process import JobRun
+from squeezer.worker.supervision import JobWatch
 from tests.helpers import app_with_two_keys
 
 
@@ -83,8 +84,10 @@ def test_the_heartbeat_stamps_a_running_job(tmp_path):
     sessions = app.state.sessions
     with sessions() as session:
         job_id = _job(session, session.query(ApiKey).first().id, JobStatus.running, 600, 1, worker_id="w:1:a")
-    with Heartbeat(sessions, job_id, "w:1:a", interval_s=0.05):
+    run = JobRun()
+    with JobWatch(sessions, job_id, "w:1:a", run, tmp_path, None, None, None, heartbeat_s=0.05, poll_s=0.05):
         time.sleep(0.3)
+    assert run.reason is None  # a running job of its own: nothing to stop
     with sessions() as session:
         beat = session.get(Job, job_id).heartbeat_at
     assert datetime.now(UTC) - beat.replace(tzinfo=UTC) < timedelta(seconds=5)

@@ -18,7 +18,7 @@ from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level, parse_config
 from squeezer.db import ApiKey, Artifact, ArtifactKind, Job, JobMetric, JobStatus
 from squeezer.jobs import transitions
-from squeezer.recipe import ptq_config_problem
+from squeezer.recipe import Recipe, ptq_config_problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def create_job(
 ) -> Job:
     _check_job_quota(session, key, settings.max_active_jobs_per_key)
     recipe = body.recipe
+    check_wall_time(recipe, settings.job_max_wall_time_s)
     ptq = recipe.mode == "ptq"
     _check_mode_inputs(body)
     model_artifact = _artifact_of_kind(session, key, body.model, ArtifactKind.model, "model")
@@ -93,6 +94,18 @@ def create_job(
     except Exception:  # the broker is down: the job is stored, and the sweep sends it once the broker is back
         logger.warning("could not enqueue job %s; the sweep will send it", job.id, exc_info=True)
     return job
+
+
+def check_wall_time(recipe: Recipe, limit: float) -> None:
+    """A recipe may shorten the service's wall-time limit for its job, not lengthen it."""
+    if recipe.max_wall_time_s is not None and recipe.max_wall_time_s > limit:
+        raise ApiError(
+            422,
+            "Invalid recipe",
+            f"recipe.max_wall_time_s is {recipe.max_wall_time_s:g}; at most {limit:g} s on this service "
+            "(SQUEEZER_JOB_MAX_WALL_TIME_S)",
+            path="$.recipe.max_wall_time_s",
+        )
 
 
 def _check_mode_inputs(body: JobCreate) -> None:

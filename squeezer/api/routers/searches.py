@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep
 from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import check_input_info, check_job_data
-from squeezer.api.routers.jobs import ACTIVE, _artifact_of_kind
+from squeezer.api.routers.jobs import ACTIVE, _artifact_of_kind, check_wall_time
 from squeezer.api.schemas import SearchCreate, SearchPage, SearchRead
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level
@@ -89,6 +89,7 @@ def create_search(
     body: SearchCreate, request: Request, key: CurrentKey, session: SessionDep, settings: SettingsDep
 ) -> SearchRead:
     model_artifact = _artifact_of_kind(session, key, body.model, ArtifactKind.model, "model")
+    check_wall_time(body.recipe, settings.job_max_wall_time_s)
     data = {}
     for field in ("train_data", "val_data"):
         artifact = _artifact_of_kind(session, key, getattr(body, field), ArtifactKind.dataset, field)

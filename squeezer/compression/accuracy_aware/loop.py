@@ -376,6 +376,26 @@ class TrainingLoop:
             raise CompressionError(f"{path} holds a {state.get('mode')!r} loop state, not {self.mode!r}")
         self._resume = state
 
+    @property
+    def has_saved_state(self) -> bool:
+        return self._resume is not None
+
+    def restore(
+        self, model: nn.Module, configure_optimizers_fn: Callable[[], Any] | None = None, best: bool = False
+    ) -> nn.Module:
+        """`model` as the state from `load_state` left it (its last epoch), or loaded with the best checkpoint
+        (`finish`'s rule, filling `statistics`), without training: what a run stopped between two saved
+        epochs (a cancel, a deadline) keeps."""
+        if self._resume is None:
+            raise CompressionError("restore() needs load_state() first")
+
+        def never(*_: Any, **__: Any) -> Any:
+            raise CompressionError("a restored loop does not train")
+
+        self._setup(model, never, never, configure_optimizers_fn, None, None, None, None)
+        self._restore()
+        return self.finish() if best else self.model
+
     def _restore(self) -> None:
         state = self._resume
         assert state is not None

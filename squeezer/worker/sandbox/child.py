@@ -102,8 +102,14 @@ def run(request_line: str, channel: Channel) -> None:
         from squeezer.worker.sandbox.confine import confine
 
         confine([*request.readable, *request.import_paths], [workdir])
+    if request.limits is not None:
+        from squeezer.worker.limits import apply_rlimits
+
+        apply_rlimits(request.limits)
     _job_log(workdir)
     log = logging.getLogger("squeezer.worker.job")
+    from squeezer.worker.limits import limit_reason
+
     try:
         from squeezer.worker.failures import failure_reason
         from squeezer.worker.runner import JobInputError
@@ -117,7 +123,8 @@ def run(request_line: str, channel: Channel) -> None:
         return
     except Exception as exc:  # the reason goes to the worker; the traceback to the job's log
         log.error("the job failed:\n%s", traceback.format_exc())
-        channel.send({"type": "failed", "input_error": False, "reason": failure_reason(exc)})
+        reason = limit_reason(exc, request.limits) or failure_reason(exc)
+        channel.send({"type": "failed", "input_error": False, "reason": reason})
         return
     channel.send(
         {

@@ -26,7 +26,12 @@ from pathlib import Path
 
 from squeezer.errors import SqueezerError
 
-MIN_ABI = 4  # TCP restrictions
+MIN_ABI = 6  # signals and abstract UNIX sockets scoped (Linux 6.12); 4 (TCP) and 5 (device ioctls) before it
+WEAKEST_ABI = 4  # what `accept_weaker_sandbox` still runs jobs under: file and TCP rules, no scoping
+MISSING_BELOW = {  # what a kernel below MIN_ABI cannot stop a job from doing, by ABI
+    5: "ioctl on device files it may open",
+    6: "signalling other processes of the worker's user, and connecting to their abstract UNIX sockets",
+}
 
 # what torch, numpy and onnxruntime read outside the Python installation; missing ones are skipped
 SYSTEM_READ_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/sys", "/proc/self", "/proc/driver/nvidia")
@@ -65,15 +70,24 @@ def landlock_abi() -> int:
         return 0
 
 
-def require_landlock() -> int:
+def missing_rights(abi: int) -> list[str]:
+    """What a job could still do under Landlock ABI `abi`, that MIN_ABI would stop."""
+    return [what for needed, what in sorted(MISSING_BELOW.items()) if abi < needed]
+
+
+def require_landlock(accept_weaker: bool = False) -> int:
+    """The Landlock ABI, when it covers what the design relies on (files, TCP, signals, abstract sockets);
+    `SandboxUnavailable` otherwise. `accept_weaker` (SQUEEZER_ACCEPT_WEAKER_SANDBOX) runs jobs from ABI 4."""
     abi = landlock_abi()
-    if abi < MIN_ABI:
-        raise SandboxUnavailable(
-            f"this worker cannot confine job processes: Landlock ABI {abi or 'absent'} "
-            f"({sys.platform} {os.uname().release}), {MIN_ABI}+ (Linux 6.7+) is needed; run workers on such a kernel, "
-            "or set SQUEEZER_SANDBOX=process to run jobs in a process without credentials but unconfined"
-        )
-    return abi
+    if abi >= MIN_ABI or (accept_weaker and abi >= WEAKEST_ABI):
+        return abi
+    missing = "; ".join(missing_rights(abi)) if abi >= WEAKEST_ABI else "files and TCP"
+    raise SandboxUnavailable(
+        f"this worker cannot confine job processes as required: Landlock ABI {abi or 'absent'} "
+        f"({sys.platform} {os.uname().release}) cannot stop a job's {missing}; ABI {MIN_ABI}+ (Linux 6.12+) is needed. "
+        "Run workers on such a kernel, set SQUEEZER_ACCEPT_WEAKER_SANDBOX=1 to accept this on ABI "
+        f"{WEAKEST_ABI}+, or SQUEEZER_SANDBOX=process to run jobs without credentials but unconfined"
+    )
 
 
 def python_dirs() -> list[Path]:
@@ -94,7 +108,9 @@ def confine(readable: Iterable[str | os.PathLike[str]], writable: Iterable[str |
 
     read_dir = AccessFs.READ_FILE | AccessFs.READ_DIR | AccessFs.EXECUTE
     read_file = AccessFs.READ_FILE | AccessFs.EXECUTE
-    policy = Landlock(strict=False)  # strict=False: rights newer than the kernel are dropped, not errors
+    # strict only where the kernel has every right asked for; below MIN_ABI the worker accepted the weaker
+    # sandbox explicitly (require_landlock said what is missing), so rights newer than the kernel are dropped
+    policy = Landlock(strict=landlock_abi() >= MIN_ABI)
     for path in [*SYSTEM_READ_DIRS, *python_dirs(), *SYSTEM_READ_FILES, *readable]:
         if os.path.exists(path):
             policy.add_path_rule(path, access=read_dir if os.path.isdir(path) else read_file)

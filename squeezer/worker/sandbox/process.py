@@ -28,7 +28,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pydantic import ValidationError
 
@@ -236,7 +236,9 @@ def _read_message(events: IO[bytes]) -> bytes:
     return line
 
 
-def _death(returncode: int) -> str:
+def _death(returncode: int, limits: dict[str, Any] | None = None) -> str:
+    if returncode == -signal.SIGXCPU and limits is not None:
+        return f"CPU-time limit of {limits['cpu_time_s']:.0f} s exceeded (the kernel stopped the job process)"
     if returncode < 0:
         name = signal.Signals(-returncode).name
         hint = " (out of memory?)" if -returncode == signal.SIGKILL else ""
@@ -330,5 +332,5 @@ def _listen(
     if isinstance(final, JobProcessFailed):
         raise final
     if final is None:
-        raise JobProcessFailed(_death(code))
+        raise JobProcessFailed(_death(code, request.limits))
     return final

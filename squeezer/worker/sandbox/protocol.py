@@ -36,6 +36,7 @@ class JobRequest(BaseModel):
     workdir: str = Field(description="the only folder it may write")
     confine: bool = True
     import_paths: list[str] = Field(default_factory=list, description="folders added to sys.path (and readable)")
+    limits: dict[str, Any] | None = Field(None, description="worker/limits.py JobLimits: the kernel limits to set")
 
 
 class Message(BaseModel):
