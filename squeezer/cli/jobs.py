@@ -268,7 +268,7 @@ def watch_job(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> 
 
 @jobs_app.command("cancel")
 def cancel(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
-    """Stop a job: a queued one at once, a running one after its current epoch (what it made is kept)."""
+    """Stop a job: a queued one at once, a running one within a second (its last finished epoch is kept)."""
     with _client(url, api_key) as client:
         job = client.jobs.cancel(job_id)
     console.print(f"job {job.id} {job.status}")

@@ -126,7 +126,7 @@ def as_utc(value: datetime) -> datetime:
 
 def stop_candidate(session: Session, job_id: str, reason: str) -> bool:
     """End a candidate early: the reason first, then an ordinary cancel (a queued one at once, a running
-    one after its epoch). False when it had already finished."""
+    one within its worker's poll, keeping its last finished epoch). False when it had already finished."""
     session.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(stopped_reason=reason))
     session.commit()
     return transitions.cancel(session, job_id) is not None

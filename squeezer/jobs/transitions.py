@@ -167,7 +167,8 @@ def mark_enqueued(session: Session, job_id: str) -> bool:
 
 
 def cancel(session: Session, job_id: str) -> JobStatus | None:
-    """queued -> cancelled (at once), running -> cancelling (the worker stops after the epoch).
+    """queued -> cancelled (at once), running -> cancelling (the worker's watch stops the job process within
+    a poll, and records `cancelled` with the outputs of the last finished epoch).
 
     The new state (`cancelling` again for a job already being cancelled), or None when the job's state
     allows no cancel: it finished, or is gone.

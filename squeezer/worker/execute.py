@@ -30,7 +30,6 @@ from squeezer.db import Artifact, Export, Job, JobStatus, Search
 from squeezer.db.models import EXPORT_FILENAMES
 from squeezer.jobs import searches, transitions
 from squeezer.jobs.searches import as_utc
-from squeezer.settings import Settings
 from squeezer.storage import LocalStore
 from squeezer.worker.failures import failure_reason
 from squeezer.worker.limits import JobLimits
@@ -222,8 +221,8 @@ def execute_job(
     the workers that may resume each other's jobs (it is `<home>/work`): the loop state saved there
     after every epoch is where a requeued job continues. `enqueue` sends a job stopped with its
     worker again (without it, the sweep does, after `requeue_after_s`). `limits` bound the job process
-    (default: the settings'; `limits.py`), checked with cancel and the deadline every `poll_s`
-    (`supervision.py`).
+    (`limits.py`; the Celery task passes the settings'; None: no resource limits, only the recipe's
+    wall time), checked with cancel and the deadline every `poll_s` (`supervision.py`).
     """
     if stop_requested():  # the worker is stopping: the job stays queued, its message goes back for the next
         return _hand_back(sessions, job_id, enqueue)
@@ -245,8 +244,10 @@ def execute_job(
             assert artifact is not None
             paths[field] = str(store.path(artifact.storage_path))
     workdir = Path(work_root).resolve() / job_id
-    limits = (limits or JobLimits.from_settings(Settings())).with_wall_time(spec["recipe"].get("max_wall_time_s"))
-    deadline = datetime.now(UTC) + timedelta(seconds=limits.wall_time_s)
+    own_time = spec["recipe"].get("max_wall_time_s")
+    limits = limits.with_wall_time(own_time) if limits is not None else None
+    wall = limits.wall_time_s if limits is not None else own_time
+    deadline = datetime.now(UTC) + timedelta(seconds=wall) if wall else None
     request = JobRequest(
         target=target,
         arguments={
@@ -262,7 +263,7 @@ def execute_job(
         workdir=str(workdir),
         confine=sandbox == "landlock",
         import_paths=list(import_paths),
-        limits=limits.to_dict(),
+        limits=limits.to_dict() if limits is not None else None,
     )
     run = JobRun()
     watch = JobWatch(sessions, job_id, owner, run, workdir, limits, deadline, search_deadline, heartbeat_s, poll_s)

@@ -48,12 +48,13 @@ def test_compose_file_validates_and_has_the_production_shape(resolved):
     gpus = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert gpus == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert "--appendonly" in services["redis"]["command"]
+    assert services["worker"]["pids_limit"] == 512 and services["worker"]["mem_limit"]  # the jobs' outer wall
 
 
 def test_every_squeezer_variable_is_a_real_setting():
     fields = {f"SQUEEZER_{name.upper()}" for name in Settings.model_fields}
     for path in ("docker-compose.yml", ".env.example"):
         named = set(re.findall(r"\bSQUEEZER_[A-Z_]+\b", (ROOT / path).read_text()))
-        named -= {"SQUEEZER_PORT"}  # compose's published port, not a setting
+        named -= {"SQUEEZER_PORT", "SQUEEZER_WORKER_MEMORY"}  # compose's own: a published port, a container limit
         assert named and named <= fields, (path, named - fields)
     assert fields <= set(re.findall(r"\bSQUEEZER_[A-Z_]+\b", (ROOT / ".env.example").read_text()))  # all documented

@@ -117,3 +117,28 @@ def _alive(pid: int) -> bool:
         return False
     # a zombie (killed, not yet reaped by init) is dead too
     return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+
+
+def test_a_landlock_without_signal_scoping_is_refused_unless_the_weaker_sandbox_is_accepted(tmp_path, monkeypatch):
+    """ABI 4 and 5 cannot stop a job signalling the worker's other processes (kernels 6.7 to 6.11): such a
+    worker used to run jobs silently; now it refuses them, naming what is missing, unless told to accept it."""
+    client = api_client(tmp_path)
+    ids = upload_digits_job_inputs(client, client.alice, tmp_path)
+    body = {"name": "j", "model": ids["model"], "train_data": ids["train"], "val_data": ids["val"]}
+    body |= {"config": {"compression": {"algorithm": "quantization"}}, "recipe": {"epochs": 1}}
+    first, second = (client.post("/v1/jobs", headers=client.alice, json=body).json()["id"] for _ in range(2))
+    monkeypatch.setattr("squeezer.worker.sandbox.confine.landlock_abi", lambda: 5)
+    app = client.app
+
+    def execute(job_id, **options):
+        return execute_job(
+            job_id, app.state.sessions, app.state.store, app.state.settings.home / "work",
+            target="tests.worker.hostile:leave_a_child_behind", import_paths=[str(REPO)], **options,
+        )  # fmt: skip
+
+    assert execute(first) == "failed"
+    with app.state.sessions() as session:
+        error = session.get(Job, first).error
+    assert "Landlock ABI 5" in error and "signalling other processes of the worker's user" in error, error
+    assert "SQUEEZER_ACCEPT_WEAKER_SANDBOX=1" in error
+    assert execute(second, accept_weaker_sandbox=True) == "succeeded"

@@ -174,7 +174,8 @@ def job_metrics(job_id: str, key: CurrentKey, session: SessionDep) -> list[JobMe
 
 @router.post("/{job_id}/cancel", response_model=JobRead, operation_id="jobs_cancel", responses=problems(404, 409))
 def cancel_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
-    """queued: cancelled at once; running: cancelling (the worker stops after the epoch). One conditional
+    """queued: cancelled at once; running: cancelling (the worker stops it within a second, keeping its last
+    finished epoch's outputs, then records cancelled). One conditional
     transition, so a cancel racing a worker's claim or finish never overwrites what the worker did."""
     owned_job(session, key, job_id)
     cancelled = transitions.cancel(session, job_id)
