@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from squeezer.api.datasets import scan_npz, scan_safetensors
 from squeezer.api.errors import ApiError
+from squeezer.api.unpack import TooLarge, read_member
+from squeezer.settings import MAX_ARCHIVE_MEMBER_BYTES
 
 if TYPE_CHECKING:
     from squeezer.compression.config.models import InputInfo
@@ -111,13 +113,15 @@ def _vocab(graph: dict[str, Any], name: str) -> int | None:
     return min(sizes) if sizes else None
 
 
-def model_signature(path: Path, filename: str = "model.pt2") -> dict[str, Any] | None:
+def model_signature(
+    path: Path, filename: str = "model.pt2", max_member_bytes: int = MAX_ARCHIVE_MEMBER_BYTES
+) -> dict[str, Any] | None:
     """{"inputs": [[None, 1, 32, 32]], "outputs": [[None, 10]], "input_dtypes": ["float32"],
     "input_vocab": [None]} from `models/model.json` (for token ids: ["int64"] and the embedding's rows).
 
-    422 when the file is not a torch.export archive, its inputs have a static batch or it returns a class
-    that cannot be loaded without its code; None when the graph is laid out in a way this code does not
-    know (the worker still checks).
+    422 when the file is not a torch.export archive, its model.json unpacks past `max_member_bytes`, its
+    inputs have a static batch or it returns a class that cannot be loaded without its code; None when the
+    graph is laid out in a way this code does not know (the worker still checks).
     """
     try:
         with zipfile.ZipFile(path) as archive:
@@ -125,9 +129,11 @@ def model_signature(path: Path, filename: str = "model.pt2") -> dict[str, Any] |
             name = next((n for n in names if n.endswith("models/model.json")), None)
             if name is None:
                 raise _not_an_export(filename, names)
-            program = json.loads(archive.read(name))
+            program = json.loads(read_member(archive, name, max_member_bytes))
     except ApiError:
         raise
+    except TooLarge as exc:
+        raise ApiError(422, "Archive member too large", f"{filename}: {exc}", limit_bytes=exc.limit) from exc
     except Exception as exc:  # a broken zip, an unknown compression, a model.json that is not JSON
         detail = f"{filename} is not a readable torch.export archive: {exc}"
         raise ApiError(422, "Invalid model archive", detail) from exc
