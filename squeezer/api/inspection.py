@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from squeezer.api.datasets import scan_npz, scan_safetensors
 from squeezer.api.errors import ApiError
 from squeezer.api.unpack import TooLarge, read_member
-from squeezer.settings import MAX_ARCHIVE_MEMBER_BYTES
+from squeezer.settings import MAX_ARCHIVE_MEMBER_BYTES, MAX_DATASET_BYTES
 
 if TYPE_CHECKING:
     from squeezer.compression.config.models import InputInfo
@@ -170,11 +171,21 @@ def model_signature(
     return found
 
 
-def dataset_summary(path: Path, filename: str) -> dict[str, Any]:
+def dataset_summary(
+    path: Path,
+    filename: str,
+    max_member_bytes: int = MAX_ARCHIVE_MEMBER_BYTES,
+    max_dataset_bytes: int = MAX_DATASET_BYTES,
+) -> dict[str, Any]:
     """Shapes, label range and finiteness of a `.npz` / `.safetensors` dataset, read from its headers and
-    one streamed pass (never loaded whole); 422 when it is not one, or when it holds NaN or inf."""
+    one streamed pass (never loaded whole); 422 when it is not one, when a header claims other bytes than
+    the file holds, when its arrays unpack past `max_dataset_bytes` (or a safetensors header is over
+    `max_member_bytes`), or when it holds NaN or inf."""
     try:
-        scan = scan_safetensors if filename.endswith(".safetensors") else scan_npz
+        if filename.endswith(".safetensors"):
+            scan = partial(scan_safetensors, max_header_bytes=max_member_bytes, max_bytes=max_dataset_bytes)
+        else:
+            scan = partial(scan_npz, max_bytes=max_dataset_bytes)
         try:
             arrays = scan(path, ("x", "y"))
         except KeyError:
@@ -184,6 +195,8 @@ def dataset_summary(path: Path, filename: str) -> dict[str, Any]:
         raise ApiError(
             422, "Invalid dataset", f"{filename} must hold an array 'x' (and 'y' for labels); has {found}"
         ) from exc
+    except TooLarge as exc:
+        raise ApiError(422, "Dataset too large", f"{filename}: {exc}", limit_bytes=exc.limit) from exc
     except Exception as exc:  # pickled object arrays, truncated files, wrong headers
         raise ApiError(422, "Invalid dataset", f"{filename} is not a readable .npz / .safetensors file: {exc}") from exc
     x, y = arrays["x"], arrays.get("y")

@@ -1,5 +1,6 @@
 """An upload is read with bounds (issue 25, item 4): a zip bomb is refused from the size its member unpacks
-to, naming the limit, without the API process inflating it."""
+to, naming the limit, without the API process inflating it; array headers that claim other bytes than the
+file holds are refused naming the array, the claim and what is there."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import zipfile
 import pytest
 
 from squeezer.settings import MAX_ARCHIVE_MEMBER_BYTES
-from tests.api.test_api import pt2_bytes, upload
+from tests.api.test_api import npz_bytes, pt2_bytes, upload
 from tests.helpers import api_client
-from tests.uploads import zip_bomb_pt2
+from tests.uploads import bzip2_npz, lying_npz, lying_safetensors, npz_bomb, safetensors_offsets, zip_bomb_pt2
 
 BOMB = 256 << 20  # what model.json inflates to, from about 260 KB of upload
 
@@ -103,11 +104,71 @@ def _bzip2_model(tmp_path):
     ("kind", "name", "make", "member"),
     [
         ("model", "m.pt2", _bzip2_model, "m/models/model.json"),
+        ("dataset", "d.npz", lambda _: bzip2_npz(), "x.npy"),
     ],
-    ids=["model"],
+    ids=["model", "dataset"],
 )
 def test_members_compressed_with_bzip2_are_refused_unopened(api, tmp_path, kind, name, make, member):
     response = upload(api, api.alice, kind, name, make(tmp_path))
     assert response.status_code == 422, response.text
     assert f"{member} is compressed with bzip2; members are read only stored or deflated" in response.json()["detail"]
     assert _nothing_kept(api)
+
+
+def test_a_dataset_that_unpacks_past_the_limit_is_refused_before_its_scan(tmp_path):
+    api = api_client(tmp_path, max_upload_bytes=4 << 20, max_dataset_bytes=64 << 20)
+    response = upload(api, api.alice, "dataset", "bomb.npz", npz_bomb(128 << 20))
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["title"] == "Dataset too large" and problem["limit_bytes"] == 64 << 20
+    assert problem["detail"] == (
+        f"bomb.npz: its arrays unpack to {(128 << 20) + 32768 * 8} bytes (x {128 << 20}, y {32768 * 8}); "
+        f"the limit is {64 << 20} bytes (SQUEEZER_MAX_DATASET_BYTES)"
+    )
+    assert _nothing_kept(api)
+    assert upload(api, api.alice, "dataset", "d.npz", npz_bytes()).status_code == 201  # a real one still passes
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "claim"),
+    [
+        (b"(8, 64)", b"(8000000000, 64)", "shape [8000000000, 64] of float32 (2048000000000 bytes)"),
+        (b"(8, 64)", b"(2, 64)", "shape [2, 64] of float32 (512 bytes)"),
+        (b"'<f4'", b"'<f8'", "shape [8, 64] of float64 (4096 bytes)"),
+        (b"(8, 64)", b"(-8, -64)", "shape [-8, -64] of float32 (2048 bytes)"),
+    ],
+    ids=["huge-shape", "small-shape", "wider-dtype", "negative-shape"],
+)
+def test_a_lying_npz_header_is_refused_naming_the_array(api, old, new, claim):
+    response = upload(api, api.alice, "dataset", "d.npz", lying_npz(old, new))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == (
+        f"d.npz is not a readable .npz / .safetensors file: 'x': its header claims {claim}, "
+        "the file holds 2048 bytes of it"
+    )
+    assert _nothing_kept(api)
+
+
+def test_a_lying_safetensors_header_is_refused_naming_the_array(api):
+    begin = safetensors_offsets("x")[0]
+    huge = lying_safetensors(shape=[8_000_000, 64], data_offsets=[begin, begin + 8_000_000 * 64 * 4])
+    response = upload(api, api.alice, "dataset", "d.safetensors", huge)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == (
+        "d.safetensors is not a readable .npz / .safetensors file: 'x': its header claims shape [8000000, 64] "
+        f"of F32 (2048000000 bytes) at offsets [{begin}, {begin + 2048000000}], the file holds 2112 bytes of data"
+    )
+    response = upload(api, api.alice, "dataset", "d.safetensors", lying_safetensors(shape=[16, 64]))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].endswith(
+        f"'x': its header claims shape [16, 64] of F32 (4096 bytes) at offsets [{begin}, {begin + 2048}], "
+        "a span of 2048 bytes"
+    )
+    assert _nothing_kept(api)
+
+
+def test_a_safetensors_header_past_the_member_limit_is_refused(tmp_path):
+    api = api_client(tmp_path, max_archive_member_bytes=4096)
+    response = upload(api, api.alice, "dataset", "d.safetensors", lying_safetensors(metadata={"note": "n" * 8192}))
+    assert response.status_code == 422 and response.json()["limit_bytes"] == 4096, response.text
+    assert "its header is" in response.json()["detail"] and "(SQUEEZER_MAX_ARCHIVE_MEMBER_BYTES)" in response.text

@@ -52,7 +52,7 @@ def _check_content(
         return None
     if kind == "model":
         return model_signature(store.path(key), filename, settings.max_archive_member_bytes)
-    return dataset_summary(store.path(key), filename)
+    return dataset_summary(store.path(key), filename, settings.max_archive_member_bytes, settings.max_dataset_bytes)
 
 
 def _check_storage_quota(session: SessionDep, key: ApiKey, size: int, limit: int) -> None:
