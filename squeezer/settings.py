@@ -12,6 +12,15 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The largest member of an upload read whole: a .pt2's models/model.json, a .safetensors header. Real
+# model.json files are small (random-init exports: BERT-base 0.8 MiB, ResNet-50 0.4 MiB, and a .pt2 under the
+# 512 MiB upload limit holds at most ~130M float32 weights), so 16 MiB leaves 20x headroom. It is not higher
+# because parsing the JSON takes up to ~23x its size (a list of empty lists): the limit caps that at ~370 MiB.
+MAX_ARCHIVE_MEMBER_BYTES = 16 << 20
+# What a dataset's arrays may unpack to: the worker loads them whole, and a deflated .npz turns 1 MiB of
+# upload into 1 GiB of zeros. 4 GiB is 8x the upload limit; int64 token ids with padding deflate ~5.5x.
+MAX_DATASET_BYTES = 4 << 30
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SQUEEZER_", env_file=".env", extra="ignore")
@@ -21,6 +30,14 @@ class Settings(BaseSettings):
     broker_url: str = Field(default="", description="Celery broker; default sqla+sqlite:///<home>/broker.db")
     storage_url: str = Field(default="", description="artifact store directory; default <home>/artifacts")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_archive_member_bytes: int = Field(
+        default=MAX_ARCHIVE_MEMBER_BYTES,
+        ge=1,
+        description="the largest upload member read whole (model.json, a safetensors header)",
+    )
+    max_dataset_bytes: int = Field(
+        default=MAX_DATASET_BYTES, ge=1, description="what a dataset's x and y may hold, unpacked"
+    )
     rate_limit: str = Field(default="1200/minute", description="requests per key, in `limits` notation")
     rate_limit_storage: str = Field(default="memory://", description="where counts live; redis://... to share them")
     max_active_jobs_per_key: int = Field(default=20, ge=1, description="queued + running jobs one key may have")

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from squeezer.api.datasets import scan_npz, scan_safetensors
 from squeezer.api.errors import ApiError
+from squeezer.api.unpack import TooLarge, read_member
+from squeezer.settings import MAX_ARCHIVE_MEMBER_BYTES, MAX_DATASET_BYTES
 
 if TYPE_CHECKING:
     from squeezer.compression.config.models import InputInfo
@@ -120,13 +123,15 @@ def _vocab(graph: dict[str, Any], name: str) -> int | None:
     return min(sizes) if sizes else None
 
 
-def model_signature(path: Path, filename: str = "model.pt2") -> dict[str, Any] | None:
+def model_signature(
+    path: Path, filename: str = "model.pt2", max_member_bytes: int = MAX_ARCHIVE_MEMBER_BYTES
+) -> dict[str, Any] | None:
     """{"inputs": [[None, 1, 32, 32]], "outputs": [[None, 10]], "input_dtypes": ["float32"],
     "input_vocab": [None]} from `models/model.json` (for token ids: ["int64"] and the embedding's rows).
 
-    422 when the file is not a torch.export archive, its inputs have a static batch or it returns a class
-    that cannot be loaded without its code; None when the graph is laid out in a way this code does not
-    know (the worker still checks).
+    422 when the file is not a torch.export archive, its model.json unpacks past `max_member_bytes`, its
+    inputs have a static batch or it returns a class that cannot be loaded without its code; None when the
+    graph is laid out in a way this code does not know (the worker still checks).
     """
     try:
         with zipfile.ZipFile(path) as archive:
@@ -134,9 +139,11 @@ def model_signature(path: Path, filename: str = "model.pt2") -> dict[str, Any] |
             name = next((n for n in names if n.endswith("models/model.json")), None)
             if name is None:
                 raise _not_an_export(filename, names)
-            program = json.loads(archive.read(name))
+            program = json.loads(read_member(archive, name, max_member_bytes))
     except ApiError:
         raise
+    except TooLarge as exc:
+        raise ApiError(422, "Archive member too large", f"{filename}: {exc}", limit_bytes=exc.limit) from exc
     except Exception as exc:  # a broken zip, an unknown compression, a model.json that is not JSON
         detail = f"{filename} is not a readable torch.export archive: {exc}"
         raise ApiError(422, "Invalid model archive", detail) from exc
@@ -173,11 +180,21 @@ def model_signature(path: Path, filename: str = "model.pt2") -> dict[str, Any] |
     return found
 
 
-def dataset_summary(path: Path, filename: str) -> dict[str, Any]:
+def dataset_summary(
+    path: Path,
+    filename: str,
+    max_member_bytes: int = MAX_ARCHIVE_MEMBER_BYTES,
+    max_dataset_bytes: int = MAX_DATASET_BYTES,
+) -> dict[str, Any]:
     """Shapes, label range and finiteness of a `.npz` / `.safetensors` dataset, read from its headers and
-    one streamed pass (never loaded whole); 422 when it is not one, or when it holds NaN or inf."""
+    one streamed pass (never loaded whole); 422 when it is not one, when a header claims other bytes than
+    the file holds, when its arrays unpack past `max_dataset_bytes` (or a safetensors header is over
+    `max_member_bytes`), or when it holds NaN or inf."""
     try:
-        scan = scan_safetensors if filename.endswith(".safetensors") else scan_npz
+        if filename.endswith(".safetensors"):
+            scan = partial(scan_safetensors, max_header_bytes=max_member_bytes, max_bytes=max_dataset_bytes)
+        else:
+            scan = partial(scan_npz, max_bytes=max_dataset_bytes)
         try:
             arrays = scan(path, ("x", "y"))
         except KeyError:
@@ -187,6 +204,8 @@ def dataset_summary(path: Path, filename: str) -> dict[str, Any]:
         raise ApiError(
             422, "Invalid dataset", f"{filename} must hold an array 'x' (and 'y' for labels); has {found}"
         ) from exc
+    except TooLarge as exc:
+        raise ApiError(422, "Dataset too large", f"{filename}: {exc}", limit_bytes=exc.limit) from exc
     except Exception as exc:  # pickled object arrays, truncated files, wrong headers
         raise ApiError(422, "Invalid dataset", f"{filename} is not a readable .npz / .safetensors file: {exc}") from exc
     x, y = arrays["x"], arrays.get("y")

@@ -16,6 +16,7 @@ from squeezer.api.schemas import ArtifactRead
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level, parse_config
 from squeezer.db import ApiKey, Artifact, ArtifactKind
+from squeezer.settings import Settings
 from squeezer.storage import LocalStore, StoredFile
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
@@ -30,8 +31,11 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _check_content(kind: str, filename: str, head: bytes, store: LocalStore, key: str) -> dict[str, Any] | None:
-    """What a model, a dataset and a config must look like (nothing is unpickled); returns what was learnt."""
+def _check_content(
+    kind: str, filename: str, head: bytes, store: LocalStore, key: str, settings: Settings
+) -> dict[str, Any] | None:
+    """What a model, a dataset and a config must look like (nothing is unpickled, nothing unpacked past the
+    settings' limits); returns what was learnt."""
     if kind == "model" and not head.startswith(ZIP_MAGIC):
         raise ApiError(422, "Invalid model archive", f"{filename} is not a torch.export archive (.pt2 zip file)")
     if kind == "dataset":
@@ -47,8 +51,8 @@ def _check_content(kind: str, filename: str, head: bytes, store: LocalStore, key
         check_top_level(data, need_compression=False)  # a misspelt key now; a missing section at submit
         return None
     if kind == "model":
-        return model_signature(store.path(key), filename)
-    return dataset_summary(store.path(key), filename)
+        return model_signature(store.path(key), filename, settings.max_archive_member_bytes)
+    return dataset_summary(store.path(key), filename, settings.max_archive_member_bytes, settings.max_dataset_bytes)
 
 
 def _check_storage_quota(session: SessionDep, key: ApiKey, size: int, limit: int) -> None:
@@ -76,13 +80,17 @@ async def upload_artifact(
     stored = await store.save_stream(_chunks(file), settings.max_upload_bytes)
     filename = (file.filename or "upload").rsplit("/", 1)[-1][:255]
     # the database and the inspection (a pass over up to max_upload_bytes) block: off the event loop
-    return await anyio.to_thread.run_sync(
-        _register_upload, session, key, store, stored, kind, filename, settings.max_storage_bytes_per_key
-    )
+    return await anyio.to_thread.run_sync(_register_upload, session, key, store, stored, kind, filename, settings)
 
 
 def _register_upload(
-    session: SessionDep, key: ApiKey, store: LocalStore, stored: StoredFile, kind: str, filename: str, quota: int
+    session: SessionDep,
+    key: ApiKey,
+    store: LocalStore,
+    stored: StoredFile,
+    kind: str,
+    filename: str,
+    settings: Settings,
 ) -> ArtifactRead:
     """The artifact row of a stored upload once its content passed the checks of its kind; read back in this
     thread, so that nothing touches the database on the event loop."""
@@ -96,8 +104,8 @@ def _register_upload(
     if existing is not None:  # the same bytes again: the same artifact, nothing more stored
         return ArtifactRead.model_validate(existing)
     try:
-        _check_storage_quota(session, key, stored.size_bytes, quota)
-        meta = _check_content(kind, filename, head, store, stored.key)
+        _check_storage_quota(session, key, stored.size_bytes, settings.max_storage_bytes_per_key)
+        meta = _check_content(kind, filename, head, store, stored.key, settings)
     except Exception:
         # a rejected upload leaves nothing behind (unless the same bytes belong to a stored artifact)
         if session.scalars(select(Artifact).where(Artifact.sha256 == stored.sha256)).first() is None:
