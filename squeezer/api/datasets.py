@@ -18,7 +18,7 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-from squeezer.api.unpack import TooLarge, open_member
+from squeezer.api.unpack import TooLarge, open_member, open_zip
 
 SCAN_BYTES = 4 << 20  # one chunk of values
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
@@ -117,7 +117,7 @@ def _check_total(sizes: dict[str, int], limit: int) -> None:
 def scan_npz(path: Path, names: tuple[str, ...], max_bytes: int) -> dict[str, ArrayScan]:
     """Header and one streamed pass per array of a `.npz`; KeyError lists what the file holds instead.
     Every header is checked before any array is scanned, and together they may claim `max_bytes` at most."""
-    with zipfile.ZipFile(path) as archive:
+    with open_zip(path) as archive:
         members = {n.removesuffix(".npy"): n for n in archive.namelist() if n.endswith(".npy")}
         missing = [n for n in names if n not in members]
         if missing:

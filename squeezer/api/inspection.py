@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from squeezer.api.datasets import scan_npz, scan_safetensors
 from squeezer.api.errors import ApiError
-from squeezer.api.unpack import TooLarge, read_member
+from squeezer.api.unpack import TooLarge, open_zip, read_member
 from squeezer.settings import MAX_ARCHIVE_MEMBER_BYTES, MAX_DATASET_BYTES
 
 if TYPE_CHECKING:
@@ -134,7 +133,7 @@ def model_signature(
     graph is laid out in a way this code does not know (the worker still checks).
     """
     try:
-        with zipfile.ZipFile(path) as archive:
+        with open_zip(path) as archive:
             names = archive.namelist()
             name = next((n for n in names if n.endswith("models/model.json")), None)
             if name is None:
