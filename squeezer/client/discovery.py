@@ -19,12 +19,12 @@ import hashlib
 import ipaddress
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from squeezer.client import errors
+from squeezer.private_files import write_private
 from squeezer.settings import Settings
 
 
@@ -96,14 +96,7 @@ class LocalService:
         for folder in (state_dir(), path.parent):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             folder.chmod(0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".service-", suffix=".json")  # created 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(asdict(self), f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(path, json.dumps(asdict(self)))
         return path
 
     def withdraw(self) -> None:
