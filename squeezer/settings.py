@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     rate_limit: str = Field(default="1200/minute", description="requests per key, in `limits` notation")
     rate_limit_storage: str = Field(default="memory://", description="where counts live; redis://... to share them")
+    auth_failure_limit: str = Field(
+        default="30/minute", description="wrong keys per client address before it gets 429, in `limits` notation"
+    )
     max_active_jobs_per_key: int = Field(default=20, ge=1, description="queued + running jobs one key may have")
     max_storage_bytes_per_key: int = Field(default=20 * 1024**3, ge=1, description="bytes of uploads per key")
     heartbeat_s: float = Field(default=10.0, gt=0, description="how often a worker stamps its running job")
