@@ -1,4 +1,5 @@
-"""Service settings, from the environment (`SQUEEZER_*`) or a `.env` file; read once via `get_settings()`.
+"""Settings from the environment (`SQUEEZER_*`): the service's, also from a `.env` file, read once via
+`get_settings()`; the SDK's and the CLI's via `client_settings()`, never from a `.env`.
 
 The defaults are the embedded setup: SQLite, a broker on SQLite, files under `./.squeezer/`.
 """
@@ -60,3 +61,10 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def client_settings() -> Settings:
+    """The SDK's and the CLI's settings: the real environment only. A `.env` in the current folder may
+    come with a cloned repository; were its SQUEEZER_URL read, the key this user keeps in the key file or
+    the local service's record would go to whatever host it names."""
+    return Settings(_env_file=None)

@@ -14,7 +14,7 @@ from typing import Annotated, NoReturn
 import typer
 from sqlalchemy.orm import Session, sessionmaker
 
-from squeezer.settings import Settings, get_settings
+from squeezer.settings import Settings, client_settings, get_settings
 
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
@@ -203,7 +203,7 @@ def services() -> None:
 
     found, why = LocalService.live()
     try:
-        here = find_service(None, None, Settings())[0]
+        here = find_service(None, None, client_settings())[0]
     except ClientError as exc:  # several and none for this project, or no key for SQUEEZER_URL
         here, note = "", str(exc).splitlines()[-1] if found else why
     else:

@@ -157,7 +157,8 @@ def find_service(url: str | None, api_key: str | None, settings: Settings) -> tu
     SQUEEZER_HOME (`./.squeezer/api_key`), then the record of a running local service: the one on the
     given URL, else this project's, else the only one.
 
-    A record's key goes only to the record's own URL, never to another server.
+    A record's key goes only to the record's own URL, never to another server; and `settings` should
+    come from `client_settings()`, without a `.env` here that could name that other server.
     """
     url = url or (settings.url if "url" in settings.model_fields_set else None)
     key_file = settings.key_file()
