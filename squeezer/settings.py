@@ -63,8 +63,13 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def client_settings() -> Settings:
+class ClientSettings(Settings):
     """The SDK's and the CLI's settings: the real environment only. A `.env` in the current folder may
     come with a cloned repository; were its SQUEEZER_URL read, the key this user keeps in the key file or
     the local service's record would go to whatever host it names."""
-    return Settings(_env_file=None)
+
+    model_config = SettingsConfigDict(env_prefix="SQUEEZER_", env_file=None, extra="ignore")
+
+
+def client_settings() -> Settings:
+    return ClientSettings()
