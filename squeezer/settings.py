@@ -1,4 +1,5 @@
-"""Service settings, from the environment (`SQUEEZER_*`) or a `.env` file; read once via `get_settings()`.
+"""Settings from the environment (`SQUEEZER_*`): the service's, also from a `.env` file, read once via
+`get_settings()`; the SDK's and the CLI's via `client_settings()`, never from a `.env`.
 
 The defaults are the embedded setup: SQLite, a broker on SQLite, files under `./.squeezer/`.
 """
@@ -40,6 +41,9 @@ class Settings(BaseSettings):
     )
     rate_limit: str = Field(default="1200/minute", description="requests per key, in `limits` notation")
     rate_limit_storage: str = Field(default="memory://", description="where counts live; redis://... to share them")
+    auth_failure_limit: str = Field(
+        default="30/minute", description="wrong keys per client address before it gets 429, in `limits` notation"
+    )
     max_active_jobs_per_key: int = Field(default=20, ge=1, description="queued + running jobs one key may have")
     max_storage_bytes_per_key: int = Field(default=20 * 1024**3, ge=1, description="bytes of uploads per key")
     heartbeat_s: float = Field(default=10.0, gt=0, description="how often a worker stamps its running job")
@@ -91,3 +95,15 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+class ClientSettings(Settings):
+    """The SDK's and the CLI's settings: the real environment only. A `.env` in the current folder may
+    come with a cloned repository; were its SQUEEZER_URL read, the key this user keeps in the key file or
+    the local service's record would go to whatever host it names."""
+
+    model_config = SettingsConfigDict(env_prefix="SQUEEZER_", env_file=None, extra="ignore")
+
+
+def client_settings() -> Settings:
+    return ClientSettings()

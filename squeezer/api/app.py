@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
     app.state.queue = queue
     app.state.limiter = MovingWindowRateLimiter(storage_from_string(settings.rate_limit_storage))
     app.state.rate = parse_limit(settings.rate_limit)
+    app.state.auth_failure_rate = parse_limit(settings.auth_failure_limit)
     # bodies are counted while they arrive, so an oversized upload is cut off before it is spooled anywhere
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_upload_bytes + MULTIPART_SLACK)
     app.add_middleware(errors.ProblemForBodyLimit, limit=settings.max_upload_bytes)  # outside it: sees its 413

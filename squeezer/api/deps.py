@@ -9,6 +9,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItem
+from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy.orm import Session
 
 from squeezer.api.errors import ApiError
@@ -36,7 +38,21 @@ def get_current_key(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> ApiKey:
-    if credentials is None:
+    # an address that keeps presenting wrong keys is refused before its key is looked up: guessing stays
+    # slow and costs the database nothing. A right key from that address waits too: telling it apart would
+    # take the very lookup this saves (and would tell a guesser which guess was right).
+    address = f"auth-failures:{request.client.host if request.client else '-'}"
+    limiter, failures = request.app.state.limiter, request.app.state.auth_failure_rate
+    if not limiter.test(failures, address):
+        retry = _retry_after(limiter, failures, address)
+        raise ApiError(
+            429,
+            "Too many requests",
+            f"too many failed authentications from this address (limit "
+            f"{request.app.state.settings.auth_failure_limit}); retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+        )
+    if credentials is None:  # guesses nothing and costs no query: not counted
         raise ApiError(
             401,
             "Unauthorized",
@@ -45,6 +61,7 @@ def get_current_key(
         )
     key = find_key(session, credentials.credentials)
     if key is None:
+        limiter.hit(failures, address)
         raise ApiError(
             401,
             "Unauthorized",
@@ -55,11 +72,15 @@ def get_current_key(
     return key
 
 
+def _retry_after(limiter: MovingWindowRateLimiter, rate: RateLimitItem, identifier: str) -> int:
+    return max(1, math.ceil(limiter.get_window_stats(rate, identifier).reset_time - time.time()))
+
+
 def _rate_limit(request: Request, key_id: str) -> None:
     """429 with Retry-After once a key is over `settings.rate_limit` (a moving window)."""
     limiter, rate = request.app.state.limiter, request.app.state.rate
     if not limiter.hit(rate, key_id):
-        retry = max(1, math.ceil(limiter.get_window_stats(rate, key_id).reset_time - time.time()))
+        retry = _retry_after(limiter, rate, key_id)
         raise ApiError(
             429,
             "Too many requests",

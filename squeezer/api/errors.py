@@ -38,7 +38,8 @@ WHEN = {
     410: "The file is no longer in the store",
     413: "The request body is over the upload limit (`limit_bytes`)",
     422: "The request is invalid; `path` or `errors` name the bad values",
-    429: "Over this key's rate limit (with `Retry-After`) or one of its quotas",
+    429: "Over this key's rate limit (with `Retry-After`) or one of its quotas, or too many wrong keys from this "
+    "address (with `Retry-After`)",
     503: "The database or the broker does not answer",
 }
 

@@ -4,7 +4,7 @@ Running the service (`server.py`):
     squeezer serve            # migrations, a local API key, one worker process, the API on :8000
     squeezer services         # this user's running `serve`s, and which one the CLI uses in this folder
     squeezer worker           # a worker against SQUEEZER_DATABASE_URL / SQUEEZER_BROKER_URL
-    squeezer keys create NAME
+    squeezer keys ls | create NAME | revoke ID_OR_NAME
     squeezer db upgrade | downgrade
 
 Using it (`jobs.py`, through the SDK):

@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Annotated
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
 from sqlalchemy.orm import Session, sessionmaker
 
-from squeezer.settings import Settings, get_settings
+from squeezer.settings import Settings, client_settings, get_settings
 
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
@@ -52,6 +54,19 @@ def db_downgrade(revision: str = "base") -> None:
     typer.echo(f"database at {revision}")
 
 
+@keys_app.command("ls")
+def keys_ls() -> None:
+    """Every key: id, prefix (the start of the secret), name, created, revoked. Secrets are never shown."""
+    from squeezer.api.keys import list_keys
+
+    with _sessions(get_settings())() as session:
+        rows = list_keys(session)
+    typer.echo(f"{'id':32}  {'prefix':10}  {'created':16}  {'revoked':16}  name")
+    for row in rows:
+        revoked = _when(row.revoked_at) if row.revoked_at else "-"
+        typer.echo(f"{row.id:32}  {row.prefix:10}  {_when(row.created_at):16}  {revoked:16}  {row.name}")
+
+
 @keys_app.command("create")
 def keys_create(name: str) -> None:
     """Create an API key and print it (it is stored hashed; this is the only time it is shown)."""
@@ -60,6 +75,39 @@ def keys_create(name: str) -> None:
     with _sessions(get_settings())() as session:
         _, secret = create_key(session, name)
     typer.echo(secret)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="the key's id, or its name when one live key has it")]) -> None:
+    """Revoke a key: every request with it is refused (401) from now on; its jobs and files stay."""
+    from squeezer.api.keys import hash_key, keys_named, revoke_key
+
+    settings = get_settings()
+    with _sessions(settings)() as session:
+        rows = keys_named(session, key)
+        live = [r for r in rows if r.revoked_at is None]
+        if not rows:
+            _fail(f"no key with the id or name {key!r} ('squeezer keys ls' lists them)")
+        if len(live) > 1:
+            listed = "\n".join(f"  {r.id}  {r.prefix}  created {_when(r.created_at)}" for r in live)
+            _fail(f"{len(live)} live keys are named {key!r}; revoke one by its id:\n{listed}")
+        row = live[0] if live else rows[0]
+        if not revoke_key(session, row):
+            typer.echo(f"key {row.id} ({row.name}) was already revoked at {_when(row.revoked_at)}")
+            return
+        typer.echo(f"revoked key {row.id} ({row.name}, {row.prefix}...)")
+    path = settings.key_file()  # serve's own key: serve makes a new one only when the file is gone
+    if path.is_file() and hash_key(path.read_text(encoding="utf-8").strip()) == row.key_hash:
+        typer.echo(f"it was the key in {path}: delete that file and restart 'squeezer serve' for a new one")
+
+
+def _when(value: datetime | None) -> str:
+    return f"{value:%Y-%m-%d %H:%M}" if value else ""
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def worker(
@@ -104,20 +152,13 @@ def serve(
     import uvicorn
 
     from squeezer.api import create_app
-    from squeezer.api.keys import create_key
     from squeezer.client.discovery import LocalService, client_url
     from squeezer.db.migrate import upgrade
 
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url())
-    path = settings.key_file()
-    if not path.exists():
-        with _sessions(settings)() as session:
-            _, secret = create_key(session, "local")
-        path.write_text(secret + "\n", encoding="utf-8")
-        path.chmod(0o600)
-    secret = path.read_text(encoding="utf-8").strip()
+    secret, path = local_key(settings)
     # the SDK and the CLI find this service from any folder through this per-user record
     record = LocalService(client_url(host, port), secret, os.getpid(), str(settings.home.resolve()))
     record_path = record.publish()
@@ -142,6 +183,19 @@ def serve(
         _stop_workers(worker_processes)
 
 
+def local_key(settings: Settings) -> tuple[str, Path]:
+    """serve's own key and its file: the key in the file, else a new key written there (on a migrated database)."""
+    from squeezer.api.keys import create_key
+    from squeezer.private_files import write_private
+
+    path = settings.key_file()
+    if not path.exists():
+        with _sessions(settings)() as session:
+            _, secret = create_key(session, "local")
+        write_private(path, secret + "\n")  # 0600 from its first byte: others never see the key
+    return path.read_text(encoding="utf-8").strip(), path
+
+
 def services() -> None:
     """This user's running `squeezer serve`s; `*` marks the one the CLI and the SDK use in this folder."""
     from squeezer.client import ClientError
@@ -149,7 +203,7 @@ def services() -> None:
 
     found, why = LocalService.live()
     try:
-        here = find_service(None, None, Settings())[0]
+        here = find_service(None, None, client_settings())[0]
     except ClientError as exc:  # several and none for this project, or no key for SQUEEZER_URL
         here, note = "", str(exc).splitlines()[-1] if found else why
     else:

@@ -43,7 +43,7 @@ from squeezer.client.validation import check_config, check_recipe
 from squeezer.recipe import Recipe
 from squeezer.search import AccuracyBudget, CandidateSpec, ComputeBudget, Objective, SearchSettings
 from squeezer.search.spec import Runtime
-from squeezer.settings import Settings
+from squeezer.settings import client_settings
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 SAFE_METHODS = ("GET", "HEAD")
@@ -92,7 +92,7 @@ class Client:
         retries: int = 3,
         backoff_s: float = 0.25,
     ) -> None:
-        self.url, api_key = find_service(url, api_key, Settings())
+        self.url, api_key = find_service(url, api_key, client_settings())
         self.retries, self.backoff_s = retries, backoff_s
         self.http = httpx.Client(
             base_url=self.url,

@@ -19,12 +19,12 @@ import hashlib
 import ipaddress
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from squeezer.client import errors
+from squeezer.private_files import write_private
 from squeezer.settings import Settings
 
 
@@ -96,14 +96,7 @@ class LocalService:
         for folder in (state_dir(), path.parent):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             folder.chmod(0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".service-", suffix=".json")  # created 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(asdict(self), f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(path, json.dumps(asdict(self)))
         return path
 
     def withdraw(self) -> None:
@@ -164,7 +157,8 @@ def find_service(url: str | None, api_key: str | None, settings: Settings) -> tu
     SQUEEZER_HOME (`./.squeezer/api_key`), then the record of a running local service: the one on the
     given URL, else this project's, else the only one.
 
-    A record's key goes only to the record's own URL, never to another server.
+    A record's key goes only to the record's own URL, never to another server; and `settings` should
+    come from `client_settings()`, without a `.env` here that could name that other server.
     """
     url = url or (settings.url if "url" in settings.model_fields_set else None)
     key_file = settings.key_file()

@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import CursorResult, Update, case, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from squeezer.db import Job, JobMetric, JobStatus
 
@@ -211,6 +211,25 @@ def settle_for_delete(session: Session, job_id: str) -> bool:
             return True
         if status in RUNNING:
             return False
+
+
+def settle_search_for_delete(session: Session, search_id: str) -> bool:
+    """`settle_for_delete` for all of a search's candidates at once, or for none: its queued candidates
+    are cancelled by one statement that changes nothing while a worker holds any of them. True when no
+    worker holds one (so all are finished now); False, with nothing changed, when one does."""
+    held_job = aliased(Job)
+    held = select(held_job.id).where(held_job.search_id == search_id, held_job.status.in_(RUNNING)).exists()
+    # PostgreSQL: the candidates locked first, so no claim commits between the check and the cancel
+    # (SQLite has no row locks, and runs the one UPDATE under its database write lock)
+    session.execute(select(Job.id).where(Job.search_id == search_id).with_for_update())
+    session.execute(
+        update(Job)
+        .where(Job.search_id == search_id, Job.status == JobStatus.queued, ~held)
+        .values(status=JobStatus.cancelled, finished_at=datetime.now(UTC))
+    )
+    busy = bool(session.scalar(select(held)))
+    session.commit()
+    return not busy
 
 
 # ------------------------------------------------------------------------------------------- sweep

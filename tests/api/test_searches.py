@@ -124,6 +124,27 @@ def test_cancel_stops_every_unfinished_candidate_and_keeps_finished_ones(api, ar
     assert api.get("/v1/jobs", headers=api.alice).json()["total"] == 0  # its candidates went with it
 
 
+def test_delete_refuses_a_running_search_without_cancelling_anything_and_takes_a_queued_one(api, artifacts):
+    """As `DELETE /v1/jobs/{id}`: a queued candidate is cancelled and deleted, a running one makes it 409;
+    a 409 leaves every candidate as it was (queued ones stay queued, to run)."""
+    search = api.post("/v1/searches", headers=api.alice, json=body(artifacts, candidates=["int8", "int8_kd"])).json()
+    jobs = {c["name"]: c["job_id"] for c in search["result"]["candidates"]}
+    with api.app.state.sessions() as session:  # the second candidate: the first one is queued before it
+        assert transitions.claim(session, jobs["int8_kd"], "w1")
+    refused = api.delete(f"/v1/searches/{search['id']}", headers=api.alice)
+    assert refused.status_code == 409 and "a candidate is running" in refused.json()["detail"]
+    after = api.get(f"/v1/searches/{search['id']}", headers=api.alice).json()
+    assert {c["name"]: c["status"] for c in after["result"]["candidates"]} == {"int8": "queued", "int8_kd": "running"}
+    assert after["status"] == "running" and after["finished_at"] is None
+    with api.app.state.sessions() as session:
+        assert transitions.finish(session, jobs["int8_kd"], "w1", JobStatus.succeeded, result={"metric": 90.0})
+    assert api.delete(f"/v1/searches/{search['id']}", headers=api.alice).status_code == 204  # int8 still queued
+    assert api.get(f"/v1/searches/{search['id']}", headers=api.alice).status_code == 404
+    assert api.get("/v1/jobs", headers=api.alice).json()["total"] == 0
+    with api.app.state.sessions() as session:  # the queued candidate went too: no worker can claim it now
+        assert not transitions.claim(session, jobs["int8"], "w2")
+
+
 def record(session, job_id, owner, epoch, margin):
     values = dict.fromkeys(transitions.EPOCH_FIELDS, None)
     values.update(phase="fine-tune", stage="compressed", metric=90.0 + margin, accuracy_budget=margin, wall_time_s=1.0)

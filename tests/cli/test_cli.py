@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -34,6 +35,107 @@ def test_db_and_keys_commands(tmp_path):
     created = run_cli("keys", "create", "ci", home=tmp_path)
     assert created.returncode == 0 and created.stdout.strip().startswith("sq_")
     assert run_cli("db", "downgrade", home=tmp_path).returncode == 0
+
+
+def _refused(home, secret):
+    """Whether the API on `home`'s database refuses `secret`, as a running service would."""
+    from fastapi.testclient import TestClient
+
+    from squeezer.api import create_app
+    from squeezer.settings import Settings
+    from tests.helpers import RecordingQueue
+
+    app = create_app(Settings(home=home), queue=RecordingQueue())
+    try:
+        response = TestClient(app).get("/v1/jobs", headers={"Authorization": f"Bearer {secret}"})
+    finally:
+        app.state.engine.dispose()
+    assert response.status_code in (200, 401), response.text
+    return response.status_code == 401 and response.json()["detail"] == "unknown or revoked API key"
+
+
+def test_keys_are_listed_without_secrets_and_a_revoked_key_is_refused(tmp_path):
+    assert run_cli("db", "upgrade", home=tmp_path).returncode == 0
+    first, second = (run_cli("keys", "create", "ci", home=tmp_path).stdout.strip() for _ in range(2))
+    listed = run_cli("keys", "ls", home=tmp_path)
+    assert listed.returncode == 0 and first not in listed.stdout and second not in listed.stdout  # never shown again
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert [(row[1], row[-1], row[-2]) for row in rows] == [(first[:10], "ci", "-"), (second[:10], "ci", "-")]
+    first_id = rows[0][0]
+
+    ambiguous = run_cli("keys", "revoke", "ci", home=tmp_path)  # two live keys have that name: which one?
+    assert ambiguous.returncode == 2 and "2 live keys are named 'ci'" in ambiguous.stderr
+    assert first_id in ambiguous.stderr and not _refused(tmp_path, first) and not _refused(tmp_path, second)
+
+    revoked = run_cli("keys", "revoke", first_id, home=tmp_path)
+    assert revoked.returncode == 0 and f"revoked key {first_id} (ci, {first[:10]}...)" in revoked.stdout
+    assert _refused(tmp_path, first) and not _refused(tmp_path, second)  # at once, and only that key
+    assert "was already revoked at" in run_cli("keys", "revoke", first_id, home=tmp_path).stdout
+    assert run_cli("keys", "revoke", "ci", home=tmp_path).returncode == 0  # now one live key has the name
+    assert _refused(tmp_path, second)
+    rows = [line.split() for line in run_cli("keys", "ls", home=tmp_path).stdout.splitlines()[1:]]
+    assert all(row[-2] != "-" for row in rows)  # both show when they were revoked
+    unknown = run_cli("keys", "revoke", "nobody", home=tmp_path)
+    assert unknown.returncode == 2 and "no key with the id or name 'nobody'" in unknown.stderr
+
+
+def test_revoking_serves_own_key_says_how_to_get_a_new_one(tmp_path):
+    from squeezer.cli.server import local_key
+    from squeezer.db.migrate import upgrade
+    from squeezer.settings import Settings
+
+    settings = Settings(home=tmp_path)
+    upgrade(settings.resolved_database_url())
+    secret, path = local_key(settings)
+    assert local_key(settings) == (secret, path)  # kept: serve makes a key only when its file is missing
+    revoked = run_cli("keys", "revoke", "local", home=tmp_path)
+    assert revoked.returncode == 0 and f"it was the key in {path}: delete that file" in revoked.stdout
+
+
+# run with a umask that would leave a new file world-readable, and an audit hook that notes the mode of every
+# file in the key's folder whenever the process opens, renames or chmods anything: a file written first and
+# fixed up later (write, then chmod) is seen with its first mode at that fix-up
+KEY_FILE_PROBE = """
+import os, stat, sys
+from pathlib import Path
+from squeezer.cli.server import local_key
+from squeezer.db.migrate import upgrade
+from squeezer.settings import Settings
+import squeezer.api.keys, squeezer.private_files, squeezer.db
+
+settings = Settings(home=Path(sys.argv[1]))
+upgrade(settings.resolved_database_url())
+os.umask(int(sys.argv[2], 8))
+seen, busy = [], []
+
+def hook(event, args):
+    if busy or not event.startswith(("open", "os.", "tempfile.")):
+        return
+    busy.append(1)
+    try:
+        for entry in os.scandir(settings.home):
+            if "api_key" in entry.name:
+                seen.append((event, entry.name, stat.S_IMODE(entry.stat().st_mode)))
+    finally:
+        busy.clear()
+
+sys.addaudithook(hook)
+local_key(settings)
+busy.append(1)
+seen.append(("after", "api_key", stat.S_IMODE(settings.key_file().stat().st_mode)))
+print(seen)
+"""
+
+
+@pytest.mark.parametrize("umask", ["022", "000"])
+def test_serves_key_file_is_private_from_its_first_byte(tmp_path, umask):
+    result = subprocess.run(
+        [sys.executable, "-c", KEY_FILE_PROBE, str(tmp_path), umask], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    seen = ast.literal_eval(result.stdout)
+    assert len(seen) >= 2, seen  # the file was seen while it was being written, not only at the end
+    assert {mode for _, _, mode in seen} == {0o600}, seen
 
 
 def test_the_cli_offers_exactly_the_job_states():

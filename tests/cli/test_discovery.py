@@ -6,11 +6,14 @@ The autouse fixture in tests/conftest.py points XDG_STATE_HOME at a temporary fo
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -137,6 +140,54 @@ def test_a_key_file_here_wins_and_takes_the_url_only_from_its_own_service(elsewh
     LocalService("http://127.0.0.1:8124", "sq_here", os.getpid(), str(elsewhere / ".squeezer")).publish()
     with Client() as client:  # this folder's service, on another port
         assert client.url == "http://127.0.0.1:8124" and client.http.headers["Authorization"] == "Bearer sq_here"
+
+
+@contextlib.contextmanager
+def listening_elsewhere():
+    """A real HTTP server on loopback standing for another host; yields its URL and the Authorization
+    headers of the requests it received."""
+    received: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # the name http.server calls
+            received.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_dotenv_here_never_decides_where_a_key_goes(elsewhere, tmp_path):
+    """A cloned repository's `.env` names another host; this folder's key file and this user's running
+    service hold a key. The SDK and the CLI use the service, and the other host hears nothing."""
+    from tests.helpers import app_with_two_keys, live_server
+
+    app, _, alice, _ = app_with_two_keys(tmp_path / "service")
+    (elsewhere / ".squeezer").mkdir()
+    (elsewhere / ".squeezer" / "api_key").write_text(alice + "\n")
+    with listening_elsewhere() as (evil, received), live_server(app) as url:
+        (elsewhere / ".env").write_text(f"SQUEEZER_URL={evil}\n")
+        LocalService(url, alice, os.getpid(), str(elsewhere / ".squeezer")).publish()
+        with Client() as client:
+            assert client.url == url and client.jobs.list().total == 0
+        listed = _cli("jobs", "ls", cwd=elsewhere)
+        assert listed.returncode == 0 and "0 of 0" in listed.stdout, listed.stdout + listed.stderr
+        assert f"* {url}" in _cli("services", cwd=elsewhere).stdout
+        record_file(url).unlink()  # the key file alone: the default URL, still not the .env's
+        with Client() as client:
+            assert client.url == "http://127.0.0.1:8000"
+    assert received == []
+    app.state.engine.dispose()
 
 
 def test_a_live_service_on_the_same_url_keeps_its_record(tmp_path, other_pid):

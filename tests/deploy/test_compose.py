@@ -43,6 +43,8 @@ def test_compose_file_validates_and_has_the_production_shape(resolved):
         env = services[name]["environment"]
         assert env["SQUEEZER_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["SQUEEZER_BROKER_URL"] == "redis://redis:6379/0"
+    # the API's processes (WEB_CONCURRENCY) share their rate-limit counts in the compose Redis
+    assert services["api"]["environment"]["SQUEEZER_RATE_LIMIT_STORAGE"].startswith("redis://redis:6379/")
     assert services["migrate"]["command"] == ["squeezer", "db", "upgrade"]
     assert services["worker"]["command"] == ["squeezer", "worker"]
     gpus = services["worker"]["deploy"]["resources"]["reservations"]["devices"]

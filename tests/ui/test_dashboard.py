@@ -90,6 +90,22 @@ def test_without_the_right_key_the_sign_in_page_shows_and_no_data(ui_service, jo
     assert page.is_hidden("#page")
 
 
+def test_a_key_revoked_under_a_signed_in_tab_gets_the_sign_in_page_on_the_next_navigation(ui_service, page):
+    from squeezer.api.keys import create_key, revoke_key
+    from squeezer.db import ApiKey
+
+    with ui_service.app.state.sessions() as session:
+        row, secret = create_key(session, "carol")
+    sign_in(page, ui_service.url, secret, "/ui/jobs")
+    page.wait_for_selector("#jobs")
+    with ui_service.app.state.sessions() as session:  # as `squeezer keys revoke carol` does
+        assert revoke_key(session, session.get(ApiKey, row.id))
+    page.click("nav a[href='/ui/searches']")
+    page.wait_for_selector("#sign-in:not([hidden])")
+    assert page.is_hidden("#page") and page.evaluate("sessionStorage.length") == 0
+    assert "The key was refused: unknown or revoked API key" in page.inner_text("#sign-in-error")
+
+
 @pytest.mark.slow
 def test_a_job_submitted_from_the_page_streams_its_epochs_and_its_onnx_downloads_intact(
     ui_service, job_files, page, tmp_path

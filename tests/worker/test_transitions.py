@@ -6,6 +6,7 @@ one of the two wins and the other changes nothing."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, update
 
 from squeezer.api.keys import create_key
-from squeezer.db import ApiKey, Job, JobMetric, JobStatus, make_engine, make_session_factory
+from squeezer.db import ApiKey, Job, JobMetric, JobStatus, Search, make_engine, make_session_factory
 from squeezer.db.migrate import upgrade
 from squeezer.jobs import transitions
 from squeezer.jobs.transitions import recover_stale_jobs
@@ -208,6 +209,52 @@ def test_a_claim_that_lands_before_a_delete_makes_the_delete_refuse(sessions):
     other = _queued_job(sessions)
     with sessions() as s:
         assert transitions.settle_for_delete(s, other) and not transitions.claim(s, other, "a")
+
+
+def _queued_search(sessions, candidates):
+    with sessions() as session:
+        owner, _ = create_key(session, "k")
+        search = Search(owner_id=owner.id, name="s", spec={})
+        session.add(search)
+        session.flush()
+        jobs = [Job(owner_id=owner.id, name=f"c{i}", spec={}, search_id=search.id) for i in range(candidates)]
+        session.add_all(jobs)
+        session.commit()
+        return search.id, [job.id for job in jobs]
+
+
+def test_a_claim_racing_a_search_delete_either_wins_whole_or_changes_nothing(sessions):
+    """A worker claims a candidate from another thread just as the delete cancels the queued ones; on
+    PostgreSQL the claim waits for the delete's row locks. Either the delete settled every candidate
+    (the claim lost) or it changed nothing (the claim won, the others are still queued)."""
+    search_id, jobs = _queued_search(sessions, 3)
+    claimed: list[bool] = []
+
+    def claim_from_another_thread(_session):
+        def claim():
+            with sessions() as other:
+                claimed.append(transitions.claim(other, jobs[0], "a"))
+
+        thread = threading.Thread(target=claim)
+        thread.start()
+        return thread
+
+    with sessions() as s, just_before(sessions, "UPDATE job", claim_from_another_thread) as started:
+        settled = transitions.settle_search_for_delete(s, search_id)
+    started[0].join(timeout=60)
+    states = [_row(sessions, job_id).status for job_id in jobs]
+    if settled:
+        assert claimed == [False] and states == [JobStatus.cancelled] * 3
+    else:
+        assert claimed == [True] and states == [JobStatus.running, JobStatus.queued, JobStatus.queued]
+
+
+def test_a_claim_before_a_search_delete_makes_it_refuse_without_cancelling(sessions):
+    search_id, jobs = _queued_search(sessions, 3)
+    with sessions() as s, just_before(sessions, "SELECT", lambda o: transitions.claim(o, jobs[1], "a")) as won:
+        assert not transitions.settle_search_for_delete(s, search_id)
+    assert won == [True]
+    assert [_row(sessions, job_id).status for job_id in jobs] == [JobStatus.queued, JobStatus.running, JobStatus.queued]
 
 
 def test_the_api_answers_409_when_the_worker_finished_first_and_gives_a_cancelled_queued_job_its_end(tmp_path):

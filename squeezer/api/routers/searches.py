@@ -201,11 +201,11 @@ def cancel_search(search_id: str, key: CurrentKey, session: SessionDep) -> Searc
 
 @router.delete("/{search_id}", status_code=204, operation_id="searches_delete", responses=problems(404, 409))
 def delete_search(search_id: str, key: CurrentKey, session: SessionDep, request: Request) -> Response:
-    """The search and its candidate jobs (rows and exports); 409 while a candidate is running."""
-    search = _owned_search(session, key, search_id)
-    for job in list(search.candidates):
-        if not transitions.settle_for_delete(session, job.id):
-            raise ApiError(409, "Search is running", f"cancel search {search_id} first; a candidate is running")
+    """The search and its candidate jobs (rows and exports), queued ones cancelled first as `DELETE
+    /v1/jobs/{id}` does; 409 while a candidate is running, and then nothing is changed."""
+    _owned_search(session, key, search_id)
+    if not transitions.settle_search_for_delete(session, search_id):
+        raise ApiError(409, "Search is running", f"cancel search {search_id} first; a candidate is running")
     session.expire_all()
     search = _owned_search(session, key, search_id)
     job_ids = [job.id for job in search.candidates]
