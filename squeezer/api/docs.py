@@ -1,5 +1,7 @@
-"""Interactive API docs served from the installed `swagger-ui-bundle` package, so `/docs` works on a
-machine without internet (FastAPI's default pages load Swagger UI and ReDoc from a CDN).
+"""Interactive API docs served from the installed `swagger-ui-py` package's Swagger UI 5 files, so `/docs`
+works on a machine without internet (FastAPI's default pages load Swagger UI and ReDoc from a CDN).
+Swagger UI 5, because FastAPI writes OpenAPI 3.1, which Swagger UI 4 (`swagger-ui-bundle`, used before)
+could not render at all.
 
 The page shares its origin with the dashboard, which keeps a key in `sessionStorage`: it runs under a
 policy that allows this server's scripts and the one inline script that starts Swagger UI (by its
@@ -11,15 +13,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
+import os
 import re
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 
 ASSETS = "/docs/assets"
+
+
+def swagger_ui_files() -> str:
+    """The folder of Swagger UI's built files inside `swagger-ui-py`, found without importing it (its
+    package imports every web framework adapter it has)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("swagger-ui-py is not installed: pip install squeezer's dependencies")
+    return os.path.join(spec.submodule_search_locations[0], "static")
 
 
 def policy(html: str) -> str:
@@ -34,7 +46,7 @@ def policy(html: str) -> str:
 
 def install(app: FastAPI) -> None:
     """`/docs` (Swagger UI) and its assets from the package; call on an app built with `docs_url=None`."""
-    app.mount(ASSETS, StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+    app.mount(ASSETS, StaticFiles(directory=swagger_ui_files()), name="swagger-ui")
     page = bytes(
         get_swagger_ui_html(
             openapi_url=app.openapi_url or "/openapi.json",
