@@ -16,6 +16,7 @@ from squeezer.api.schemas import ArtifactRead
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level, parse_config
 from squeezer.db import ApiKey, Artifact, ArtifactKind
+from squeezer.db.locks import atomic, lock_key
 from squeezer.storage import LocalStore, StoredFile
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
@@ -52,14 +53,15 @@ def _check_content(kind: str, filename: str, head: bytes, store: LocalStore, key
 
 
 def _check_storage_quota(session: SessionDep, key: ApiKey, size: int, limit: int) -> None:
-    used = session.scalar(select(func.coalesce(func.sum(Artifact.size_bytes), 0)).where(Artifact.owner_id == key.id))
-    if (used or 0) + size > limit:
+    # int(): PostgreSQL sums a BIGINT column as NUMERIC, which arrives as a Decimal that JSON cannot write
+    used = int(session.scalar(select(func.sum(Artifact.size_bytes)).where(Artifact.owner_id == key.id)) or 0)
+    if used + size > limit:
         raise ApiError(
             429,
             "Storage quota reached",
-            f"this upload ({size} bytes) would take this key to {(used or 0) + size} bytes; the limit is {limit}",
+            f"this upload ({size} bytes) would take this key to {used + size} bytes; the limit is {limit}",
             limit_bytes=limit,
-            used_bytes=used or 0,
+            used_bytes=used,
         )
 
 
@@ -88,33 +90,37 @@ def _register_upload(
     thread, so that nothing touches the database on the event loop."""
     with store.path(stored.key).open("rb") as f:
         head = f.read(8)
-    existing = session.scalars(
-        select(Artifact).where(
-            Artifact.owner_id == key.id, Artifact.sha256 == stored.sha256, Artifact.kind == ArtifactKind(kind)
-        )
-    ).first()
-    if existing is not None:  # the same bytes again: the same artifact, nothing more stored
+    if (existing := _same_upload(session, key, stored, kind)) is not None:
         return ArtifactRead.model_validate(existing)
     try:
-        _check_storage_quota(session, key, stored.size_bytes, quota)
         meta = _check_content(kind, filename, head, store, stored.key)
+        with atomic(session):  # counted and inserted with the key locked: concurrent uploads cannot both pass
+            lock_key(session, key.id)
+            if (existing := _same_upload(session, key, stored, kind)) is not None:  # sent twice at once
+                return ArtifactRead.model_validate(existing)
+            _check_storage_quota(session, key, stored.size_bytes, quota)
+            artifact = Artifact(
+                owner_id=key.id,
+                kind=ArtifactKind(kind),
+                filename=filename,
+                size_bytes=stored.size_bytes,
+                sha256=stored.sha256,
+                storage_path=stored.key,
+                meta=meta,
+            )
+            session.add(artifact)
     except Exception:
         # a rejected upload leaves nothing behind (unless the same bytes belong to a stored artifact)
         if session.scalars(select(Artifact).where(Artifact.sha256 == stored.sha256)).first() is None:
             store.path(stored.key).unlink(missing_ok=True)
         raise
-    artifact = Artifact(
-        owner_id=key.id,
-        kind=ArtifactKind(kind),
-        filename=filename,
-        size_bytes=stored.size_bytes,
-        sha256=stored.sha256,
-        storage_path=stored.key,
-        meta=meta,
-    )
-    session.add(artifact)
-    session.commit()
     return ArtifactRead.model_validate(artifact)
+
+
+def _same_upload(session: SessionDep, key: ApiKey, stored: StoredFile, kind: str) -> Artifact | None:
+    """The key's artifact of these bytes and this kind: the same bytes again are the same artifact."""
+    same = (Artifact.owner_id == key.id, Artifact.sha256 == stored.sha256, Artifact.kind == ArtifactKind(kind))
+    return session.scalars(select(Artifact).where(*same)).first()
 
 
 def owned_artifact(session: SessionDep, key: CurrentKey, artifact_id: str) -> Artifact:
