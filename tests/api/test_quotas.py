@@ -19,13 +19,6 @@ from tests.helpers import app_with_two_keys, live_server
 REQUESTS, QUOTA = 20, 5
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return ""  # the embedded default: <home>/squeezer.db
-    return request.getfixturevalue("postgres_server").create_database(f"quotas_{tmp_path.name}"[:60])
-
-
 @pytest.fixture
 def serve(tmp_path, database_url):
     """serve(**settings): a live API on the database under test; yields (app, url, alice's headers)."""

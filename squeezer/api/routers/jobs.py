@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import check_input_info, check_job_data
-from squeezer.api.routers.artifacts import owned_artifact
+from squeezer.api.routers.artifacts import check_inputs_stored, owned_artifact
 from squeezer.api.schemas import JobCreate, JobPage, JobRead, JobSpec, MetricRead, Status
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level, parse_config
@@ -92,6 +92,7 @@ def create_job(
     with atomic(session):  # counted and inserted with the key locked: concurrent submits cannot both pass
         lock_key(session, key.id)
         _check_job_quota(session, key, settings.max_active_jobs_per_key)
+        check_inputs_stored(session, spec)
         session.add(job)
     try:
         request.app.state.queue.enqueue(job.id, job.priority)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep
 from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import check_input_info, check_job_data
+from squeezer.api.routers.artifacts import check_inputs_stored
 from squeezer.api.routers.jobs import _artifact_of_kind, active_jobs
 from squeezer.api.schemas import SearchCreate, SearchPage, SearchRead
 from squeezer.compression.config.nncf_config import NNCFConfig
@@ -141,6 +142,7 @@ def create_search(
     with atomic(session):  # counted and inserted with the key locked: concurrent submits cannot both pass
         lock_key(session, key.id)
         _check_job_quota(session, key, len(jobs), settings.max_active_jobs_per_key)
+        check_inputs_stored(session, search.spec)
         session.add(search)
         session.flush()  # the search's id, for its candidates
         for job in jobs:
