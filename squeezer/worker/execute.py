@@ -46,10 +46,30 @@ RUN_JOB = "squeezer.worker.runner:run_job"
 logger = logging.getLogger(__name__)
 
 
+def _epoch_refused(epoch: int, previous: int | None, total: int | None) -> str | None:
+    """Why an epoch message is refused. A job reports each epoch once, in order: 0 (the metric before training,
+    or a post-training job's one record) up to the job's `total_epochs` (the recipe's epochs, or an
+    accuracy-aware loop's maximal_total_epochs); every other message would be one more metric row. A resumed
+    job may repeat the epoch its last run was in, so the order is the run's."""
+    if total is not None and epoch > total:
+        return f"the job process reported epoch {epoch}, past the job's total_epochs of {total}; it was stopped"
+    if previous is not None and epoch <= previous:
+        return (
+            f"the job process reported epoch {epoch} after epoch {previous} (each epoch once, in order); it was stopped"
+        )
+    return None
+
+
 def _record_epoch(
-    sessions: sessionmaker[Session], job_id: str, owner: str, run: JobRun
+    sessions: sessionmaker[Session], job_id: str, owner: str, run: JobRun, total: int | None
 ) -> Callable[[EpochMessage], None]:
+    previous: int | None = None
+
     def record(message: EpochMessage) -> None:
+        nonlocal previous
+        if (refusal := _epoch_refused(message.epoch, previous, total)) is not None:
+            raise JobProcessFailed(refusal)  # the job process is killed, and the job fails with this reason
+        previous = message.epoch
         r = message.model_dump()
         with sessions() as session:
             if not transitions.record_epoch(session, job_id, owner, r["epoch"], r):
@@ -171,7 +191,7 @@ def execute_job(
             return "skipped"
         job = session.get(Job, job_id)
         assert job is not None
-        spec = dict(job.spec)
+        spec, total_epochs = dict(job.spec), job.total_epochs
         paths = {}
         for field in ("model", "train_data", "val_data"):
             if spec.get(field) is None:  # a post-training job may have no val_data
@@ -202,7 +222,10 @@ def execute_job(
             require_landlock()
         with Heartbeat(sessions, job_id, owner, heartbeat_s, on_lost=lambda: run.interrupt("lost")):
             done = run_job_process(
-                request, _record_epoch(sessions, job_id, owner, run), _cancel_requested(sessions, job_id), run
+                request,
+                _record_epoch(sessions, job_id, owner, run, total_epochs),
+                _cancel_requested(sessions, job_id),
+                run,
             )
     except JobInterrupted as exc:
         if exc.reason == "stopping":

@@ -71,3 +71,19 @@ def leave_a_child_behind(**_: Any) -> Any:
     return SimpleNamespace(
         status="succeeded", uncompressed_metric=1.0, metric=1.0, compression_rate=1.0, statistics=statistics
     )
+
+
+EPOCH = {"phase": "training", "stage": "fully_compressed", "metric": 1.0, "accuracy_budget": 0.0, "wall_time_s": 0.1}
+
+
+def flood_epochs(on_epoch: Any, **_: Any) -> None:
+    """Report epochs 0 to 999: each would be one more metric row."""
+    for epoch in range(1000):
+        on_epoch({"epoch": epoch, **EPOCH})
+
+
+def repeat_an_epoch(on_epoch: Any, **_: Any) -> None:
+    """Report epoch 0, then epoch 1 a thousand times."""
+    on_epoch({"epoch": 0, **EPOCH})
+    for _ in range(1000):
+        on_epoch({"epoch": 1, **EPOCH})
