@@ -72,6 +72,12 @@ def test_epochs_beyond_the_jobs_or_out_of_order_stop_the_job(submitted, target, 
         assert [m.epoch for m in session.query(JobMetric).filter_by(job_id=job_id).order_by(JobMetric.epoch)] == [0, 1]
 
 
+def test_an_epoch_without_what_a_metric_row_needs_is_an_invalid_message(submitted):
+    status, job, _ = run(*submitted, "report_an_epoch_without_a_budget")  # it used to crash the worker
+    assert status == "failed" and job.error.startswith("the job process sent an invalid message")
+    assert "accuracy_budget" in job.error and "wall_time_s" in job.error
+
+
 def test_outputs_that_are_links_are_never_copied(submitted):
     app, job_id = submitted
     status, job, exports = run(app, job_id, "link_outputs_to_the_database")
