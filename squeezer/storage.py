@@ -39,6 +39,16 @@ class StoredFile:
     key: str  # relative path inside the store
 
 
+@dataclass(frozen=True)
+class StagedFile:
+    """Received bytes under a temp name in the store's root, not yet at their key: checked there, a refused
+    upload never touches a stored file, and `publish` puts the file back if it was deleted meanwhile."""
+
+    sha256: str
+    size_bytes: int
+    path: Path
+
+
 def _publish_once(tmp: str | os.PathLike[str], target: Path) -> None:
     """Move `tmp` to `target` unless a file is there already: that one has the same bytes (its name is
     their hash) and must keep its inode, since a confined job process may read it by a Landlock rule
@@ -67,6 +77,10 @@ class LocalStore:
     @staticmethod
     def key_for(sha256: str) -> str:
         return f"{sha256[:2]}/{sha256}"
+
+    def delete(self, key: str) -> None:
+        """Remove the file of `key` (the bytes of artifacts that no row names any more)."""
+        self.path(key).unlink(missing_ok=True)
 
     def delete_tree(self, prefix: str) -> None:
         """Remove every file under `prefix` (a job's exports when the job is deleted)."""
@@ -98,8 +112,9 @@ class LocalStore:
             tmp.unlink(missing_ok=True)
         return StoredFile(digest.hexdigest(), size, key)
 
-    async def save_stream(self, chunks: AsyncIterator[bytes], limit: int) -> StoredFile:
-        """Hash and write while reading; stop as soon as `limit` is passed (nothing is kept then)."""
+    async def stage_stream(self, chunks: AsyncIterator[bytes], limit: int) -> StagedFile:
+        """Hash and write while reading; stop as soon as `limit` is passed (nothing is kept then). The caller
+        `publish`es or `discard`s what it gets."""
         digest = hashlib.sha256()
         size = 0
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-")
@@ -115,12 +130,19 @@ class LocalStore:
                     if size > limit:
                         raise UploadTooLarge(limit)
                     await anyio.to_thread.run_sync(append, chunk)  # hashing and writing block: off the loop
-            sha = digest.hexdigest()
-            key = self.key_for(sha)
-            target = self.path(key)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _publish_once(tmp, target)
-            return StoredFile(sha, size, key)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return StagedFile(digest.hexdigest(), size, Path(tmp))
+
+    def publish(self, staged: StagedFile) -> StoredFile:
+        """The staged bytes at their key, linked there unless the same bytes are there already."""
+        key = self.key_for(staged.sha256)
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _publish_once(staged.path, target)
+        return StoredFile(staged.sha256, staged.size_bytes, key)
+
+    @staticmethod
+    def discard(staged: StagedFile) -> None:
+        staged.path.unlink(missing_ok=True)

@@ -88,3 +88,11 @@ def postgres_server():
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """The API's database, once on each: "" (the embedded SQLite under its home), then a fresh PostgreSQL one."""
+    if request.param == "sqlite":
+        return ""
+    return request.getfixturevalue("postgres_server").create_database(f"api_{tmp_path.name}"[:60])

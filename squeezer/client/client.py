@@ -321,6 +321,10 @@ class Artifacts:
     def get(self, artifact: str | ArtifactRead) -> ArtifactRead:
         return ArtifactRead.model_validate(self._c.request("GET", f"/v1/artifacts/{_id(artifact)}").json())
 
+    def delete(self, artifact: str | ArtifactRead) -> None:
+        """Free its bytes from the key's storage quota; `Conflict` while a queued or running job uses it."""
+        self._c.request("DELETE", f"/v1/artifacts/{_id(artifact)}")
+
 
 class Jobs:
     def __init__(self, client: Client) -> None:

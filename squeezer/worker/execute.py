@@ -51,10 +51,30 @@ KEEP_OUTPUTS_S = 600.0  # the time a stopped job gets to export what its last ep
 logger = logging.getLogger(__name__)
 
 
+def _epoch_refused(epoch: int, previous: int | None, total: int | None) -> str | None:
+    """Why an epoch message is refused. A job reports each epoch once, in order: 0 (the metric before training,
+    or a post-training job's one record) up to the job's `total_epochs` (the recipe's epochs, or an
+    accuracy-aware loop's maximal_total_epochs); every other message would be one more metric row. A resumed
+    job may repeat the epoch its last run was in, so the order is the run's."""
+    if total is not None and epoch > total:
+        return f"the job process reported epoch {epoch}, past the job's total_epochs of {total}; it was stopped"
+    if previous is not None and epoch <= previous:
+        return (
+            f"the job process reported epoch {epoch} after epoch {previous} (each epoch once, in order); it was stopped"
+        )
+    return None
+
+
 def _record_epoch(
-    sessions: sessionmaker[Session], job_id: str, owner: str, run: JobRun
+    sessions: sessionmaker[Session], job_id: str, owner: str, run: JobRun, total: int | None
 ) -> Callable[[EpochMessage], None]:
+    previous: int | None = None
+
     def record(message: EpochMessage) -> None:
+        nonlocal previous
+        if (refusal := _epoch_refused(message.epoch, previous, total)) is not None:
+            raise JobProcessFailed(refusal)  # the job process is killed, and the job fails with this reason
+        previous = message.epoch
         r = message.model_dump()
         with sessions() as session:
             if not transitions.record_epoch(session, job_id, owner, r["epoch"], r):
@@ -233,7 +253,7 @@ def execute_job(
             return "skipped"
         job = session.get(Job, job_id)
         assert job is not None
-        spec = dict(job.spec)
+        spec, total_epochs = dict(job.spec), job.total_epochs
         search = session.get(Search, job.search_id) if job.search_id is not None else None
         search_deadline = as_utc(search.deadline_at) if search is not None and search.deadline_at else None
         paths = {}
@@ -272,7 +292,10 @@ def execute_job(
             require_landlock(accept_weaker_sandbox)
         with watch:
             done = run_job_process(
-                request, _record_epoch(sessions, job_id, owner, run), _cancel_requested(sessions, job_id), run
+                request,
+                _record_epoch(sessions, job_id, owner, run, total_epochs),
+                _cancel_requested(sessions, job_id),
+                run,
             )
     except JobInterrupted as exc:
         if exc.reason == "stopping":

@@ -115,7 +115,7 @@ def test_another_keys_resources_do_not_exist(api, artifacts):
             assert response.status_code == 404, (method, template)
             assert response.headers["content-type"] == "application/problem+json"
             walked.append(f"{method} {template}")
-    assert len(walked) == 13, walked
+    assert len(walked) == 14, walked
     assert api.get("/v1/jobs", headers=api.bob).json()["total"] == 0
     stolen = api.post("/v1/jobs", headers=api.bob, json=body)
     assert stolen.status_code == 404 and "no artifact" in stolen.json()["detail"]

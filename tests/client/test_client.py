@@ -29,6 +29,7 @@ from squeezer.client import (
 from squeezer.examples.digits import digits_tensors
 from squeezer.examples.models import MLP
 from squeezer.worker.execute import execute_job
+from tests.api.test_api import CONFIG, npz_bytes, pt2_bytes
 from tests.helpers import app_with_two_keys, live_server
 
 
@@ -98,6 +99,19 @@ def test_quantize_runs_post_training_quantization_without_labels(service, tmp_pa
         client.quantize(MLP(hidden=32), x[:1], x[:300], max_drop=1.0)
     with pytest.raises(InvalidInput, match=r"\$\.recipe\.model_type"):
         client.quantize(MLP(hidden=32), x[:1], x[:300], model_type="cnn")
+
+
+def test_an_artifact_is_deleted_unless_a_live_job_uses_it(service, tmp_path):
+    _, _, client, _ = service
+    model = client.artifacts.upload(pt2_bytes(tmp_path), "model", filename="m.pt2")
+    data = client.artifacts.upload(npz_bytes(), "dataset", filename="d.npz")
+    job = client.jobs.create("j", model, CONFIG, data, data)
+    with pytest.raises(Conflict, match=rf"job {job.id} \(queued\) uses artifact {model.id}"):
+        client.artifacts.delete(model)
+    client.jobs.cancel(job)
+    client.artifacts.delete(model)
+    with pytest.raises(NotFound):
+        client.artifacts.get(model)
 
 
 def test_each_failure_has_its_error_class(service, tmp_path, monkeypatch):

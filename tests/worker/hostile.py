@@ -114,3 +114,24 @@ def fill_the_disk(workdir: str, **_: Any) -> None:
 def spin_the_cpu(**_: Any) -> None:
     while True:
         pass
+
+
+EPOCH = {"phase": "training", "stage": "fully_compressed", "metric": 1.0, "accuracy_budget": 0.0, "wall_time_s": 0.1}
+
+
+def flood_epochs(on_epoch: Any, **_: Any) -> None:
+    """Report epochs 0 to 999: each would be one more metric row."""
+    for epoch in range(1000):
+        on_epoch({"epoch": epoch, **EPOCH})
+
+
+def repeat_an_epoch(on_epoch: Any, **_: Any) -> None:
+    """Report epoch 0, then epoch 1 a thousand times."""
+    on_epoch({"epoch": 0, **EPOCH})
+    for _ in range(1000):
+        on_epoch({"epoch": 1, **EPOCH})
+
+
+def report_an_epoch_without_a_budget(on_epoch: Any, **_: Any) -> None:
+    """An epoch without the accuracy budget and the wall time, which every metric row must have."""
+    on_epoch({"epoch": 0, "phase": "training", "stage": "fully_compressed", "metric": 1.0})

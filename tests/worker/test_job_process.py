@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from squeezer.db import Export, Job
+from squeezer.db import Export, Job, JobMetric
 from squeezer.worker.execute import execute_job
 from tests.helpers import api_client, upload_digits_job_inputs
 
@@ -52,6 +52,30 @@ def test_an_invalid_message_fails_the_job_and_names_the_problem(submitted):
     status, job, exports = run(*submitted, "send_invalid_message")
     assert status == "failed" and job.error.startswith("the job process sent an invalid message")
     assert "outputs" in job.error and "onnx" not in exports
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        ("flood_epochs", "the job process reported epoch 2, past the job's total_epochs of 1; it was stopped"),
+        (
+            "repeat_an_epoch",
+            "the job process reported epoch 1 after epoch 1 (each epoch once, in order); it was stopped",
+        ),
+    ],
+)
+def test_epochs_beyond_the_jobs_or_out_of_order_stop_the_job(submitted, target, error):
+    app, job_id = submitted  # a job of 1 epoch: it reports epochs 0 and 1
+    status, job, _ = run(app, job_id, target)
+    assert status == "failed" and job.error == error
+    with app.state.sessions() as session:
+        assert [m.epoch for m in session.query(JobMetric).filter_by(job_id=job_id).order_by(JobMetric.epoch)] == [0, 1]
+
+
+def test_an_epoch_without_what_a_metric_row_needs_is_an_invalid_message(submitted):
+    status, job, _ = run(*submitted, "report_an_epoch_without_a_budget")  # it used to crash the worker
+    assert status == "failed" and job.error.startswith("the job process sent an invalid message")
+    assert "accuracy_budget" in job.error and "wall_time_s" in job.error
 
 
 def test_outputs_that_are_links_are_never_copied(submitted):

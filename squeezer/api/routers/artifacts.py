@@ -1,12 +1,14 @@
-"""Uploads: streamed to the store, hashed on the way, checked for what their kind must be."""
+"""Uploads: streamed to the store, hashed on the way, checked for what their kind must be; deleted when no live
+job uses them."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 from sqlalchemy import func, select
 
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
@@ -15,15 +17,18 @@ from squeezer.api.inspection import dataset_summary, model_signature
 from squeezer.api.schemas import ArtifactRead
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level, parse_config
-from squeezer.db import ApiKey, Artifact, ArtifactKind
+from squeezer.db import ApiKey, Artifact, ArtifactKind, Job
+from squeezer.db.locks import atomic, lock_content, lock_key
+from squeezer.jobs.transitions import TERMINAL
 from squeezer.settings import Settings
-from squeezer.storage import LocalStore, StoredFile
+from squeezer.storage import LocalStore, StagedFile
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 CHUNK = 1 << 20
 ZIP_MAGIC = b"PK\x03\x04"
 # OpenAPI 3.0's mark of a file field, beside 3.1's contentMediaType: client generators read only this one
 BINARY = {"format": "binary"}
+JOB_INPUTS = ("model", "train_data", "val_data")  # the spec fields that name artifacts (the worker opens them)
 
 
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
@@ -31,11 +36,11 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _check_content(
-    kind: str, filename: str, head: bytes, store: LocalStore, key: str, settings: Settings
-) -> dict[str, Any] | None:
+def _check_content(kind: str, filename: str, path: Path, settings: Settings) -> dict[str, Any] | None:
     """What a model, a dataset and a config must look like (nothing is unpickled, nothing unpacked past the
     settings' limits); returns what was learnt."""
+    with path.open("rb") as f:
+        head = f.read(8)
     if kind == "model" and not head.startswith(ZIP_MAGIC):
         raise ApiError(422, "Invalid model archive", f"{filename} is not a torch.export archive (.pt2 zip file)")
     if kind == "dataset":
@@ -46,24 +51,25 @@ def _check_content(
                 422, "Invalid dataset", f"{filename}: datasets are .npz or .safetensors files with 'x' and 'y'"
             )
     if kind == "config":
-        data = parse_config(store.path(key).read_bytes(), filename)  # comments allowed, as in the library
+        data = parse_config(path.read_bytes(), filename)  # comments allowed, as in the library
         NNCFConfig.validate(data)  # ConfigError -> 422 with the JSON path
         check_top_level(data, need_compression=False)  # a misspelt key now; a missing section at submit
         return None
     if kind == "model":
-        return model_signature(store.path(key), filename, settings.max_archive_member_bytes)
-    return dataset_summary(store.path(key), filename, settings.max_archive_member_bytes, settings.max_dataset_bytes)
+        return model_signature(path, filename, settings.max_archive_member_bytes)
+    return dataset_summary(path, filename, settings.max_archive_member_bytes, settings.max_dataset_bytes)
 
 
 def _check_storage_quota(session: SessionDep, key: ApiKey, size: int, limit: int) -> None:
-    used = session.scalar(select(func.coalesce(func.sum(Artifact.size_bytes), 0)).where(Artifact.owner_id == key.id))
-    if (used or 0) + size > limit:
+    # int(): PostgreSQL sums a BIGINT column as NUMERIC, which arrives as a Decimal that JSON cannot write
+    used = int(session.scalar(select(func.sum(Artifact.size_bytes)).where(Artifact.owner_id == key.id)) or 0)
+    if used + size > limit:
         raise ApiError(
             429,
             "Storage quota reached",
-            f"this upload ({size} bytes) would take this key to {(used or 0) + size} bytes; the limit is {limit}",
+            f"this upload ({size} bytes) would take this key to {used + size} bytes; the limit is {limit}",
             limit_bytes=limit,
-            used_bytes=used or 0,
+            used_bytes=used,
         )
 
 
@@ -77,52 +83,52 @@ async def upload_artifact(
     kind: Literal["model", "dataset", "config"] = Form(...),
 ) -> ArtifactRead:
     # the app's body limit already stopped oversized requests while they streamed in; this limit is exact
-    stored = await store.save_stream(_chunks(file), settings.max_upload_bytes)
+    staged = await store.stage_stream(_chunks(file), settings.max_upload_bytes)
     filename = (file.filename or "upload").rsplit("/", 1)[-1][:255]
-    # the database and the inspection (a pass over up to max_upload_bytes) block: off the event loop
-    return await anyio.to_thread.run_sync(_register_upload, session, key, store, stored, kind, filename, settings)
+    try:  # the database and the inspection (a pass over up to max_upload_bytes) block: off the event loop
+        return await anyio.to_thread.run_sync(_register_upload, session, key, store, staged, kind, filename, settings)
+    finally:
+        store.discard(staged)  # published by then, or refused
 
 
 def _register_upload(
     session: SessionDep,
     key: ApiKey,
     store: LocalStore,
-    stored: StoredFile,
+    staged: StagedFile,
     kind: str,
     filename: str,
     settings: Settings,
 ) -> ArtifactRead:
-    """The artifact row of a stored upload once its content passed the checks of its kind; read back in this
+    """The artifact row of an upload once its content passed the checks of its kind; read back in this
     thread, so that nothing touches the database on the event loop."""
-    with store.path(stored.key).open("rb") as f:
-        head = f.read(8)
-    existing = session.scalars(
-        select(Artifact).where(
-            Artifact.owner_id == key.id, Artifact.sha256 == stored.sha256, Artifact.kind == ArtifactKind(kind)
-        )
-    ).first()
-    if existing is not None:  # the same bytes again: the same artifact, nothing more stored
+    if (existing := _same_upload(session, key, staged, kind)) is not None:
         return ArtifactRead.model_validate(existing)
-    try:
-        _check_storage_quota(session, key, stored.size_bytes, settings.max_storage_bytes_per_key)
-        meta = _check_content(kind, filename, head, store, stored.key, settings)
-    except Exception:
-        # a rejected upload leaves nothing behind (unless the same bytes belong to a stored artifact)
-        if session.scalars(select(Artifact).where(Artifact.sha256 == stored.sha256)).first() is None:
-            store.path(stored.key).unlink(missing_ok=True)
-        raise
-    artifact = Artifact(
-        owner_id=key.id,
-        kind=ArtifactKind(kind),
-        filename=filename,
-        size_bytes=stored.size_bytes,
-        sha256=stored.sha256,
-        storage_path=stored.key,
-        meta=meta,
-    )
-    session.add(artifact)
-    session.commit()
+    meta = _check_content(kind, filename, staged.path, settings)  # the staged copy: a refused upload leaves nothing
+    with atomic(session):  # counted and inserted with the key locked: concurrent uploads cannot both pass
+        lock_key(session, key.id)
+        lock_content(session, staged.sha256)  # a DELETE removes the file of these bytes under this lock
+        if (existing := _same_upload(session, key, staged, kind)) is not None:  # sent twice at once
+            return ArtifactRead.model_validate(existing)
+        _check_storage_quota(session, key, staged.size_bytes, settings.max_storage_bytes_per_key)
+        stored = store.publish(staged)  # (back) in place before the row that names it is committed
+        artifact = Artifact(
+            owner_id=key.id,
+            kind=ArtifactKind(kind),
+            filename=filename,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            storage_path=stored.key,
+            meta=meta,
+        )
+        session.add(artifact)
     return ArtifactRead.model_validate(artifact)
+
+
+def _same_upload(session: SessionDep, key: ApiKey, staged: StagedFile, kind: str) -> Artifact | None:
+    """The key's artifact of these bytes and this kind: the same bytes again are the same artifact."""
+    same = (Artifact.owner_id == key.id, Artifact.sha256 == staged.sha256, Artifact.kind == ArtifactKind(kind))
+    return session.scalars(select(Artifact).where(*same)).first()
 
 
 def owned_artifact(session: SessionDep, key: CurrentKey, artifact_id: str) -> Artifact:
@@ -135,3 +141,40 @@ def owned_artifact(session: SessionDep, key: CurrentKey, artifact_id: str) -> Ar
 @router.get("/{artifact_id}", response_model=ArtifactRead, operation_id="artifacts_get", responses=problems(404))
 def get_artifact(artifact_id: str, key: CurrentKey, session: SessionDep) -> Artifact:
     return owned_artifact(session, key, artifact_id)
+
+
+@router.delete("/{artifact_id}", status_code=204, operation_id="artifacts_delete", responses=problems(404, 409))
+def delete_artifact(artifact_id: str, key: CurrentKey, session: SessionDep, store: StoreDep) -> Response:
+    """The artifact, so that its bytes no longer count against the key's storage quota; 409 while a queued or
+    running job uses it. Finished jobs that used it keep their results and exports, and their spec still names
+    it. Its file goes once no artifact row, of any key, has the same bytes."""
+    with atomic(session):  # with the key locked: no job that uses it is submitted meanwhile (jobs.create_job)
+        lock_key(session, key.id)
+        artifact = owned_artifact(session, key, artifact_id)
+        if (job := _live_job_using(session, key, artifact_id)) is not None:
+            raise ApiError(
+                409,
+                "Artifact in use",
+                f"job {job.id} ({job.status.value}) uses artifact {artifact_id}; cancel it or wait for it to finish",
+            )
+        sha256, storage_path = artifact.sha256, artifact.storage_path
+        session.delete(artifact)
+    with atomic(session):  # then its file, unless another row has these bytes; an upload of them waits
+        lock_content(session, sha256)
+        if session.scalar(select(Artifact.id).where(Artifact.sha256 == sha256).limit(1)) is None:
+            store.delete(storage_path)
+    return Response(status_code=204)
+
+
+def _live_job_using(session: SessionDep, key: ApiKey, artifact_id: str) -> Job | None:
+    live = select(Job).where(Job.owner_id == key.id, Job.status.not_in(TERMINAL)).order_by(Job.created_at)
+    return next((job for job in session.scalars(live) if artifact_id in (job.spec.get(f) for f in JOB_INPUTS)), None)
+
+
+def check_inputs_stored(session: SessionDep, spec: dict[str, Any]) -> None:
+    """With the key locked, before a job is inserted: the artifacts it names were checked earlier in the request,
+    and a DELETE may have removed one since. So no queued job names a deleted artifact."""
+    for field in JOB_INPUTS:
+        artifact_id = spec.get(field)
+        if artifact_id is not None and session.scalar(select(Artifact.id).where(Artifact.id == artifact_id)) is None:
+            raise ApiError(404, "Not found", f"no artifact {artifact_id!r} (deleted just now)", path=f"$.{field}")

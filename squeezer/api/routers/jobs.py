@@ -12,11 +12,12 @@ from sqlalchemy import func, select
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import check_input_info, check_job_data
-from squeezer.api.routers.artifacts import owned_artifact
+from squeezer.api.routers.artifacts import check_inputs_stored, owned_artifact
 from squeezer.api.schemas import JobCreate, JobPage, JobRead, JobSpec, MetricRead, Status
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level, parse_config
 from squeezer.db import ApiKey, Artifact, ArtifactKind, Job, JobMetric, JobStatus
+from squeezer.db.locks import atomic, lock_key
 from squeezer.jobs import transitions
 from squeezer.recipe import Recipe, ptq_config_problem
 
@@ -40,8 +41,13 @@ def _artifact_of_kind(session: SessionDep, key: ApiKey, artifact_id: str, kind: 
 ACTIVE = (JobStatus.queued, JobStatus.running, JobStatus.cancelling)
 
 
+def active_jobs(session: SessionDep, key: ApiKey) -> int:
+    """The key's queued and running jobs; a quota's count only while the key is locked (`db.locks`)."""
+    return session.scalar(select(func.count()).where(Job.owner_id == key.id, Job.status.in_(ACTIVE))) or 0
+
+
 def _check_job_quota(session: SessionDep, key: ApiKey, limit: int) -> None:
-    active = session.scalar(select(func.count()).where(Job.owner_id == key.id, Job.status.in_(ACTIVE))) or 0
+    active = active_jobs(session, key)
     if active >= limit:
         raise ApiError(
             429,
@@ -56,7 +62,6 @@ def _check_job_quota(session: SessionDep, key: ApiKey, limit: int) -> None:
 def create_job(
     body: JobCreate, request: Request, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep
 ) -> Job:
-    _check_job_quota(session, key, settings.max_active_jobs_per_key)
     recipe = body.recipe
     check_wall_time(recipe, settings.job_max_wall_time_s)
     ptq = recipe.mode == "ptq"
@@ -85,8 +90,11 @@ def create_job(
     aa = model.accuracy_aware_training
     total = 0 if ptq else aa.params.maximal_total_epochs if aa is not None else recipe.epochs
     job = Job(owner_id=key.id, name=body.name, priority=body.priority, spec=spec, total_epochs=total)
-    session.add(job)
-    session.commit()
+    with atomic(session):  # counted and inserted with the key locked: concurrent submits cannot both pass
+        lock_key(session, key.id)
+        _check_job_quota(session, key, settings.max_active_jobs_per_key)
+        check_inputs_stored(session, spec)
+        session.add(job)
     try:
         request.app.state.queue.enqueue(job.id, job.priority)
         job.enqueued_at = datetime.now(UTC)

@@ -21,11 +21,13 @@ from sqlalchemy.orm import Session
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep
 from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import check_input_info, check_job_data
-from squeezer.api.routers.jobs import ACTIVE, _artifact_of_kind, check_wall_time
+from squeezer.api.routers.artifacts import check_inputs_stored
+from squeezer.api.routers.jobs import _artifact_of_kind, active_jobs, check_wall_time
 from squeezer.api.schemas import SearchCreate, SearchPage, SearchRead
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level
 from squeezer.db import ApiKey, ArtifactKind, Job, Search
+from squeezer.db.locks import atomic, lock_key
 from squeezer.errors import ConfigError
 from squeezer.jobs import searches, transitions
 from squeezer.search import SearchSettings, candidate_configs
@@ -104,15 +106,6 @@ def create_search(
             path="$.runtime",
         )
     configs = dict(_configs(body, model_artifact.meta))
-    active = session.scalar(select(func.count()).where(Job.owner_id == key.id, Job.status.in_(ACTIVE))) or 0
-    if active + len(configs) > settings.max_active_jobs_per_key:
-        raise ApiError(
-            429,
-            "Job quota reached",
-            f"this search has {len(configs)} candidates and this key already has {active} queued or running "
-            f"jobs; the limit is {settings.max_active_jobs_per_key}. Wait, cancel jobs, or search fewer candidates.",
-            limit=settings.max_active_jobs_per_key,
-        )
     now = datetime.now(UTC)
     deadline = now + timedelta(seconds=body.budget.max_wall_time_s) if body.budget.max_wall_time_s else None
     search_settings = SearchSettings.model_validate(body.model_dump(include=set(SearchSettings.model_fields)))
@@ -128,8 +121,6 @@ def create_search(
         created_at=now,
         deadline_at=deadline,
     )
-    session.add(search)
-    session.flush()
     jobs = []
     for name, config in configs.items():
         loop = config.get("accuracy_aware_training")  # none for post-training candidates: no epochs
@@ -137,7 +128,6 @@ def create_search(
             owner_id=key.id,
             name=f"{body.name}/{name}",
             priority=body.priority,
-            search_id=search.id,
             candidate=name,
             total_epochs=loop["params"].get("maximal_total_epochs") if loop else 0,
             spec={
@@ -149,9 +139,16 @@ def create_search(
             },
             created_at=now,
         )
-        session.add(job)
         jobs.append(job)
-    session.commit()
+    with atomic(session):  # counted and inserted with the key locked: concurrent submits cannot both pass
+        lock_key(session, key.id)
+        _check_job_quota(session, key, len(jobs), settings.max_active_jobs_per_key)
+        check_inputs_stored(session, search.spec)
+        session.add(search)
+        session.flush()  # the search's id, for its candidates
+        for job in jobs:
+            job.search_id = search.id
+        session.add_all(jobs)
     for job in jobs:
         try:
             request.app.state.queue.enqueue(job.id, job.priority)
@@ -160,6 +157,18 @@ def create_search(
             logger.warning("could not enqueue candidate job %s; the sweep will send it", job.id, exc_info=True)
     session.refresh(search)
     return _read(session, search)
+
+
+def _check_job_quota(session: Session, key: ApiKey, candidates: int, limit: int) -> None:
+    active = active_jobs(session, key)
+    if active + candidates > limit:
+        raise ApiError(
+            429,
+            "Job quota reached",
+            f"this search has {candidates} candidates and this key already has {active} queued or running "
+            f"jobs; the limit is {limit}. Wait, cancel jobs, or search fewer candidates.",
+            limit=limit,
+        )
 
 
 def _owned_search(session: Session, key: ApiKey, search_id: str) -> Search:

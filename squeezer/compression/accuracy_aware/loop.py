@@ -523,8 +523,9 @@ class AdaptiveCompressionLoop(EarlyExitLoop):
         return float(rate) if rate is not None else 0.0
 
     def train(self) -> None:
-        if self.phase == "initial":
-            self.early_exit_phase(self.adaptive_params.initial_training_phase_epochs)
+        if self.phase == "initial":  # its epochs count towards maximal_total_epochs like any other
+            params = self.adaptive_params
+            self.early_exit_phase(min(params.initial_training_phase_epochs, params.maximal_total_epochs))
             self.phase = "search"
             best = self.checkpoints.best_within_budget()
             if best is not None:

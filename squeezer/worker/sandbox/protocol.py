@@ -49,12 +49,12 @@ class EpochMessage(Message):
     phase: str = Field(max_length=64)
     stage: str = Field(max_length=64)
     metric: Finite
-    accuracy_budget: OptionalFinite = None
+    accuracy_budget: Finite  # required, as the metric row's columns are
     compression_rate: OptionalFinite = None
     compression_rate_target: OptionalFinite = None
     loss: OptionalFinite = None
     lr: OptionalFinite = None
-    wall_time_s: OptionalFinite = None
+    wall_time_s: Finite
 
 
 class RuntimeLatency(Message):

@@ -77,6 +77,26 @@ def test_adaptive_search_trajectory_matches_the_spec():
     assert ctrl.statistics().magnitude_sparsity["sparsity_level_for_sparsified_layers"] == pytest.approx(0.25, abs=1e-3)
 
 
+def test_adaptive_mode_stops_at_maximal_total_epochs_even_in_its_initial_phase():
+    """The total is the total: a service job's epochs are capped at it (worker/execute.py refuses more)."""
+    config, ctrl, model = build(
+        {"algorithm": "magnitude_sparsity", "params": {"sparsity_target": 0.1, "sparsity_target_epoch": 0}},
+        {
+            "mode": "adaptive_compression_level",
+            "params": {
+                "maximal_absolute_accuracy_degradation": 1,
+                "initial_training_phase_epochs": 5,
+                "patience_epochs": 1,
+                "maximal_total_epochs": 2,
+            },
+        },
+    )
+    records = []
+    loop = create_accuracy_aware_training_loop(config, ctrl, 100.0, on_epoch_end=records.append)
+    loop.run(model, no_training, lambda model, epoch: 50.0, configure_optimizers_fn=sgd(model))  # never in budget
+    assert [r.epoch for r in records] == [0, 1, 2]
+
+
 def test_early_exit_stops_at_the_first_fully_compressed_epoch_in_budget():
     config, ctrl, model = build(
         {
