@@ -253,7 +253,10 @@ def test_learned_ranking_sample_config_learns_saves_and_reloads(tmp_path, digits
 
     reload = NNCFConfig.from_json(SAMPLE_CONFIGS / "filter_pruning_learned_ranking.json")
     reload["compression"][0]["params"]["load_ranking_coeffs_path"] = str(tmp_path / "ranking.json")
-    again, _ = create_compressed_model(ResidualCNN(width=32), reload, dump_graphs=False)
+    # the samples fix no input shape: without data loaders, the inputs come from example_input
+    again, _ = create_compressed_model(
+        ResidualCNN(width=32), reload, dump_graphs=False, example_input=torch.rand(1, 1, 32, 32)
+    )
     assert again.ranking == ctrl.ranking
 
 
