@@ -78,9 +78,9 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
     """
     settings = settings or get_settings()
     if queue is None:
-        from squeezer.worker.celery_app import CeleryQueue, create_celery
+        from squeezer.jobs.queue import CeleryQueue, configured_celery
 
-        queue = CeleryQueue(create_celery(settings))
+        queue = CeleryQueue(configured_celery(settings))  # sends by task name: nothing of the worker loaded
     engine = make_engine(settings.resolved_database_url())
 
     @asynccontextmanager

@@ -1,6 +1,6 @@
 """What the API needs from the job queue: hand over a job id, and say whether the broker answers.
 
-The Celery implementation is `squeezer.worker.celery_app.CeleryQueue`; tests pass their own.
+The Celery implementation is `squeezer.jobs.queue.CeleryQueue`; tests pass their own.
 """
 
 from __future__ import annotations

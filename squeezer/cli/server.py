@@ -130,11 +130,11 @@ def worker(
 
 def recover() -> None:
     """Requeue running jobs whose worker stopped beating, once (the API also does this periodically)."""
+    from squeezer.jobs.queue import CeleryQueue, configured_celery
     from squeezer.jobs.transitions import recover_stale_jobs
-    from squeezer.worker.celery_app import CeleryQueue, create_celery
 
     settings = get_settings()
-    queue = CeleryQueue(create_celery(settings))
+    queue = CeleryQueue(configured_celery(settings))
     done = recover_stale_jobs(
         _sessions(settings), queue.enqueue, settings.stale_after_s, settings.max_attempts, settings.requeue_after_s
     )

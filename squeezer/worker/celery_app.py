@@ -1,8 +1,6 @@
-"""Celery wiring: an app factory and one thin task that calls `execute_job`.
-
-JSON only, late acks and prefetch 1, so a message is acknowledged after the job ran and a worker
-holds one job at a time. The embedded default broker is kombu's SQLAlchemy transport on SQLite:
-a real worker process, no server to install.
+"""The worker's Celery app: the shared configuration (`squeezer/jobs/queue.py`) and one thin task that
+calls `execute_job`. The embedded default broker is kombu's SQLAlchemy transport on SQLite: a real
+worker process, no server to install.
 
 A worker told to stop (SIGTERM, Ctrl-C: warm or cold shutdown) stops its job process at once and
 sends the job again, back in `queued` with its last epoch's loop state (`execute.py`); it then exits
@@ -23,37 +21,18 @@ from celery.exceptions import SecurityWarning
 from celery.signals import worker_ready, worker_shutting_down
 
 from squeezer.db import make_engine, make_session_factory
+from squeezer.jobs.queue import TASK, CeleryQueue, configured_celery
 from squeezer.settings import Settings, get_settings
 from squeezer.storage import LocalStore
 from squeezer.worker.execute import execute_job
 from squeezer.worker.limits import JobLimits, log_isolation
 from squeezer.worker.sandbox.process import prestart_job_server, request_stop
 
-TASK = "squeezer.run_job"
-
 
 def create_celery(settings: Settings | None = None) -> Celery:
+    """The worker's Celery app: the shared broker configuration (`jobs/queue.py`) plus the task."""
     settings = settings or get_settings()
-    app = Celery("squeezer", broker=settings.resolved_broker_url())
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_backend=None,
-        task_ignore_result=True,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
-        task_queue_max_priority=9,
-        task_default_priority=0,
-    )
-    if _is_redis(settings.resolved_broker_url()):
-        # one Redis list per priority, read highest first (Redis has no priority queue of its own)
-        app.conf.broker_transport_options = {
-            "queue_order_strategy": "priority",
-            "priority_steps": list(range(10)),
-            "sep": ":",
-        }
+    app = configured_celery(settings)
 
     @app.task(name=TASK)
     def run(job_id: str) -> str:
@@ -115,29 +94,6 @@ def _stopping_jobs_first(
         return celery_handler(signum, frame)
 
     return handler
-
-
-def _is_redis(url: str) -> bool:
-    return url.startswith(("redis://", "rediss://", "redis+socket://"))
-
-
-class CeleryQueue:
-    """The API's `JobQueue` on Celery: only the job id travels; the row holds everything else.
-
-    A job's priority runs 0 (normal) to 9 (most urgent). AMQP brokers read it that way; Celery's Redis
-    transport serves 0 first, so the number is turned around there.
-    """
-
-    def __init__(self, app: Celery) -> None:
-        self.app = app
-        self._reversed = _is_redis(str(app.conf.broker_url))
-
-    def enqueue(self, job_id: str, priority: int) -> None:
-        self.app.send_task(TASK, args=[job_id], priority=9 - priority if self._reversed else priority)
-
-    def ping(self) -> None:
-        with self.app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=2)
 
 
 def silence_root_warning() -> None:
