@@ -143,26 +143,23 @@ def judge_epoch(session: Session, job_id: str, epoch: int) -> str | None:
     if search is None or search.cancelled_at is not None:
         return None
     settings = settings_of(search)
-    if search.deadline_at is not None and datetime.now(UTC) >= as_utc(search.deadline_at):
+    past_deadline = search.deadline_at is not None and datetime.now(UTC) >= as_utc(search.deadline_at)
+    if past_deadline:  # the siblings that have not started never will
         for sibling in search.candidates:
             if sibling.status == JobStatus.queued:
                 stop_candidate(session, sibling.id, DEADLINE_REASON)
-        return DEADLINE_REASON if epoch > 0 and stop_candidate(session, job_id, DEADLINE_REASON) else None
-    if not settings.early_stopping:
-        return None
-    rule = settings.halving()
-    if not rule.judges(epoch):
-        return None
-    rows = session.execute(
-        select(Job.candidate, JobMetric.accuracy_budget, JobMetric.compression_rate)
-        .join(JobMetric, JobMetric.job_id == Job.id)
-        .where(Job.search_id == search.id, JobMetric.epoch == epoch)
-    ).all()
-    margins = {str(name): float(margin) for name, margin, _ in rows}
-    rates = {str(name): rate for name, _, rate in rows}
-    if job.candidate not in margins:
-        return None
-    reason = rule.verdict(job.candidate, epoch, margins, rates, _margin_at(session, job_id, epoch - 1))
+    margins: dict[str, float] = {}
+    rates: dict[str, float | None] = {}
+    if not past_deadline and settings.early_stopping and settings.halving().judges(epoch):  # else no rows needed
+        rows = session.execute(
+            select(Job.candidate, JobMetric.accuracy_budget, JobMetric.compression_rate)
+            .join(JobMetric, JobMetric.job_id == Job.id)
+            .where(Job.search_id == search.id, JobMetric.epoch == epoch)
+        ).all()
+        margins = {str(name): float(margin) for name, margin, _ in rows}
+        rates = {str(name): rate for name, _, rate in rows}
+    previous = _margin_at(session, job_id, epoch - 1) if job.candidate in margins else None
+    reason = settings.stop_reason(str(job.candidate), epoch, margins, rates, previous, past_deadline)
     if reason is not None and stop_candidate(session, job_id, reason):
         logger.info("search %s: candidate %s stopped: %s", search.id, job.candidate, reason)
         return reason

@@ -176,13 +176,9 @@ class _InProcessSearch:
         """The halving rule and the deadline after each epoch, as a service search's worker applies them."""
         self.margins_at.setdefault(record.epoch, {})[name] = record.accuracy_budget
         self.rates_at.setdefault(record.epoch, {})[name] = record.compression_rate
-        if record.epoch > 0 and self._past_deadline():
-            raise _Stop(DEADLINE_REASON)
-        if not self.settings.early_stopping:
-            return
         margins, rates = self.margins_at[record.epoch], self.rates_at[record.epoch]
         previous = self.margins_at.get(record.epoch - 1, {}).get(name)
-        reason = self.settings.halving().verdict(name, record.epoch, margins, rates, previous)
+        reason = self.settings.stop_reason(name, record.epoch, margins, rates, previous, self._past_deadline())
         if reason is not None:
             raise _Stop(reason)
 

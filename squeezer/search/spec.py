@@ -3,6 +3,7 @@ the compute it may spend. Shared by the API (validated at submit), the SDK and t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -105,3 +106,22 @@ class SearchSettings(BaseModel):
     def halving(self) -> HalvingRule:
         """The successive-halving rule these settings ask for (the service's and the library's alike)."""
         return HalvingRule(rate=self.halving_rate, grace_epochs=self.halving_grace_epochs)
+
+    def stop_reason(
+        self,
+        name: str,
+        epoch: int,
+        margins: Mapping[str, float],
+        rates: Mapping[str, float | None],
+        previous: float | None,
+        past_deadline: bool,
+    ) -> str | None:
+        """Why candidate `name` stops after recording `epoch`, or None: the search's wall-time budget is spent
+        (from its first trained epoch on), or successive halving ranks it out among the candidates that have
+        reported `epoch` (`margins`, `rates`; `previous`: its own margin the epoch before). The one judgement
+        of a service search (`jobs/searches.py`) and a library one (`search/local.py`)."""
+        if epoch > 0 and past_deadline:
+            return DEADLINE_REASON
+        if not self.early_stopping or name not in margins:
+            return None
+        return self.halving().verdict(name, epoch, margins, rates, previous)
