@@ -19,6 +19,7 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -251,49 +252,27 @@ def execute_job(
         if not transitions.claim(session, job_id, owner):
             logger.info("job %s was not queued (already taken or cancelled); skipping", job_id)
             return "skipped"
-        job = session.get(Job, job_id)
-        assert job is not None
-        spec, total_epochs = dict(job.spec), job.total_epochs
-        search = session.get(Search, job.search_id) if job.search_id is not None else None
-        search_deadline = as_utc(search.deadline_at) if search is not None and search.deadline_at else None
-        paths = {}
-        for field in ("model", "train_data", "val_data"):
-            if spec.get(field) is None:  # a post-training job may have no val_data
-                continue
-            artifact = session.get(Artifact, spec[field])
-            assert artifact is not None
-            paths[field] = str(store.path(artifact.storage_path))
+        claimed = _read_claimed(session, store, job_id)
+    if isinstance(claimed, str):  # an input is gone: fail the job rather than leave it running
+        return _finish(sessions, job_id, owner, JobStatus.failed, error=claimed)
+    spec = claimed.spec
     workdir = Path(work_root).resolve() / job_id
     own_time = spec["recipe"].get("max_wall_time_s")
     limits = limits.with_wall_time(own_time) if limits is not None else None
     wall = limits.wall_time_s if limits is not None else own_time
     deadline = datetime.now(UTC) + timedelta(seconds=wall) if wall else None
-    request = JobRequest(
-        target=target,
-        arguments={
-            "model_path": paths["model"],
-            "config": spec["config"],
-            "train_path": paths["train_data"],
-            "val_path": paths.get("val_data"),
-            "recipe": spec["recipe"],
-            "workdir": str(workdir),
-            **({"latency_batch_size": spec["latency_batch_size"]} if "latency_batch_size" in spec else {}),
-        },
-        readable=list(paths.values()),
-        workdir=str(workdir),
-        confine=sandbox == "landlock",
-        import_paths=list(import_paths),
-        limits=limits.to_dict() if limits is not None else None,
-    )
+    request = _job_request(claimed, workdir, target, sandbox, import_paths, limits)
     run = JobRun()
-    watch = JobWatch(sessions, job_id, owner, run, workdir, limits, deadline, search_deadline, heartbeat_s, poll_s)
+    watch = JobWatch(
+        sessions, job_id, owner, run, workdir, limits, deadline, claimed.search_deadline, heartbeat_s, poll_s
+    )
     try:
         if request.confine:
             require_landlock(accept_weaker_sandbox)
         with watch:
             done = run_job_process(
                 request,
-                _record_epoch(sessions, job_id, owner, run, total_epochs),
+                _record_epoch(sessions, job_id, owner, run, claimed.total_epochs),
                 _cancel_requested(sessions, job_id),
                 run,
             )
@@ -312,6 +291,71 @@ def execute_job(
         with contextlib.suppress(OSError):  # a full disk must not keep the failure from being recorded
             _store_exports(sessions, store, job_id, workdir, ["log"])
         return _finish(sessions, job_id, owner, JobStatus.failed, error=str(exc))
+    return _record_done(sessions, store, job_id, owner, workdir, done)
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """What the worker reads of a job it claimed: its spec, epochs, input files and its search's deadline."""
+
+    spec: dict[str, Any]
+    total_epochs: int | None
+    paths: dict[str, str]
+    search_deadline: datetime | None
+
+
+def _read_claimed(session: Session, store: LocalStore, job_id: str) -> _Claimed | str:
+    """The claimed job's inputs, or why it cannot run (an artifact deleted under it: the API's submit lock
+    should make this impossible, but a job left `running` forever would be worse than a failed one)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return "the job row disappeared after it was claimed"
+    spec = dict(job.spec)
+    search = session.get(Search, job.search_id) if job.search_id is not None else None
+    search_deadline = as_utc(search.deadline_at) if search is not None and search.deadline_at else None
+    paths = {}
+    for field in ("model", "train_data", "val_data"):
+        if spec.get(field) is None:  # a post-training job may have no val_data
+            continue
+        artifact = session.get(Artifact, spec[field])
+        if artifact is None:
+            return f"its {field} (artifact {spec[field]}) was deleted before the job ran"
+        paths[field] = str(store.path(artifact.storage_path))
+    return _Claimed(spec, job.total_epochs, paths, search_deadline)
+
+
+def _job_request(
+    claimed: _Claimed,
+    workdir: Path,
+    target: str,
+    sandbox: str,
+    import_paths: Sequence[str],
+    limits: JobLimits | None,
+) -> JobRequest:
+    spec, paths = claimed.spec, claimed.paths
+    return JobRequest(
+        target=target,
+        arguments={
+            "model_path": paths["model"],
+            "config": spec["config"],
+            "train_path": paths["train_data"],
+            "val_path": paths.get("val_data"),
+            "recipe": spec["recipe"],
+            "workdir": str(workdir),
+            **({"latency_batch_size": spec["latency_batch_size"]} if "latency_batch_size" in spec else {}),
+        },
+        readable=list(paths.values()),
+        workdir=str(workdir),
+        confine=sandbox == "landlock",
+        import_paths=list(import_paths),
+        limits=limits.to_dict() if limits is not None else None,
+    )
+
+
+def _record_done(
+    sessions: sessionmaker[Session], store: LocalStore, job_id: str, owner: str, workdir: Path, done: DoneMessage
+) -> str:
+    """The job process finished: its exports into the store, then its row (while the job is still ours)."""
     if not _still_ours(sessions, job_id, owner):  # its exports are the new owner's to write
         logger.warning("job %s finished, but it is no longer this worker's; not recorded", job_id)
         return "lost"
@@ -319,15 +363,8 @@ def execute_job(
         _store_exports(sessions, store, job_id, workdir, done.outputs)
     except OSError as exc:
         return _finish(sessions, job_id, owner, JobStatus.failed, error=failure_reason(exc))
-    status = JobStatus(done.status)
-    outcome = _finish(
-        sessions,
-        job_id,
-        owner,
-        status,
-        **({"error": done.error} if done.error else {}),
-        result=_result(done),
-    )
+    error = {"error": done.error} if done.error else {}
+    outcome = _finish(sessions, job_id, owner, JobStatus(done.status), **error, result=_result(done))
     if outcome != "lost":
         shutil.rmtree(workdir, ignore_errors=True)  # everything worth keeping is in the store now
     return outcome
