@@ -292,8 +292,73 @@ def run_job(
         return run_ptq_job(model_path, config, train_path, val_path, recipe, workdir, on_epoch, latency_batch_size)
     if val_path is None:
         raise JobInputError("a training job needs val_data (the metric the accuracy budget is measured on)")
+    data = _training_inputs(model_path, train_path, val_path, recipe)
+    original_keys = set(data.model.state_dict())
+    nncf_config, ctrl, cmodel = _compress(data, config, recipe, workdir)
+    records: list[dict[str, Any]] = []
+    state_path = workdir / "loop_state.pt"
+    record = _recorder(records, workdir, on_epoch, should_cancel)
+    loop: TrainingLoop
+    if nncf_config.model.accuracy_aware_training is None:
+        loop = FixedEpochsLoop(recipe.epochs, ctrl, data.uncompressed, on_epoch_end=record, state_path=state_path)
+    else:
+        loop = create_accuracy_aware_training_loop(
+            nncf_config, ctrl, data.uncompressed, on_epoch_end=record, state_path=state_path
+        )
+    if state_path.exists():
+        loop.load_state(state_path)
+    if stopped is not None:
+        return _keep_saved_state(
+            loop, ctrl, cmodel, recipe, stopped, workdir, original_keys, data.x_val, data.uncompressed
+        )
+    status = "succeeded"
+    try:
+        cmodel = loop.run(
+            cmodel,
+            _epoch_trainer(recipe, data),
+            lambda model, epoch: _metric(recipe, model, data.val_loader, data.device),
+            configure_optimizers_fn=lambda: _optimizers(recipe, cmodel, recipe.epochs),
+        )
+        stats = loop.statistics
+        metric, rate = (stats.compressed_accuracy, stats.compression_rate) if stats else (None, None)
+    except JobCancelled:
+        status = "cancelled"
+        metric, rate = (records[-1]["metric"], records[-1]["compression_rate"]) if records else (None, None)
+    warnings: list[str] = []
+    error = None
+    if loop.diverged is not None and loop.statistics is not None:
+        status, error = "failed", _divergence_report(loop.diverged, loop.statistics, recipe, warnings)
+    artifacts = write_outputs(ctrl, cmodel, workdir, original_keys, data.x_val[:8], warnings)
+    logger.info("%s: metric %s, compression rate %s; wrote %s", status, metric, rate, ", ".join(sorted(artifacts)))
+    latency: dict[str, dict[str, Any]] = {}
+    if status == "succeeded":  # a cancelled job was asked to stop, not to be timed
+        sample = data.x_val[: latency_batch_size or recipe.batch_size]
+        latency = _latency(data.model, artifacts["onnx"], sample, workdir, warnings)
+    epochs = len(records) - 1 if records else 0
+    statistics = ctrl.statistics().to_dict()
+    return JobResult(
+        status, data.uncompressed, metric, rate, epochs, records, statistics, artifacts, latency, warnings, error
+    )
+
+
+@dataclass
+class _TrainingInputs:
+    """A training job's model and data, checked against each other and placed on its device."""
+
+    model: nn.Module
+    model_input: ModelInput
+    train_set: TensorDataset
+    val_loader: DataLoader
+    init_loader: DataLoader
+    x_val: torch.Tensor
+    device: torch.device
+    uncompressed: float
+
+
+def _training_inputs(
+    model_path: str | Path, train_path: str | Path, val_path: str | Path, recipe: Recipe
+) -> _TrainingInputs:
     model, model_input = load_model_input(model_path)
-    shape = model_input.shape
     (x_train, y_train), (x_val, y_val) = load_dataset(train_path), load_dataset(val_path)
     check_data(model, model_input, x_train, y_train, recipe, "train_data")
     check_data(model, model_input, x_val, y_val, recipe, "val_data")
@@ -307,50 +372,74 @@ def run_job(
     uncompressed = _metric(recipe, model, val_loader, device)
     logger.info(
         "model input %s on %s; %d train / %d val samples; uncompressed metric %.4f",
-        tuple(shape),
+        tuple(model_input.shape),
         device,
         len(x_train),
         len(x_val),
         uncompressed,
     )
+    return _TrainingInputs(model, model_input, train_set, val_loader, init_loader, x_val, device, uncompressed)
 
+
+def _compress(
+    data: _TrainingInputs, config: dict[str, Any], recipe: Recipe, workdir: Path
+) -> tuple[NNCFConfig, Any, nn.Module]:
+    """The config with the archive's inputs where it names none, and the compressed model (its ranges from
+    post-training quantization when the recipe says `init: ptq`)."""
     nncf_config = NNCFConfig.from_dict({**config, "log_dir": str(workdir)})
-    input_type = "long" if model_input.is_token_ids else "float"
+    input_type = "long" if data.model_input.is_token_ids else "float"
     if nncf_config.model.input_info is None:
-        nncf_config["input_info"] = {"sample_size": list(shape), "type": input_type}
-    elif model_input.is_token_ids:  # the dummy inputs traced for the model must be ids too
+        nncf_config["input_info"] = {"sample_size": list(data.model_input.shape), "type": input_type}
+    elif data.model_input.is_token_ids:  # the dummy inputs traced for the model must be ids too
         infos = config["input_info"] if isinstance(config["input_info"], list) else [config["input_info"]]
         nncf_config["input_info"] = [{**info, "type": "long"} for info in infos]
     register_default_init_args(  # the criterion is what HAWQ mixed precision differentiates
         nncf_config,
-        init_loader,
+        data.init_loader,
         criterion=lambda out, y: _loss(recipe, first_tensor(out), y),
-        device=device,
+        device=data.device,
     )
-    original_keys = set(model.state_dict())
-    ctrl, cmodel = create_compressed_model(model, nncf_config)
+    ctrl, cmodel = create_compressed_model(data.model, nncf_config)
     if recipe.init == "ptq":  # quantization-aware training starts where post-training quantization ends
-        calibrate_for_training(ctrl, init_loader, device, recipe.model_type == "transformer", recipe.subset_size)
+        transformer = recipe.model_type == "transformer"
+        calibrate_for_training(ctrl, data.init_loader, data.device, transformer, recipe.subset_size)
+    return nncf_config, ctrl, cmodel
+
+
+def _epoch_trainer(recipe: Recipe, data: _TrainingInputs) -> Callable[..., float]:
+    """The loops' `train_epoch_fn`: one shuffled pass (its order fixed by the epoch, so a resumed job trains
+    the same batches), stopped at the first diverging batch loss (`divergence.py`)."""
+    batch_losses = LossWatch()
 
     def train_epoch_fn(
         compression_ctrl: Any, model: nn.Module, epoch: int, optimizer: Any, lr_scheduler: Any = None
     ) -> float:
         model.train()
         order = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)  # resumable: fixed by epoch
-        loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, generator=order)
+        loader = DataLoader(data.train_set, batch_size=recipe.batch_size, shuffle=True, generator=order)
         total = 0.0
         for x, y in loader:
             compression_ctrl.scheduler.step()
-            loss = _loss(recipe, first_tensor(model(x.to(device))), y.to(device)) + compression_ctrl.loss()
+            out = first_tensor(model(x.to(data.device)))
+            loss = _loss(recipe, out, y.to(data.device)) + compression_ctrl.loss()
             batch_losses.check(loss.item(), epoch + 1)  # stop at the first NaN, not after a whole epoch of them
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += loss.item() * len(y)
-        return total / len(train_set)
+        return total / len(data.train_set)
 
-    records: list[dict[str, Any]] = []
-    batch_losses = LossWatch()
+    return train_epoch_fn
+
+
+def _recorder(
+    records: list[dict[str, Any]],
+    workdir: Path,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    should_cancel: Callable[[], bool] | None,
+) -> Callable[[Any], None]:
+    """The loops' `on_epoch_end`: log, keep, journal (the TensorBoard export's source) and report each
+    epoch, then ask whether to stop."""
 
     def record(r: Any) -> None:
         logger.info(
@@ -362,61 +451,13 @@ def run_job(
             r.loss,
         )
         records.append(r.to_dict())
-        journal_epoch(workdir, r.to_dict())  # the TensorBoard export's source (worker/tensorboard.py)
+        journal_epoch(workdir, r.to_dict())
         if on_epoch is not None:
             on_epoch(r.to_dict())
         if should_cancel is not None and r.epoch > 0 and should_cancel():
             raise JobCancelled(f"cancelled after epoch {r.epoch}")
 
-    state_path = workdir / "loop_state.pt"
-    loop: TrainingLoop
-    if nncf_config.model.accuracy_aware_training is None:
-        loop = FixedEpochsLoop(recipe.epochs, ctrl, uncompressed, on_epoch_end=record, state_path=state_path)
-    else:
-        loop = create_accuracy_aware_training_loop(
-            nncf_config, ctrl, uncompressed, on_epoch_end=record, state_path=state_path
-        )
-    if state_path.exists():
-        loop.load_state(state_path)
-    if stopped is not None:
-        return _keep_saved_state(loop, ctrl, cmodel, recipe, stopped, workdir, original_keys, x_val, uncompressed)
-    status = "succeeded"
-    try:
-        cmodel = loop.run(
-            cmodel,
-            train_epoch_fn,
-            lambda model, epoch: _metric(recipe, model, val_loader, device),
-            configure_optimizers_fn=lambda: _optimizers(recipe, cmodel, recipe.epochs),
-        )
-        stats = loop.statistics
-        metric, rate = (stats.compressed_accuracy, stats.compression_rate) if stats else (None, None)
-    except JobCancelled:
-        status = "cancelled"
-        metric, rate = (records[-1]["metric"], records[-1]["compression_rate"]) if records else (None, None)
-    warnings: list[str] = []
-    error = None
-    if loop.diverged is not None and loop.statistics is not None:
-        status, error = "failed", _divergence_report(loop.diverged, loop.statistics, recipe, warnings)
-    artifacts = write_outputs(ctrl, cmodel, workdir, original_keys, x_val[:8], warnings)
-    logger.info("%s: metric %s, compression rate %s; wrote %s", status, metric, rate, ", ".join(sorted(artifacts)))
-    latency: dict[str, dict[str, Any]] = {}
-    if status == "succeeded":  # a cancelled job was asked to stop, not to be timed
-        latency = _latency(
-            model, artifacts["onnx"], x_val[: latency_batch_size or recipe.batch_size], workdir, warnings
-        )
-    return JobResult(
-        status,
-        uncompressed,
-        metric,
-        rate,
-        len(records) - 1 if records else 0,
-        records,
-        ctrl.statistics().to_dict(),
-        artifacts,
-        latency,
-        warnings,
-        error,
-    )
+    return record
 
 
 def _keep_saved_state(
