@@ -84,3 +84,8 @@ def test_no_page_cites_a_file_outside_the_repository():
     outside = re.compile(r"\.\./shared|\bspec/|accuracy_aware\.md|DESIGN\.md|algorithms\.md|config\.md §")
     for path in [ROOT / "README.md", *DOCS.rglob("*.md")]:
         assert not outside.search(path.read_text(encoding="utf-8")), path
+
+
+def test_zoo_table_is_the_last_zoo_run():
+    page = (DOCS / "zoo.md").read_text(encoding="utf-8")
+    assert _generator().with_zoo_table(page) == page, "docs/zoo.md's table is stale: run `make docs` and commit it"
