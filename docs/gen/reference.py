@@ -49,6 +49,22 @@ def _body(operation: dict[str, Any]) -> str:
     return "; ".join(f"`{media}`: {_schema(c.get('schema', {}))}" for media, c in body["content"].items())
 
 
+def _body_fields(document: dict[str, Any], operation: dict[str, Any]) -> list[str]:
+    """The fields of a request body's schema, so a reader need not open the OpenAPI document."""
+    body = operation.get("requestBody")
+    if not body:
+        return []
+    schema = next(iter(body["content"].values())).get("schema", {})
+    if "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    required = set(schema.get("required", []))
+    rows = []
+    for name, field in schema.get("properties", {}).items():
+        needed = "yes" if name in required else "no"
+        rows.append(f"| `{name}` | {_schema(field)} | {needed} | {_cell(field.get('description', ''))} |")
+    return ["", "| field | type | required | description |", "|---|---|---|---|", *rows] if rows else []
+
+
 def _parameters(operation: dict[str, Any]) -> str:
     names = [f"`{p['name']}` ({p['in']})" for p in operation.get("parameters", [])]
     return ", ".join(names) or "none"
@@ -86,6 +102,7 @@ def http_api_markdown() -> str:
             out += [op["description"].strip(), ""]
         auth = "bearer API key" if op.get("security") else "none"
         out += [f"- Authentication: {auth}", f"- Parameters: {_parameters(op)}", f"- Request body: {_body(op)}"]
+        out += _body_fields(document, op)
         out += ["", "| status | meaning | body |", "|---|---|---|"]
         for status, response in op.get("responses", {}).items():
             content = response.get("content", {})
