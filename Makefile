@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install system-deps demo demo-library serve test lint bench zoo
+.PHONY: install system-deps demo demo-library serve test lint bench zoo docs
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -32,11 +32,11 @@ system-deps:
 	fi
 
 lint: install
-	$(PY) -m ruff check squeezer tests bench
-	$(PY) -m ruff format --check squeezer tests bench
+	$(PY) -m ruff check squeezer tests bench docs/gen
+	$(PY) -m ruff format --check squeezer tests bench docs/gen
 	$(PY) -m mypy
 
-test: lint system-deps  ## what CI runs
+test: lint docs system-deps  ## what CI runs (the docs build takes a few seconds)
 	$(PY) -m pytest -q
 
 bench: install
@@ -44,3 +44,7 @@ bench: install
 
 zoo: install  ## the full model-zoo matrix (bench/results/zoo.json and a table); about an hour on 2 cores
 	$(PY) bench/bench_zoo.py
+
+docs: install  ## the documentation site into site/: the generated references first, then a strict build
+	PYTHONPATH=. $(PY) docs/gen/reference.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet

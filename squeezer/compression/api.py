@@ -259,7 +259,7 @@ def load_state(
     is_resume: bool = False,
     keys_to_ignore: list[str] | None = None,
 ) -> int:
-    """Tolerant state-dict loading (spec algorithms.md §8.3); returns the number of entries loaded.
+    """Tolerant state-dict loading; returns the number of entries loaded.
 
     Keys are matched after stripping `module.` prefixes and parametrization wrappers, so an
     uncompressed checkpoint loads into a compressed model and vice versa. With `is_resume=True`

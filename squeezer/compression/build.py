@@ -48,7 +48,7 @@ class BuildContext:
 
 Builder = Callable[[BuildContext, Any], CompressionController]
 ALGORITHMS: dict[str, Builder] = {}
-# Application order on one weight (spec §2.3): pruning mask, then sparsity mask, then quantizer.
+# Application order on one weight: pruning mask, then sparsity mask, then quantizer.
 PRIORITY = {
     "filter_pruning": 2,
     "magnitude_sparsity": 3,

@@ -1,4 +1,4 @@
-"""Initialization data for compression (spec algorithms.md §10): loaders and criteria kept beside the config.
+"""Initialization data for compression: loaders and criteria kept beside the config.
 
 A data loader used for initialization yields items; `get_inputs(item)` turns one into the model's
 `(args, kwargs)`. Plain `(inputs, targets)` loaders are wrapped automatically; models whose inputs

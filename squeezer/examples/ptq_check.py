@@ -9,7 +9,7 @@ Both are compared with the FP32 model on held-out batches of the same distributi
 BatchNorm adaptation is left out of the comparison on purpose: `calibrate_batchnorm` leaves running
 statistics part-way to the data's (4 batches at momentum 0.1), so adaptation moves them further and
 changes the model the INT8 output is compared with; on a model whose statistics have converged (a
-trained one) it lowers the error instead (README, "Post-training quality"). Used by
+trained one) it lowers the error instead (docs/benchmarks.md, "Post-training quality"). Used by
 `bench/bench_ptq_quality.py` and `tests/compression/quantization/test_ptq_quality.py`.
 """
 

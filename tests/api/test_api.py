@@ -292,7 +292,7 @@ def test_sample_configs_are_listed_with_their_description_and_parse_as_configs(a
         assert sample["file"] == f"{sample['name']}.json"
     int8 = api.get("/v1/sample-configs/int8").json()
     assert int8["description"].startswith("INT8 quantization-aware training")
-    assert api.get("/v1/sample-configs/int8.json").json() == int8  # the file's name, as the README lists them
+    assert api.get("/v1/sample-configs/int8.json").json() == int8  # the file's name, as the docs list them
     missing = api.get("/v1/sample-configs/int9.json")
     assert missing.status_code == 404 and "int8" in missing.json()["detail"]  # names the samples there are
 

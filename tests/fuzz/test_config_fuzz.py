@@ -69,6 +69,6 @@ def test_a_real_config_with_one_value_replaced_parses_or_is_a_config_error(data)
 
 @pytest.fixture(scope="module", autouse=True)
 def _report():
-    assert len(SAMPLES) > 10, "the spec's sample configs were not found"
+    assert len(SAMPLES) > 10, "the sample configs were not found"
     yield
     print(f"\nhypothesis: {CASES['any']} arbitrary JSON values, {CASES['mutated']} mutated real configs")

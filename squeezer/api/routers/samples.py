@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/sample-configs", tags=["sample configs"])
 
 class SampleConfig(BaseModel):
     name: str  # what GET /v1/sample-configs/{name} takes (the file's name is accepted too)
-    file: str  # its file in squeezer/examples/configs (`int8.json`), as the README names it
+    file: str  # its file in squeezer/examples/configs (`int8.json`), as the docs name it
     description: str  # the comment lines at the top of the file
     config: dict[str, Any]  # the JSON, without its // comments
 

@@ -1,4 +1,4 @@
-"""Early Exit and Adaptive Compression Level training loops (spec accuracy_aware.md).
+"""Early Exit and Adaptive Compression Level training loops.
 
 Both follow NNCF's algorithm; the differences are deliberate: the returned model is the best
 fully compressed checkpoint within the accuracy budget (else the best partially compressed one

@@ -1,4 +1,4 @@
-"""Typed pydantic models of the NNCF JSON config (spec/config.md).
+"""Typed pydantic models of the NNCF JSON config.
 
 The JSON is parsed once into these models; the rest of the library only sees typed objects.
 Strictness follows the NNCF schema: unknown keys are errors everywhere except at the top level
@@ -199,7 +199,7 @@ class ScopeOverrides(Strict):
 class StagedQuantizationParams(Strict):
     activations_quant_start_epoch: Annotated[int, Field(ge=0)] = 1
     weights_quant_start_epoch: Annotated[int, Field(ge=0)] = 1
-    # Read by training scripts, not by the library (spec config.md §6.1.5); kept for compatibility.
+    # Read by training scripts, not by the library; kept for compatibility.
     batch_multiplier: Annotated[int, Field(ge=1)] = 1
     base_lr: float = 1e-3
     base_wd: float = 1e-5

@@ -1,3 +1,3 @@
-"""Knowledge distillation from the uncompressed model (spec algorithms.md §6)."""
+"""Knowledge distillation from the uncompressed model."""
 
 from squeezer.compression.distillation import kd  # noqa: F401  (registers the algorithm)

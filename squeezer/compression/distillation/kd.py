@@ -3,7 +3,7 @@
 The teacher is a frozen copy of the model as the user passed it, kept by the controller and not
 registered in the student: it is not in `state_dict()` or `parameters()`, checkpoints stay
 loadable without it, and optimizers never see it. It runs in eval mode (NNCF runs it in train
-mode, so its BatchNorm statistics drift and its dropout is active: spec [QUIRK], not copied).
+mode, so its BatchNorm statistics drift and its dropout is active: an NNCF quirk, not copied).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Scope matching (spec config.md §4.3): exact names, or `{re}` patterns applied with re.search."""
+"""Scope matching: exact names, or `{re}` patterns applied with re.search."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Filter pruning builder and controller (spec algorithms.md §5)."""
+"""Filter pruning builder and controller."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Channel groups: layers whose output channels must be pruned together.
 
 torch-pruning's dependency graph finds them (residual adds, concatenations, BatchNorm, depthwise
-convolutions); here they are filtered by the spec's rules (first conv, downsampling convs, layers
+convolutions); here they are filtered by NNCF's pruning rules (first conv, downsampling convs, layers
 feeding a model output, scopes) and reduced to what masks and removal need.
 
 Models this project did not write bring what neither torch-pruning nor channel removal can follow:

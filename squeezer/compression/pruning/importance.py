@@ -1,4 +1,4 @@
-"""Filter importance (spec §5.2): L1, L2 or geometric median of each output filter."""
+"""Filter importance: L1, L2 or geometric median of each output filter."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pruning level schedules (spec §5.5): exponential, exponential_with_bias, baseline."""
+"""Pruning level schedules: exponential, exponential_with_bias, baseline."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`quantize`: post-training INT8 quantization of a PyTorch model, NNCF 3.x's signature.
 
-The steps, each measured on real models (README, "Post-training quantization"):
+The steps, each measured on real models (docs/library.md, "Post-training quantization"):
 1. place quantizers as the training-time API does (same placement rules, `target_runtime` included);
 2. cross-layer equalization of conv/linear pairs with only ReLU or max pooling between them
    (`equalization.py`); for transformers, SmoothQuant with a per-group alpha (`smooth_quant.py`);

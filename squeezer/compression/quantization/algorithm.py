@@ -313,7 +313,7 @@ def _transformer_rules(ctx: BuildContext, ctrl: QuantizationController) -> None:
 
 
 class StagedQuantizationScheduler(CompressionScheduler):
-    """Enables activation / weight quantizers at their start epochs (spec §3.9)."""
+    """Enables activation / weight quantizers at their start epochs."""
 
     def __init__(self, ctrl: QuantizationController, activations_start: int, weights_start: int) -> None:
         super().__init__()

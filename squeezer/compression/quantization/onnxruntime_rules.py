@@ -8,7 +8,7 @@ where a conv / linear / add reads, so on EfficientNet-B0 a third of the convs, e
 squeeze-excitation blocks ran that way (0.73x of FP32 speed; onnxruntime's own `quantize_static`,
 which quantizes every op's inputs, 1.51x). With these rules (and SiLU / Hardswish written out as
 `x * gate(x)`, gated_activations.py) Squeezer's optimized graph has the same integer kernels as
-`quantize_static`'s. Measured side by side with `bench/bench_placement.py` (README has the table).
+`quantize_static`'s. Measured side by side with `bench/bench_placement.py` (docs/benchmarks.md has the table).
 OpenVINO fuses these patterns itself and is slower with the extra quantizers (EfficientNet-B0 1.65x
 -> 1.07x of FP32), hence a target runtime and not the default.
 """

@@ -1,4 +1,4 @@
-"""Where quantizers go (spec algorithms.md §3.7), computed on the traced fx graph.
+"""Where quantizers go, computed on the traced fx graph.
 
 Rule: every activation tensor that feeds a quantizable op (conv, linear, matmul, tensor + tensor,
 average pooling, mean) gets a quantizer at the output of the op that produced it, searching

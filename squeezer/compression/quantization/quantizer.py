@@ -1,4 +1,4 @@
-"""Fake-quantizer module with trainable ranges (spec algorithms.md §3.1-3.4).
+"""Fake-quantizer module with trainable ranges.
 
 Forward and backward are written here as a few in-place vectorized ops (round-half-to-even, as
 NNCF on CPU), not with torch's fused fake-quantize kernels: those were ~10x slower on CPU, and
@@ -118,7 +118,7 @@ class _SymmetricFQ(torch.autograd.Function):
 
     Gradients: straight-through for x; for `scale` the analytic STE derivative: (out - x) / scale
     inside the range, 1 above, level_low / level_high below. NNCF divides the inside term by the
-    whole range instead (half the derivative for signed grids, spec §3.3 [QUIRK]); we do not copy that.
+    whole range instead (half the derivative for signed grids, an NNCF quirk); we do not copy that.
     """
 
     @staticmethod
@@ -317,7 +317,7 @@ class FakeQuantizer(nn.Module):
             return step.float(), zero_point, level_low, level_high
 
     def apply_minmax(self, min_v: torch.Tensor, max_v: torch.Tensor, lower_bound: float) -> None:
-        """NNCF apply_minmax_init (spec §3.5); `lower_bound` floors the initial symmetric scale."""
+        """NNCF apply_minmax_init; `lower_bound` floors the initial symmetric scale."""
         with torch.no_grad():
             min_v = min_v.reshape(self.spec.scale_shape).float()
             max_v = max_v.reshape(self.spec.scale_shape).float()

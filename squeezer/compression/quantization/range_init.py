@@ -1,4 +1,4 @@
-"""Range initialization from data (spec algorithms.md §3.5) and batch-norm adaptation (§3.6).
+"""Range initialization from data and batch-norm adaptation.
 
 Statistics are reduced batch by batch (min/max per batch, per sample for `mixed_min_max`, a
 bounded random subsample for percentile-type statistics) so memory does not grow with the
@@ -164,7 +164,7 @@ def _floor_empty_ranges(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 
 
 def adapt_batchnorm(model: nn.Module, loader: InitLoaderProtocol, num_samples: int, device: torch.device) -> None:
-    """Re-estimate BatchNorm running statistics with compression active (spec §3.6)."""
+    """Re-estimate BatchNorm running statistics with compression active."""
     if num_samples <= 0:
         return
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -1,4 +1,4 @@
-"""Magnitude sparsity: zero the globally least important weights at the scheduled level (spec §4.2)."""
+"""Magnitude sparsity: zero the globally least important weights at the scheduled level."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class MagnitudeSparsityController(SparsityController):
     def set_sparsity_level(self, level: float) -> None:
         """One threshold over all layers: weights at or below the `level` quantile of importance are zeroed.
 
-        At level 0 nothing is masked (NNCF masks the single smallest weight there, spec [QUIRK]).
+        At level 0 nothing is masked (NNCF masks the single smallest weight there: a quirk not copied).
         """
         if not 0.0 <= level < 1.0:
             raise ValueError(f"sparsity level must be in [0, 1), got {level}")

@@ -1,4 +1,4 @@
-"""Regularization-based sparsity: trainable mask logits pushed to a target density by a loss (spec §4.3)."""
+"""Regularization-based sparsity: trainable mask logits pushed to a target density by a loss."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sparsity level schedules (spec algorithms.md §4.5): polynomial, exponential, multistep, adaptive."""
+"""Sparsity level schedules: polynomial, exponential, multistep, adaptive."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class SparsityScheduler(CompressionScheduler):
 
     def _update(self) -> None:
         # The level of the freeze epoch is applied before masks freeze; NNCF freezes first, so the
-        # level scheduled for that epoch never reaches the masks (spec [QUIRK], not copied).
+        # level scheduled for that epoch never reaches the masks (an NNCF quirk, not copied).
         self.ctrl.set_sparsity_level(self.current_sparsity_level)
         if self.current_epoch >= self.freeze_epoch and not self.ctrl.frozen:
             self.ctrl.freeze()

@@ -1,4 +1,4 @@
-"""Accuracy-aware loops: the spec's search trajectory step by step, early exit rules, never losing the
+"""Accuracy-aware loops: NNCF's search trajectory step by step, early exit rules, never losing the
 best model, statistics, and resuming a killed run in a fresh process."""
 
 from __future__ import annotations

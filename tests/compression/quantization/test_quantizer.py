@@ -1,4 +1,4 @@
-"""Quantizer numerics against the spec's formulas (algorithms.md §3.1-3.3)."""
+"""Quantizer numerics against NNCF's formulas."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_level_table(spec, signed, levels):
 
 
 def spec_formula(x, lo, rng, levels):
-    """Q(x, lo, rng, levels) of spec §3.2."""
+    """Q(x, lo, rng, levels), NNCF's quantization formula."""
     s = (levels - 1) / rng
     zp = torch.round(-lo * s)
     xc = torch.minimum(torch.maximum(x, lo), lo + rng)
@@ -40,7 +40,7 @@ def test_symmetric_forward_matches_spec():
     x = torch.linspace(-4, 4, 1001)
     lo = torch.tensor(2.5 * -128 / 127)
     assert_close(q(x), spec_formula(x, lo, 2.5 - lo, 256), atol=1e-6, rtol=0)
-    # 8-bit signed activation shortcut of the spec: round(clamp(x*127/scale, -128, 127)) * scale / 127
+    # 8-bit signed activation shortcut of NNCF's formula: round(clamp(x*127/scale, -128, 127)) * scale / 127
     assert_close(q(x), torch.clamp(torch.round(x * 127 / 2.5), -128, 127) * 2.5 / 127, atol=1e-6, rtol=0)
 
 
