@@ -172,7 +172,7 @@ def build_pattern(name: str) -> nn.Module:
 
 def squeezer_int8(model: nn.Module, shape: tuple[int, ...], calibration: list[torch.Tensor], out: Path) -> Path:
     from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
-    from squeezer.examples.configs import sample_config_path
+    from squeezer.compression.config.samples import sample_config_path
 
     data = dict(NNCFConfig.from_json(sample_config_path("int8")))
     data["input_info"] = {"sample_size": [1, *shape]}

@@ -41,7 +41,7 @@ MODELS = list(BENCHMARK_CNNS)
 
 def int8_export(model: nn.Module, name: str, sample: str, calibration: list[torch.Tensor], out: Path) -> Path:
     from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
-    from squeezer.examples.configs import sample_config_path
+    from squeezer.compression.config.samples import sample_config_path
 
     shape, _ = sample_shape(name)
     data = dict(NNCFConfig.from_json(sample_config_path(sample)))

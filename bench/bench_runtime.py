@@ -113,7 +113,7 @@ def squeezer_int8(
     calibration batches (their shape and dtype give input_info), exported; `compression`: keys that
     replace the config's (e.g. "activations" with ignored_scopes)."""
     from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
-    from squeezer.examples.configs import sample_config_path
+    from squeezer.compression.config.samples import sample_config_path
 
     shape, tokens = tuple(calibration[0].shape[1:]), not calibration[0].is_floating_point()
     data = dict(NNCFConfig.from_json(sample_config_path(sample)))

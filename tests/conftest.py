@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from squeezer.examples.configs import CONFIG_DIR
+from squeezer.compression.config.samples import CONFIG_DIR
 from squeezer.examples.digits import accuracy, digits_loaders, train_epoch
 from squeezer.examples.models import ResidualCNN
 from squeezer.examples.zoo import prepare_torchvision

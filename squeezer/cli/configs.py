@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from squeezer.compression.config.reader import config_file
+from squeezer.compression.config.samples import sample_config_names, sample_description
 from squeezer.errors import ConfigError
-from squeezer.examples.configs import sample_config_names, sample_description
 
 configs_app = typer.Typer(help="The sample configs: starting points, usable by name.", no_args_is_help=True)
 console = Console()  # wrapped at the terminal's width (80 when piped): descriptions are prose

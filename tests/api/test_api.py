@@ -282,7 +282,7 @@ def test_paging_beyond_the_database_integer_range_is_a_422(api):
 
 def test_sample_configs_are_listed_with_their_description_and_parse_as_configs(api):
     from squeezer.compression.config.nncf_config import NNCFConfig
-    from squeezer.examples.configs import sample_config_names, sample_config_path
+    from squeezer.compression.config.samples import sample_config_names, sample_config_path
 
     listed = api.get("/v1/sample-configs").json()  # no key: the project's own files, the same for everyone
     assert [s["name"] for s in listed] == sample_config_names()

@@ -1,4 +1,4 @@
-"""Every sample config shipped in `squeezer/examples/configs/` builds a compressed model for the small
+"""Every sample config shipped in `squeezer/compression/config/samples/` builds a compressed model for the small
 architecture it was written for, trains a step, strips and exports; AutoQ, which is not supported, fails
 with a clear error instead."""
 
@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from squeezer import NNCFConfig, create_compressed_model, register_default_init_args
+from squeezer.compression.config.samples import sample_config_names, sample_config_path
 from squeezer.errors import ConfigError
-from squeezer.examples.configs import sample_config_names, sample_config_path
 from squeezer.examples.models import MobileNetV2Tiny, ResidualCNN
 
 UNSUPPORTED = {"mixed_precision_autoq": "autoq"}

@@ -1,4 +1,4 @@
-"""The project's sample NNCF configs (`squeezer/examples/configs`), read-only: the dashboard's submit page
+"""The project's sample NNCF configs (`squeezer/compression/config/samples`), read-only: the dashboard's submit page
 offers them as starting points. They need no key: they are files shipped with the package, the same for
 every caller, so a key would guard nothing (and a new user can read them before having one)."""
 
@@ -11,14 +11,14 @@ from pydantic import BaseModel
 
 from squeezer.api.errors import ApiError, problems
 from squeezer.compression.config.reader import parse_config
-from squeezer.examples.configs import sample_config_names, sample_config_path, sample_description
+from squeezer.compression.config.samples import sample_config_names, sample_config_path, sample_description
 
 router = APIRouter(prefix="/v1/sample-configs", tags=["sample configs"])
 
 
 class SampleConfig(BaseModel):
     name: str  # what GET /v1/sample-configs/{name} takes (the file's name is accepted too)
-    file: str  # its file in squeezer/examples/configs (`int8.json`), as the docs name it
+    file: str  # its file in squeezer/compression/config/samples (`int8.json`), as the docs name it
     description: str  # the comment lines at the top of the file
     config: dict[str, Any]  # the JSON, without its // comments
 

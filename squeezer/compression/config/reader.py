@@ -19,6 +19,7 @@ from typing import Any
 import jstyleson
 
 from squeezer.compression.config.models import CompressionConfigModel
+from squeezer.compression.config.samples import sample_config_names, sample_config_path
 from squeezer.errors import ConfigError
 
 KNOWN_TOP_LEVEL = tuple(CompressionConfigModel.model_fields)
@@ -43,8 +44,6 @@ def parse_config(text: str | bytes, source: str = "the config") -> dict[str, Any
 
 def config_file(name_or_path: str | Path) -> Path:
     """A config file: an existing path, else the sample config of that name (`int8`, `int8.json`)."""
-    from squeezer.examples.configs import sample_config_names, sample_config_path
-
     path = Path(name_or_path)
     if path.is_file():
         return path

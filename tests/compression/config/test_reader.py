@@ -11,7 +11,7 @@ from torch import nn
 
 from squeezer import ConfigError, NNCFConfig, create_compressed_model
 from squeezer.compression.config.reader import check_top_level, load_config, parse_config, top_level_problems
-from squeezer.examples.configs import sample_config_path
+from squeezer.compression.config.samples import sample_config_path
 
 
 def test_comments_are_allowed_and_errors_name_line_and_column():
