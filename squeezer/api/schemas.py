@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
+from squeezer.jobs.status import JobStatus
 from squeezer.recipe import Recipe
 from squeezer.search import SearchResult, SearchSettings
 from squeezer.search.result import SearchStatus
@@ -19,8 +20,6 @@ def _as_utc(value: datetime) -> datetime:
 
 # every timestamp the API returns is timezone-aware UTC, serialized as ISO 8601 ending in `Z`
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
-
-Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
 
 class ArtifactRead(BaseModel):
@@ -72,7 +71,7 @@ class JobRead(BaseModel):
 
     id: str
     name: str
-    status: Status
+    status: JobStatus
     priority: int
     stage: str | None
     epoch: int
@@ -94,6 +93,11 @@ class JobRead(BaseModel):
     search_id: str | None = Field(None, description="the search this job is a candidate of")
     candidate: str | None = Field(None, description="its candidate name in that search")
     stopped_reason: str | None = Field(None, description="why its search stopped it early")
+
+    @computed_field(description="the job has ended (succeeded, failed or cancelled): clients need no list of states")  # type: ignore[prop-decorator]
+    @property
+    def terminal(self) -> bool:
+        return self.status.is_terminal
 
     @property
     def latency(self) -> dict[str, RuntimeLatency]:
@@ -169,6 +173,11 @@ class SearchRead(BaseModel):
     result: SearchResult = Field(description="the candidates as they are now, the Pareto front and the recommendation")
     created_at: UtcDatetime
     finished_at: UtcDatetime | None
+
+    @computed_field(description="the search has ended: no candidate is queued or running")  # type: ignore[prop-decorator]
+    @property
+    def terminal(self) -> bool:
+        return self.status not in ("queued", "running")
 
 
 class SearchPage(BaseModel):

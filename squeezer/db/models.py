@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from squeezer.jobs.status import JobStatus
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -33,15 +35,6 @@ def _uuid() -> str:
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON}
-
-
-class JobStatus(enum.StrEnum):
-    queued = "queued"
-    running = "running"
-    cancelling = "cancelling"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
 
 
 class ArtifactKind(enum.StrEnum):

@@ -30,3 +30,9 @@ def test_the_library_names_still_load_from_the_package():
         "assert {'quantization', 'filter_pruning', 'magnitude_sparsity', 'knowledge_distillation'} <= set(ALGORITHMS)"
     )
     assert "torch" in loaded
+
+
+def test_the_job_states_import_without_sqlalchemy():
+    # the SDK and the job process read the states from here; the database is the API's and the worker's
+    loaded = _modules_after("import squeezer.jobs.status")
+    assert "sqlalchemy" not in loaded

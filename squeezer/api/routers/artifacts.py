@@ -19,7 +19,7 @@ from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level, parse_config
 from squeezer.db import ApiKey, Artifact, ArtifactKind, Job
 from squeezer.db.locks import atomic, lock_content, lock_key
-from squeezer.jobs.transitions import TERMINAL
+from squeezer.jobs.status import TERMINAL
 from squeezer.settings import Settings
 from squeezer.storage import LocalStore, StagedFile
 

@@ -13,17 +13,17 @@ from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import check_input_info, check_job_data
 from squeezer.api.routers.artifacts import check_inputs_stored, owned_artifact
-from squeezer.api.schemas import JobCreate, JobPage, JobRead, JobSpec, MetricRead, Status
+from squeezer.api.schemas import JobCreate, JobPage, JobRead, JobSpec, MetricRead
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level, parse_config
-from squeezer.db import ApiKey, Artifact, ArtifactKind, Job, JobMetric, JobStatus
+from squeezer.db import ApiKey, Artifact, ArtifactKind, Job, JobMetric
 from squeezer.db.locks import atomic, lock_key
 from squeezer.jobs import transitions
+from squeezer.jobs.status import ACTIVE, JobStatus
 from squeezer.recipe import Recipe, ptq_config_problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 logger = logging.getLogger(__name__)
-TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
 
 
 def _artifact_of_kind(session: SessionDep, key: ApiKey, artifact_id: str, kind: ArtifactKind, field: str) -> Artifact:
@@ -36,9 +36,6 @@ def _artifact_of_kind(session: SessionDep, key: ApiKey, artifact_id: str, kind: 
             path=f"$.{field}",
         )
     return artifact
-
-
-ACTIVE = (JobStatus.queued, JobStatus.running, JobStatus.cancelling)
 
 
 def active_jobs(session: SessionDep, key: ApiKey) -> int:
@@ -150,13 +147,13 @@ OwnedJob = Annotated[Job, Depends(get_owned_job)]  # resolved before the handler
 def list_jobs(
     key: CurrentKey,
     session: SessionDep,
-    status: Status | None = None,
+    status: JobStatus | None = None,
     offset: int = Query(0, ge=0, le=2**31 - 1),  # the database takes 64-bit integers; fuzzing sent 2**63
     limit: int = Query(50, ge=1, le=500),
 ) -> JobPage:
     query = select(Job).where(Job.owner_id == key.id)
     if status is not None:
-        query = query.where(Job.status == JobStatus(status))
+        query = query.where(Job.status == status)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(Job.created_at.desc()).offset(offset).limit(limit)).all()
     return JobPage(items=[JobRead.model_validate(r) for r in rows], total=total, offset=offset, limit=limit)
