@@ -22,6 +22,7 @@ from rich.text import Text
 from squeezer.client import Client, ClientError, JobRead
 from squeezer.client.progress import make_console
 from squeezer.client.validation import check_config, check_recipe
+from squeezer.jobs.exports import EXPORTS
 from squeezer.jobs.status import JobStatus
 
 jobs_app = typer.Typer(help="Follow, cancel and download jobs.", no_args_is_help=True)
@@ -277,7 +278,7 @@ def download(
     job_id: str,
     kind: Annotated[
         str,
-        typer.Option(help="onnx, openvino, stripped, checkpoint, original_graph, compressed_graph, log, tensorboard"),
+        typer.Option(help="; ".join(f"{kind}: {e.description}" for kind, e in EXPORTS.items())),
     ] = "onnx",
     output: Annotated[Path, typer.Option("-o", "--output", help="a file, or a folder for the service's name")] = Path(),
     url: UrlOption = None,

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
-from squeezer.db.models import EXPORT_FILENAMES
+from squeezer.jobs.exports import EXPORTS
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a line longer than this is a broken or hostile job process
 
@@ -78,7 +78,7 @@ class DoneMessage(Message):
     statistics: dict[str, Any] = Field(default_factory=dict)
     latency: dict[Literal["onnxruntime", "openvino"], RuntimeLatency] = Field(default_factory=dict)
     warnings: list[Annotated[str, Field(max_length=8192)]] = Field(default_factory=list, max_length=32)
-    outputs: list[Literal[tuple(EXPORT_FILENAMES)]] = Field(default_factory=list)  # type: ignore[valid-type]
+    outputs: list[Literal[tuple(EXPORTS)]] = Field(default_factory=list)  # type: ignore[valid-type]
 
 
 class FailedMessage(Message):
