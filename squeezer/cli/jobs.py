@@ -166,9 +166,10 @@ def quantize(
         console.print(f"submitted post-training quantization job {job.id} ({job.status})")
         if watch:
             done = client.jobs.wait(job)
-            result = done.result or {}
-            if result.get("metric") is not None:
-                console.print(f"metric {result['metric']:.4g} (FP32 {result['uncompressed_metric']:.4g})")
+            if done.result is not None and done.result.metric is not None:
+                uncompressed = done.result.uncompressed_metric
+                fp32 = f" (FP32 {uncompressed:.4g})" if uncompressed is not None else ""
+                console.print(f"metric {done.result.metric:.4g}{fp32}")
             _finished(done)
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from squeezer.db import Artifact, Export, Job, JobStatus, Search
 from squeezer.jobs import searches, transitions
 from squeezer.jobs.exports import EXPORTS
+from squeezer.jobs.result import JobResult
 from squeezer.jobs.searches import as_utc
 from squeezer.storage import LocalStore
 from squeezer.worker.failures import failure_reason
@@ -203,14 +204,8 @@ def _stopped(
 
 
 def _result(done: DoneMessage) -> dict[str, Any]:
-    return {
-        "statistics": done.statistics,
-        "metric": done.metric,
-        "compression_rate": done.compression_rate,
-        "uncompressed_metric": done.uncompressed_metric,
-        "latency": {runtime: timing.model_dump() for runtime, timing in done.latency.items()},
-        "warnings": done.warnings,
-    }
+    """The row's `result`: a `JobResult` as JSON (the API reads it back as one)."""
+    return JobResult.model_validate(done.model_dump(include=set(JobResult.model_fields))).model_dump()
 
 
 def _still_ours(sessions: sessionmaker[Session], job_id: str, owner: str) -> bool:

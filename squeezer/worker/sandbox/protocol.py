@@ -7,24 +7,14 @@ never by path), and numbers that must be finite.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from squeezer.jobs.exports import EXPORTS
+from squeezer.jobs.result import Finite, OptionalFinite, RuntimeLatency
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a line longer than this is a broken or hostile job process
-
-
-def _finite(value: float | None) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise ValueError("must be finite")
-    return value
-
-
-Finite = Annotated[float, AfterValidator(_finite)]
-OptionalFinite = Annotated[float | None, AfterValidator(_finite)]
 
 
 class JobRequest(BaseModel):
@@ -55,17 +45,6 @@ class EpochMessage(Message):
     loss: OptionalFinite = None
     lr: OptionalFinite = None
     wall_time_s: Finite
-
-
-class RuntimeLatency(Message):
-    """One runtime's timing of the FP32 and the compressed file (`runtime/compare.py`)."""
-
-    fp32_ms: Annotated[Finite, Field(gt=0)]
-    compressed_ms: Annotated[Finite, Field(gt=0)]
-    speedup: Annotated[Finite, Field(gt=0)]
-    paired_speedup: Annotated[Finite, Field(gt=0)] | None = None
-    batch_size: int = Field(ge=1)
-    runs: int = Field(ge=1)
 
 
 class DoneMessage(Message):
