@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from squeezer.jobs.exports import EXPORTS
 from squeezer.jobs.result import Finite, OptionalFinite, RuntimeLatency
+from squeezer.jobs.status import JobStatus
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a line longer than this is a broken or hostile job process
 
@@ -49,7 +50,8 @@ class EpochMessage(Message):
 
 class DoneMessage(Message):
     type: Literal["done"] = "done"
-    status: Literal["succeeded", "cancelled", "failed"]  # failed with outputs: a diverged loss kept its best epoch
+    # the terminal states; failed with outputs: a diverged loss kept its best epoch
+    status: Literal[JobStatus.succeeded, JobStatus.cancelled, JobStatus.failed]
     error: str | None = Field(None, max_length=8192)
     uncompressed_metric: OptionalFinite = None  # a post-training job without val_data measures no metric
     metric: OptionalFinite = None
