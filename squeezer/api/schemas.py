@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
+from squeezer.jobs.result import JobResult, RuntimeLatency
+from squeezer.jobs.status import JobStatus
 from squeezer.recipe import Recipe
 from squeezer.search import SearchResult, SearchSettings
 from squeezer.search.result import SearchStatus
@@ -19,8 +21,6 @@ def _as_utc(value: datetime) -> datetime:
 
 # every timestamp the API returns is timezone-aware UTC, serialized as ISO 8601 ending in `Z`
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
-
-Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
 
 class ArtifactRead(BaseModel):
@@ -52,27 +52,12 @@ class JobCreate(BaseModel):
     priority: int = Field(0, ge=0, le=9)
 
 
-class RuntimeLatency(BaseModel):
-    """One runtime's median latency of the FP32 and the compressed model on the worker's CPU."""
-
-    fp32_ms: float
-    compressed_ms: float
-    speedup: float = Field(description="fp32_ms / compressed_ms; below 1 the compressed model is slower")
-    paired_speedup: float | None = Field(
-        default=None,
-        description="the median over back-to-back pairs of calls of FP32 time / compressed time: steadier than "
-        "`speedup` on a busy CPU (what searches compare)",
-    )
-    batch_size: int
-    runs: int = Field(description="timed calls of each file")
-
-
 class JobRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
     name: str
-    status: Status
+    status: JobStatus
     priority: int
     stage: str | None
     epoch: int
@@ -81,12 +66,7 @@ class JobRead(BaseModel):
     best_metric: float | None
     compression_rate: float | None
     accuracy_budget: float | None
-    result: dict[str, Any] | None = Field(
-        None,
-        description="final statistics, metric and rate of a finished job; `latency` (runtime -> fp32_ms, "
-        "compressed_ms, speedup, batch_size, runs: the exported files timed on the worker's CPU) and `warnings` "
-        "(e.g. the compressed model is not faster)",
-    )
+    result: JobResult | None = Field(None, description="what a finished job reports; none until it ends")
     error: str | None
     created_at: UtcDatetime
     started_at: UtcDatetime | None
@@ -95,17 +75,21 @@ class JobRead(BaseModel):
     candidate: str | None = Field(None, description="its candidate name in that search")
     stopped_reason: str | None = Field(None, description="why its search stopped it early")
 
+    @computed_field(description="the job has ended (succeeded, failed or cancelled): clients need no list of states")  # type: ignore[prop-decorator]
+    @property
+    def terminal(self) -> bool:
+        return self.status.is_terminal
+
     @property
     def latency(self) -> dict[str, RuntimeLatency]:
-        """`result["latency"]`, typed: runtime ("onnxruntime", "openvino") -> timings; empty until the job
-        succeeded (and for jobs that ended before latency was measured)."""
-        timings = (self.result or {}).get("latency") or {}
-        return {runtime: RuntimeLatency.model_validate(t) for runtime, t in timings.items()}
+        """`result.latency`: runtime ("onnxruntime", "openvino") -> timings; empty until the job succeeded
+        (and for jobs that ended before latency was measured)."""
+        return self.result.latency if self.result else {}
 
     @property
     def warnings(self) -> list[str]:
-        """`result["warnings"]`: what the job wants its user to know, e.g. that INT8 is not faster here."""
-        return list((self.result or {}).get("warnings") or [])
+        """`result.warnings`: what the job wants its user to know, e.g. that INT8 is not faster here."""
+        return self.result.warnings if self.result else []
 
 
 class JobSpec(BaseModel):
@@ -169,6 +153,11 @@ class SearchRead(BaseModel):
     result: SearchResult = Field(description="the candidates as they are now, the Pareto front and the recommendation")
     created_at: UtcDatetime
     finished_at: UtcDatetime | None
+
+    @computed_field(description="the search has ended: no candidate is queued or running")  # type: ignore[prop-decorator]
+    @property
+    def terminal(self) -> bool:
+        return self.status not in ("queued", "running")
 
 
 class SearchPage(BaseModel):

@@ -13,18 +13,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from squeezer.api.schemas import Status
 from squeezer.client import Client, ClientError, JobRead
-from squeezer.client.client import TERMINAL
 from squeezer.client.progress import make_console
 from squeezer.client.validation import check_config, check_recipe
-from squeezer.db.models import JobStatus  # sqlalchemy is loaded by the CLI anyway
+from squeezer.jobs.exports import EXPORTS
+from squeezer.jobs.status import JobStatus
 
 jobs_app = typer.Typer(help="Follow, cancel and download jobs.", no_args_is_help=True)
 console = make_console()
@@ -167,9 +166,10 @@ def quantize(
         console.print(f"submitted post-training quantization job {job.id} ({job.status})")
         if watch:
             done = client.jobs.wait(job)
-            result = done.result or {}
-            if result.get("metric") is not None:
-                console.print(f"metric {result['metric']:.4g} (FP32 {result['uncompressed_metric']:.4g})")
+            if done.result is not None and done.result.metric is not None:
+                uncompressed = done.result.uncompressed_metric
+                fp32 = f" (FP32 {uncompressed:.4g})" if uncompressed is not None else ""
+                console.print(f"metric {done.result.metric:.4g}{fp32}")
             _finished(done)
 
 
@@ -182,7 +182,7 @@ def list_jobs(
 ) -> None:
     """The newest jobs of this key."""
     with _client(url, api_key) as client:
-        page = client.jobs.list(status=cast(Status, status.value) if status else None, limit=limit)
+        page = client.jobs.list(status=status, limit=limit)
     table = Table(
         Column("id", no_wrap=True, min_width=32),  # ids are copied from here: never wrapped
         "name",
@@ -196,7 +196,7 @@ def list_jobs(
         metric = f"{job.current_metric:.4g}" if job.current_metric is not None else ""
         rate = f"{job.compression_rate:.3g}" if job.compression_rate is not None else ""
         total = f"/{job.total_epochs}" if job.total_epochs else ""
-        if job.total_epochs and job.status in TERMINAL and job.epoch < job.total_epochs:
+        if job.total_epochs and job.terminal and job.epoch < job.total_epochs:
             total = f" (of ≤{job.total_epochs})"  # done early (met its budget), not stalled at 0/3
         table.add_row(
             job.id, job.name, job.status, f"{job.epoch}{total}", metric, rate, f"{job.created_at:%Y-%m-%d %H:%M}"
@@ -279,7 +279,7 @@ def download(
     job_id: str,
     kind: Annotated[
         str,
-        typer.Option(help="onnx, openvino, stripped, checkpoint, original_graph, compressed_graph, log, tensorboard"),
+        typer.Option(help="; ".join(f"{kind}: {e.description}" for kind, e in EXPORTS.items())),
     ] = "onnx",
     output: Annotated[Path, typer.Option("-o", "--output", help="a file, or a folder for the service's name")] = Path(),
     url: UrlOption = None,

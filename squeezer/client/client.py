@@ -34,18 +34,17 @@ from squeezer.api.schemas import (
     MetricRead,
     SearchPage,
     SearchRead,
-    Status,
 )
 from squeezer.client import errors
 from squeezer.client.discovery import find_service
 from squeezer.client.packaging import dataset_bytes, export_model
 from squeezer.client.validation import check_config, check_recipe
+from squeezer.jobs.status import JobStatus
 from squeezer.recipe import Recipe
 from squeezer.search import AccuracyBudget, CandidateSpec, ComputeBudget, Objective, SearchSettings
 from squeezer.search.spec import Runtime
 from squeezer.settings import client_settings
 
-TERMINAL = ("succeeded", "failed", "cancelled")
 SAFE_METHODS = ("GET", "HEAD")
 RETRY_STATUSES = (429, 502, 503, 504)
 ArtifactKind = Literal["model", "dataset", "config"]
@@ -356,7 +355,7 @@ class Jobs:
     def get(self, job: str | JobRead) -> JobRead:
         return JobRead.model_validate(self._c.request("GET", f"/v1/jobs/{_id(job)}").json())
 
-    def list(self, status: Status | None = None, offset: int = 0, limit: int = 50) -> JobPage:
+    def list(self, status: JobStatus | str | None = None, offset: int = 0, limit: int = 50) -> JobPage:
         params: dict[str, Any] = {"offset": offset, "limit": limit}
         if status:
             params["status"] = status
@@ -398,7 +397,7 @@ class Jobs:
         current = self.get(job_id)
         last_id: str | None = None
         with JobProgress(current, enabled=progress) as bar:
-            while current.status not in TERMINAL:
+            while not current.terminal:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise errors.JobTimeout(f"job {job_id} is still {current.status} after {timeout} s")

@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from squeezer.jobs.status import JobStatus
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -33,15 +35,6 @@ def _uuid() -> str:
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON}
-
-
-class JobStatus(enum.StrEnum):
-    queued = "queued"
-    running = "running"
-    cancelling = "cancelling"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
 
 
 class ArtifactKind(enum.StrEnum):
@@ -155,20 +148,8 @@ class JobMetric(Base):
     job: Mapped[Job] = relationship(back_populates="metrics")
 
 
-EXPORT_FILENAMES = {  # export kind -> file name, in the store and in downloads
-    "onnx": "model.onnx",
-    "stripped": "stripped_model.safetensors",
-    "checkpoint": "compression_checkpoint.pt",
-    "original_graph": "original_graph.dot",
-    "compressed_graph": "compressed_graph.dot",
-    "log": "job.log",
-    "openvino": "model_openvino.zip",  # OpenVINO IR: model.xml + model.bin (where the worker has openvino)
-    "tensorboard": "tensorboard.zip",  # per-epoch scalars as TensorBoard event files (worker/tensorboard.py)
-}
-
-
 class Export(Base):
-    """A file a job produced (ONNX, stripped weights, checkpoint, graphs, log)."""
+    """A file a job produced; its `kind` is one of `jobs/exports.py`'s."""
 
     __tablename__ = "export"
     __table_args__ = (UniqueConstraint("job_id", "kind", name="uq_export_job_kind"),)

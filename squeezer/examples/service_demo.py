@@ -102,7 +102,7 @@ def main() -> None:
         logits = session.run(None, {session.get_inputs()[0].name: x_val.numpy()})[0]
         int8 = 100.0 * float((np.argmax(logits, 1) == y_val.numpy()).mean())
         print(f"INT8 ONNX: {onnx} ({onnx.stat().st_size / 1024:.0f} KiB)")
-        uncompressed = (job.result or {}).get("uncompressed_metric")
+        uncompressed = job.result.uncompressed_metric if job.result else None
         print(
             f"onnxruntime accuracy {int8:.2f}% (the job measured FP32 at {uncompressed:.2f}%; "
             f"allowed drop {ALLOWED_DROP})"

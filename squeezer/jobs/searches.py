@@ -17,15 +17,15 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from squeezer.db import Export, Job, JobMetric, JobStatus, Search
+from squeezer.db import Export, Job, JobMetric, Search
 from squeezer.jobs import transitions
+from squeezer.jobs.status import ACTIVE, JobStatus
 from squeezer.search import CandidateOutcome, SearchResult, SearchSettings, pareto_front
 from squeezer.search.front import common_latency_scale, recommendation
 from squeezer.search.result import SearchStatus, compression_algorithms
 from squeezer.search.spec import DEADLINE_REASON
 
 logger = logging.getLogger(__name__)
-ACTIVE = frozenset({JobStatus.queued, JobStatus.running, JobStatus.cancelling})
 
 
 def settings_of(search: Search) -> SearchSettings:

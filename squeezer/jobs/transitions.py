@@ -32,11 +32,11 @@ from typing import Any
 from sqlalchemy import CursorResult, Update, case, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from squeezer.db import Job, JobMetric, JobStatus
+from squeezer.db import Job, JobMetric
+from squeezer.jobs.status import TERMINAL, JobStatus
 
 logger = logging.getLogger(__name__)
 
-TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 RUNNING = (JobStatus.running, JobStatus.cancelling)  # a worker holds the job
 EPOCH_FIELDS = (
     "phase",

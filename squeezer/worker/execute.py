@@ -28,8 +28,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from squeezer.db import Artifact, Export, Job, JobStatus, Search
-from squeezer.db.models import EXPORT_FILENAMES
 from squeezer.jobs import searches, transitions
+from squeezer.jobs.exports import EXPORTS
+from squeezer.jobs.result import JobResult
 from squeezer.jobs.searches import as_utc
 from squeezer.storage import LocalStore
 from squeezer.worker.failures import failure_reason
@@ -129,10 +130,10 @@ def _store_exports(
     """Copy the job process's outputs to the store: by kind, from fixed names, never through a link."""
     with sessions() as session:
         for kind in kinds:
-            source = workdir / EXPORT_FILENAMES[kind]
+            source = workdir / EXPORTS[kind].filename
             if source.is_symlink() or not source.is_file():
                 continue
-            stored = store.save_file(f"jobs/{job_id}/{EXPORT_FILENAMES[kind]}", source)
+            stored = store.save_file(f"jobs/{job_id}/{EXPORTS[kind].filename}", source)
             row = session.scalars(select(Export).where(Export.job_id == job_id, Export.kind == kind)).first()
             if row is None:  # a re-run job replaces its exports
                 row = Export(job_id=job_id, kind=kind)
@@ -204,14 +205,8 @@ def _stopped(
 
 
 def _result(done: DoneMessage) -> dict[str, Any]:
-    return {
-        "statistics": done.statistics,
-        "metric": done.metric,
-        "compression_rate": done.compression_rate,
-        "uncompressed_metric": done.uncompressed_metric,
-        "latency": {runtime: timing.model_dump() for runtime, timing in done.latency.items()},
-        "warnings": done.warnings,
-    }
+    """The row's `result`: a `JobResult` as JSON (the API reads it back as one)."""
+    return JobResult.model_validate(done.model_dump(include=set(JobResult.model_fields))).model_dump()
 
 
 def _still_ours(sessions: sessionmaker[Session], job_id: str, owner: str) -> bool:

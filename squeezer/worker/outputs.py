@@ -1,4 +1,4 @@
-"""The files a job leaves in its work folder, under the names `EXPORT_FILENAMES` gives each kind: the
+"""The files a job leaves in its work folder, under the names `jobs/exports.py` gives each kind: the
 verified ONNX, the stripped weights, the checkpoint to resume compression elsewhere, the graphs, the
 per-epoch scalars for TensorBoard and, where OpenVINO is installed on the worker, the OpenVINO IR."""
 
@@ -20,8 +20,8 @@ from squeezer.compression.export.openvino_export import (
     verify_openvino,
     write_ir_archive,
 )
-from squeezer.db.models import EXPORT_FILENAMES
 from squeezer.errors import ExportError
+from squeezer.jobs.exports import EXPORTS
 from squeezer.worker.tensorboard import write_tensorboard
 
 logger = logging.getLogger(__name__)
@@ -52,9 +52,9 @@ def write_outputs(
     from safetensors.torch import save_file
 
     paths = {
-        "onnx": ctrl.export_model(workdir / EXPORT_FILENAMES["onnx"]),
-        "checkpoint": workdir / EXPORT_FILENAMES["checkpoint"],
-        "stripped": workdir / EXPORT_FILENAMES["stripped"],
+        "onnx": ctrl.export_model(workdir / EXPORTS["onnx"].filename),
+        "checkpoint": workdir / EXPORTS["checkpoint"].filename,
+        "stripped": workdir / EXPORTS["stripped"].filename,
     }
     torch.save(
         {"state_dict": model.state_dict(), "compression_state": ctrl.get_compression_state()}, paths["checkpoint"]
@@ -62,8 +62,8 @@ def write_outputs(
     # safetensors, not a pickle: whoever downloads the weights can load them without trusting us
     save_file(plain_state_dict(ctrl.strip(), model_keys), str(paths["stripped"]))
     for kind in ("original_graph", "compressed_graph"):
-        if (workdir / EXPORT_FILENAMES[kind]).exists():
-            paths[kind] = workdir / EXPORT_FILENAMES[kind]
+        if (workdir / EXPORTS[kind].filename).exists():
+            paths[kind] = workdir / EXPORTS[kind].filename
     tensorboard = tensorboard_log(workdir, warnings)
     if tensorboard is not None:
         paths["tensorboard"] = tensorboard
@@ -77,7 +77,7 @@ def tensorboard_log(workdir: Path, warnings: list[str]) -> Path | None:
     """The epochs as TensorBoard event files, zipped; a log that cannot be written is a warning, not a
     failed job."""
     try:
-        return write_tensorboard(workdir, workdir / EXPORT_FILENAMES["tensorboard"])
+        return write_tensorboard(workdir, workdir / EXPORTS["tensorboard"].filename)
     except Exception as exc:
         warnings.append(f"no TensorBoard log: {type(exc).__name__}: {exc}")
         logger.warning("no TensorBoard log", exc_info=True)
@@ -99,7 +99,7 @@ def openvino_ir(
         # the ONNX gate's allowance for float rounding (a one-step flip early in a deep net), not a bare 5%
         noise = rounding_noise(build_export_model(model), (sample,))
         verify_openvino(model, xml, (sample,), rtol=0.05, noise=noise)
-        return write_ir_archive(xml, workdir / EXPORT_FILENAMES["openvino"])
+        return write_ir_archive(xml, workdir / EXPORTS["openvino"].filename)
     except ExportError as exc:  # the ONNX export passed: the job keeps its result, without the IR
         warnings.append(f"no OpenVINO IR: {exc}")
         logger.warning("no OpenVINO IR: %s", exc)

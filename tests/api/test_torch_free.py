@@ -35,3 +35,16 @@ def test_the_library_names_still_load_from_the_package():
         "assert {'quantization', 'filter_pruning', 'magnitude_sparsity', 'knowledge_distillation'} <= set(ALGORITHMS)"
     )
     assert "torch" in loaded
+
+
+def test_the_job_states_import_without_sqlalchemy():
+    # the SDK and the job process read the states from here; the database is the API's and the worker's
+    loaded = _modules_after("import squeezer.jobs.status")
+    assert "sqlalchemy" not in loaded
+
+
+def test_the_job_process_protocol_imports_without_sqlalchemy():
+    # the sandboxed job process imports the protocol: it needs the export kinds, not the database
+    loaded = _modules_after("import squeezer.worker.sandbox.protocol, squeezer.worker.sandbox.child")
+    assert "squeezer.jobs.exports" in loaded
+    assert "sqlalchemy" not in loaded, sorted(m for m in loaded if m.startswith("squeezer"))

@@ -90,8 +90,8 @@ def test_quantize_runs_post_training_quantization_without_labels(service, tmp_pa
     assert job.status == "queued" and job.total_epochs == 0 and queue.jobs[-1] == (job.id, 0)
     assert execute_job(job.id, app.state.sessions, app.state.store, tmp_path / "w") == "succeeded"
     done = client.jobs.get(job)
-    assert done.status == "succeeded" and done.result["statistics"]["post_training"]["samples"] >= 300
-    assert done.result["statistics"]["post_training"]["accuracy_control"]["validations"] == 2  # within 100 points
+    assert done.status == "succeeded" and done.result.statistics["post_training"]["samples"] >= 300
+    assert done.result.statistics["post_training"]["accuracy_control"]["validations"] == 2  # within 100 points
     onnx = client.jobs.download(done, "onnx", tmp_path)
     session = ort.InferenceSession(str(onnx))
     assert session.run(None, {session.get_inputs()[0].name: x[:4].numpy()})[0].shape == (4, 10)

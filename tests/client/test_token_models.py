@@ -70,7 +70,7 @@ def _assert_onnx_runs_on_ids(client: Client, done, val, tmp_path) -> ort.Inferen
     onnx_accuracy = 100.0 * float((logits.argmax(1) == val[1].numpy()).mean())
     # the exported model is the loop's returned checkpoint, whose metric is the result's (the last epoch's,
     # current_metric, may be another epoch's: comparing with it failed whenever the best epoch was earlier)
-    assert abs(onnx_accuracy - done.result["metric"]) <= 100.0 / len(val[0]) + 1e-9  # one sample at most
+    assert abs(onnx_accuracy - done.result.metric) <= 100.0 / len(val[0]) + 1e-9  # one sample at most
     return session
 
 

@@ -87,7 +87,7 @@ def test_openvino_export_downloads_and_runs(finished_job):
 def test_result_holds_measured_latency_and_warns_exactly_when_slower(finished_job):
     client, job, url, key, tmp_path, _ = finished_job
     assert job.status == "succeeded", job.error
-    assert set(job.result["latency"]) == set(RUNTIMES)  # onnxruntime, and openvino (installed here)
+    assert set(job.result.latency) == set(RUNTIMES)  # onnxruntime, and openvino (installed here)
     for runtime, timing in job.latency.items():
         assert isinstance(timing, RuntimeLatency)
         assert timing.fp32_ms > 0 and timing.compressed_ms > 0 and timing.runs >= 1

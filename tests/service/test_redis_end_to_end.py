@@ -72,7 +72,7 @@ def test_int8_early_exit_job_through_redis_and_a_worker(tmp_path, redis_server, 
             done = client.jobs.wait(job, timeout=600)
             assert done.status == "succeeded", done.error
             assert done.accuracy_budget is not None and done.accuracy_budget >= 0  # within the allowed drop
-            assert done.result["statistics"]["quantization"]["activation_quantizers"]["total"] > 0
+            assert done.result.statistics["quantization"]["activation_quantizers"]["total"] > 0
             onnx = client.jobs.download(done, "onnx", tmp_path)
             history = client.jobs.metrics(done)
     finally:

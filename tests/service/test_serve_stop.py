@@ -108,4 +108,4 @@ def test_serve_stopped_by_sigint_then_sigterm_mid_epoch_finishes_the_job_as_if_n
     assert [m.epoch for m in metrics] == list(range(6))  # no gap, no duplicate
     assert [m.metric for m in metrics] == [r["metric"] for r in reference.records]
     assert [m.loss for m in metrics[1:]] == pytest.approx([r["loss"] for r in reference.records[1:]], rel=1e-5)
-    assert done.result["metric"] == reference.metric
+    assert done.result.metric == reference.metric

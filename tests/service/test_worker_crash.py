@@ -85,7 +85,7 @@ def test_a_killed_worker_job_resumes_across_an_api_restart_and_matches_an_uninte
     assert [m.metric for m in metrics] == [r["metric"] for r in reference.records]
     assert metrics[0].loss is None and reference.records[0]["loss"] is None  # epoch 0 is the untrained evaluation
     assert [m.loss for m in metrics[1:]] == pytest.approx([r["loss"] for r in reference.records[1:]], rel=1e-5)
-    assert done.result["metric"] == reference.metric
+    assert done.result.metric == reference.metric
     # the TensorBoard log of the resumed job: epoch 3 was started twice, and has one point like every other
     scalars = read_tensorboard_zip(tensorboard, tmp_path / "tensorboard")
     assert scalars["metric/validation"] == [(r["epoch"], pytest.approx(r["metric"])) for r in reference.records]

@@ -99,4 +99,4 @@ def test_a_worker_stopped_like_docker_compose_stop_leaves_its_job_to_the_next(
     assert [m.epoch for m in metrics] == list(range(6))  # no gap, no duplicate
     assert [m.metric for m in metrics] == [r["metric"] for r in reference.records]
     assert [m.loss for m in metrics[1:]] == pytest.approx([r["loss"] for r in reference.records[1:]], rel=1e-5)
-    assert done.result["metric"] == reference.metric
+    assert done.result.metric == reference.metric

@@ -15,11 +15,12 @@ from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import dataset_summary, model_signature
 from squeezer.api.schemas import ArtifactRead
+from squeezer.api.submit import JOB_INPUTS, owned_artifact
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level, parse_config
 from squeezer.db import ApiKey, Artifact, ArtifactKind, Job
 from squeezer.db.locks import atomic, lock_content, lock_key
-from squeezer.jobs.transitions import TERMINAL
+from squeezer.jobs.status import TERMINAL
 from squeezer.settings import Settings
 from squeezer.storage import LocalStore, StagedFile
 
@@ -28,7 +29,6 @@ CHUNK = 1 << 20
 ZIP_MAGIC = b"PK\x03\x04"
 # OpenAPI 3.0's mark of a file field, beside 3.1's contentMediaType: client generators read only this one
 BINARY = {"format": "binary"}
-JOB_INPUTS = ("model", "train_data", "val_data")  # the spec fields that name artifacts (the worker opens them)
 
 
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
@@ -131,13 +131,6 @@ def _same_upload(session: SessionDep, key: ApiKey, staged: StagedFile, kind: str
     return session.scalars(select(Artifact).where(*same)).first()
 
 
-def owned_artifact(session: SessionDep, key: CurrentKey, artifact_id: str) -> Artifact:
-    artifact = session.get(Artifact, artifact_id)
-    if artifact is None or artifact.owner_id != key.id:  # another key's artifact does not exist for you
-        raise ApiError(404, "Not found", f"no artifact {artifact_id!r}")
-    return artifact
-
-
 @router.get("/{artifact_id}", response_model=ArtifactRead, operation_id="artifacts_get", responses=problems(404))
 def get_artifact(artifact_id: str, key: CurrentKey, session: SessionDep) -> Artifact:
     return owned_artifact(session, key, artifact_id)
@@ -169,12 +162,3 @@ def delete_artifact(artifact_id: str, key: CurrentKey, session: SessionDep, stor
 def _live_job_using(session: SessionDep, key: ApiKey, artifact_id: str) -> Job | None:
     live = select(Job).where(Job.owner_id == key.id, Job.status.not_in(TERMINAL)).order_by(Job.created_at)
     return next((job for job in session.scalars(live) if artifact_id in (job.spec.get(f) for f in JOB_INPUTS)), None)
-
-
-def check_inputs_stored(session: SessionDep, spec: dict[str, Any]) -> None:
-    """With the key locked, before a job is inserted: the artifacts it names were checked earlier in the request,
-    and a DELETE may have removed one since. So no queued job names a deleted artifact."""
-    for field in JOB_INPUTS:
-        artifact_id = spec.get(field)
-        if artifact_id is not None and session.scalar(select(Artifact.id).where(Artifact.id == artifact_id)) is None:
-            raise ApiError(404, "Not found", f"no artifact {artifact_id!r} (deleted just now)", path=f"$.{field}")

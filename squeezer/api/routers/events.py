@@ -16,7 +16,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import select
 
 from squeezer.api.errors import problems
-from squeezer.api.routers.jobs import TERMINAL, OwnedJob
+from squeezer.api.routers.jobs import OwnedJob
 from squeezer.api.schemas import JobRead, MetricRead
 from squeezer.db import Job, JobMetric
 
@@ -62,7 +62,7 @@ async def job_events(
         if job != previous:
             yield ServerSentEvent(event="job", data=job)
             previous = job
-        if job.status in TERMINAL:
+        if job.status.is_terminal:
             yield ServerSentEvent(event="end", data={"status": job.status})
             return
         await anyio.sleep(POLL_S)

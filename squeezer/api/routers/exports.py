@@ -12,25 +12,15 @@ from squeezer.api.errors import ApiError, problems
 from squeezer.api.routers.jobs import owned_job
 from squeezer.api.schemas import ExportRead
 from squeezer.db import Export
-from squeezer.db.models import EXPORT_FILENAMES
+from squeezer.jobs.exports import filename, media_type
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/artifacts", tags=["exports"])
-MEDIA_TYPES = {
-    "onnx": "application/octet-stream",
-    "checkpoint": "application/octet-stream",
-    "stripped": "application/octet-stream",
-    "original_graph": "text/vnd.graphviz",
-    "compressed_graph": "text/vnd.graphviz",
-    "log": "text/plain; charset=utf-8",
-    "openvino": "application/zip",
-    "tensorboard": "application/zip",
-}
 
 
 def _read(job_id: str, export: Export) -> ExportRead:
     return ExportRead(
         kind=export.kind,
-        filename=EXPORT_FILENAMES.get(export.kind, export.kind),
+        filename=filename(export.kind),
         size_bytes=export.size_bytes,
         sha256=export.sha256,
         url=f"/v1/jobs/{job_id}/artifacts/{export.kind}",
@@ -71,7 +61,7 @@ def download_export(
         raise ApiError(410, "Gone", f"the {kind} file of job {job_id} is no longer in the store")
     return FileResponse(
         path,
-        media_type=MEDIA_TYPES.get(kind, "application/octet-stream"),
-        filename=re.sub(r"[^A-Za-z0-9._-]", "_", f"{job.name}-{EXPORT_FILENAMES.get(kind, kind)}"),  # a header value
+        media_type=media_type(kind),
+        filename=re.sub(r"[^A-Za-z0-9._-]", "_", f"{job.name}-{filename(kind)}"),  # a header value
         headers=headers,
     )

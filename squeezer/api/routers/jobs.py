@@ -12,50 +12,18 @@ from sqlalchemy import func, select
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import check_input_info, check_job_data
-from squeezer.api.routers.artifacts import check_inputs_stored, owned_artifact
-from squeezer.api.schemas import JobCreate, JobPage, JobRead, JobSpec, MetricRead, Status
+from squeezer.api.schemas import JobCreate, JobPage, JobRead, JobSpec, MetricRead
+from squeezer.api.submit import artifact_of_kind, check_inputs_stored, check_job_quota, check_wall_time
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level, parse_config
-from squeezer.db import ApiKey, Artifact, ArtifactKind, Job, JobMetric, JobStatus
+from squeezer.db import ApiKey, ArtifactKind, Job, JobMetric
 from squeezer.db.locks import atomic, lock_key
 from squeezer.jobs import transitions
-from squeezer.recipe import Recipe, ptq_config_problem
+from squeezer.jobs.status import JobStatus
+from squeezer.recipe import ptq_config_problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 logger = logging.getLogger(__name__)
-TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
-
-
-def _artifact_of_kind(session: SessionDep, key: ApiKey, artifact_id: str, kind: ArtifactKind, field: str) -> Artifact:
-    artifact = owned_artifact(session, key, artifact_id)
-    if artifact.kind != kind:
-        raise ApiError(
-            422,
-            "Wrong artifact kind",
-            f"{field}: artifact {artifact_id!r} is a {artifact.kind.value}, expected a {kind.value}",
-            path=f"$.{field}",
-        )
-    return artifact
-
-
-ACTIVE = (JobStatus.queued, JobStatus.running, JobStatus.cancelling)
-
-
-def active_jobs(session: SessionDep, key: ApiKey) -> int:
-    """The key's queued and running jobs; a quota's count only while the key is locked (`db.locks`)."""
-    return session.scalar(select(func.count()).where(Job.owner_id == key.id, Job.status.in_(ACTIVE))) or 0
-
-
-def _check_job_quota(session: SessionDep, key: ApiKey, limit: int) -> None:
-    active = active_jobs(session, key)
-    if active >= limit:
-        raise ApiError(
-            429,
-            "Job quota reached",
-            f"this key has {active} queued or running jobs; the limit is {limit}. "
-            "Wait for one to finish, or cancel one.",
-            limit=limit,
-        )
 
 
 @router.post("", status_code=201, response_model=JobRead, operation_id="jobs_create", responses=problems(404, 422))
@@ -66,18 +34,18 @@ def create_job(
     check_wall_time(recipe, settings.job_max_wall_time_s)
     ptq = recipe.mode == "ptq"
     _check_mode_inputs(body)
-    model_artifact = _artifact_of_kind(session, key, body.model, ArtifactKind.model, "model")
+    model_artifact = artifact_of_kind(session, key, body.model, ArtifactKind.model, "model")
     spec: dict[str, Any] = {"model": model_artifact.id, "recipe": recipe.model_dump(), "val_data": None}
     for field in ("train_data", "val_data"):
         artifact_id = getattr(body, field)
         if artifact_id is None:
             continue
-        data = _artifact_of_kind(session, key, artifact_id, ArtifactKind.dataset, field)
+        data = artifact_of_kind(session, key, artifact_id, ArtifactKind.dataset, field)
         labels = not (ptq and field == "train_data")  # calibration samples need no labels
         check_job_data(model_artifact.meta, data.meta, recipe.task, field, labels)  # 422 before anything is queued
         spec[field] = data.id
     if isinstance(body.config, str):
-        artifact = _artifact_of_kind(session, key, body.config, ArtifactKind.config, "config")
+        artifact = artifact_of_kind(session, key, body.config, ArtifactKind.config, "config")
         config = parse_config(store.path(artifact.storage_path).read_bytes(), f"config artifact {artifact.id}")
     else:
         config = body.config or {}
@@ -92,7 +60,7 @@ def create_job(
     job = Job(owner_id=key.id, name=body.name, priority=body.priority, spec=spec, total_epochs=total)
     with atomic(session):  # counted and inserted with the key locked: concurrent submits cannot both pass
         lock_key(session, key.id)
-        _check_job_quota(session, key, settings.max_active_jobs_per_key)
+        check_job_quota(session, key, settings.max_active_jobs_per_key)
         check_inputs_stored(session, spec)
         session.add(job)
     try:
@@ -102,18 +70,6 @@ def create_job(
     except Exception:  # the broker is down: the job is stored, and the sweep sends it once the broker is back
         logger.warning("could not enqueue job %s; the sweep will send it", job.id, exc_info=True)
     return job
-
-
-def check_wall_time(recipe: Recipe, limit: float) -> None:
-    """A recipe may shorten the service's wall-time limit for its job, not lengthen it."""
-    if recipe.max_wall_time_s is not None and recipe.max_wall_time_s > limit:
-        raise ApiError(
-            422,
-            "Invalid recipe",
-            f"recipe.max_wall_time_s is {recipe.max_wall_time_s:g}; at most {limit:g} s on this service "
-            "(SQUEEZER_JOB_MAX_WALL_TIME_S)",
-            path="$.recipe.max_wall_time_s",
-        )
 
 
 def _check_mode_inputs(body: JobCreate) -> None:
@@ -150,13 +106,13 @@ OwnedJob = Annotated[Job, Depends(get_owned_job)]  # resolved before the handler
 def list_jobs(
     key: CurrentKey,
     session: SessionDep,
-    status: Status | None = None,
+    status: JobStatus | None = None,
     offset: int = Query(0, ge=0, le=2**31 - 1),  # the database takes 64-bit integers; fuzzing sent 2**63
     limit: int = Query(50, ge=1, le=500),
 ) -> JobPage:
     query = select(Job).where(Job.owner_id == key.id)
     if status is not None:
-        query = query.where(Job.status == JobStatus(status))
+        query = query.where(Job.status == status)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(Job.created_at.desc()).offset(offset).limit(limit)).all()
     return JobPage(items=[JobRead.model_validate(r) for r in rows], total=total, offset=offset, limit=limit)

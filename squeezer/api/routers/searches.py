@@ -21,9 +21,8 @@ from sqlalchemy.orm import Session
 from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep
 from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import check_input_info, check_job_data
-from squeezer.api.routers.artifacts import check_inputs_stored
-from squeezer.api.routers.jobs import _artifact_of_kind, active_jobs, check_wall_time
 from squeezer.api.schemas import SearchCreate, SearchPage, SearchRead
+from squeezer.api.submit import artifact_of_kind, check_inputs_stored, check_job_quota, check_wall_time
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level
 from squeezer.db import ApiKey, ArtifactKind, Job, Search
@@ -90,11 +89,11 @@ def _configs(body: SearchCreate, model_meta: dict[str, Any] | None) -> Iterator[
 def create_search(
     body: SearchCreate, request: Request, key: CurrentKey, session: SessionDep, settings: SettingsDep
 ) -> SearchRead:
-    model_artifact = _artifact_of_kind(session, key, body.model, ArtifactKind.model, "model")
+    model_artifact = artifact_of_kind(session, key, body.model, ArtifactKind.model, "model")
     check_wall_time(body.recipe, settings.job_max_wall_time_s)
     data = {}
     for field in ("train_data", "val_data"):
-        artifact = _artifact_of_kind(session, key, getattr(body, field), ArtifactKind.dataset, field)
+        artifact = artifact_of_kind(session, key, getattr(body, field), ArtifactKind.dataset, field)
         check_job_data(model_artifact.meta, artifact.meta, body.recipe.task, field)
         data[field] = artifact.id
     if body.runtime == "openvino" and importlib.util.find_spec("openvino") is None:
@@ -142,7 +141,7 @@ def create_search(
         jobs.append(job)
     with atomic(session):  # counted and inserted with the key locked: concurrent submits cannot both pass
         lock_key(session, key.id)
-        _check_job_quota(session, key, len(jobs), settings.max_active_jobs_per_key)
+        check_job_quota(session, key, settings.max_active_jobs_per_key, candidates=len(jobs))
         check_inputs_stored(session, search.spec)
         session.add(search)
         session.flush()  # the search's id, for its candidates
@@ -157,18 +156,6 @@ def create_search(
             logger.warning("could not enqueue candidate job %s; the sweep will send it", job.id, exc_info=True)
     session.refresh(search)
     return _read(session, search)
-
-
-def _check_job_quota(session: Session, key: ApiKey, candidates: int, limit: int) -> None:
-    active = active_jobs(session, key)
-    if active + candidates > limit:
-        raise ApiError(
-            429,
-            "Job quota reached",
-            f"this search has {candidates} candidates and this key already has {active} queued or running "
-            f"jobs; the limit is {limit}. Wait, cancel jobs, or search fewer candidates.",
-            limit=limit,
-        )
 
 
 def _owned_search(session: Session, key: ApiKey, search_id: str) -> Search:

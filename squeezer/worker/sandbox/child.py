@@ -29,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from squeezer.db.models import EXPORT_FILENAMES  # the runner writes its outputs under these names
+from squeezer.jobs.exports import EXPORTS  # the runner writes its outputs under these names
 from squeezer.worker.lifetime import become_subreaper, die_with_parent, kill_children
 
 # imported once by the server, so that no job pays for them. Beyond the runner, torch imports these
@@ -138,7 +138,7 @@ def run(request_line: str, channel: Channel) -> None:
             # a target other than run_job (a test's stand-in) may measure nothing
             "latency": getattr(result, "latency", {}),
             "warnings": getattr(result, "warnings", []),
-            "outputs": sorted(k for k, name in EXPORT_FILENAMES.items() if (workdir / name).is_file()),
+            "outputs": sorted(k for k, e in EXPORTS.items() if (workdir / e.filename).is_file()),
         }
     )
 

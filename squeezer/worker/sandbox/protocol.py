@@ -7,24 +7,15 @@ never by path), and numbers that must be finite.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from squeezer.db.models import EXPORT_FILENAMES
+from squeezer.jobs.exports import EXPORTS
+from squeezer.jobs.result import Finite, OptionalFinite, RuntimeLatency
+from squeezer.jobs.status import JobStatus
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a line longer than this is a broken or hostile job process
-
-
-def _finite(value: float | None) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise ValueError("must be finite")
-    return value
-
-
-Finite = Annotated[float, AfterValidator(_finite)]
-OptionalFinite = Annotated[float | None, AfterValidator(_finite)]
 
 
 class JobRequest(BaseModel):
@@ -57,20 +48,10 @@ class EpochMessage(Message):
     wall_time_s: Finite
 
 
-class RuntimeLatency(Message):
-    """One runtime's timing of the FP32 and the compressed file (`runtime/compare.py`)."""
-
-    fp32_ms: Annotated[Finite, Field(gt=0)]
-    compressed_ms: Annotated[Finite, Field(gt=0)]
-    speedup: Annotated[Finite, Field(gt=0)]
-    paired_speedup: Annotated[Finite, Field(gt=0)] | None = None
-    batch_size: int = Field(ge=1)
-    runs: int = Field(ge=1)
-
-
 class DoneMessage(Message):
     type: Literal["done"] = "done"
-    status: Literal["succeeded", "cancelled", "failed"]  # failed with outputs: a diverged loss kept its best epoch
+    # the terminal states; failed with outputs: a diverged loss kept its best epoch
+    status: Literal[JobStatus.succeeded, JobStatus.cancelled, JobStatus.failed]
     error: str | None = Field(None, max_length=8192)
     uncompressed_metric: OptionalFinite = None  # a post-training job without val_data measures no metric
     metric: OptionalFinite = None
@@ -78,7 +59,7 @@ class DoneMessage(Message):
     statistics: dict[str, Any] = Field(default_factory=dict)
     latency: dict[Literal["onnxruntime", "openvino"], RuntimeLatency] = Field(default_factory=dict)
     warnings: list[Annotated[str, Field(max_length=8192)]] = Field(default_factory=list, max_length=32)
-    outputs: list[Literal[tuple(EXPORT_FILENAMES)]] = Field(default_factory=list)  # type: ignore[valid-type]
+    outputs: list[Literal[tuple(EXPORTS)]] = Field(default_factory=list)  # type: ignore[valid-type]
 
 
 class FailedMessage(Message):

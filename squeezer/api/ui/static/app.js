@@ -143,9 +143,8 @@ const Squeezer = (() => {
   // Epochs of a job: "3 of 10" while it runs; a finished job shows what it trained ("done after 0 of 3
   // epochs" for one that met its budget at once), never "0/3" as if it had stalled.
   function progress(job, short = false) {
-    const TERMINAL = ["succeeded", "failed", "cancelled"];
     if (!job.total_epochs) return short ? `${job.epoch}` : `epoch ${job.epoch}`;
-    if (TERMINAL.includes(job.status) && job.epoch < job.total_epochs) {
+    if (job.terminal && job.epoch < job.total_epochs) {
       return short ? `${job.epoch} (of ≤${job.total_epochs})` : `done after ${job.epoch} of at most ${job.total_epochs} epochs`;
     }
     return short ? `${job.epoch}/${job.total_epochs}` : `epoch ${job.epoch} of ${job.total_epochs}`;

@@ -6,7 +6,6 @@ Squeezer.page(async (main) => {
   const { api, events, download, el, number, percent, when, bytes, problemText } = Squeezer;
   const jobId = main.dataset.jobId;
   const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
-  const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
   const errorLine = main.querySelector("#job-error");
   const records = [];
 
@@ -124,7 +123,7 @@ Squeezer.page(async (main) => {
     ]);
     errorLine.textContent = job.error ? `Failed: ${job.error}` : "";
     main.querySelector("#cancel").hidden = !["queued", "running"].includes(job.status);
-    main.querySelector("#delete").hidden = !(TERMINAL.has(job.status) || job.status === "queued");
+    main.querySelector("#delete").hidden = !(job.terminal || job.status === "queued");
     if (job.result) showResult(job.result);
   }
 

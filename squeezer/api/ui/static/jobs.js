@@ -5,7 +5,6 @@
 Squeezer.page(async (main) => {
   const { api, el, number, percent, when } = Squeezer;
   const LIMIT = 50;
-  const ACTIVE = new Set(["queued", "running", "cancelling"]);
   const params = new URLSearchParams(location.search);
   const state = { status: params.get("status") || "", offset: Math.max(0, Number(params.get("offset")) || 0) };
   const filter = main.querySelector("#status-filter");
@@ -48,7 +47,7 @@ Squeezer.page(async (main) => {
     main.querySelector("#range").textContent = page.total ? `${page.offset + 1}–${last} of ${page.total}` : "";
     main.querySelector("#prev").disabled = page.offset === 0;
     main.querySelector("#next").disabled = last >= page.total;
-    if (page.items.some((job) => ACTIVE.has(job.status))) timer = setTimeout(() => load().catch(() => {}), 3000);
+    if (page.items.some((job) => !job.terminal)) timer = setTimeout(() => load().catch(() => {}), 3000);
   }
 
   filter.value = state.status;

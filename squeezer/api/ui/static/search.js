@@ -7,7 +7,6 @@ Squeezer.page(async (main) => {
   const { api, events, el, number, percent, when, bytes, problemText } = Squeezer;
   const searchId = main.dataset.searchId;
   const base = `/v1/searches/${encodeURIComponent(searchId)}`;
-  const ACTIVE = new Set(["queued", "running"]);
   const errorLine = main.querySelector("#search-error");
   const COLORS = { point: "#57606a", front: "#1a7f37", recommended: "#bf8700", floor: "#d1242f", label: "#1f2328" };
 
@@ -198,8 +197,8 @@ Squeezer.page(async (main) => {
     main.querySelector("#latency-heading").textContent = `Latency ms (${result.runtime})`;
     main.querySelector("#candidates tbody").replaceChildren(...result.candidates.map((c) => candidateRow(c, result)));
     main.querySelector("#settings").textContent = JSON.stringify(search.settings, null, 2);
-    main.querySelector("#cancel").hidden = !ACTIVE.has(search.status);
-    main.querySelector("#delete").hidden = ACTIVE.has(search.status);
+    main.querySelector("#cancel").hidden = search.terminal;
+    main.querySelector("#delete").hidden = !search.terminal;
     showScatter(result);
   }
 

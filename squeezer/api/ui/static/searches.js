@@ -5,7 +5,6 @@
 Squeezer.page(async (main) => {
   const { api, el, when } = Squeezer;
   const LIMIT = 50;
-  const ACTIVE = new Set(["queued", "running"]);
   const FINISHED = new Set(["succeeded", "failed", "cancelled", "stopped"]);
   const state = { offset: Math.max(0, Number(new URLSearchParams(location.search).get("offset")) || 0) };
   const rows = main.querySelector("#searches tbody");
@@ -45,7 +44,7 @@ Squeezer.page(async (main) => {
     main.querySelector("#range").textContent = page.total ? `${page.offset + 1}–${last} of ${page.total}` : "";
     main.querySelector("#prev").disabled = page.offset === 0;
     main.querySelector("#next").disabled = last >= page.total;
-    if (page.items.some((s) => ACTIVE.has(s.status))) timer = setTimeout(() => load().catch(() => {}), 3000);
+    if (page.items.some((s) => !s.terminal)) timer = setTimeout(() => load().catch(() => {}), 3000);
   }
 
   main.querySelector("#prev").addEventListener("click", () => go(Math.max(0, state.offset - LIMIT)));
