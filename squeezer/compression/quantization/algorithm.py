@@ -10,7 +10,7 @@ from typing import Any
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from squeezer.compression.build import BuildContext, register_algorithm
+from squeezer.compression.build import BuildContext
 from squeezer.compression.config.models import QuantizationConfig, RangeInit
 from squeezer.compression.controller import (
     CompressionController,
@@ -37,6 +37,7 @@ from squeezer.compression.quantization.precision.hawq import run_hawq
 from squeezer.compression.quantization.quantizer import FakeQuantizer, QuantizerSpec
 from squeezer.compression.quantization.range_init import adapt_batchnorm, init_ranges
 from squeezer.compression.quantization.strip import strip_quantizers
+from squeezer.compression.registry import name_of, register_algorithm
 from squeezer.compression.targets import is_weighted_for
 from squeezer.errors import CompressionError, ConfigError
 
@@ -158,7 +159,7 @@ def _validate_scopes(ctx: BuildContext, cfg: QuantizationConfig) -> None:
             check_scopes_match(names, patterns, kind, f"$.compression.{path}")
 
 
-@register_algorithm("quantization")
+@register_algorithm(QuantizationConfig)
 def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> QuantizationController:
     if ctx.cfg.target_device == "CPU_SPR":
         raise ConfigError("target_device CPU_SPR is not supported by quantization", path="$.target_device")
@@ -338,7 +339,7 @@ class StagedQuantizationScheduler(CompressionScheduler):
 
 
 class QuantizationController(CompressionController):
-    name = "quantization"
+    name = name_of(QuantizationConfig)
     ptq_report: Any = None  # set by squeezer.compression.ptq.quantize (a PTQReport): what post-training did
 
     def __init__(
