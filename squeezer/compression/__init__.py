@@ -72,8 +72,6 @@ _PTQ_NAMES = (
     "quantize_with_accuracy_control",
 )
 _SOURCES.update(dict.fromkeys(_PTQ_NAMES, "squeezer.compression.ptq"))
-# importing these registers the algorithms with squeezer.compression.build
-_ALGORITHM_PACKAGES = ("distillation", "pruning", "quantization", "sparsity")
 
 __all__ = [
     "AdvancedAccuracyRestorerParameters",
@@ -111,9 +109,13 @@ __all__ = [
 
 
 def load_algorithms() -> None:
-    """Register every built-in algorithm (idempotent: modules are imported once)."""
-    for package in _ALGORITHM_PACKAGES:
-        importlib.import_module(f"squeezer.compression.{package}")
+    """Register every built-in algorithm (idempotent: modules are imported once).
+
+    The modules to import are the registry's (`squeezer.compression.registry`), which needs pydantic only.
+    """
+    from squeezer.compression import registry
+
+    registry.load_algorithms()
 
 
 def __getattr__(name: str) -> Any:

@@ -14,8 +14,8 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from squeezer.compression import load_algorithms
-from squeezer.compression.build import ALGORITHMS, PRIORITY, BuildContext
+from squeezer.compression import registry
+from squeezer.compression.build import BuildContext
 from squeezer.compression.config.models import InputInfo
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import top_level_problems
@@ -183,16 +183,10 @@ def create_compressed_model(
     if dump_graphs and traced is not None:
         write_dot(traced.gm, traced.names, log_dir / "original_graph.dot")
 
-    load_algorithms()  # a direct import of this module has not registered them yet
-    algorithms = sorted(cfg.compression, key=lambda a: PRIORITY.get(a.algorithm, 100))
+    algorithms = sorted(cfg.compression, key=lambda a: registry.priority(a.algorithm))
     children: dict[str, CompressionController] = {}
     for algo in algorithms:
-        builder = ALGORITHMS.get(algo.algorithm)
-        if builder is None:
-            raise CompressionError(
-                f"algorithm {algo.algorithm!r} is not available in this version of Squeezer; "
-                f"available: {sorted(ALGORITHMS)}"
-            )
+        builder = registry.algorithm(type(algo)).load()  # imports the implementation on first use
         state = None
         if compression_state is not None:
             state = compression_state["builder_state"].get(algo.algorithm)

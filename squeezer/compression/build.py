@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +10,6 @@ from torch import fx
 
 from squeezer.compression.config.models import CompressionConfigModel
 from squeezer.compression.config.nncf_config import NNCFConfig
-from squeezer.compression.controller import CompressionController
 from squeezer.compression.graph.trace import TracedGraph
 
 
@@ -44,24 +42,3 @@ class BuildContext:
 
     def device(self) -> torch.device:
         return next((p.device for p in self.model.parameters()), torch.device("cpu"))
-
-
-Builder = Callable[[BuildContext, Any], CompressionController]
-ALGORITHMS: dict[str, Builder] = {}
-# Application order on one weight: pruning mask, then sparsity mask, then quantizer.
-PRIORITY = {
-    "filter_pruning": 2,
-    "magnitude_sparsity": 3,
-    "rb_sparsity": 3,
-    "const_sparsity": 3,
-    "knowledge_distillation": 5,
-    "quantization": 11,
-}
-
-
-def register_algorithm(name: str) -> Callable[[Builder], Builder]:
-    def wrap(builder: Builder) -> Builder:
-        ALGORITHMS[name] = builder
-        return builder
-
-    return wrap

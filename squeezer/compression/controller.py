@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from squeezer.compression.registry import priority
+
 if TYPE_CHECKING:
     from squeezer.compression.build import BuildContext
 
@@ -296,9 +298,7 @@ class CompositeController(CompressionController):
 
     def _by_priority(self) -> list[CompressionController]:
         """Pruning before sparsity before quantization: the order their ops apply to a weight."""
-        from squeezer.compression.build import PRIORITY
-
-        return sorted(self.children, key=lambda c: PRIORITY.get(c.name, 100))
+        return sorted(self.children, key=lambda c: priority(c.name))
 
 
 class _CompositeScheduler(CompressionScheduler):

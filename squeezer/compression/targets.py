@@ -5,11 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-
 from squeezer.compression.build import BuildContext
-from squeezer.compression.graph.modules import WEIGHTED_LAYERS, registration
+from squeezer.compression.graph.modules import is_weighted_for
 from squeezer.compression.graph.scopes import check_scopes_match, should_consider
 
 
@@ -17,13 +14,6 @@ from squeezer.compression.graph.scopes import check_scopes_match, should_conside
 class Layer:
     module_name: str  # qualified name in the compressed model
     node_name: str  # NNCF scope name of its first call (module name when the model was not traced)
-
-
-def is_weighted_for(module: nn.Module, algorithm: str) -> bool:
-    reg = registration(module)
-    if reg is not None:
-        return algorithm not in reg["ignored_algorithms"]
-    return isinstance(module, WEIGHTED_LAYERS) and isinstance(getattr(module, "weight", None), torch.Tensor)
 
 
 def scoped_layers(ctx: BuildContext, section: Any, algorithm: str) -> list[Layer]:

@@ -8,12 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from squeezer.compression.registry import SPARSITY_ALGORITHMS
 from squeezer.search.spec import Objective
 
 SearchStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 CandidateStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled", "stopped"]
-# NNCF's sparsity algorithms: zeros in the weights, which a runtime's dense kernels compute all the same
-SPARSITY_ALGORITHMS = frozenset({"magnitude_sparsity", "rb_sparsity", "const_sparsity"})
 
 
 def compression_algorithms(config: Mapping[str, Any]) -> list[str]:

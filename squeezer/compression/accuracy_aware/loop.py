@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from squeezer.compression import registry
 from squeezer.compression.accuracy_aware.divergence import LossWatch
 from squeezer.compression.accuracy_aware.records import Checkpoints, EpochRecord, LoopStatistics
 from squeezer.compression.api import load_state
@@ -34,7 +35,6 @@ from squeezer.compression.controller import CompositeController, CompressionCont
 from squeezer.errors import CompressionError, ConfigError, TrainingDiverged
 
 logger = logging.getLogger(__name__)
-ADAPTIVE_ALGORITHMS = ("magnitude_sparsity", "rb_sparsity", "filter_pruning")
 STATE_VERSION = 1
 
 
@@ -500,16 +500,17 @@ class AdaptiveCompressionLoop(EarlyExitLoop):
     def _find_adaptive(ctrl: CompressionController) -> CompressionController:
         children = ctrl.children if isinstance(ctrl, CompositeController) else [ctrl]
         names = [c.name for c in children]
-        if "filter_pruning" in names and {"magnitude_sparsity", "rb_sparsity", "const_sparsity"} & set(names):
+        families = {registry.ALGORITHMS[n].family for n in names if n in registry.ALGORITHMS}
+        if {"pruning", "sparsity"} <= families:
             raise ConfigError(
                 "adaptive_compression_level searches one rate: use filter_pruning or a sparsity "
                 "algorithm, not both (either may be combined with quantization)",
                 path="$.accuracy_aware_training.mode",
             )
-        found = next((c for c in children if c.name in ADAPTIVE_ALGORITHMS), None)
+        found = next((c for c in children if c.name in registry.ADAPTIVE_ALGORITHMS), None)
         if found is None:
             raise ConfigError(
-                f"adaptive_compression_level needs one of {list(ADAPTIVE_ALGORITHMS)} in compression; "
+                f"adaptive_compression_level needs one of {list(registry.ADAPTIVE_ALGORITHMS)} in compression; "
                 f"the config has {names}",
                 path="$.accuracy_aware_training.mode",
             )

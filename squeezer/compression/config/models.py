@@ -348,14 +348,7 @@ AlgorithmConfig = Annotated[
     | KnowledgeDistillationConfig,
     Field(discriminator="algorithm"),
 ]
-ALGORITHM_NAMES = (
-    "quantization",
-    "magnitude_sparsity",
-    "rb_sparsity",
-    "const_sparsity",
-    "filter_pruning",
-    "knowledge_distillation",
-)
+# every member has a row in squeezer.compression.registry (checked when that module loads)
 
 
 # ---------------------------------------------------------------------------------------------- accuracy-aware

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from squeezer.compression.build import BuildContext, register_algorithm
+from squeezer.compression.build import BuildContext
 from squeezer.compression.config.models import KnowledgeDistillationConfig
 from squeezer.compression.controller import CompressionController, CompressionStage
 from squeezer.compression.init_args import flatten_tensors
+from squeezer.compression.registry import name_of, register_algorithm
 
 
 class _DistillationHook:
@@ -35,7 +36,7 @@ class _DistillationHook:
 
 
 class KnowledgeDistillationController(CompressionController):
-    name = "knowledge_distillation"
+    name = name_of(KnowledgeDistillationConfig)
 
     def __init__(
         self, model: nn.Module, ctx: BuildContext, section: KnowledgeDistillationConfig, teacher: nn.Module
@@ -86,7 +87,7 @@ class KnowledgeDistillationController(CompressionController):
         return model
 
 
-@register_algorithm("knowledge_distillation")
+@register_algorithm(KnowledgeDistillationConfig)
 def build_knowledge_distillation(
     ctx: BuildContext, section: KnowledgeDistillationConfig
 ) -> KnowledgeDistillationController:

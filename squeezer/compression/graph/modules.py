@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
 from torch import nn
 
 # Layers with a compressible `weight` (norm layers are never sparsified or quantized).
@@ -79,3 +80,15 @@ def is_user_registered(m: nn.Module | type) -> bool:
 
 def registration(m: nn.Module) -> dict[str, Any] | None:
     return _registration_of(type(m))
+
+
+def is_weighted_for(module: nn.Module, algorithm: str) -> bool:
+    """Whether `algorithm` compresses `module`'s `weight`: the one "is this a layer" rule of every algorithm.
+
+    A registered module (`register_module`) is, unless it lists `algorithm` in its ignored algorithms (even
+    a subclass of a built-in layer); otherwise the built-in layers of WEIGHTED_LAYERS are. Either way its
+    `weight` must be a tensor.
+    """
+    reg = registration(module)
+    weighted = algorithm not in reg["ignored_algorithms"] if reg is not None else isinstance(module, WEIGHTED_LAYERS)
+    return weighted and isinstance(getattr(module, "weight", None), torch.Tensor)

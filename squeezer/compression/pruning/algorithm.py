@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from squeezer.compression.build import BuildContext, register_algorithm
+from squeezer.compression.build import BuildContext
 from squeezer.compression.config.models import FilterPruningConfig
 from squeezer.compression.controller import CompressionController, CompressionStage, Statistics
 from squeezer.compression.graph.surgery import fold_parametrizations, original_weight
@@ -31,6 +31,7 @@ from squeezer.compression.pruning.legr import learn_ranking, load_ranking, save_
 from squeezer.compression.pruning.masks import FilterMask
 from squeezer.compression.pruning.removal import remove_channels
 from squeezer.compression.pruning.schedulers import PruningScheduler
+from squeezer.compression.registry import name_of, register_algorithm
 from squeezer.compression.targets import scoped_layers
 from squeezer.errors import CompressionError
 
@@ -45,7 +46,7 @@ def _attach(module: nn.Module, name: str, axis: int) -> FilterMask:
 
 
 class FilterPruningController(CompressionController):
-    name = "filter_pruning"
+    name = name_of(FilterPruningConfig)
 
     def __init__(
         self,
@@ -355,7 +356,7 @@ class FilterPruningController(CompressionController):
         return model
 
 
-@register_algorithm("filter_pruning")
+@register_algorithm(FilterPruningConfig)
 def build_filter_pruning(ctx: BuildContext, section: FilterPruningConfig) -> FilterPruningController:
     params = section.params
     if params.interlayer_ranking_type == "learned_ranking":
@@ -370,7 +371,7 @@ def build_filter_pruning(ctx: BuildContext, section: FilterPruningConfig) -> Fil
             }
         )
         section = section.model_copy(update={"params": params})
-    allowed = {layer.module_name for layer in scoped_layers(ctx, section, "filter_pruning")}
+    allowed = {layer.module_name for layer in scoped_layers(ctx, section, section.algorithm)}
     if ctx.builder_state is not None:
         groups = [ChannelGroup.from_dict(g) for g in ctx.builder_state["groups"]]
         skipped = [SkippedLayers.from_dict(s) for s in ctx.builder_state.get("skipped", [])]

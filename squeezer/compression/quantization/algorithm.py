@@ -10,7 +10,7 @@ from typing import Any
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from squeezer.compression.build import BuildContext, register_algorithm
+from squeezer.compression.build import BuildContext
 from squeezer.compression.config.models import QuantizationConfig, RangeInit
 from squeezer.compression.controller import (
     CompressionController,
@@ -18,7 +18,7 @@ from squeezer.compression.controller import (
     CompressionStage,
     Statistics,
 )
-from squeezer.compression.graph.modules import registration
+from squeezer.compression.graph.modules import is_weighted_for
 from squeezer.compression.graph.scopes import check_scopes_match, matches_any
 from squeezer.compression.graph.surgery import original_weight, weight_parametrizations
 from squeezer.compression.init_args import BNAdaptationInitArgs, QuantizationRangeInitArgs
@@ -27,17 +27,15 @@ from squeezer.compression.quantization.placement import (
     WEIGHTED_MODULES,
     PlacementOptions,
     QuantizerSetup,
-    WeightPoint,
-    _weight_scale_shape,
     apply_manual_precision,
-    attention_projections,
     compute_setup,
+    untraced_setup,
 )
 from squeezer.compression.quantization.precision.hawq import run_hawq
-from squeezer.compression.quantization.quantizer import FakeQuantizer, QuantizerSpec
+from squeezer.compression.quantization.quantizer import FakeQuantizer
 from squeezer.compression.quantization.range_init import adapt_batchnorm, init_ranges
 from squeezer.compression.quantization.strip import strip_quantizers
-from squeezer.compression.targets import is_weighted_for
+from squeezer.compression.registry import name_of, register_algorithm
 from squeezer.errors import CompressionError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -91,35 +89,6 @@ def _insert(ctx: BuildContext, setup: QuantizerSetup) -> tuple[dict[str, FakeQua
     return weight_q, act_q
 
 
-def _fallback_setup(ctx: BuildContext, cfg: QuantizationConfig) -> QuantizerSetup:
-    """Untraceable model: weight quantizers only, on every conv/linear module and attention in-projection."""
-    hw = ctx.cfg.target_device != "TRIAL"
-    setup = QuantizerSetup()
-    for name, module in ctx.model.named_modules():
-        reg = registration(module)
-        weighted = isinstance(module, WEIGHTED_MODULES) or (reg and "quantization" not in reg["ignored_algorithms"])
-        tensors = attention_projections(module) if isinstance(module, nn.MultiheadAttention) else ["weight"]
-        if not (weighted or isinstance(module, nn.MultiheadAttention)) or matches_any(name, cfg.ignored_scopes):
-            continue
-        per_channel = cfg.weights.per_channel if cfg.weights.per_channel is not None else hw
-        bits = cfg.weights.bits or 8
-        half = bits == 8 and ctx.cfg.target_device in ("ANY", "CPU") and cfg.overflow_fix == "enable"
-        for tensor in tensors:
-            spec = QuantizerSpec(
-                num_bits=bits,
-                mode=cfg.weights.mode or "symmetric",
-                signedness_to_force=True if hw else cfg.weights.signed,
-                narrow_range=bits == 8 and not half,
-                half_range=half,
-                per_channel=per_channel,
-                scale_shape=_weight_scale_shape(module, per_channel, tensor),
-                is_weights=True,
-            )
-            point_id = f"{name}|WEIGHT" if tensor == "weight" else f"{name}.{tensor}|WEIGHT"
-            setup.weights.append(WeightPoint(point_id, name, spec, tensor))
-    return setup
-
-
 def _range_configs(cfg: QuantizationConfig, setup: QuantizerSetup) -> dict[str, RangeInit]:
     rng = cfg.initializer.range
     ids = [(w.id, "weights") for w in setup.weights] + [(a.id, "activations") for a in setup.activations]
@@ -158,7 +127,7 @@ def _validate_scopes(ctx: BuildContext, cfg: QuantizationConfig) -> None:
             check_scopes_match(names, patterns, kind, f"$.compression.{path}")
 
 
-@register_algorithm("quantization")
+@register_algorithm(QuantizationConfig)
 def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> QuantizationController:
     if ctx.cfg.target_device == "CPU_SPR":
         raise ConfigError("target_device CPU_SPR is not supported by quantization", path="$.target_device")
@@ -177,10 +146,13 @@ def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> Quantizati
         # (7-bit weights, the overflow fix's default, cost MiniLM 0.994 -> 0.986 cosine)
         defaults = {"preset": "mixed", "overflow_fix": "first_layer_only"}
         cfg = cfg.model_copy(update={k: v for k, v in defaults.items() if k not in cfg.model_fields_set})
+    opts = PlacementOptions(
+        ctx.cfg.target_device, ctx.cfg.ignored_scopes, ctx.cfg.target_scopes, ctx.cfg.placement_runtime
+    )
     if ctx.builder_state is not None:
         setup = QuantizerSetup.from_dict(ctx.builder_state["quantizer_setup"])
     elif ctx.traced is None:
-        setup = _fallback_setup(ctx, cfg)
+        setup = untraced_setup(ctx.model, cfg, opts)
         warnings.warn(
             f"the model could not be traced ({ctx.trace_error}); only weights are quantized, activation "
             f"quantizers were skipped for the whole model",
@@ -189,13 +161,7 @@ def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> Quantizati
         )
         ctx.notes.append("activations not quantized: model not traceable")
     else:
-        setup = compute_setup(
-            ctx.traced,
-            cfg,
-            PlacementOptions(
-                ctx.cfg.target_device, ctx.cfg.ignored_scopes, ctx.cfg.target_scopes, ctx.cfg.placement_runtime
-            ),
-        )
+        setup = compute_setup(ctx.traced, cfg, opts)
         if precision is not None:
             apply_manual_precision(setup, precision.bitwidth_per_scope)
     precision_report = ctx.builder_state.get("precision_init") if ctx.builder_state is not None else None
@@ -338,7 +304,7 @@ class StagedQuantizationScheduler(CompressionScheduler):
 
 
 class QuantizationController(CompressionController):
-    name = "quantization"
+    name = name_of(QuantizationConfig)
     ptq_report: Any = None  # set by squeezer.compression.ptq.quantize (a PTQReport): what post-training did
 
     def __init__(

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from squeezer.compression.config.models import QuantizationConfig, QuantizerGroup, QuantizerOverride
-from squeezer.compression.graph.modules import WEIGHTED_LAYERS, registration
+from squeezer.compression.graph.modules import WEIGHTED_LAYERS, is_user_registered, is_weighted_for, registration
 from squeezer.compression.graph.scopes import matches_any, should_consider
 from squeezer.compression.graph.trace import TracedGraph, first_layers, tensor_meta
 from squeezer.compression.quantization.onnxruntime_rules import float_adds, onnxruntime_ports, reads_shape
@@ -164,8 +164,7 @@ def activation_ports(node: fx.Node, modules: dict[str, nn.Module]) -> list[int]:
         m = modules[str(node.target)]
         if isinstance(m, nn.MultiheadAttention):
             return [0, 1, 2]  # query, key, value: each feeds an in-projection matmul
-        reg = registration(m)
-        if isinstance(m, _QUANT_INPUT_MODULES) or (reg and "quantization" not in reg["ignored_algorithms"]):
+        if isinstance(m, _QUANT_INPUT_MODULES) or (is_user_registered(m) and is_weighted_for(m, "quantization")):
             return [0]
         return []
     if node.op == "call_function":
@@ -381,9 +380,7 @@ def _weighted_layers(node: fx.Node, modules: dict[str, nn.Module], name: str) ->
             *projections,
             (f"{target}.out_proj", module.out_proj, "weight", f"{name}/Linear[out_proj]/linear_0|WEIGHT"),
         ]
-    reg = registration(module)
-    weighted = isinstance(module, WEIGHTED_MODULES) or (reg and "quantization" not in reg["ignored_algorithms"])
-    if not weighted or not isinstance(getattr(module, "weight", None), torch.Tensor):
+    if not is_weighted_for(module, "quantization"):
         return []
     return [(target, module, "weight", f"{name}|WEIGHT")]
 
@@ -421,20 +418,52 @@ def weight_spec(
     )
 
 
+def _considered(aliases: list[str], group: QuantizerGroup, cfg: QuantizationConfig, opts: PlacementOptions) -> bool:
+    """The scopes of one quantizer group: global, section and group ignored scopes; the narrowest target scopes."""
+    ignored = (opts.global_ignored or []) + (cfg.ignored_scopes or []) + (group.ignored_scopes or [])
+    section_target = opts.global_target if opts.global_target is not None else cfg.target_scopes
+    target = group.target_scopes if group.target_scopes is not None else section_target
+    return should_consider(aliases, ignored, target)
+
+
+def untraced_setup(model: nn.Module, cfg: QuantizationConfig, opts: PlacementOptions) -> QuantizerSetup:
+    """A model neither torch.fx nor torch.export can capture: weight quantizers only, on the layers and with
+    the specs `compute_setup` gives (same predicate, same scopes, same `weight_spec`).
+
+    Without a graph two things stand in for it: a layer's module name is its only scope name, and the
+    first layers of `overflow_fix: first_layer_only` are the first Conv2d/Conv3d defined.
+    """
+    setup = QuantizerSetup()
+    first_convs: set[str] = set()
+    if cfg.overflow_fix == "first_layer_only":
+        first = next((n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))), None)
+        first_convs = {first} if first is not None else set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):  # its out_proj Linear comes as a module of its own
+            tensors = attention_projections(module)
+        elif is_weighted_for(module, "quantization"):
+            tensors = ["weight"]
+        else:
+            continue
+        if not _considered([name], cfg.weights, cfg, opts):
+            continue
+        for tensor in tensors:
+            spec = weight_spec(module, cfg, opts, [name], name in first_convs, tensor)
+            point_id = f"{name}|WEIGHT" if tensor == "weight" else f"{name}.{tensor}|WEIGHT"
+            setup.weights.append(WeightPoint(point_id, name, spec, tensor))
+    return setup
+
+
 def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementOptions) -> QuantizerSetup:
     modules = traced.modules
     setup = QuantizerSetup()
     first_convs = first_layers(traced.gm, (nn.Conv2d, nn.Conv3d)) if cfg.overflow_fix == "first_layer_only" else set()
-    section_ignored = (opts.global_ignored or []) + (cfg.ignored_scopes or [])
-    section_target = opts.global_target if opts.global_target is not None else cfg.target_scopes
 
     def aliases(node: fx.Node) -> list[str]:
         return [traced.names[node], traced.nncf_names[node]]
 
     def considered(node: fx.Node, group: QuantizerGroup) -> bool:
-        ignored = section_ignored + (group.ignored_scopes or [])
-        target = group.target_scopes if group.target_scopes is not None else section_target
-        return should_consider(aliases(node), ignored, target)
+        return _considered(aliases(node), group, cfg, opts)
 
     for_onnxruntime = opts.target_runtime == "onnxruntime" and opts.target_device in ("ANY", "CPU")
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from squeezer.compression.build import BuildContext, register_algorithm
+from squeezer.compression.build import BuildContext
 from squeezer.compression.config.models import ConstSparsityConfig
 from squeezer.compression.controller import CompressionStage, StubScheduler
+from squeezer.compression.registry import name_of, register_algorithm
 from squeezer.compression.sparsity.base import SparsityController, attach_masks, effective_weight
 from squeezer.compression.sparsity.masks import BinaryMask, Mask
 from squeezer.compression.targets import Layer
 
 
 class ConstSparsityController(SparsityController):
-    name = "const_sparsity"
+    name = name_of(ConstSparsityConfig)
 
     def __init__(
         self,
@@ -40,9 +41,9 @@ class ConstSparsityController(SparsityController):
         raise NotImplementedError("const sparsity keeps the masks it was given; its rate cannot be set")
 
 
-@register_algorithm("const_sparsity")
+@register_algorithm(ConstSparsityConfig)
 def build_const_sparsity(ctx: BuildContext, section: ConstSparsityConfig) -> ConstSparsityController:
-    layers = attach_masks(ctx, section, "const_sparsity", BinaryMask, allow_frozen=True)
+    layers = attach_masks(ctx, section, section.algorithm, BinaryMask, allow_frozen=True)
     ctrl = ConstSparsityController(ctx.model, ctx, section, layers)
     if ctx.should_init:
         # a model whose weights already contain zeros keeps them as its masks

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from squeezer.compression.build import BuildContext, register_algorithm
+from squeezer.compression.build import BuildContext
 from squeezer.compression.config.models import MagnitudeSparsityConfig
 from squeezer.compression.controller import StubScheduler
 from squeezer.compression.graph.surgery import original_weight
+from squeezer.compression.registry import name_of, register_algorithm
 from squeezer.compression.sparsity.base import SparsityController, attach_masks, weight_importance
 from squeezer.compression.sparsity.masks import BinaryMask, Mask
 from squeezer.compression.sparsity.schedulers import make_scheduler
@@ -16,7 +17,7 @@ from squeezer.compression.targets import Layer
 
 
 class MagnitudeSparsityController(SparsityController):
-    name = "magnitude_sparsity"
+    name = name_of(MagnitudeSparsityConfig)
 
     def __init__(
         self,
@@ -57,7 +58,7 @@ class MagnitudeSparsityController(SparsityController):
             mask.set_mask((imp > threshold).to(mask.mask.dtype))
 
 
-@register_algorithm("magnitude_sparsity")
+@register_algorithm(MagnitudeSparsityConfig)
 def build_magnitude_sparsity(ctx: BuildContext, section: MagnitudeSparsityConfig) -> MagnitudeSparsityController:
-    layers = attach_masks(ctx, section, "magnitude_sparsity", BinaryMask)
+    layers = attach_masks(ctx, section, section.algorithm, BinaryMask)
     return MagnitudeSparsityController(ctx.model, ctx, section, layers)

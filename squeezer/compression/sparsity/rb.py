@@ -7,9 +7,10 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from squeezer.compression.build import BuildContext, register_algorithm
+from squeezer.compression.build import BuildContext
 from squeezer.compression.config.models import RBSparsityConfig
 from squeezer.compression.controller import Statistics, StubScheduler
+from squeezer.compression.registry import name_of, register_algorithm
 from squeezer.compression.sparsity.base import SparsityController, attach_masks
 from squeezer.compression.sparsity.masks import Mask, RBMask
 from squeezer.compression.sparsity.schedulers import make_scheduler
@@ -19,7 +20,7 @@ RB_LOSS_P = 0.05
 
 
 class RBSparsityController(SparsityController):
-    name = "rb_sparsity"
+    name = name_of(RBSparsityConfig)
 
     def __init__(
         self,
@@ -68,7 +69,7 @@ class RBSparsityController(SparsityController):
         return stats
 
 
-@register_algorithm("rb_sparsity")
+@register_algorithm(RBSparsityConfig)
 def build_rb_sparsity(ctx: BuildContext, section: RBSparsityConfig) -> RBSparsityController:
-    layers = attach_masks(ctx, section, "rb_sparsity", RBMask)
+    layers = attach_masks(ctx, section, section.algorithm, RBMask)
     return RBSparsityController(ctx.model, ctx, section, layers)

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from squeezer import ConfigError, NNCFConfig
-from squeezer.compression.config.models import ALGORITHM_NAMES
 from squeezer.compression.init_args import QuantizationRangeInitArgs, register_default_init_args
+from squeezer.compression.registry import ALGORITHM_NAMES
 from tests.conftest import SAMPLE_CONFIGS
 
 SAMPLES = sorted(SAMPLE_CONFIGS.glob("*.json"))
