@@ -12,7 +12,6 @@ that is a near miss of a known key, or a config with no `compression` section at
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +97,3 @@ def check_top_level(data: dict[str, Any], *, need_compression: bool = True) -> N
     if problems:
         path, message = problems[0]
         raise ConfigError(message, path=path, problems=[f"{p}: {m}" for p, m in problems])
-
-
-def dumps(data: dict[str, Any]) -> str:
-    """Plain JSON, for uploading a config whose comments the parser has already dropped."""
-    return json.dumps(data, indent=2)
