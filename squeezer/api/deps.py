@@ -44,14 +44,9 @@ def get_current_key(
     address = f"auth-failures:{request.client.host if request.client else '-'}"
     limiter, failures = request.app.state.limiter, request.app.state.auth_failure_rate
     if not limiter.test(failures, address):
-        retry = _retry_after(limiter, failures, address)
-        raise ApiError(
-            429,
-            "Too many requests",
-            f"too many failed authentications from this address (limit "
-            f"{request.app.state.settings.auth_failure_limit}); retry in {retry} s",
-            headers={"Retry-After": str(retry)},
-        )
+        limit = request.app.state.settings.auth_failure_limit
+        why = f"too many failed authentications from this address (limit {limit})"
+        raise _too_many(limiter, failures, address, why)
     if credentials is None:  # guesses nothing and costs no query: not counted
         raise ApiError(
             401,
@@ -72,21 +67,18 @@ def get_current_key(
     return key
 
 
-def _retry_after(limiter: MovingWindowRateLimiter, rate: RateLimitItem, identifier: str) -> int:
-    return max(1, math.ceil(limiter.get_window_stats(rate, identifier).reset_time - time.time()))
+def _too_many(limiter: MovingWindowRateLimiter, rate: RateLimitItem, identifier: str, why: str) -> ApiError:
+    """The 429 of a moving-window limit: `why`, and when the window lets `identifier` in again."""
+    retry = max(1, math.ceil(limiter.get_window_stats(rate, identifier).reset_time - time.time()))
+    return ApiError(429, "Too many requests", f"{why}; retry in {retry} s", headers={"Retry-After": str(retry)})
 
 
 def _rate_limit(request: Request, key_id: str) -> None:
     """429 with Retry-After once a key is over `settings.rate_limit` (a moving window)."""
     limiter, rate = request.app.state.limiter, request.app.state.rate
     if not limiter.hit(rate, key_id):
-        retry = _retry_after(limiter, rate, key_id)
-        raise ApiError(
-            429,
-            "Too many requests",
-            f"this key is over its rate limit of {request.app.state.settings.rate_limit}; retry in {retry} s",
-            headers={"Retry-After": str(retry)},
-        )
+        limit = request.app.state.settings.rate_limit
+        raise _too_many(limiter, rate, key_id, f"this key is over its rate limit of {limit}")
 
 
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
