@@ -10,10 +10,9 @@ from sqlalchemy.orm import Session
 
 from squeezer.api.errors import ApiError
 from squeezer.db import ApiKey, Artifact, ArtifactKind, Job
+from squeezer.jobs.spec import JOB_INPUTS
 from squeezer.jobs.status import ACTIVE
 from squeezer.recipe import Recipe
-
-JOB_INPUTS = ("model", "train_data", "val_data")  # the spec fields that name artifacts (the worker opens them)
 
 
 def owned_artifact(session: Session, key: ApiKey, artifact_id: str) -> Artifact:

@@ -32,6 +32,7 @@ from squeezer.jobs import searches, transitions
 from squeezer.jobs.exports import EXPORTS
 from squeezer.jobs.result import JobResult
 from squeezer.jobs.searches import as_utc
+from squeezer.jobs.spec import JOB_INPUTS
 from squeezer.storage import LocalStore
 from squeezer.worker.failures import failure_reason
 from squeezer.worker.limits import JobLimits
@@ -309,7 +310,7 @@ def _read_claimed(session: Session, store: LocalStore, job_id: str) -> _Claimed 
     search = session.get(Search, job.search_id) if job.search_id is not None else None
     search_deadline = as_utc(search.deadline_at) if search is not None and search.deadline_at else None
     paths = {}
-    for field in ("model", "train_data", "val_data"):
+    for field in JOB_INPUTS:
         if spec.get(field) is None:  # a post-training job may have no val_data
             continue
         artifact = session.get(Artifact, spec[field])

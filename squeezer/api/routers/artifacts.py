@@ -15,11 +15,12 @@ from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import dataset_summary, model_signature
 from squeezer.api.schemas import ArtifactRead
-from squeezer.api.submit import JOB_INPUTS, owned_artifact
+from squeezer.api.submit import owned_artifact
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level, parse_config
 from squeezer.db import ApiKey, Artifact, ArtifactKind, Job
 from squeezer.db.locks import atomic, lock_content, lock_key
+from squeezer.jobs.spec import JOB_INPUTS
 from squeezer.jobs.status import TERMINAL
 from squeezer.settings import Settings
 from squeezer.storage import LocalStore, StagedFile
