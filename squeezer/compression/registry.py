@@ -1,4 +1,4 @@
-"""The one home of every algorithm's metadata (issue 26; torchao's "a registry instead of isinstance ladders").
+"""The one home of every algorithm's metadata (as torchao keys its transforms: a registry, not isinstance ladders).
 
 Each algorithm is one `Algorithm` row, keyed by its config class (the pydantic model in `config.models`)
 and by its name, which is that model's `algorithm` tag: the name NNCF configs use. The row says in what
@@ -44,7 +44,7 @@ UNKNOWN_PRIORITY = 100  # after every known algorithm
 @dataclass
 class Algorithm:
     config: type[BaseModel]  # its section of `compression`; the `algorithm` tag there is the name
-    priority: int  # application order on one weight (spec §2.3): pruning mask, sparsity mask, quantizer
+    priority: int  # application order on one weight, as NNCF applies them: pruning mask, sparsity mask, quantizer
     family: Family
     module: str  # importing it registers the builder
     adaptive: bool = False  # the Adaptive Compression Level loop may search its rate
