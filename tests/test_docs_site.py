@@ -80,9 +80,9 @@ def test_the_sdk_example_is_the_same_in_the_readme_and_the_service_guide():
     assert example(readme) == example((DOCS / "service.md").read_text(encoding="utf-8"))
 
 
-def test_no_page_cites_a_file_outside_the_repository():
-    outside = re.compile(r"\.\./shared|\bspec/|accuracy_aware\.md|DESIGN\.md|algorithms\.md|config\.md §")
-    for path in [ROOT / "README.md", *DOCS.rglob("*.md")]:
+def test_no_page_or_docstring_cites_a_file_outside_the_repository():
+    outside = re.compile(r"\.\./shared|\bspec/|\bspec §|accuracy_aware\.md|DESIGN\.md|algorithms\.md|config\.md §")
+    for path in [ROOT / "README.md", *DOCS.rglob("*.md"), *(ROOT / "squeezer").rglob("*.py")]:
         assert not outside.search(path.read_text(encoding="utf-8")), path
 
 
