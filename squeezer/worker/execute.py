@@ -3,7 +3,8 @@
 `execute_job(job_id, ...)` is what the Celery task calls; it holds the logic so it can be tested
 without a broker. The row is the truth, and every change to it is a conditional transition
 (`squeezer.jobs.transitions`) on this worker's claim: a duplicate delivery finds the row taken and
-does nothing, cancellation is read from the row after every epoch, every epoch's record becomes a
+does nothing, cancellation is read from the row every poll by the job's watch (`supervision.py`) and
+after every epoch, every epoch's record becomes a
 `job_metric` row as soon as it exists, and a job that is no longer ours (requeued by the sweep,
 deleted) is stopped without writing anything. A worker that is stopping (Ctrl-C, SIGTERM, `docker
 compose stop`) stops its job process and puts the job back on the queue, to resume from its last
@@ -91,15 +92,6 @@ def _record_epoch(
         logger.info("job %s epoch %d: metric %.4f", job_id, r["epoch"], r["metric"])
 
     return record
-
-
-def _cancel_requested(sessions: sessionmaker[Session], job_id: str) -> Callable[[], bool]:
-    def ask() -> bool:
-        with sessions() as session:
-            job = session.get(Job, job_id)
-            return job is None or job.status == JobStatus.cancelling
-
-    return ask
 
 
 def _finish(sessions: sessionmaker[Session], job_id: str, owner: str, status: JobStatus, **values: Any) -> str:
@@ -269,7 +261,7 @@ def execute_job(
             done = run_job_process(
                 request,
                 _record_epoch(sessions, job_id, owner, run, claimed.total_epochs),
-                _cancel_requested(sessions, job_id),
+                watch.cancel_after_epoch,
                 run,
             )
     except JobInterrupted as exc:

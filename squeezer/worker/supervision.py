@@ -127,6 +127,15 @@ class JobWatch:
             status = session.scalar(select(Job.status).where(Job.id == self.job_id))
             return status is None or status == JobStatus.cancelling
 
+    def cancel_after_epoch(self) -> bool:
+        """Asked by the job process after each epoch. A job told to stop there stops by itself and writes that
+        epoch's outputs, so the watch leaves cancel to it from then on: a kill would only undo that work and
+        make the worker export the same epoch again from its saved state."""
+        if self._cancelled():
+            self.watch_cancel = False
+            return True
+        return False
+
     def _over_limit(self) -> str | None:
         if self.deadline is not None and datetime.now(UTC) >= self.deadline:
             return f"deadline: the job ran past its wall-time limit ({self.deadline.isoformat(timespec='seconds')})"
