@@ -103,7 +103,7 @@ def _results(name: str) -> dict:
     return json.loads((ROOT / "bench" / "results" / f"{name}.json").read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("page", ["benchmarks.md"])
+@pytest.mark.parametrize("page", ["benchmarks.md", "reliability.md", "library.md"])
 def test_bench_tables_and_figures_are_the_last_runs(page):
     bench = _bench_tables()
     assert page in bench.PAGES
@@ -144,6 +144,7 @@ KEY_FIGURES = {
     "ui": lambda: f"| {_results('ui')['pages']['submit page']['ready_ms']:.0f} |",
     "service": lambda: f"{_results('service')['rows'][1]['runs'][0]['library_s']:.1f} s",
     "service_load": lambda: f"{_results('service')['rows'][0]['load']['polls_per_s']:.0f}",
+    "load": lambda: f"{_results('load')['result']['polls']:,} status polls",
 }
 
 

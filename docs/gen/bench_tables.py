@@ -25,7 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
-PAGES = ("benchmarks.md",)  # the pages under docs/ that quote bench results
+PAGES = ("benchmarks.md", "reliability.md", "library.md")  # the pages under docs/ that quote bench results
 
 Json = dict[str, Any]
 
@@ -882,6 +882,61 @@ def service_load() -> str:
     return rows(["broker", "polls/s", "p50", "p99", "errors"], body)
 
 
+# --- Other pages: reliability.md (bench_load.py, bench_bomb.py), library.md (bench_hawq.py, bench_ptq.py) ---
+
+
+def load_summary() -> str:
+    """The load bench's outcome, as a list (reliability.md)."""
+    r = load("load")["result"]
+    every = "All" if r["succeeded"] == r["jobs"] else f"{r['succeeded']} of"
+    twice = "none" if r["ran_more_than_once"] == 0 else str(r["ran_more_than_once"])
+    histories = "every" if r["histories_not_0_1"] == 0 else f"all but {r['histories_not_0_1']}"
+    return "\n".join(
+        [
+            f"- {every} {r['jobs']} succeeded, {twice} ran twice, and {histories} metric history is exactly "
+            "epochs 0-1.",
+            f"- {r['jobs_per_min']:.0f} jobs/min.",
+            f"- Submit: p50 {r['submit_p50_ms']:.0f} ms, p99 {r['submit_p99_ms'] / 1000:.2f} s.",
+            f"- {r['polls']:,} status polls: p50 {r['poll_p50_ms']:.0f} ms, p99 {r['poll_p99_ms']:.0f} ms.",
+        ]
+    )
+
+
+def bounded_reads_now() -> str:
+    rows_ = [r["this checkout"] for r in load("bounded_reads")["rows"]]
+    growth, seconds = max(r["peak_rss_growth_mib"] for r in rows_), max(r["seconds"] for r in rows_)
+    return f"the API's peak memory grows by {growth:.1f} MiB at most and it answers in {seconds:.2f} s at most"
+
+
+def bounded_reads_before() -> str:
+    bomb = load("bounded_reads")["rows"][0]["baseline"]  # the plain 1 GiB model.json bomb
+    return f"+{bomb['peak_rss_growth_mib']:,.0f} MiB and {bomb['seconds']:.0f} s"
+
+
+def _hawq(weights: str) -> Json:
+    return next(a for a in load("hawq")["assignments"] if a["weights"] == weights)
+
+
+def hawq_int4_storage() -> str:
+    h = load("hawq")
+    return f"{h['int4_over_int8_size']:.2f}x the size, but {x(h['int4_over_int8_latency'])} slower"
+
+
+def hawq_quality() -> str:
+    hawq, rand, rev = _hawq("HAWQ"), _hawq("random order (mean)"), _hawq("reverse (most sensitive first)")
+    return (
+        f"loss {hawq['ptq_loss']:.4f} and logit error {hawq['logit_error_vs_8bit']:.3f} against the all-8-bit "
+        f"model, against {rand['ptq_loss']:.4f} / {rand['logit_error_vs_8bit']:.3f} for a random choice of the "
+        f"same size and {rev['ptq_loss']:.4f} / {rev['logit_error_vs_8bit']:.3f} for lowering the most "
+        "sensitive layers first"
+    )
+
+
+def ptq_equalization() -> str:
+    sq = load("ptq")["digits_ac"]["squeezer"]
+    return f"{sq['ptq_plain']:.1f}% to {sq['ptq_default']:.1f}% (FP32 {sq['fp32']:.1f}%)"
+
+
 # --- The registry and the page rewriting ---------------------------------------------------------
 
 # name -> (the results file it reads, its renderer)
@@ -903,6 +958,7 @@ TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "ui": ("ui", ui),
     "service": ("service", service),
     "service_load": ("service", service_load),
+    "load": ("load", load_summary),
 }
 
 FIGURES: dict[str, Callable[[], str]] = {
@@ -953,6 +1009,11 @@ FIGURES: dict[str, Callable[[], str]] = {
     "limits_cancel": limits_cancel,
     "ui_verdict": ui_verdict,
     "service_overhead": service_overhead,
+    "bounded_reads_now": bounded_reads_now,
+    "bounded_reads_before": bounded_reads_before,
+    "hawq_int4_storage": hawq_int4_storage,
+    "hawq_quality": hawq_quality,
+    "ptq_equalization": ptq_equalization,
 }
 
 TABLE = re.compile(
