@@ -303,6 +303,10 @@ def transformers_zoo_bert_profile() -> str:
     )
 
 
+def transformers_zoo_fp32_file() -> str:
+    return f"{load('transformers')['models']['bert']['bytes']['fp32'] / 1000:.0f} kB"
+
+
 def transformers_zoo_vit_profile() -> str:
     fp32, int8 = _profile("vit_tiny", "fp32"), _profile("vit_tiny", "sq_onnxruntime")
     shape = sum(fp32[op] for op in ("Transpose", "Reshape", "Gather", "Concat")) / fp32["total"]
@@ -974,6 +978,7 @@ FIGURES: dict[str, Callable[[], str]] = {
     "transformers_bert768_profile": transformers_bert768_profile,
     "transformers_zoo_bert_profile": transformers_zoo_bert_profile,
     "transformers_zoo_vit_profile": transformers_zoo_vit_profile,
+    "transformers_zoo_fp32_file": transformers_zoo_fp32_file,
     "quantization_batch1_ms": quantization_batch1_ms,
     "quantization_qat_ratio": quantization_qat_ratio,
     "quantization_warm_without_bn": quantization_warm_without_bn,
