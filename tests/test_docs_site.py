@@ -5,6 +5,7 @@ Cheap checks only; `make docs` runs the strict build itself."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -89,3 +90,69 @@ def test_no_page_or_docstring_cites_a_file_outside_the_repository():
 def test_zoo_table_is_the_last_zoo_run():
     page = (DOCS / "zoo.md").read_text(encoding="utf-8")
     assert _generator().with_zoo_table(page) == page, "docs/zoo.md's table is stale: run `make docs` and commit it"
+
+
+def _bench_tables():
+    spec = importlib.util.spec_from_file_location("docs_bench_tables", DOCS / "gen" / "bench_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _results(name: str) -> dict:
+    return json.loads((ROOT / "bench" / "results" / f"{name}.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("page", ["benchmarks.md", "reliability.md", "library.md"])
+def test_bench_tables_and_figures_are_the_last_runs(page):
+    bench = _bench_tables()
+    assert page in bench.PAGES
+    text = (DOCS / page).read_text(encoding="utf-8")
+    assert bench.render(text) == text, f"docs/{page} quotes stale bench results: run `make docs` and commit it"
+
+
+def test_every_bench_table_and_figure_is_on_a_page():
+    bench = _bench_tables()
+    tables, figures = [], []
+    for page in bench.PAGES:
+        marked_tables, marked_figures = bench.marked((DOCS / page).read_text(encoding="utf-8"))
+        tables += marked_tables
+        figures += marked_figures
+    assert sorted(tables) == sorted(bench.TABLES), "each bench table is marked exactly once"
+    assert set(figures) == set(bench.FIGURES)
+
+
+# One figure per generated table, read from the JSON here (not through the renderer): a table that stops
+# being generated from its file, or is rendered from another key, no longer shows it.
+KEY_FIGURES = {
+    "quantization": lambda: f"**{_results('quantization')['train_step_ratio']:.2f}x**",
+    "runtime": lambda: (
+        f"{_results('runtime')['models']['resnet18']['latency']['1']['onnxruntime']['speedup']['squeezer']:.2f}x"
+    ),
+    "transformers": lambda: f"{_results('transformers')['models']['bert_l2_h768']['parity']['sq_onnxruntime']:.3f}",
+    "placement": lambda: f"**{_results('placement')['rows'][0]['onnxruntime']['speedup']['onnxruntime']:.2f}x**",
+    "ptq_resnet18": lambda: f"{_results('ptq')['resnet18']['nncf']['rel_max_err']:.4f}",
+    "ptq_zoo": lambda: f"{_results('ptq')['zoo']['squeezer']['hf_vit']['squeezer']:.4f}",
+    "ptq_minilm": lambda: f"{_results('ptq')['minilm']['squeezer']['cosine_openvino_min']:.4f} OpenVINO",
+    "ptq_accuracy_control": lambda: f"{_results('ptq')['digits_ac']['nncf']['ptq_accuracy']:.2f}%",
+    "ptq_quality": lambda: f"{_results('ptq_quality')['models'][0]['ratio_8bit']:.2f}x",
+    "algorithms_pruning": lambda: f"{_results('algorithms')['filter_pruning']['pruned_0.5']['params_ratio']:.3f}x",
+    "search_candidates": lambda: f"{_results('search')['search']['candidates'][0]['speedup']:.2f}x",
+    "search_summary": lambda: f"| epochs spent | {_results('search')['search']['epochs_spent']} |",
+    "upload": lambda: f"{_results('upload')['during_upload']['p95_ms']:.1f} ms",
+    "limits": lambda: f"{_results('limits')['median_s']['without']:.2f} s",
+    "ui": lambda: f"| {_results('ui')['pages']['submit page']['ready_ms']:.0f} |",
+    "service": lambda: f"{_results('service')['rows'][1]['runs'][0]['library_s']:.1f} s",
+    "service_load": lambda: f"{_results('service')['rows'][0]['load']['polls_per_s']:.0f}",
+    "load": lambda: f"{_results('load')['result']['polls']:,} status polls",
+}
+
+
+def test_each_bench_table_shows_its_results():
+    bench = _bench_tables()
+    assert set(KEY_FIGURES) == set(bench.TABLES), "give a new bench table its key figure here"
+    pages = "".join((DOCS / page).read_text(encoding="utf-8") for page in bench.PAGES)
+    for name, figure in KEY_FIGURES.items():
+        block = re.search(re.escape(bench.begin(name)) + r"(.*?)<!-- end of bench table", pages, re.S)
+        assert block, f"the bench table {name} is not marked on any page"
+        assert figure() in block.group(1), f"the bench table {name} does not show {figure()!r} from its JSON"

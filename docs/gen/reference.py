@@ -1,7 +1,8 @@
 """Writes the reference pages that must not drift from the code: the HTTP API from the OpenAPI document,
-the settings from `Settings.model_fields`, and the zoo matrix from bench/results/zoo.json. `make docs`
+the settings from `Settings.model_fields`, the zoo matrix from bench/results/zoo.json, and the benchmark
+tables and figures of the pages that quote bench/results/*.json (docs/gen/bench_tables.py). `make docs`
 runs it before `mkdocs build`; a test compares the committed pages with a fresh run, so a new route, a
-setting or a zoo rerun cannot go undocumented."""
+setting or a bench rerun cannot go undocumented."""
 
 from __future__ import annotations
 
@@ -155,6 +156,15 @@ def with_zoo_table(page: str) -> str:
     return pattern.sub(lambda _: f"{BEGIN}\n\n{zoo_table()}\n\n{END}", page)  # blank lines: a table, not HTML
 
 
+def bench_tables() -> Any:
+    """docs/gen/bench_tables.py, loaded by path: this file runs as a script and is loaded so by the tests."""
+    spec = importlib.util.spec_from_file_location("bench_tables", Path(__file__).resolve().parent / "bench_tables.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 PAGES = {"http-api.md": http_api_markdown, "settings.md": settings_markdown}
 
 
@@ -164,7 +174,9 @@ def main() -> None:
         (REFERENCE / name).write_text(render())
     zoo = DOCS / "zoo.md"
     zoo.write_text(with_zoo_table(zoo.read_text()))
-    print(f"wrote {', '.join(PAGES)} under {REFERENCE} and the table of {zoo}", file=sys.stderr)
+    bench = bench_tables().main(DOCS)
+    print(f"wrote {', '.join(PAGES)} under {REFERENCE}, the table of {zoo}", file=sys.stderr)
+    print(f"and the bench tables of {', '.join(bench) or 'no page (all current)'}", file=sys.stderr)
 
 
 if __name__ == "__main__":
