@@ -3,10 +3,15 @@ FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
+# the exact, hash-checked versions of everything the service and OpenVINO need (make lock writes the file);
+# torch is its CPU build, from PyTorch's own index. Rebuilds reuse this layer until the lock changes.
+COPY docker/requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock \
+        --extra-index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY squeezer ./squeezer
-# openvino: workers export OpenVINO IR and time the result in OpenVINO as well as onnxruntime
-RUN pip install ".[openvino]"
+# the package alone: its dependencies are the lock's; `pip check` fails the build if the two disagree
+RUN pip install --no-deps . && pip check
 
 # the service never runs as root; /data holds the artifact store
 RUN useradd --create-home --uid 10001 squeezer && mkdir -p /data && chown squeezer /data

@@ -1,13 +1,18 @@
 # One entry point for people and CI: every target installs what it needs into .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# the torch CI runs (pyproject admits a range): the CPU build, which pip takes from the local file here
+TORCH ?= 2.13.0
+# where the CPU wheels lie on our machines; elsewhere pass the index: make lock TORCH_CPU_WHEELS=https://download.pytorch.org/whl/cpu/torch/
+TORCH_CPU_WHEELS ?= /opt/wheels
 
-.PHONY: install system-deps demo demo-library serve test lint bench zoo docs
+.PHONY: install system-deps demo demo-library serve test lint bench zoo docs lock
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==$(TORCH)"  # first: a range alone would make pip pick the newest (a CUDA build)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
@@ -48,3 +53,8 @@ zoo: install  ## the full model-zoo matrix (bench/results/zoo.json and a table);
 docs: install  ## the documentation site into site/: the generated references first, then a strict build
 	PYTHONPATH=. $(PY) docs/gen/reference.py
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+
+lock: install  ## docker/requirements.lock: the Docker image's exact, hash-checked dependencies (torch's CPU build)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra service --extra openvino --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --generate-hashes --override docker/torch-cpu.txt \
+		--find-links $(TORCH_CPU_WHEELS) --no-header --quiet -o docker/requirements.lock

@@ -21,16 +21,17 @@ Searching (`searches.py`): candidates run as jobs, the result is a Pareto front 
 
 from __future__ import annotations
 
-import typer
-
-from squeezer.cli import configs, jobs, searches, server
-
-app = typer.Typer(help="Squeezer: accuracy-aware neural-network compression.", no_args_is_help=True)
-server.register(app)
-jobs.register(app)
-searches.register(app)
-configs.register(app)
+import sys
 
 
 def main() -> None:
+    """The `squeezer` command. The library alone (`pip install squeezer`) has no CLI packages: say which
+    extra brings them rather than fail with a traceback."""
+    try:
+        from squeezer.cli.app import app
+    except ModuleNotFoundError as exc:
+        sys.exit(
+            f"error: the squeezer command needs the package {exc.name!r}: "
+            "pip install 'squeezer[client]' (or the torch-free 'squeezer-client')"
+        )
     app()

@@ -3,21 +3,48 @@ db migrations."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TypeVar
 
 import typer
-from sqlalchemy.orm import Session, sessionmaker
 
 from squeezer.settings import Settings, client_settings, get_settings
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+# what `pip install 'squeezer[service]'` adds that these commands import; the client install lacks them
+SERVICE_PACKAGES = ("sqlalchemy", "alembic", "fastapi", "celery", "uvicorn")
+
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+
+
+def needs_service(command: Callable[P, R]) -> Callable[P, R]:
+    """Commands that run the service say which extra they need on an install without it (the client, or the
+    library alone), before they import anything of it."""
+
+    @functools.wraps(command)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        missing = [name for name in SERVICE_PACKAGES if importlib.util.find_spec(name) is None]
+        if missing:
+            _fail(
+                f"'squeezer {command.__name__.replace('_', ' ')}' runs the service, which this install lacks "
+                f"({', '.join(missing)}): pip install 'squeezer[service]'"
+            )
+        return command(*args, **kwargs)
+
+    return checked
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +63,7 @@ def _sessions(settings: Settings) -> sessionmaker[Session]:
 
 
 @db_app.command("upgrade")
+@needs_service
 def db_upgrade(revision: str = "head") -> None:
     """Apply migrations up to REVISION."""
     from squeezer.db.migrate import upgrade
@@ -46,6 +74,7 @@ def db_upgrade(revision: str = "head") -> None:
 
 
 @db_app.command("downgrade")
+@needs_service
 def db_downgrade(revision: str = "base") -> None:
     """Revert migrations down to REVISION."""
     from squeezer.db.migrate import downgrade
@@ -55,6 +84,7 @@ def db_downgrade(revision: str = "base") -> None:
 
 
 @keys_app.command("ls")
+@needs_service
 def keys_ls() -> None:
     """Every key: id, prefix (the start of the secret), name, created, revoked. Secrets are never shown."""
     from squeezer.api.keys import list_keys
@@ -68,6 +98,7 @@ def keys_ls() -> None:
 
 
 @keys_app.command("create")
+@needs_service
 def keys_create(name: str) -> None:
     """Create an API key and print it (it is stored hashed; this is the only time it is shown)."""
     from squeezer.api.keys import create_key
@@ -78,6 +109,7 @@ def keys_create(name: str) -> None:
 
 
 @keys_app.command("revoke")
+@needs_service
 def keys_revoke(key: Annotated[str, typer.Argument(help="the key's id, or its name when one live key has it")]) -> None:
     """Revoke a key: every request with it is refused (401) from now on; its jobs and files stay."""
     from squeezer.api.keys import hash_key, keys_named, revoke_key
@@ -110,6 +142,7 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+@needs_service
 def worker(
     nice: Annotated[int, typer.Option(min=0, max=19, help="lower the worker's CPU priority by this much")] = 0,
     exit_with_parent: Annotated[
@@ -128,6 +161,7 @@ def worker(
     run_worker(get_settings())
 
 
+@needs_service
 def recover() -> None:
     """Requeue running jobs whose worker stopped beating, once (the API also does this periodically)."""
     from squeezer.jobs.queue import CeleryQueue, configured_celery
@@ -141,6 +175,7 @@ def recover() -> None:
     typer.echo(", ".join(f"{k}: {len(v)}" for k, v in done.items()))
 
 
+@needs_service
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
