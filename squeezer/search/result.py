@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from squeezer.compression.registry import SPARSITY_ALGORITHMS
+from squeezer.jobs.status import JobStatus
 from squeezer.search.spec import Objective
 
 SearchStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -64,6 +65,11 @@ class CandidateOutcome(BaseModel):
     on_front: bool = False
     stopped_reason: str | None = None
     error: str | None = None
+
+    @computed_field(description="it has ended (stopped by the search, or its job ended); clients need no list")
+    @property
+    def terminal(self) -> bool:
+        return self.status == "stopped" or JobStatus(self.status).is_terminal
 
     @property
     def speedup(self) -> float | None:

@@ -4,11 +4,13 @@ dashboard's JS included) keeps a list of its own."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import get_args
 
 from squeezer.api.app import openapi_document
 from squeezer.api.schemas import JobRead
 from squeezer.jobs.result import JobResult
 from squeezer.jobs.status import ACTIVE, TERMINAL, JobStatus
+from squeezer.search.result import CandidateOutcome, CandidateStatus
 
 
 def test_every_state_is_either_terminal_or_active():
@@ -23,6 +25,14 @@ def test_a_job_and_a_search_say_whether_they_ended():
         assert job.model_dump(mode="json")["terminal"] is status.is_terminal
     schemas = openapi_document()["components"]["schemas"]
     assert "terminal" in schemas["JobRead"]["required"] and "terminal" in schemas["SearchRead"]["required"]
+    assert "terminal" in schemas["CandidateOutcome"]["required"]
+
+
+def test_a_search_candidate_says_whether_it_ended():
+    # the dashboard's search list counts finished candidates with this, not a set of names of its own
+    ended = {s for s in get_args(CandidateStatus) if CandidateOutcome(name="c", status=s).terminal}
+    assert ended == {"succeeded", "failed", "cancelled", "stopped"}
+    assert CandidateOutcome(name="c", status="stopped").model_dump(mode="json")["terminal"] is True
 
 
 def test_a_result_stored_by_an_older_version_still_reads():

@@ -5,7 +5,6 @@
 Squeezer.page(async (main) => {
   const { api, el, when } = Squeezer;
   const LIMIT = 50;
-  const FINISHED = new Set(["succeeded", "failed", "cancelled", "stopped"]);
   const state = { offset: Math.max(0, Number(new URLSearchParams(location.search).get("offset")) || 0) };
   const rows = main.querySelector("#searches tbody");
   let timer = null;
@@ -25,7 +24,7 @@ Squeezer.page(async (main) => {
       el("td", {}, el("a", { href }, search.name)),
       el("td", {}, el("span", { class: `status ${search.status}` }, search.status)),
       el("td", { class: "num" }, candidates.length),
-      el("td", { class: "num" }, candidates.filter((c) => FINISHED.has(c.status)).length),
+      el("td", { class: "num" }, candidates.filter((c) => c.terminal).length),
       el("td", {}, search.result.recommended || "–"),
       el("td", {}, search.settings.objective),
       el("td", {}, when(search.created_at)),
