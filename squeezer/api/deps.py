@@ -1,4 +1,5 @@
-"""Dependencies as `Annotated` aliases: a database session per request, the caller's key, the store."""
+"""Dependencies as `Annotated` aliases: a database session per request, the caller's key, the caller's job,
+the store (shared by the routers, so that no router imports another)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from squeezer.api.errors import ApiError
 from squeezer.api.keys import find_key
-from squeezer.db import ApiKey
+from squeezer.db import ApiKey, Job
 from squeezer.settings import Settings
 from squeezer.storage import LocalStore
 
@@ -82,6 +83,21 @@ def _rate_limit(request: Request, key_id: str) -> None:
 
 
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
+
+
+def owned_job(session: Session, key: ApiKey, job_id: str) -> Job:
+    """The caller's job, or 404 (another key's job is as unknown as a missing one)."""
+    job = session.get(Job, job_id)
+    if job is None or job.owner_id != key.id:
+        raise ApiError(404, "Not found", f"no job {job_id!r}")
+    return job
+
+
+def get_owned_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
+    return owned_job(session, key, job_id)
+
+
+OwnedJob = Annotated[Job, Depends(get_owned_job)]  # resolved before the handler (and before any stream) runs
 
 
 # trivial dependencies are async so they run on the event loop instead of costing a threadpool hop each

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
+from squeezer.db.times import as_utc
 from squeezer.jobs.result import JobResult, RuntimeLatency
 from squeezer.jobs.status import JobStatus
 from squeezer.recipe import Recipe
 from squeezer.search import SearchResult, SearchSettings
 from squeezer.search.result import SearchStatus
 
-
-def _as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes (stored as UTC), PostgreSQL aware ones in the session's zone."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 # every timestamp the API returns is timezone-aware UTC, serialized as ISO 8601 ending in `Z`
-UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class ArtifactRead(BaseModel):

@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from squeezer.db import Export, Job, JobMetric, Search
+from squeezer.db.times import as_utc
 from squeezer.jobs import transitions
 from squeezer.jobs.status import ACTIVE, JobStatus
 from squeezer.search import CandidateOutcome, SearchResult, SearchSettings, pareto_front
@@ -115,10 +116,6 @@ def search_result(session: Session, search: Search) -> SearchResult:
         epochs_spent=sum(job.epoch for job in jobs),
         wall_time_s=(as_utc(end) - as_utc(search.created_at)).total_seconds(),
     )
-
-
-def as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 # ------------------------------------------------------------------------------- while it runs

@@ -32,10 +32,10 @@ def wait_for_file(path: Path, process: Any) -> None:
     assert path.exists(), f"the job never reached {path.name}"
 
 
-def pause_at_batch(runner: ModuleType, batch: int) -> None:
+def pause_at_batch(training: ModuleType, batch: int) -> None:
     """This process's `batch`-th training batch writes `marker(batch)` in the current folder (a job's
-    own) and then waits forever, to be killed. It counts the calls of the runner's loss."""
-    loss = runner._loss
+    own) and then waits forever, to be killed. It counts the calls of the training job's loss."""
+    loss = training.task_loss
     calls = 0
 
     def counting(*args: Any) -> Any:
@@ -46,31 +46,31 @@ def pause_at_batch(runner: ModuleType, batch: int) -> None:
             threading.Event().wait()
         return loss(*args)
 
-    runner._loss = counting
+    training.task_loss = counting
 
 
 def run_job_paused_mid_epoch_3(**arguments: Any) -> Any:
-    from squeezer.worker import runner
+    from squeezer.worker import runner, training
 
-    pause_at_batch(runner, MID_EPOCH_3)
+    pause_at_batch(training, MID_EPOCH_3)
     return runner.run_job(**arguments)
 
 
 def run_job_paused_in_epoch_1(**arguments: Any) -> Any:
-    from squeezer.worker import runner
+    from squeezer.worker import runner, training
 
-    pause_at_batch(runner, BATCHES_PER_EPOCH // 2)
+    pause_at_batch(training, BATCHES_PER_EPOCH // 2)
     return runner.run_job(**arguments)
 
 
 class _PauseWhenImported(importlib.abc.MetaPathFinder):
-    """Wraps the runner's loss as the runner is imported (the job process server imports it at start)."""
+    """Wraps the training job's loss as `worker/training.py` is imported (the job process server imports it at start)."""
 
     def __init__(self, batch: int) -> None:
         self.batch = batch
 
     def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> ModuleSpec | None:
-        if name != "squeezer.worker.runner":
+        if name != "squeezer.worker.training":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import select
 
+from squeezer.api.deps import OwnedJob
 from squeezer.api.errors import problems
-from squeezer.api.routers.jobs import OwnedJob
 from squeezer.api.schemas import JobRead, MetricRead
 from squeezer.db import Job, JobMetric
 

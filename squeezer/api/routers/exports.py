@@ -7,9 +7,8 @@ import re
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
-from squeezer.api.deps import CurrentKey, SessionDep, StoreDep
+from squeezer.api.deps import CurrentKey, SessionDep, StoreDep, owned_job
 from squeezer.api.errors import ApiError, problems
-from squeezer.api.routers.jobs import owned_job
 from squeezer.api.schemas import ExportRead
 from squeezer.db import Export
 from squeezer.jobs.exports import filename, media_type

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import func, select
 
-from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
+from squeezer.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep, owned_job
 from squeezer.api.errors import ApiError, problems
 from squeezer.api.inspection import check_input_info, check_job_data
 from squeezer.api.schemas import JobCreate, JobPage, JobRead, JobSpec, MetricRead
 from squeezer.api.submit import artifact_of_kind, check_inputs_stored, check_job_quota, check_wall_time
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.config.reader import check_top_level, parse_config
-from squeezer.db import ApiKey, ArtifactKind, Job, JobMetric
+from squeezer.db import ArtifactKind, Job, JobMetric
 from squeezer.db.locks import atomic, lock_key
 from squeezer.jobs import transitions
 from squeezer.jobs.status import JobStatus
@@ -86,20 +86,6 @@ def _check_mode_inputs(body: JobCreate) -> None:
             "val_data is required with recipe.max_drop: accuracy control measures the metric on it",
             path="$.val_data",
         )
-
-
-def owned_job(session: SessionDep, key: ApiKey, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.owner_id != key.id:
-        raise ApiError(404, "Not found", f"no job {job_id!r}")
-    return job
-
-
-def get_owned_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
-    return owned_job(session, key, job_id)
-
-
-OwnedJob = Annotated[Job, Depends(get_owned_job)]  # resolved before the handler (and before any stream) runs
 
 
 @router.get("", response_model=JobPage, operation_id="jobs_list", responses=problems(422))

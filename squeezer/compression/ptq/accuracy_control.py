@@ -263,37 +263,19 @@ def quantize_with_accuracy_control(
     }
     result_metric = int8_metric
     if _drop(fp32_metric, int8_metric, drop_type) > max_drop:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        ranking_batches = collect_batches(
-            validation_dataset, restorer.ranking_subset_size, reference_model, device, "validation_dataset"
+
+        def within(metric: float) -> bool:
+            return _drop(fp32_metric, metric, drop_type) <= max_drop
+
+        fp32_groups, ranked, restored_metric = _restore_fp32_groups(
+            ctrl, qmodel, model, reference_model, validation_dataset, restorer, validate, within, max_drop
         )
-        groups = rank_groups(ctrl, quantizer_groups(ctrl), ranking_batches, _outputs(reference_model, ranking_batches))
-        metrics: dict[int, float] = {}
-
-        def meets(k: int) -> bool:
-            configure(ctrl, groups[:k])
-            metrics[k] = validate(qmodel, f"INT8 with {k} layer groups in FP32")
-            return _drop(fp32_metric, metrics[k], drop_type) <= max_drop
-
-        k, _ = _search(meets, len(groups), restorer.max_num_iterations)
-        if k is None:
-            k = len(groups)
-            logger.warning(
-                "accuracy control: max_drop %s not met within %d validations; every quantizer group stays FP32",
-                max_drop,
-                restorer.max_num_iterations,
-            )
-        configure(ctrl, groups[:k])
-        quantizers = ctrl.all_quantizations
-        for group in groups[:k]:
-            for q in group.quantizer_ids:
-                quantizers[q].set_enabled(False)  # also frozen for fine-tuning
-        result_metric = metrics.get(k, result_metric)
+        result_metric = restored_metric if restored_metric is not None else result_metric
         report["fp32_groups"] = [
             {**asdict(g), "rank": i + 1, "reason": f"leaving it in FP32 alone cuts the output error by {g.score:.0%}"}
-            for i, g in enumerate(groups[:k])
+            for i, g in enumerate(fp32_groups)
         ]
-        report["ranked_groups"] = len(groups)
+        report["ranked_groups"] = ranked
     report.update(
         metric=result_metric,
         drop=_drop(fp32_metric, result_metric, drop_type),
@@ -302,14 +284,60 @@ def quantize_with_accuracy_control(
         seconds=time.perf_counter() - started,
     )
     ctrl.ptq_report.accuracy_control = report
+    _log_report(report)
+    return qmodel
+
+
+def _restore_fp32_groups(
+    ctrl: QuantizationController,
+    qmodel: nn.Module,
+    model: nn.Module,
+    reference_model: nn.Module,
+    validation_dataset: Dataset,
+    restorer: AdvancedAccuracyRestorerParameters,
+    validate: _Validator,
+    within: Callable[[float], bool],
+    max_drop: float,
+) -> tuple[list[QuantizerGroup], int, float | None]:
+    """Steps 3 and 4: rank the quantizer groups, find the fewest top-ranked ones whose return to FP32
+    meets `within(metric)`, and leave those in FP32 (disabled, so fine-tuning keeps them so too).
+    Returns those groups, how many were ranked, and the metric validated with them (None if never)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    ranking_batches = collect_batches(
+        validation_dataset, restorer.ranking_subset_size, reference_model, device, "validation_dataset"
+    )
+    groups = rank_groups(ctrl, quantizer_groups(ctrl), ranking_batches, _outputs(reference_model, ranking_batches))
+    metrics: dict[int, float] = {}
+
+    def meets(k: int) -> bool:
+        configure(ctrl, groups[:k])
+        metrics[k] = validate(qmodel, f"INT8 with {k} layer groups in FP32")
+        return within(metrics[k])
+
+    k, _ = _search(meets, len(groups), restorer.max_num_iterations)
+    if k is None:
+        k = len(groups)
+        logger.warning(
+            "accuracy control: max_drop %s not met within %d validations; every quantizer group stays FP32",
+            max_drop,
+            restorer.max_num_iterations,
+        )
+    configure(ctrl, groups[:k])
+    quantizers = ctrl.all_quantizations
+    for group in groups[:k]:
+        for q in group.quantizer_ids:
+            quantizers[q].set_enabled(False)  # also frozen for fine-tuning
+    return groups[:k], len(groups), metrics.get(k)
+
+
+def _log_report(report: dict[str, Any]) -> None:
     logger.info(
         "accuracy control: FP32 %.4f, INT8 %.4f, result %.4f with %d layer groups in FP32 (%d validations)",
-        fp32_metric,
-        int8_metric,
-        result_metric,
+        report["fp32_metric"],
+        report["int8_metric"],
+        report["metric"],
         len(report["fp32_groups"]),
-        validate.calls,
+        report["validations"],
     )
     for entry in report["fp32_groups"]:
         logger.info("  FP32: %s (rank %d): %s", entry["name"], entry["rank"], entry["reason"])
-    return qmodel
