@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
-from squeezer.db.times import as_utc
+from squeezer.jobs.times import as_utc
 from squeezer.jobs.result import JobResult, RuntimeLatency
 from squeezer.jobs.status import JobStatus
 from squeezer.recipe import Recipe

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from squeezer.db import Export, Job, JobMetric, Search
-from squeezer.db.times import as_utc
+from squeezer.jobs.times import as_utc
 from squeezer.jobs import transitions
 from squeezer.jobs.status import ACTIVE, JobStatus
 from squeezer.search import CandidateOutcome, SearchResult, SearchSettings, pareto_front

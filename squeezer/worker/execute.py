@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from squeezer.db import Artifact, Export, Job, JobStatus, Search
-from squeezer.db.times import as_utc
+from squeezer.jobs.times import as_utc
 from squeezer.jobs import searches, transitions
 from squeezer.jobs.exports import EXPORTS
 from squeezer.jobs.result import JobResult

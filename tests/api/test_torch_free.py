@@ -48,3 +48,11 @@ def test_the_job_process_protocol_imports_without_sqlalchemy():
     loaded = _modules_after("import squeezer.worker.sandbox.protocol, squeezer.worker.sandbox.child")
     assert "squeezer.jobs.exports" in loaded
     assert "sqlalchemy" not in loaded, sorted(m for m in loaded if m.startswith("squeezer"))
+
+
+def test_the_sdk_imports_without_sqlalchemy_or_fastapi():
+    # squeezer-client (client/pyproject.toml) installs neither: the SDK's schemas must not reach the database
+    loaded = _modules_after("import squeezer.client, squeezer.cli.app")
+    assert loaded.isdisjoint({"sqlalchemy", "fastapi", "celery", *HEAVY}), sorted(
+        m for m in loaded if m.split(".")[0] in {"sqlalchemy", "fastapi", "celery", *HEAVY}
+    )

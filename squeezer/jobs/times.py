@@ -1,4 +1,5 @@
-"""Timestamps as read back from the database, made comparable: one rule for every layer above the rows."""
+"""Timestamps as read back from the database, made comparable: one rule for every layer above the rows.
+Here, not in squeezer.db, because the SDK parses the same timestamps and must not import SQLAlchemy."""
 
 from __future__ import annotations
 
