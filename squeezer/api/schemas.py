@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
-from squeezer.jobs.times import as_utc
 from squeezer.jobs.result import JobResult, RuntimeLatency
 from squeezer.jobs.status import JobStatus
+from squeezer.jobs.times import as_utc
 from squeezer.recipe import Recipe
 from squeezer.search import SearchResult, SearchSettings
 from squeezer.search.result import SearchStatus

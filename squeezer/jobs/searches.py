@@ -18,9 +18,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from squeezer.db import Export, Job, JobMetric, Search
-from squeezer.jobs.times import as_utc
 from squeezer.jobs import transitions
 from squeezer.jobs.status import ACTIVE, JobStatus
+from squeezer.jobs.times import as_utc
 from squeezer.search import CandidateOutcome, SearchResult, SearchSettings, pareto_front
 from squeezer.search.front import common_latency_scale, recommendation
 from squeezer.search.result import SearchStatus, compression_algorithms

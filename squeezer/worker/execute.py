@@ -29,11 +29,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from squeezer.db import Artifact, Export, Job, JobStatus, Search
-from squeezer.jobs.times import as_utc
 from squeezer.jobs import searches, transitions
 from squeezer.jobs.exports import EXPORTS
 from squeezer.jobs.result import JobResult
 from squeezer.jobs.spec import JOB_INPUTS
+from squeezer.jobs.times import as_utc
 from squeezer.storage import LocalStore
 from squeezer.worker.failures import failure_reason
 from squeezer.worker.limits import JobLimits
