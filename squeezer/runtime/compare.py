@@ -90,7 +90,7 @@ def measure(
 def _installed(runtime: str) -> bool:
     if runtime != "openvino":
         return importlib.util.find_spec(runtime) is not None
-    from squeezer.compression.export.openvino_export import OpenVINOUnavailableError, import_openvino
+    from squeezer.compression.export.openvino_import import OpenVINOUnavailableError, import_openvino
 
     try:
         import_openvino()  # without its telemetry, before squeezer.runtime imports it

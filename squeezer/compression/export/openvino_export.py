@@ -12,15 +12,11 @@ and `<name>.bin` (the weights) beside it.
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 import logging
-import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -35,34 +31,16 @@ from squeezer.compression.export.onnx_export import (
     parity_bound,
     rounding_noise,
 )
+from squeezer.compression.export.openvino_import import (  # noqa: F401  (their import path before the move)
+    OpenVINOUnavailableError,
+    import_openvino,
+    openvino_available,
+)
 from squeezer.compression.init_args import flatten_tensors
 from squeezer.errors import ExportError
-from squeezer.runtime.openvino import import_openvino_quietly
 
 logger = logging.getLogger(__name__)
-INSTALL_HINT = "pip install squeezer[openvino]"
 ARCHIVE_MEMBERS = ("model.xml", "model.bin")  # the IR in one zip: what the service stores and serves
-
-
-class OpenVINOUnavailableError(ExportError, ImportError):
-    """The `openvino` package is not installed."""
-
-
-def openvino_available() -> bool:
-    """Whether `openvino` can be imported here (without importing it)."""
-    return "openvino" in sys.modules or importlib.util.find_spec("openvino") is not None
-
-
-def import_openvino() -> ModuleType:
-    """`import openvino` without its telemetry (`squeezer.runtime.openvino`); a missing package is an
-    ExportError that says how to install it."""
-    try:
-        return import_openvino_quietly()
-    except ImportError as exc:
-        raise OpenVINOUnavailableError(
-            f"the openvino package is needed for OpenVINO IR and OpenVINO runs, and it cannot be imported ({exc}); "
-            f"install it with: {INSTALL_HINT}"
-        ) from exc
 
 
 def ir_paths(save_path: str | Path) -> tuple[Path, Path]:
