@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -43,9 +43,6 @@ from squeezer.compression.init_args import flatten_tensors
 from squeezer.compression.quantization.placement import ACTIVATIONS_ATTR, attention_projections
 from squeezer.compression.quantization.quantizer import FakeQuantizer
 from squeezer.errors import ExportError
-
-if TYPE_CHECKING:
-    from squeezer.compression.controller import CompressionController
 
 logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 13  # the lowest that holds per-channel QuantizeLinear; raised when the graph needs more
@@ -603,63 +600,4 @@ def _full_range_hint(model: nn.Module) -> str:
         f". {len(full)} weight quantizers use the full 8-bit range (overflow_fix is not 'enable'): "
         "onnxruntime's uint8 x int8 kernels saturate on CPUs without VNNI, so the file computes "
         "something else there; keep overflow_fix 'enable' for CPU targets"
-    )
-
-
-def export_compressed(
-    ctrl: CompressionController,
-    save_path: str | Path,
-    *,
-    save_format: str | None,
-    input_names: Sequence[str] | None,
-    output_names: Sequence[str] | None,
-    model_args: Any,
-    verify: bool,
-) -> Path:
-    """`ctrl.export_model`: NNCF's save_format ("onnx", "onnx_<opset>" or "openvino") and `model_args`."""
-    opset: int | None = None  # "onnx": the lowest opset the graph allows
-    if save_format not in (None, "onnx", "openvino"):
-        if not (isinstance(save_format, str) and save_format.startswith("onnx_") and save_format[5:].isdigit()):
-            raise ValueError(
-                f"unsupported save_format {save_format!r}; use 'onnx', 'onnx_<opset>' (13 or newer) or 'openvino'"
-            )
-        opset = int(save_format[5:])
-        if opset < 13:
-            raise ValueError(f"opset {opset} cannot hold per-channel QuantizeLinear; use 13 or newer")
-    context = ctrl.context
-    if context is None:
-        raise ExportError("this controller has no example inputs to export with")
-    args, kwargs = context.example_inputs
-    args = tuple(a[0:1] if isinstance(a, torch.Tensor) else a for a in args)
-    kwargs = {k: v[0:1] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-    if model_args is not None:
-        extra = model_args if isinstance(model_args, tuple) else (model_args,)
-        if extra and isinstance(extra[-1], dict):
-            kwargs = {**kwargs, **extra[-1]}
-            extra = extra[:-1]
-        args = args + tuple(extra)
-    source = ctrl.export_source(copy.deepcopy(ctrl.model))
-    if save_format == "openvino":  # IR (.xml + .bin) converted from this same verified ONNX
-        from squeezer.compression.export.openvino_export import export_openvino
-
-        return export_openvino(
-            source,
-            save_path,
-            args,
-            kwargs,
-            input_names=input_names,
-            output_names=output_names,
-            verify=verify,
-            verify_inputs=context.verify_inputs,
-        )
-    return export_onnx(
-        source,
-        save_path,
-        args,
-        kwargs,
-        opset=opset,
-        input_names=input_names,
-        output_names=output_names,
-        verify=verify,
-        verify_inputs=context.verify_inputs,
     )
