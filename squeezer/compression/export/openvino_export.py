@@ -23,19 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from squeezer.compression.export.onnx_export import (
-    _full_range_hint,
-    _ordered_args,
-    build_export_model,
-    export_onnx,
-    parity_bound,
-    rounding_noise,
-)
+from squeezer.compression.export.onnx_export import export_onnx, ordered_args
 from squeezer.compression.export.openvino_import import (  # noqa: F401  (their import path before the move)
     OpenVINOUnavailableError,
     import_openvino,
     openvino_available,
 )
+from squeezer.compression.export.prepare import build_export_model
+from squeezer.compression.export.verify import full_range_hint, parity_bound, rounding_noise
 from squeezer.compression.init_args import flatten_tensors
 from squeezer.errors import ExportError
 
@@ -95,7 +90,7 @@ def export_openvino(
         convert_onnx(onnx_path, xml)
     if verify:
         check_args, check_kwargs = verify_inputs or (example_args, example_kwargs or {})
-        ordered = _ordered_args(model, check_args, check_kwargs)
+        ordered = ordered_args(model, check_args, check_kwargs)
         noise = rounding_noise(build_export_model(model), ordered)
         verify_openvino(model, xml, ordered, rtol, noise=noise)
     return xml
@@ -147,7 +142,7 @@ def verify_openvino(
         if diff > bound:
             raise ExportError(
                 f"OpenVINO output {i} differs from the torch model: largest difference {diff:.6g} "
-                f"(allowed {bound:.6g}; output magnitude {magnitude:.6g}); file: {xml_path}" + _full_range_hint(model)
+                f"(allowed {bound:.6g}; output magnitude {magnitude:.6g}); file: {xml_path}" + full_range_hint(model)
             )
     return worst
 
