@@ -40,6 +40,7 @@ lint: install
 	$(PY) -m ruff check squeezer tests bench docs/gen
 	$(PY) -m ruff format --check squeezer tests bench docs/gen
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports  # the layering contracts in pyproject.toml ([tool.importlinter])
 
 test: lint docs system-deps  ## what CI runs (the docs build takes a few seconds)
 	$(PY) -m pytest -q --durations=15  # the 15 slowest tests, in CI's output too

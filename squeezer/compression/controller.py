@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from squeezer.compression.export.formats import SaveFormat, export_as, export_inputs
 from squeezer.compression.registry import priority
+from squeezer.errors import ExportError
 
 if TYPE_CHECKING:
     from squeezer.compression.build import BuildContext
@@ -193,17 +195,20 @@ class CompressionController:
         """Write standard ONNX (QuantizeLinear/DequantizeLinear, int8 weights, BN folded) and check it
         in onnxruntime against the torch model; `save_format="openvino"` writes OpenVINO IR (`.xml` and
         `.bin`) converted from that ONNX by OpenVINO and checked on its CPU plugin."""
-        from squeezer.compression.export.onnx_export import export_compressed
-
         self.prepare_for_export()
-        return export_compressed(
-            self,
+        fmt = SaveFormat.parse(save_format)
+        if self.context is None:
+            raise ExportError("this controller has no example inputs to export with")
+        inputs = export_inputs(self.context.example_inputs, model_args)
+        return export_as(
+            self.export_source(copy.deepcopy(self.model)),
             save_path,
-            save_format=save_format,
+            fmt,
+            inputs,
             input_names=input_names,
             output_names=output_names,
-            model_args=model_args,
             verify=verify,
+            verify_inputs=self.context.verify_inputs,
         )
 
     @property

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from squeezer.compression.export.openvino_import import OpenVINOUnavailableError, import_openvino
 from squeezer.runtime import RUNTIMES, load_runner, summarize, time_runner
 from squeezer.runtime.latency import Runner
 
@@ -90,8 +91,6 @@ def measure(
 def _installed(runtime: str) -> bool:
     if runtime != "openvino":
         return importlib.util.find_spec(runtime) is not None
-    from squeezer.compression.export.openvino_export import OpenVINOUnavailableError, import_openvino
-
     try:
         import_openvino()  # without its telemetry, before squeezer.runtime imports it
     except OpenVINOUnavailableError:

@@ -19,8 +19,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from squeezer.compression.export.openvino_import import import_openvino_quietly
 from squeezer.errors import SqueezerError
-from squeezer.runtime.openvino import import_openvino_quietly
 
 Runtime = Literal["onnxruntime", "openvino"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)

@@ -13,13 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from squeezer.compression.export.onnx_export import build_export_model, rounding_noise
-from squeezer.compression.export.openvino_export import (
-    convert_onnx,
-    openvino_available,
-    verify_openvino,
-    write_ir_archive,
-)
+from squeezer.compression.export.openvino_export import convert_onnx, verify_openvino, write_ir_archive
+from squeezer.compression.export.openvino_import import openvino_available
+from squeezer.compression.export.prepare import build_export_model
+from squeezer.compression.export.verify import rounding_noise
 from squeezer.errors import ExportError
 from squeezer.jobs.exports import EXPORTS
 from squeezer.worker.tensorboard import write_tensorboard

@@ -12,57 +12,30 @@ and `<name>.bin` (the weights) beside it.
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 import logging
-import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from squeezer.compression.export.onnx_export import (
-    _full_range_hint,
-    _ordered_args,
-    build_export_model,
-    export_onnx,
-    parity_bound,
-    rounding_noise,
+from squeezer.compression.export.onnx_export import export_onnx, ordered_args
+from squeezer.compression.export.openvino_import import (  # noqa: F401  (their import path before the move)
+    OpenVINOUnavailableError,
+    import_openvino,
+    openvino_available,
 )
+from squeezer.compression.export.prepare import build_export_model
+from squeezer.compression.export.verify import full_range_hint, parity_bound, rounding_noise
 from squeezer.compression.init_args import flatten_tensors
 from squeezer.errors import ExportError
-from squeezer.runtime.openvino import import_openvino_quietly
 
 logger = logging.getLogger(__name__)
-INSTALL_HINT = "pip install squeezer[openvino]"
 ARCHIVE_MEMBERS = ("model.xml", "model.bin")  # the IR in one zip: what the service stores and serves
-
-
-class OpenVINOUnavailableError(ExportError, ImportError):
-    """The `openvino` package is not installed."""
-
-
-def openvino_available() -> bool:
-    """Whether `openvino` can be imported here (without importing it)."""
-    return "openvino" in sys.modules or importlib.util.find_spec("openvino") is not None
-
-
-def import_openvino() -> ModuleType:
-    """`import openvino` without its telemetry (`squeezer.runtime.openvino`); a missing package is an
-    ExportError that says how to install it."""
-    try:
-        return import_openvino_quietly()
-    except ImportError as exc:
-        raise OpenVINOUnavailableError(
-            f"the openvino package is needed for OpenVINO IR and OpenVINO runs, and it cannot be imported ({exc}); "
-            f"install it with: {INSTALL_HINT}"
-        ) from exc
 
 
 def ir_paths(save_path: str | Path) -> tuple[Path, Path]:
@@ -117,7 +90,7 @@ def export_openvino(
         convert_onnx(onnx_path, xml)
     if verify:
         check_args, check_kwargs = verify_inputs or (example_args, example_kwargs or {})
-        ordered = _ordered_args(model, check_args, check_kwargs)
+        ordered = ordered_args(model, check_args, check_kwargs)
         noise = rounding_noise(build_export_model(model), ordered)
         verify_openvino(model, xml, ordered, rtol, noise=noise)
     return xml
@@ -169,7 +142,7 @@ def verify_openvino(
         if diff > bound:
             raise ExportError(
                 f"OpenVINO output {i} differs from the torch model: largest difference {diff:.6g} "
-                f"(allowed {bound:.6g}; output magnitude {magnitude:.6g}); file: {xml_path}" + _full_range_hint(model)
+                f"(allowed {bound:.6g}; output magnitude {magnitude:.6g}); file: {xml_path}" + full_range_hint(model)
             )
     return worst
 

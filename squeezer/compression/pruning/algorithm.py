@@ -15,17 +15,10 @@ from squeezer.compression.config.models import FilterPruningConfig
 from squeezer.compression.controller import CompressionController, CompressionStage, Statistics
 from squeezer.compression.graph.surgery import fold_parametrizations, original_weight
 from squeezer.compression.init_args import LeGRInitArgs
+from squeezer.compression.pruning.channel_group import NORMS, ChannelGroup, Member, SkippedLayers, is_conv1d, out_axis
 from squeezer.compression.pruning.check import check_groups
 from squeezer.compression.pruning.flops import layer_flops, weighted
-from squeezer.compression.pruning.groups import (
-    NORMS,
-    ChannelGroup,
-    Member,
-    SkippedLayers,
-    find_groups,
-    is_conv1d,
-    out_axis,
-)
+from squeezer.compression.pruning.groups import find_groups
 from squeezer.compression.pruning.importance import filter_importance, keep_count_uniform
 from squeezer.compression.pruning.legr import learn_ranking, load_ranking, save_ranking
 from squeezer.compression.pruning.masks import FilterMask

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from squeezer.compression.graph.surgery import original_weight
-from squeezer.compression.pruning.groups import NORMS, ChannelGroup, SkippedLayers, out_axis
+from squeezer.compression.pruning.channel_group import NORMS, ChannelGroup, SkippedLayers, out_axis
 from squeezer.compression.pruning.removal import remove_channels
 
 logger = logging.getLogger(__name__)

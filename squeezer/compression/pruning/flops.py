@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from squeezer.compression.graph.surgery import original_weight
-from squeezer.compression.pruning.groups import PRUNABLE, is_conv1d
+from squeezer.compression.pruning.channel_group import PRUNABLE, is_conv1d
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 

@@ -17,7 +17,7 @@ from torch.ao.quantization import FakeQuantize
 from torch.nn.utils import parametrize
 
 from squeezer.compression.graph.surgery import original_weight
-from squeezer.compression.pruning.groups import NORMS, ChannelGroup, in_axis, out_axis
+from squeezer.compression.pruning.channel_group import NORMS, ChannelGroup, in_axis, out_axis
 from squeezer.compression.quantization.quantizer import FakeQuantizer
 
 
