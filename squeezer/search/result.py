@@ -66,7 +66,7 @@ class CandidateOutcome(BaseModel):
     stopped_reason: str | None = None
     error: str | None = None
 
-    @computed_field(description="it has ended (stopped by the search, or its job ended); clients need no list")
+    @computed_field(description="it has ended (stopped by the search, or its job ended); clients need no list")  # type: ignore[prop-decorator]
     @property
     def terminal(self) -> bool:
         return self.status == "stopped" or JobStatus(self.status).is_terminal
