@@ -146,9 +146,7 @@ def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> Quantizati
         # (7-bit weights, the overflow fix's default, cost MiniLM 0.994 -> 0.986 cosine)
         defaults = {"preset": "mixed", "overflow_fix": "first_layer_only"}
         cfg = cfg.model_copy(update={k: v for k, v in defaults.items() if k not in cfg.model_fields_set})
-    opts = PlacementOptions(
-        ctx.cfg.target_device, ctx.cfg.ignored_scopes, ctx.cfg.target_scopes, ctx.cfg.placement_runtime
-    )
+    opts = PlacementOptions(ctx.cfg.target_device, ctx.cfg.ignored_scopes, ctx.cfg.target_scopes, ctx.placement)
     if ctx.builder_state is not None:
         setup = QuantizerSetup.from_dict(ctx.builder_state["quantizer_setup"])
     elif ctx.traced is None:

@@ -23,9 +23,23 @@ from squeezer.compression.config.models import QuantizationConfig, QuantizerGrou
 from squeezer.compression.graph.modules import WEIGHTED_LAYERS, is_user_registered, is_weighted_for, registration
 from squeezer.compression.graph.scopes import matches_any, should_consider
 from squeezer.compression.graph.trace import TracedGraph, first_layers, tensor_meta
-from squeezer.compression.quantization.onnxruntime_rules import float_adds, onnxruntime_ports, reads_shape
+from squeezer.compression.quantization.onnxruntime_rules import reads_shape
+from squeezer.compression.quantization.placement_policy import PlacementOptions
 from squeezer.compression.quantization.quantizer import QuantizerSpec, with_bits
 from squeezer.errors import ConfigError
+
+__all__ = [  # PlacementOptions too: callers import it from here
+    "ACTIVATIONS_ATTR",
+    "WEIGHTED_MODULES",
+    "ActivationPoint",
+    "PlacementOptions",
+    "QuantizerSetup",
+    "WeightPoint",
+    "apply_manual_precision",
+    "attention_projections",
+    "compute_setup",
+    "untraced_setup",
+]
 
 WEIGHTED_MODULES = WEIGHTED_LAYERS
 ACTIVATIONS_ATTR = "activation_quantizers"  # the ModuleDict of activation quantizers in a compressed model
@@ -326,14 +340,6 @@ def _upstream(
 # ------------------------------------------------------------------------------------------ specs
 
 
-@dataclass(frozen=True)
-class PlacementOptions:
-    target_device: str
-    global_ignored: list[str] | None
-    global_target: list[str] | None
-    target_runtime: str | None = None  # "onnxruntime": quantize conv outputs its integer kernels need
-
-
 def _override(group: QuantizerGroup, overrides: dict[str, QuantizerOverride], aliases: list[str]) -> dict[str, Any]:
     values = {k: getattr(group, k) for k in ("mode", "bits", "signed", "per_channel")}
     for pattern, ov in overrides.items():
@@ -465,7 +471,7 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
     def considered(node: fx.Node, group: QuantizerGroup) -> bool:
         return _considered(aliases(node), group, cfg, opts)
 
-    for_onnxruntime = opts.target_runtime == "onnxruntime" and opts.target_device in ("ANY", "CPU")
+    policy = opts.policy
 
     # ------------------------------------------------------------------ weights
     seen: set[tuple[str, str]] = set()
@@ -498,7 +504,7 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
         if not isinstance(arg, fx.Node):
             return []
         path_edges: list[tuple[fx.Node, fx.Node]] = []
-        producers = _upstream(arg, modules, path_edges, consumer, split_parts=for_onnxruntime)
+        producers = _upstream(arg, modules, path_edges, consumer, split_parts=policy.quantizes_concats_and_splits)
         if not producers:
             return []
         if not cfg.quantize_inputs and any(p.op == "placeholder" for p in producers):
@@ -513,25 +519,25 @@ def compute_setup(traced: TracedGraph, cfg: QuantizationConfig, opts: PlacementO
         chain.discard(consumer)
         if arg not in producers and not all(_is_passthrough(n, modules) for n in chain):
             chain_ends.setdefault(producers[0], set()).add((arg, consumer))
-        if for_onnxruntime:
+        if policy.requantizes_branching_chains:
             chain_ends.setdefault(producers[0], set()).update(_branching_edges(arg, producers, modules))
         return producers
 
     def quantizes_input(node: fx.Node) -> bool:
-        ports = activation_ports(node, modules) or onnxruntime_ports(node, modules)
+        ports = activation_ports(node, modules) or policy.extra_ports(node, modules)
         return bool(ports) and _reads_activations(node, ports)
 
     concat_branches: dict[fx.Node, list[fx.Node]] = {}
-    skipped_adds = (
-        float_adds(traced.gm, modules, quantizes_input, lambda n: is_agnostic(n, modules)) if for_onnxruntime else set()
-    )
+    skipped_adds = policy.fp32_adds(traced.gm, modules, quantizes_input, lambda n: is_agnostic(n, modules))
     for node in traced.gm.graph.nodes:
         if node in skipped_adds:
             continue
-        ports = activation_ports(node, modules)
-        if not ports and for_onnxruntime:
-            ports = onnxruntime_ports(node, modules)
-        if for_onnxruntime and node.op == "call_function" and node.target in (torch.cat, torch.concat):
+        ports = activation_ports(node, modules) or policy.extra_ports(node, modules)
+        if (
+            policy.quantizes_concats_and_splits
+            and node.op == "call_function"
+            and node.target in (torch.cat, torch.concat)
+        ):
             branches = node.args[0] if isinstance(node.args[0], (list, tuple)) else []
             for branch in branches:  # each branch's output quantized: the convs that end them run in INT8
                 if isinstance(branch, fx.Node) and _is_tensor(branch) and considered(node, cfg.activations):
