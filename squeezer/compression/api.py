@@ -194,14 +194,7 @@ def create_compressed_model(
             if state is None:
                 raise StateError(f"compression_state has no builder state for {algo.algorithm!r}")
         ctx = BuildContext(
-            traced,
-            compressed,
-            config,
-            example,
-            placement,
-            builder_state=state,
-            trace_error=trace_error,
-            original=model,
+            traced, compressed, config, example, placement, builder_state=state, trace_error=trace_error, original=model
         )
         children[algo.algorithm] = builder(ctx, algo)
     ordered = [children[a.algorithm] for a in cfg.compression]
