@@ -25,7 +25,7 @@ from squeezer.compression.graph.lift import export_and_lift
 from squeezer.compression.graph.surgery import evaluating
 from squeezer.compression.graph.trace import name_nodes, trace
 from squeezer.compression.init_args import QuantizationRangeInitArgs, first_batch, to_device
-from squeezer.compression.quantization.gated_activations import split_gated_activations
+from squeezer.compression.quantization.placement_policy import placement_policy
 from squeezer.errors import CompressionError, ConfigError, StateError
 
 logger = logging.getLogger(__name__)
@@ -175,8 +175,9 @@ def create_compressed_model(
     device = next((p.device for p in work.parameters()), torch.device("cpu"))
     example = _example_inputs(config, device, example_input)
     gm, trace_error = _trace(work, example)
-    if gm is not None and cfg.placement_runtime == "onnxruntime" and cfg.target_device in ("ANY", "CPU"):
-        split_gated_activations(gm)  # before naming: quantizer ids name the written-out nodes
+    placement = placement_policy(cfg)
+    if gm is not None:
+        placement.prepare_graph(gm)  # before naming: quantizer ids name the written-out nodes
     traced = name_nodes(gm, type(model).__name__) if gm is not None else None
     compressed: nn.Module = gm if gm is not None else work
     log_dir = Path(cfg.log_dir)
@@ -193,13 +194,13 @@ def create_compressed_model(
             if state is None:
                 raise StateError(f"compression_state has no builder state for {algo.algorithm!r}")
         ctx = BuildContext(
-            traced, compressed, config, example, builder_state=state, trace_error=trace_error, original=model
+            traced, compressed, config, example, placement, builder_state=state, trace_error=trace_error, original=model
         )
         children[algo.algorithm] = builder(ctx, algo)
     ordered = [children[a.algorithm] for a in cfg.compression]
     if not ordered:
         ctrl: CompressionController = _NoCompressionController(
-            compressed, BuildContext(traced, compressed, config, example, trace_error=trace_error)
+            compressed, BuildContext(traced, compressed, config, example, placement, trace_error=trace_error)
         )
     elif len(ordered) == 1:
         ctrl = ordered[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx
@@ -11,6 +11,9 @@ from torch import fx
 from squeezer.compression.config.models import CompressionConfigModel
 from squeezer.compression.config.nncf_config import NNCFConfig
 from squeezer.compression.graph.trace import TracedGraph
+
+if TYPE_CHECKING:  # a type only: importing the quantization package here would import this module back
+    from squeezer.compression.quantization.placement_policy import PlacementPolicy
 
 
 @dataclass
@@ -21,6 +24,7 @@ class BuildContext:
     model: torch.nn.Module  # the compressed model being built (a GraphModule when traced)
     config: NNCFConfig
     example_inputs: tuple[tuple[Any, ...], dict[str, Any]]
+    placement: PlacementPolicy  # the runtime's quantizer placement, chosen once from the config
     builder_state: dict[str, Any] | None = None  # this algorithm's saved state when resuming
     original: torch.nn.Module | None = None  # the model as the user passed it (read only)
     trace_error: str | None = None

@@ -416,7 +416,7 @@ class CompressionConfigModel(BaseModel):
     input_info: list[InputInfo] | None = None
     target_device: TargetDevice = "ANY"
     # Squeezer's addition: the runtime the export is for. "onnxruntime" quantizes the inputs its
-    # integer kernels need (see quantization/onnxruntime_rules.py and gated_activations.py)
+    # integer kernels need (quantization/placement_policy.py picks that placement)
     target_runtime: Literal["onnxruntime", "openvino"] | None = None
     # Squeezer's addition: "transformer" gives BERT-like models the post-training rules at range init
     # (SmoothQuant, min-max ranges, bias correction) and, unless target_runtime says otherwise, the

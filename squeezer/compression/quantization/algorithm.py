@@ -11,7 +11,7 @@ from torch import fx, nn
 from torch.nn.utils import parametrize
 
 from squeezer.compression.build import BuildContext
-from squeezer.compression.config.models import QuantizationConfig, RangeInit
+from squeezer.compression.config.models import QuantizationConfig
 from squeezer.compression.controller import (
     CompressionController,
     CompressionScheduler,
@@ -19,9 +19,10 @@ from squeezer.compression.controller import (
     Statistics,
 )
 from squeezer.compression.graph.modules import is_weighted_for
-from squeezer.compression.graph.scopes import check_scopes_match, matches_any
-from squeezer.compression.graph.surgery import original_weight, weight_parametrizations
-from squeezer.compression.init_args import BNAdaptationInitArgs, QuantizationRangeInitArgs
+from squeezer.compression.graph.scopes import check_scopes_match
+from squeezer.compression.graph.surgery import weight_parametrizations
+from squeezer.compression.init_args import QuantizationRangeInitArgs
+from squeezer.compression.quantization.initializer import initialize, range_configs
 from squeezer.compression.quantization.placement import (
     ACTIVATIONS_ATTR,
     WEIGHTED_MODULES,
@@ -33,10 +34,9 @@ from squeezer.compression.quantization.placement import (
 )
 from squeezer.compression.quantization.precision.hawq import run_hawq
 from squeezer.compression.quantization.quantizer import FakeQuantizer
-from squeezer.compression.quantization.range_init import adapt_batchnorm, init_ranges
 from squeezer.compression.quantization.strip import strip_quantizers
 from squeezer.compression.registry import name_of, register_algorithm
-from squeezer.errors import CompressionError, ConfigError
+from squeezer.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -89,30 +89,6 @@ def _insert(ctx: BuildContext, setup: QuantizerSetup) -> tuple[dict[str, FakeQua
     return weight_q, act_q
 
 
-def _range_configs(cfg: QuantizationConfig, setup: QuantizerSetup) -> dict[str, RangeInit]:
-    rng = cfg.initializer.range
-    ids = [(w.id, "weights") for w in setup.weights] + [(a.id, "activations") for a in setup.activations]
-    if not isinstance(rng, list):
-        default = rng or RangeInit()
-        return {qid: default for qid, _ in ids}
-    result: dict[str, RangeInit] = {}
-    for qid, group in ids:
-        hits = [
-            e
-            for e in rng
-            if (e.target_quantizer_group in (None, group))
-            and (e.target_scopes is None or matches_any(qid.split(";"), e.target_scopes))
-            and not matches_any(qid.split(";"), e.ignored_scopes)
-        ]
-        if len(hits) != 1:
-            what = "more than one" if hits else "no"
-            raise ConfigError(
-                f"quantizer {qid} matches {what} per-layer range init entry", path="$.compression.initializer.range"
-            )
-        result[qid] = hits[0]
-    return result
-
-
 def _validate_scopes(ctx: BuildContext, cfg: QuantizationConfig) -> None:
     if ctx.traced is None:
         return
@@ -146,9 +122,7 @@ def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> Quantizati
         # (7-bit weights, the overflow fix's default, cost MiniLM 0.994 -> 0.986 cosine)
         defaults = {"preset": "mixed", "overflow_fix": "first_layer_only"}
         cfg = cfg.model_copy(update={k: v for k, v in defaults.items() if k not in cfg.model_fields_set})
-    opts = PlacementOptions(
-        ctx.cfg.target_device, ctx.cfg.ignored_scopes, ctx.cfg.target_scopes, ctx.cfg.placement_runtime
-    )
+    opts = PlacementOptions(ctx.cfg.target_device, ctx.cfg.ignored_scopes, ctx.cfg.target_scopes, ctx.placement)
     if ctx.builder_state is not None:
         setup = QuantizerSetup.from_dict(ctx.builder_state["quantizer_setup"])
     elif ctx.traced is None:
@@ -166,11 +140,11 @@ def build_quantization(ctx: BuildContext, cfg: QuantizationConfig) -> Quantizati
             apply_manual_precision(setup, precision.bitwidth_per_scope)
     precision_report = ctx.builder_state.get("precision_init") if ctx.builder_state is not None else None
     if ctx.should_init and precision is not None and precision.type == "hawq":
-        precision_report = run_hawq(ctx, precision, setup, _range_configs(cfg, setup))  # FP32 model, before insertion
+        precision_report = run_hawq(ctx, precision, setup, range_configs(cfg, setup))  # FP32 model, before insertion
     _warn_fp32_matrices(ctx, setup)  # before quantizers add parameters of their own
     weight_q, act_q = _insert(ctx, setup)
     if ctx.should_init:
-        _initialize(ctx, cfg, setup, weight_q, act_q)
+        initialize(ctx, cfg, setup, weight_q, act_q)
     ctrl = QuantizationController(ctx.model, ctx, cfg, setup, weight_q, act_q)
     ctrl.builder_state = {
         "quantizer_setup": setup.to_dict(),
@@ -206,56 +180,6 @@ def _warn_fp32_matrices(ctx: BuildContext, setup: QuantizerSetup) -> None:
             "%d weight matrices are not owned by a layer Squeezer quantizes and stay FP32: %s", len(left), shown
         )
         ctx.notes.append(f"FP32 weight matrices: {len(left)}")
-
-
-def _initialize(
-    ctx: BuildContext,
-    cfg: QuantizationConfig,
-    setup: QuantizerSetup,
-    weight_q: dict[str, FakeQuantizer],
-    act_q: dict[str, FakeQuantizer],
-) -> None:
-    config = ctx.config
-    range_args = (
-        config.get_extra_struct(QuantizationRangeInitArgs)
-        if config.has_extra_struct(QuantizationRangeInitArgs)
-        else None
-    )
-    range_cfg = cfg.initializer.range
-    wants_samples = (
-        max((r.num_init_samples for r in range_cfg), default=0)
-        if isinstance(range_cfg, list)
-        else range_cfg.num_init_samples
-        if range_cfg is not None
-        else None
-    )
-    if wants_samples and range_args is None:
-        raise CompressionError(
-            "initializer.range asks for range initialization but no data loader is registered; call "
-            "register_default_init_args(config, train_loader) first or set num_init_samples to 0"
-        )
-    configs = _range_configs(cfg, setup)
-    device = ctx.device()
-    weights = {
-        wp.id: (weight_q[wp.id], original_weight(ctx.model.get_submodule(wp.module), wp.tensor)) for wp in setup.weights
-    }
-    if wants_samples == 0:
-        init_ranges(ctx.model, weights, {}, configs, None, device)
-    else:
-        if range_args is None:
-            logger.warning("no init data loader registered: activation ranges keep their defaults (scale 1)")
-        loader = range_args.data_loader if range_args else None
-        init_ranges(ctx.model, weights, act_q, configs, loader, range_args.device or device if range_args else device)
-    bn_cfg = cfg.initializer.batchnorm_adaptation
-    if config.has_extra_struct(BNAdaptationInitArgs):
-        bn_args = config.get_extra_struct(BNAdaptationInitArgs)
-        samples = bn_cfg.num_bn_adaptation_samples if bn_cfg else 2000
-        adapt_batchnorm(ctx.model, bn_args.data_loader, samples, bn_args.device or device)
-    elif bn_cfg is not None and bn_cfg.num_bn_adaptation_samples > 0:
-        raise CompressionError(
-            "initializer.batchnorm_adaptation is configured but no data loader is registered; call "
-            "register_default_init_args(config, train_loader) first"
-        )
 
 
 def _transformer_rules(ctx: BuildContext, ctrl: QuantizationController) -> None:
@@ -402,7 +326,7 @@ class QuantizationController(CompressionController):
         if self.context is None or not self.context.config.has_extra_struct(QuantizationRangeInitArgs):
             logger.error("init_range: no data loader registered")
             return
-        _initialize(self.context, self.cfg, self.setup, self.weight_quantizers, self.non_weight_quantizers)
+        initialize(self.context, self.cfg, self.setup, self.weight_quantizers, self.non_weight_quantizers)
 
     def strip_model(self, model: nn.Module) -> nn.Module:
         return strip_quantizers(model, self.setup)
