@@ -23,6 +23,7 @@ from torch import fx, nn
 from squeezer.compression.graph.surgery import original_weight
 from squeezer.compression.ptq.dataset import Inputs
 from squeezer.compression.ptq.ranges import quantizers_enabled
+from squeezer.compression.ptq.tokens import real_rows, token_mask
 from squeezer.compression.quantization.placement import ACTIVATIONS_ATTR
 from squeezer.compression.quantization.quantizer import FakeQuantizer, QuantizerSpec
 
@@ -87,14 +88,17 @@ def _groups(gm: fx.GraphModule, act_q: dict[str, FakeQuantizer], quantized_modul
     return groups
 
 
-def _collect(model: nn.Module, groups: list[_Group], batches: list[Inputs], quantizers: list[FakeQuantizer]) -> None:
-    """Per-channel |max| of each group's input and a random subsample of its rows (FP32 model)."""
+def _collect(
+    model: nn.Module, groups: list[_Group], batches: list[Inputs], quantizers: list[FakeQuantizer], tokens: bool
+) -> None:
+    """Per-channel |max| of each group's input and a random subsample of its rows (FP32 model); `tokens`:
+    of the real tokens' rows only (`tokens.py`)."""
     generator = torch.Generator().manual_seed(0)
 
     def hook(group: _Group):
         def record(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             x = args[0].detach().float()
-            rows = x.reshape(-1, x.shape[-1])
+            rows = real_rows(x)
             low, high = rows.amin(0), rows.amax(0)
             group.mins = low if group.mins is None else torch.minimum(group.mins, low)
             group.maxs = high if group.maxs is None else torch.maximum(group.maxs, high)
@@ -107,7 +111,8 @@ def _collect(model: nn.Module, groups: list[_Group], batches: list[Inputs], quan
     try:
         with quantizers_enabled(quantizers, False), torch.no_grad():
             for args, kwargs in batches:
-                model(*args, **kwargs)
+                with token_mask(kwargs, tokens):
+                    model(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -170,6 +175,7 @@ def smooth_quant(
     alphas: tuple[float, ...],
     ratios: tuple[float, ...] = (1.0,),
     second_moments: dict[str, torch.Tensor] | None = None,
+    tokens: bool = False,
 ) -> dict[str, tuple[float, float]]:
     """Insert `SmoothScale` before every eligible group and rescale its weights; returns (alpha, clip ratio)
     per group: the ratio by which its input quantizer's min-max range is to be shrunk. `second_moments`,
@@ -177,7 +183,7 @@ def smooth_quant(
     groups = _groups(gm, act_q, quantized_modules)
     if not groups:
         return {}
-    _collect(gm, groups, batches, all_quantizers)
+    _collect(gm, groups, batches, all_quantizers, tokens)
     chosen: dict[str, tuple[float, float]] = {}
     inverse_scales: dict[str, torch.Tensor] = {}
     for group in groups:
