@@ -21,7 +21,6 @@ from torch import nn
 
 from squeezer.compression.ptq.dataset import Inputs
 from squeezer.compression.ptq.ranges import quantizers_enabled
-from squeezer.compression.ptq.tokens import masking, real_rows, token_mask
 from squeezer.compression.quantization.quantizer import FakeQuantizer
 
 logger = logging.getLogger(__name__)
@@ -41,9 +40,6 @@ def _channel_mean(out: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """Mean over every dimension but the output channels (dim 1 of a conv, the last of a Linear),
     reduced in place of the tensor (no transposed copy) and accumulated in float64."""
     out = out.detach()
-    if isinstance(layer, nn.Linear) and masking(out):  # a transformer's real tokens only (`tokens.py`)
-        rows = real_rows(out)
-        return rows.sum(0, dtype=torch.float64) / max(1, rows.shape[0])
     dims = tuple(range(out.dim() - 1)) if isinstance(layer, nn.Linear) else (0, *range(2, out.dim()))
     return out.sum(dim=dims, dtype=torch.float64) / max(
         1, out.numel() // out.shape[-1 if isinstance(layer, nn.Linear) else 1]
@@ -94,11 +90,9 @@ def apply_correction(
     batches: list[Inputs],
     fp_mean: dict[str, torch.Tensor],
     add_biases: bool = True,
-    tokens: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The quantized pass: measure, correct on the fly, then add the mean difference to each bias;
-    `add_biases=False` leaves layers without a bias as they are (their state dict keeps its keys);
-    `tokens`: means over the real tokens only (`tokens.py`), as the FP32 means were recorded."""
+    `add_biases=False` leaves layers without a bias as they are (their state dict keeps its keys)."""
     layers = correctable(layers)
     if not add_biases:
         layers = {name: m for name, m in layers.items() if getattr(m, "bias", None) is not None}
@@ -120,8 +114,7 @@ def apply_correction(
     try:
         with torch.no_grad():
             for args, kwargs in batches:
-                with token_mask(kwargs, tokens):
-                    model(*args, **kwargs)
+                model(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()

@@ -3,11 +3,11 @@
 Calibration batches of a text model are padded to a fixed length: all-MiniLM-L6-v2's benchmark
 sentences at 128 tokens are 85 to 90 % padding. A padding position's hidden states are computed but
 read by nothing (the attention mask hides them as keys, the pooling skips them), yet left in the
-statistics they set the activation ranges, SmoothQuant's scales and alpha search, the bias correction
-means and GPTQ's X^T X: the quantizers are fitted to rows that never reach the output. While a batch
-that has an `attention_mask` (batch, tokens) keyword runs inside `token_mask`, `real_rows` keeps only
-the rows of a (batch, tokens, channels) activation whose mask is set; every other tensor (a batch without
-a mask, attention scores laid out per head, a CNN's feature map) passes through whole. Measured on
+statistics they set the activation ranges, SmoothQuant's scales and alpha search and GPTQ's X^T X:
+the quantizers are fitted to rows that never reach the output. While a batch that has an
+`attention_mask` (batch, tokens) keyword runs inside `token_mask`, `real_rows` keeps only the rows of
+a (batch, tokens, channels) activation whose mask is set; every other tensor (a batch without a mask,
+attention scores laid out per head, a CNN's feature map) passes through whole. Measured on
 MiniLM at 128 tokens (default transformer call), min embedding cosine in torch: 0.9918 -> 0.9952 on
 bench/minilm_sentences.py, 0.9935 -> 0.9969 on `squeezer.examples.minilm.sentences`.
 """

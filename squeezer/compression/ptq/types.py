@@ -15,7 +15,8 @@ from squeezer.compression.graph.scopes import RE_PREFIX
 
 class ModelType(StrEnum):
     """What kind of network it is; TRANSFORMER switches on the outlier-aware rules (SmoothQuant, FP32
-    residual sums, asymmetric activations)."""
+    residual sums, asymmetric activations), calibrates on the tokens the attention mask keeps, and
+    skips fast bias correction (on MiniLM it cost more than it restored)."""
 
     TRANSFORMER = "transformer"
 
@@ -104,7 +105,7 @@ class AdvancedQuantizationParameters:
     activations_range_estimator: how activation ranges are chosen (None: MSE, MINMAX for transformers).
     smooth_quant_alphas: SmoothQuant settings (applied for ModelType.TRANSFORMER).
     cross_layer_equalization: equalize the channel ranges of conv/linear pairs joined by ReLU / max pooling.
-    disable_bias_correction: skip bias correction altogether.
+    disable_bias_correction: skip bias correction altogether (ModelType.TRANSFORMER always skips it).
     bias_correction_subset_size: samples used by fast bias correction (at most subset_size).
     target_runtime: "onnxruntime" places quantizers where onnxruntime runs integer kernels; "openvino"
       (or None) uses NNCF's placement.
