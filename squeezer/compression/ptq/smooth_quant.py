@@ -56,6 +56,9 @@ class _Group:
     mins: torch.Tensor | None = None  # per channel, over all calibration data
     maxs: torch.Tensor | None = None
     rows: torch.Tensor | None = None
+    # of the FP32 weights, computed once for the whole search (the weights are rescaled only after it)
+    weight_absmax: torch.Tensor | None = None
+    references: list[torch.Tensor] | None = None  # rows @ W^T per Linear
 
     @property
     def absmax(self) -> torch.Tensor | None:
@@ -138,7 +141,9 @@ def _fake_quant_input(x: torch.Tensor, spec: QuantizerSpec, lo: float, hi: float
 
 def _scales(group: _Group, alpha: float) -> torch.Tensor:
     assert group.absmax is not None
-    w_absmax = torch.stack([original_weight(m).detach().abs().amax(0) for m in group.linears]).amax(0)
+    if group.weight_absmax is None:
+        group.weight_absmax = torch.stack([original_weight(m).detach().abs().amax(0) for m in group.linears]).amax(0)
+    w_absmax = group.weight_absmax
     s = group.absmax.clamp(min=1e-5).pow(alpha) / w_absmax.clamp(min=1e-5).pow(1 - alpha)
     return s.clamp(min=1e-5)
 
@@ -151,18 +156,19 @@ def _group_error(group: _Group, alpha: float, ratio: float = 1.0) -> float:
     s = _scales(group, alpha) if alpha > 0 else torch.ones(x.shape[1])
     lo, hi = float((group.mins / s).min()) * ratio, float((group.maxs / s).max()) * ratio
     xq = _fake_quant_input(x / s, group.quantizer.spec, lo, hi)
+    if group.references is None:
+        group.references = [x @ original_weight(m).detach().float().T for m in group.linears]
     err = 0.0
-    for m in group.linears:
+    for m, ref in zip(group.linears, group.references, strict=True):
         w = original_weight(m).detach().float()
-        ref = x @ w.T
         err += float((xq @ _fake_quant_weight(w * s).T - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-12))
     return err
 
 
 def _choose(group: _Group, alphas: tuple[float, ...], ratios: tuple[float, ...]) -> tuple[float, float]:
     """(alpha, clip ratio) with the smallest output error: alpha first at the full range, then the ratio."""
-    alpha = min(alphas, key=lambda a: _group_error(group, a))
-    ratio = min(ratios, key=lambda r: _group_error(group, alpha, r))
+    alpha = min(alphas, key=lambda a: _group_error(group, a)) if len(alphas) > 1 else alphas[0]
+    ratio = min(ratios, key=lambda r: _group_error(group, alpha, r)) if len(ratios) > 1 else ratios[0]
     return alpha, ratio
 
 
