@@ -1,6 +1,8 @@
 """The default post-training call for transformers on the real pretrained all-MiniLM-L6-v2: INT8
 activations on every Linear, no hand-written scopes, sentence embeddings kept in torch and onnxruntime
-(the training-time default config gave a cosine of 0.886)."""
+(the training-time default config gave a cosine of 0.886). 128 tokens, the issue's length: most calibration
+rows are padding, which the statistics must leave out (0.9935 with them, 0.9974 without them and without
+bias correction)."""
 
 from __future__ import annotations
 
@@ -22,17 +24,18 @@ def test_minilm_post_training_int8_keeps_embeddings(tmp_path):
     from squeezer.examples.minilm import load_minilm, sentences, token_batches
 
     model, tokenizer = load_minilm()
-    calibration = token_batches(tokenizer, sentences(64, seed=0), 64, 8)  # 32 gave 0.9899
-    evaluation = token_batches(tokenizer, sentences(16, seed=1), 64, 8)
+    calibration = token_batches(tokenizer, sentences(64, seed=0), 128, 8)
+    evaluation = token_batches(tokenizer, sentences(16, seed=1), 128, 8)
     with torch.no_grad():
         reference = torch.cat([model(**x) for x in evaluation])
 
     quantized = nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER)
     ctrl = nncf.controller_of(quantized)
     assert ctrl.ptq_report.smooth_quant_alphas  # the outlier rule ran
+    assert not ctrl.ptq_report.bias_corrections  # no bias correction for transformers
     with torch.no_grad():
         cosine = F.cosine_similarity(torch.cat([quantized(**x) for x in evaluation]), reference)
-    assert cosine.min() >= 0.99, cosine
+    assert cosine.min() >= 0.995, cosine
 
     path = ctrl.export_model(str(tmp_path / "minilm.onnx"))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -42,7 +45,7 @@ def test_minilm_post_training_int8_keeps_embeddings(tmp_path):
         for x in evaluation
     ]
     cosine = F.cosine_similarity(torch.from_numpy(np.concatenate(outputs)), reference)
-    assert cosine.min() >= 0.99, cosine
+    assert cosine.min() >= 0.995, cosine
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
+from squeezer.compression.ptq.tokens import masking, real_rows
 from squeezer.compression.ptq.types import RangeEstimator
 from squeezer.compression.quantization.quantizer import FakeQuantizer
 from squeezer.compression.quantization.range_init import StatCollector, _floor_empty_ranges
@@ -64,6 +65,8 @@ class ActivationStats:
         self.keep_values = keep_values
 
     def update(self, x: torch.Tensor) -> None:
+        if self.quantizer.axis is None and masking(x):
+            x = real_rows(x)  # a per-tensor range from the real tokens only
         self.collector.update(x, self.keep_values)
 
     @property

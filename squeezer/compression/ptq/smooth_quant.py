@@ -23,6 +23,7 @@ from torch import fx, nn
 from squeezer.compression.graph.surgery import original_weight
 from squeezer.compression.ptq.dataset import Inputs
 from squeezer.compression.ptq.ranges import quantizers_enabled
+from squeezer.compression.ptq.tokens import real_rows, token_mask
 from squeezer.compression.quantization.placement import ACTIVATIONS_ATTR
 from squeezer.compression.quantization.quantizer import FakeQuantizer, QuantizerSpec
 
@@ -55,6 +56,9 @@ class _Group:
     mins: torch.Tensor | None = None  # per channel, over all calibration data
     maxs: torch.Tensor | None = None
     rows: torch.Tensor | None = None
+    # of the FP32 weights, computed once for the whole search (the weights are rescaled only after it)
+    weight_absmax: torch.Tensor | None = None
+    references: list[torch.Tensor] | None = None  # rows @ W^T per Linear
 
     @property
     def absmax(self) -> torch.Tensor | None:
@@ -87,14 +91,17 @@ def _groups(gm: fx.GraphModule, act_q: dict[str, FakeQuantizer], quantized_modul
     return groups
 
 
-def _collect(model: nn.Module, groups: list[_Group], batches: list[Inputs], quantizers: list[FakeQuantizer]) -> None:
-    """Per-channel |max| of each group's input and a random subsample of its rows (FP32 model)."""
+def _collect(
+    model: nn.Module, groups: list[_Group], batches: list[Inputs], quantizers: list[FakeQuantizer], tokens: bool
+) -> None:
+    """Per-channel |max| of each group's input and a random subsample of its rows (FP32 model); `tokens`:
+    of the real tokens' rows only (`tokens.py`)."""
     generator = torch.Generator().manual_seed(0)
 
     def hook(group: _Group):
         def record(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             x = args[0].detach().float()
-            rows = x.reshape(-1, x.shape[-1])
+            rows = real_rows(x)
             low, high = rows.amin(0), rows.amax(0)
             group.mins = low if group.mins is None else torch.minimum(group.mins, low)
             group.maxs = high if group.maxs is None else torch.maximum(group.maxs, high)
@@ -107,7 +114,8 @@ def _collect(model: nn.Module, groups: list[_Group], batches: list[Inputs], quan
     try:
         with quantizers_enabled(quantizers, False), torch.no_grad():
             for args, kwargs in batches:
-                model(*args, **kwargs)
+                with token_mask(kwargs, tokens):
+                    model(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -133,7 +141,9 @@ def _fake_quant_input(x: torch.Tensor, spec: QuantizerSpec, lo: float, hi: float
 
 def _scales(group: _Group, alpha: float) -> torch.Tensor:
     assert group.absmax is not None
-    w_absmax = torch.stack([original_weight(m).detach().abs().amax(0) for m in group.linears]).amax(0)
+    if group.weight_absmax is None:
+        group.weight_absmax = torch.stack([original_weight(m).detach().abs().amax(0) for m in group.linears]).amax(0)
+    w_absmax = group.weight_absmax
     s = group.absmax.clamp(min=1e-5).pow(alpha) / w_absmax.clamp(min=1e-5).pow(1 - alpha)
     return s.clamp(min=1e-5)
 
@@ -146,18 +156,19 @@ def _group_error(group: _Group, alpha: float, ratio: float = 1.0) -> float:
     s = _scales(group, alpha) if alpha > 0 else torch.ones(x.shape[1])
     lo, hi = float((group.mins / s).min()) * ratio, float((group.maxs / s).max()) * ratio
     xq = _fake_quant_input(x / s, group.quantizer.spec, lo, hi)
+    if group.references is None:
+        group.references = [x @ original_weight(m).detach().float().T for m in group.linears]
     err = 0.0
-    for m in group.linears:
+    for m, ref in zip(group.linears, group.references, strict=True):
         w = original_weight(m).detach().float()
-        ref = x @ w.T
         err += float((xq @ _fake_quant_weight(w * s).T - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-12))
     return err
 
 
 def _choose(group: _Group, alphas: tuple[float, ...], ratios: tuple[float, ...]) -> tuple[float, float]:
     """(alpha, clip ratio) with the smallest output error: alpha first at the full range, then the ratio."""
-    alpha = min(alphas, key=lambda a: _group_error(group, a))
-    ratio = min(ratios, key=lambda r: _group_error(group, alpha, r))
+    alpha = min(alphas, key=lambda a: _group_error(group, a)) if len(alphas) > 1 else alphas[0]
+    ratio = min(ratios, key=lambda r: _group_error(group, alpha, r)) if len(ratios) > 1 else ratios[0]
     return alpha, ratio
 
 
@@ -170,6 +181,7 @@ def smooth_quant(
     alphas: tuple[float, ...],
     ratios: tuple[float, ...] = (1.0,),
     second_moments: dict[str, torch.Tensor] | None = None,
+    tokens: bool = False,
 ) -> dict[str, tuple[float, float]]:
     """Insert `SmoothScale` before every eligible group and rescale its weights; returns (alpha, clip ratio)
     per group: the ratio by which its input quantizer's min-max range is to be shrunk. `second_moments`,
@@ -177,7 +189,7 @@ def smooth_quant(
     groups = _groups(gm, act_q, quantized_modules)
     if not groups:
         return {}
-    _collect(gm, groups, batches, all_quantizers)
+    _collect(gm, groups, batches, all_quantizers, tokens)
     chosen: dict[str, tuple[float, float]] = {}
     inverse_scales: dict[str, torch.Tensor] = {}
     for group in groups:

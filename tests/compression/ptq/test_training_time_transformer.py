@@ -1,6 +1,7 @@
 """`"model_type": "transformer"` in an NNCF config: the training-time API gets the post-training rules at range
-init (SmoothQuant, min-max ranges, bias correction), and a model rebuilt from its compression state and
-state dict is the same model (the SmoothQuant multiplies are recorded in the builder state)."""
+init (SmoothQuant, min-max ranges; no bias correction, as post-training skips it for transformers), and a
+model rebuilt from its compression state and state dict is the same model (the SmoothQuant multiplies
+are recorded in the builder state)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_transformer_switch_smooths_and_survives_a_rebuild():
     ctrl, compressed = create_compressed_model(model, config, dump_graphs=False)
     groups = ctrl.builder_state["smooth_quant"]
     assert groups and hasattr(compressed, SMOOTH_ATTR)  # the Linear groups read smoothed inputs
-    assert ctrl.ptq_report.bias_corrections  # and biases were corrected after range init
+    assert not ctrl.ptq_report.bias_corrections  # no bias correction for transformers (it cost MiniLM cosine)
     assert ctrl.setup.activations  # INT8 activations, no hand-written scopes
 
     state = ctrl.get_compression_state()
