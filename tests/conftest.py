@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,33 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         return ""
     return request.getfixturevalue("postgres_server").create_database(f"api_{tmp_path.name}"[:60])
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_job(tmp_path_factory):
+    """The resume scenario's job (`tests.worker.pausing.RESUME_RECIPE` on the digits job files), run once
+    without a stop: {"records": [...], "metric": ...}, what each way of stopping a worker must resume to.
+    One run for the whole session: under xdist the first worker to ask runs it, under a lock, and the
+    others read its JSON from the run's shared temp folder."""
+    from filelock import FileLock
+
+    from squeezer.recipe import Recipe
+    from squeezer.worker.runner import run_job
+    from tests.helpers import write_digits_job_files
+    from tests.worker.pausing import RESUME_CONFIG, RESUME_RECIPE
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this run's folder, above the workers' own
+    cached = root / "uninterrupted-job.json"
+    with FileLock(f"{cached}.lock"):
+        if not cached.is_file():
+            folder = root / "uninterrupted-job"
+            folder.mkdir(exist_ok=True)
+            files = write_digits_job_files(folder)
+            result = run_job(
+                files["model"], RESUME_CONFIG, files["train"], files["val"], Recipe(**RESUME_RECIPE), folder / "work"
+            )
+            cached.write_text(json.dumps({"records": result.records, "metric": result.metric}))
+    return json.loads(cached.read_text())
+
