@@ -8,7 +8,14 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # xdist's workers share the cores: one torch/OpenMP thread each instead of one per core in every
+    # worker (oversubscribed), also in the servers and job processes they start (which inherit it).
+    # A value set by whoever runs pytest is kept.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # reads OMP_NUM_THREADS as it loads
 
 from squeezer.compression.config.samples import CONFIG_DIR
 from squeezer.examples.digits import accuracy, digits_loaders, train_epoch
@@ -18,6 +25,8 @@ from squeezer.examples.zoo import prepare_torchvision
 # torchvision's PyPI wheel cannot load its C++ ops beside CPU torch, and transformers and timm import it
 # themselves: make that import work before any test triggers it (see squeezer.examples.zoo)
 prepare_torchvision()
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before this file
 
 # the project's own sample configs (shipped in the package); tests never read outside the repository
 SAMPLE_CONFIGS: Path = CONFIG_DIR
@@ -128,3 +137,14 @@ def uninterrupted_job(tmp_path_factory):
             cached.write_text(json.dumps({"records": result.records, "metric": result.metric}))
     return json.loads(cached.read_text())
 
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items):
+    """Under `--dist loadgroup`, the tests of a module that share a module-scoped fixture (a server, a
+    browser, a trained model) run on one worker, so it is built once; the rest spread test by test."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        if any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
