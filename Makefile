@@ -43,7 +43,7 @@ lint: install
 	$(VENV)/bin/lint-imports  # the layering contracts in pyproject.toml ([tool.importlinter])
 
 test: lint docs system-deps  ## what CI runs (the docs build takes a few seconds)
-	$(PY) -m pytest -q --durations=15  # the 15 slowest tests, in CI's output too
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15  # the 15 slowest tests, in CI's output too
 
 bench: install
 	$(PY) bench/bench_quantization.py

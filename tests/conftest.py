@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 from pathlib import Path
 
 import pytest
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # xdist's workers share the cores: one torch/OpenMP thread each instead of one per core in every
+    # worker (oversubscribed), also in the servers and job processes they start (which inherit it).
+    # A value set by whoever runs pytest is kept.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # reads OMP_NUM_THREADS as it loads
 
 from squeezer.compression.config.samples import CONFIG_DIR
 from squeezer.examples.digits import accuracy, digits_loaders, train_epoch
@@ -16,6 +25,8 @@ from squeezer.examples.zoo import prepare_torchvision
 # torchvision's PyPI wheel cannot load its C++ ops beside CPU torch, and transformers and timm import it
 # themselves: make that import work before any test triggers it (see squeezer.examples.zoo)
 prepare_torchvision()
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before this file
 
 # the project's own sample configs (shipped in the package); tests never read outside the repository
 SAMPLE_CONFIGS: Path = CONFIG_DIR
@@ -96,3 +107,44 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         return ""
     return request.getfixturevalue("postgres_server").create_database(f"api_{tmp_path.name}"[:60])
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_job(tmp_path_factory):
+    """The resume scenario's job (`tests.worker.pausing.RESUME_RECIPE` on the digits job files), run once
+    without a stop: {"records": [...], "metric": ...}, what each way of stopping a worker must resume to.
+    One run for the whole session: under xdist the first worker to ask runs it, under a lock, and the
+    others read its JSON from the run's shared temp folder."""
+    from filelock import FileLock
+
+    from squeezer.recipe import Recipe
+    from squeezer.worker.runner import run_job
+    from tests.helpers import write_digits_job_files
+    from tests.worker.pausing import RESUME_CONFIG, RESUME_RECIPE
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this run's folder, above the workers' own
+    cached = root / "uninterrupted-job.json"
+    with FileLock(f"{cached}.lock"):
+        if not cached.is_file():
+            folder = root / "uninterrupted-job"
+            folder.mkdir(exist_ok=True)
+            files = write_digits_job_files(folder)
+            result = run_job(
+                files["model"], RESUME_CONFIG, files["train"], files["val"], Recipe(**RESUME_RECIPE), folder / "work"
+            )
+            cached.write_text(json.dumps({"records": result.records, "metric": result.metric}))
+    return json.loads(cached.read_text())
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items):
+    """Under `--dist loadgroup`, the tests of a module that share a module-scoped fixture (a server, a
+    browser, a trained model) run on one worker, so it is built once; the rest spread test by test."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        if any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

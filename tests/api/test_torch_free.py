@@ -16,11 +16,13 @@ def _modules_after(statement: str) -> set[str]:
 
 def test_the_api_app_imports_without_torch(tmp_path):
     """Through the real `create_app()` with its default queue (Celery on the embedded broker), as `serve` and
-    uvicorn build it: it used to import the worker's modules to send a job id."""
+    uvicorn build it, and a job id sent through that queue: it used to import the worker's modules to send one."""
     loaded = _modules_after(
         "from squeezer.api.app import create_app\nfrom squeezer.settings import Settings\n"
-        f"create_app(Settings(home={str(tmp_path)!r})).openapi()"
+        f"app = create_app(Settings(home={str(tmp_path)!r}))\napp.openapi()\n"
+        "app.state.queue.enqueue('a-job-id', 0)"
     )
+    assert "kombu.transport.sqlalchemy" in loaded  # the id went to the embedded broker (SQLite)
     assert "squeezer.compression.config.nncf_config" in loaded  # it does validate configs
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
     # job states change in one module that both sides share; the API needs nothing of the worker's

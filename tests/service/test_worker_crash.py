@@ -18,14 +18,9 @@ from squeezer.api.keys import create_key
 from squeezer.client import Client
 from squeezer.db import Job
 from squeezer.db.migrate import upgrade
-from squeezer.recipe import Recipe
 from squeezer.settings import Settings
-from squeezer.worker.runner import run_job
 from tests.helpers import live_server, read_tensorboard_zip, write_digits_job_files
-from tests.worker.pausing import BATCH_SIZE, MID_EPOCH_3, marker, pause_hook, wait_for_file
-
-CONFIG = {"compression": {"algorithm": "quantization"}}
-RECIPE = {"epochs": 5, "batch_size": BATCH_SIZE, "lr": 1e-3, "seed": 3}
+from tests.worker.pausing import MID_EPOCH_3, RESUME_CONFIG, RESUME_RECIPE, marker, pause_hook, wait_for_file
 
 
 def _worker(env, log_path):
@@ -36,12 +31,11 @@ def _worker(env, log_path):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_job_resumes_across_an_api_restart_and_matches_an_uninterrupted_run(tmp_path):
+def test_a_killed_worker_job_resumes_across_an_api_restart_and_matches_an_uninterrupted_run(
+    tmp_path, uninterrupted_job
+):
     files = write_digits_job_files(tmp_path)
-    reference = run_job(
-        files["model"], CONFIG, files["train"], files["val"], Recipe(**RECIPE), tmp_path / "reference"
-    )  # the same job, never interrupted
-
+    reference = uninterrupted_job["records"]  # the same job, never interrupted
     settings = Settings(home=tmp_path / "home", heartbeat_s=0.5, stale_after_s=3, sweep_interval_s=0.5)
     upgrade(settings.resolved_database_url())
     app = create_app(settings)  # its lifespan runs the stale-job sweep (not while it is stopped)
@@ -55,8 +49,10 @@ def test_a_killed_worker_job_resumes_across_an_api_restart_and_matches_an_uninte
     try:
         with live_server(app) as url, Client(url, secret) as client:
             ids = {n: client.artifacts.upload(p, "model" if n == "model" else "dataset") for n, p in files.items()}
-            job = client.jobs.create("crash", ids["model"], CONFIG, ids["train"], ids["val"], RECIPE)
-            waiting = client.jobs.create("waiting", ids["model"], CONFIG, ids["train"], ids["val"], {"epochs": 1})
+            job = client.jobs.create("crash", ids["model"], RESUME_CONFIG, ids["train"], ids["val"], RESUME_RECIPE)
+            waiting = client.jobs.create(
+                "waiting", ids["model"], RESUME_CONFIG, ids["train"], ids["val"], {"epochs": 1}
+            )
             wait_for_file(settings.home / "work" / job.id / marker(MID_EPOCH_3), first)  # paused half into epoch 3
         # the API stops here, with `crash` running and `waiting` queued
         os.kill(first.pid, signal.SIGKILL)
@@ -82,10 +78,10 @@ def test_a_killed_worker_job_resumes_across_an_api_restart_and_matches_an_uninte
         assert session.get(Job, waiting.id).attempts == 1
     app.state.engine.dispose()
     assert [m.epoch for m in metrics] == list(range(6))  # no gap, no duplicate
-    assert [m.metric for m in metrics] == [r["metric"] for r in reference.records]
-    assert metrics[0].loss is None and reference.records[0]["loss"] is None  # epoch 0 is the untrained evaluation
-    assert [m.loss for m in metrics[1:]] == pytest.approx([r["loss"] for r in reference.records[1:]], rel=1e-5)
-    assert done.result.metric == reference.metric
+    assert [m.metric for m in metrics] == [r["metric"] for r in reference]
+    assert metrics[0].loss is None and reference[0]["loss"] is None  # epoch 0 is the untrained evaluation
+    assert [m.loss for m in metrics[1:]] == pytest.approx([r["loss"] for r in reference[1:]], rel=1e-5)
+    assert done.result.metric == uninterrupted_job["metric"]
     # the TensorBoard log of the resumed job: epoch 3 was started twice, and has one point like every other
     scalars = read_tensorboard_zip(tensorboard, tmp_path / "tensorboard")
-    assert scalars["metric/validation"] == [(r["epoch"], pytest.approx(r["metric"])) for r in reference.records]
+    assert scalars["metric/validation"] == [(r["epoch"], pytest.approx(r["metric"])) for r in reference]

@@ -18,14 +18,9 @@ from squeezer.api.keys import create_key
 from squeezer.client import Client
 from squeezer.db import Job, JobMetric, JobStatus
 from squeezer.db.migrate import upgrade
-from squeezer.recipe import Recipe
 from squeezer.settings import Settings
-from squeezer.worker.runner import run_job
 from tests.helpers import live_server, write_digits_job_files
-from tests.worker.pausing import BATCH_SIZE, MID_EPOCH_3, marker, pause_hook, wait_for_file
-
-CONFIG = {"compression": {"algorithm": "quantization"}}
-RECIPE = {"epochs": 5, "batch_size": BATCH_SIZE, "lr": 1e-3, "seed": 3}
+from tests.worker.pausing import MID_EPOCH_3, RESUME_CONFIG, RESUME_RECIPE, marker, pause_hook, wait_for_file
 
 
 def _container_worker(env, log_path):
@@ -43,10 +38,10 @@ def _container_worker(env, log_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGQUIT], ids=["warm", "cold"])
 def test_a_worker_stopped_like_docker_compose_stop_leaves_its_job_to_the_next(
-    tmp_path, redis_server, postgres_server, stop_signal
+    tmp_path, redis_server, postgres_server, stop_signal, uninterrupted_job
 ):
     files = write_digits_job_files(tmp_path)
-    reference = run_job(files["model"], CONFIG, files["train"], files["val"], Recipe(**RECIPE), tmp_path / "ref")
+    reference = uninterrupted_job["records"]
     settings = Settings(
         home=tmp_path / "data",
         database_url=postgres_server.create_database(f"compose_stop_{stop_signal.name.lower()}"),
@@ -72,7 +67,7 @@ def test_a_worker_stopped_like_docker_compose_stop_leaves_its_job_to_the_next(
     try:
         with live_server(app) as url, Client(url, secret) as client:
             ids = {n: client.artifacts.upload(p, "model" if n == "model" else "dataset") for n, p in files.items()}
-            job = client.jobs.create("compose", ids["model"], CONFIG, ids["train"], ids["val"], RECIPE)
+            job = client.jobs.create("compose", ids["model"], RESUME_CONFIG, ids["train"], ids["val"], RESUME_RECIPE)
             wait_for_file(settings.home / "work" / job.id / marker(MID_EPOCH_3), workers[0])
             workers[0].send_signal(stop_signal)  # docker compose stop: SIGTERM to PID 1, SIGKILL 10 s later
             code = workers[0].wait(timeout=120)
@@ -97,6 +92,6 @@ def test_a_worker_stopped_like_docker_compose_stop_leaves_its_job_to_the_next(
     assert done.status == "succeeded", done.error
     assert attempts == 1  # the stop was not counted
     assert [m.epoch for m in metrics] == list(range(6))  # no gap, no duplicate
-    assert [m.metric for m in metrics] == [r["metric"] for r in reference.records]
-    assert [m.loss for m in metrics[1:]] == pytest.approx([r["loss"] for r in reference.records[1:]], rel=1e-5)
-    assert done.result.metric == reference.metric
+    assert [m.metric for m in metrics] == [r["metric"] for r in reference]
+    assert [m.loss for m in metrics[1:]] == pytest.approx([r["loss"] for r in reference[1:]], rel=1e-5)
+    assert done.result.metric == uninterrupted_job["metric"]

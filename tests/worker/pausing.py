@@ -19,6 +19,12 @@ TRAIN_SAMPLES, BATCH_SIZE = 1200, 64  # `write_digits_job_files`' train split, a
 BATCHES_PER_EPOCH = -(-TRAIN_SAMPLES // BATCH_SIZE)  # the last batch is a short one
 MID_EPOCH_3 = 2 * BATCHES_PER_EPOCH + BATCHES_PER_EPOCH // 2  # epochs 1 and 2 trained, half of epoch 3
 
+# the resume scenario's job (tests/worker/test_stop.py, tests/service/test_worker_crash.py and
+# test_worker_stop_compose.py): stopped half into epoch 3, then resumed; conftest's `uninterrupted_job`
+# runs it once without a stop, as their common reference
+RESUME_CONFIG: dict[str, Any] = {"compression": {"algorithm": "quantization"}}
+RESUME_RECIPE: dict[str, Any] = {"epochs": 5, "batch_size": BATCH_SIZE, "lr": 1e-3, "seed": 3}
+
 
 def marker(batch: int) -> str:
     return f"paused-at-batch-{batch}"

@@ -14,16 +14,12 @@ import pytest
 
 from squeezer.db import Job, JobMetric, JobStatus
 from squeezer.jobs import transitions
-from squeezer.recipe import Recipe
 from squeezer.worker.execute import execute_job
-from squeezer.worker.runner import run_job
 from squeezer.worker.sandbox import process
-from tests.helpers import api_client, upload_digits_job_inputs, write_digits_job_files
-from tests.worker.pausing import BATCH_SIZE, MID_EPOCH_3, marker
+from tests.helpers import api_client, upload_digits_job_inputs
+from tests.worker.pausing import MID_EPOCH_3, RESUME_CONFIG, RESUME_RECIPE, marker
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = {"compression": {"algorithm": "quantization"}}
-RECIPE = {"epochs": 5, "batch_size": BATCH_SIZE, "lr": 1e-3, "seed": 3}
 
 
 @pytest.fixture
@@ -42,7 +38,7 @@ def service(tmp_path):
 
     def submit(recipe):
         body = {"name": "j", "model": ids["model"], "train_data": ids["train"], "val_data": ids["val"]}
-        response = client.post("/v1/jobs", headers=headers, json=body | {"config": CONFIG, "recipe": recipe})
+        response = client.post("/v1/jobs", headers=headers, json=body | {"config": RESUME_CONFIG, "recipe": recipe})
         assert response.status_code == 201, response.text
         return response.json()["id"]
 
@@ -71,12 +67,13 @@ def _execute(app, job_id, sent, **kwargs):
 
 
 @pytest.mark.slow
-def test_a_worker_stopped_mid_epoch_requeues_its_job_which_resumes_as_if_never_stopped(service, stop, tmp_path):
+def test_a_worker_stopped_mid_epoch_requeues_its_job_which_resumes_as_if_never_stopped(
+    service, stop, uninterrupted_job
+):
+    """The stop itself (`request_stop`, what Celery's warm and cold shutdowns call), in-process: the
+    service tests stop real workers by SIGTERM, SIGQUIT and SIGKILL against the same reference."""
     app, submit = service
-    (tmp_path / "reference").mkdir()
-    files = write_digits_job_files(tmp_path / "reference")
-    reference = run_job(files["model"], CONFIG, files["train"], files["val"], Recipe(**RECIPE), tmp_path / "ref")
-    job_id = submit(RECIPE)
+    job_id = submit(RESUME_RECIPE)
     workdir = app.state.settings.home / "work" / job_id
     sent: list[tuple[str, int]] = []
 
@@ -100,9 +97,10 @@ def test_a_worker_stopped_mid_epoch_requeues_its_job_which_resumes_as_if_never_s
         metrics = session.query(JobMetric).filter_by(job_id=job_id).order_by(JobMetric.epoch).all()
     assert job.attempts == 1 and job.finished_at is not None
     assert [m.epoch for m in metrics] == list(range(6))  # no gap, no duplicate
-    assert [m.metric for m in metrics] == [r["metric"] for r in reference.records]
-    assert [m.loss for m in metrics[1:]] == pytest.approx([r["loss"] for r in reference.records[1:]], rel=1e-5)
-    assert job.result["metric"] == reference.metric
+    assert [m.metric for m in metrics] == [r["metric"] for r in uninterrupted_job["records"]]
+    reference_losses = [r["loss"] for r in uninterrupted_job["records"][1:]]
+    assert [m.loss for m in metrics[1:]] == pytest.approx(reference_losses, rel=1e-5)
+    assert job.result["metric"] == uninterrupted_job["metric"]
 
 
 def test_a_job_being_cancelled_ends_cancelled_when_its_worker_stops(service, stop):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,7 +189,13 @@ def test_lifted_ops_sized_by_the_batch_stay_dynamic_in_onnx(tmp_path):
     lifted = archive_roundtrip(original, (1, 3, 4), tmp_path)
     x = torch.rand(5, 3, 4)
     # exported at batch 1, checked in onnxruntime at batch 5
-    export_onnx(lifted, tmp_path / "m.onnx", (x[:1],), verify_inputs=((x,), {}))
+    path = export_onnx(lifted, tmp_path / "m.onnx", (x[:1],), verify_inputs=((x,), {}))
+    batch = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.HasField("dim_value")  # a named axis, not the export's 1
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), lifted(x), rtol=1e-4, atol=1e-5)
 
 
 class TiedLM(nn.Module):
