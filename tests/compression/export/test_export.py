@@ -19,6 +19,7 @@ from torch.ao.quantization import FakeQuantize
 from squeezer import NNCFConfig, create_compressed_model, export_onnx, register_default_init_args
 from squeezer.compression.export.onnx_export import verify_onnx
 from squeezer.errors import ExportError
+from squeezer.examples.digits import digits_loaders
 from squeezer.examples.models import MLP, DigitsTransformer, ResidualCNN
 
 
@@ -135,7 +136,11 @@ def test_mlp_and_transformer_export(model_cls, digits_flat, tmp_path):
 )
 def test_variants_export_and_verify(quantization, trained_cnn, digits32, tmp_path):
     model, _ = trained_cnn
-    ctrl, compressed = compress(model, digits32[0], quantization)
+    # a fresh loader: the session's shuffles depend on how often earlier tests read it, and the low-bit
+    # variant's parity margin depends on which batches set its ranges (0.31 against a bound of 0.29 after
+    # some orders), so a shared loader made this test pass or fail by the tests that ran before it
+    calibration, _ = digits_loaders(image_size=32, batch_size=64)
+    ctrl, compressed = compress(model, calibration, quantization)
     path = ctrl.export_model(tmp_path / "m.onnx")  # raises ExportError if onnxruntime disagrees
     ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     assert ops["DequantizeLinear"] >= 10  # int8 weights at least (staged: activations are not quantized yet)
