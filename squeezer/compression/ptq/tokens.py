@@ -47,16 +47,21 @@ def token_mask(kwargs: dict[str, Any], enabled: bool = True) -> Iterator[None]:
         _MASK.reset(token)
 
 
+def _mask_for(x: torch.Tensor) -> torch.Tensor | None:
+    """The running batch's mask when `x` is laid out (batch, tokens, channels) as it is, else None."""
+    mask = _MASK.get()
+    if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+        return mask
+    return None
+
+
 def real_rows(x: torch.Tensor) -> torch.Tensor:
     """`x` as rows (N, last dim), without the padding tokens' rows when `x` is laid out (batch, tokens, channels)
     as the running batch's mask is (a Linear's input or output); otherwise all rows."""
-    mask = _MASK.get()
-    if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
-        return x[mask.to(x.device)].reshape(-1, x.shape[-1])
-    return x.reshape(-1, x.shape[-1])
+    mask = _mask_for(x)
+    return (x if mask is None else x[mask.to(x.device)]).reshape(-1, x.shape[-1])
 
 
 def masking(x: torch.Tensor) -> bool:
     """Whether `real_rows` would drop rows of `x`."""
-    mask = _MASK.get()
-    return mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape)
+    return _mask_for(x) is not None
