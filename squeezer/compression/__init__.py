@@ -2,7 +2,9 @@
 
 Its names load lazily (PEP 562): the API validates configs with `squeezer.compression.config`, which
 needs pydantic only, and must not pay for torch, onnx and torch-pruning. The first name taken from
-here imports the library and registers its algorithms; it never imports the service.
+here imports the library; each algorithm's implementation is imported when a config first names it
+(`registry.Algorithm.load`), so `quantize` never pays for pruning's torch-pruning (and its timm import).
+It never imports the service.
 """
 
 from __future__ import annotations
@@ -121,7 +123,6 @@ def load_algorithms() -> None:
 def __getattr__(name: str) -> Any:
     if name not in _SOURCES:
         raise AttributeError(f"module 'squeezer.compression' has no attribute {name!r}")
-    load_algorithms()
     value = getattr(importlib.import_module(_SOURCES[name]), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value

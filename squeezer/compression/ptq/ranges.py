@@ -52,7 +52,7 @@ class _PerTensorCollector(StatCollector):
         if keep_values:
             flat = x.reshape(-1)
             if flat.numel() > VALUES_PER_BATCH:
-                flat = flat[torch.randint(0, flat.numel(), (VALUES_PER_BATCH,), device=flat.device)]
+                flat = flat[self.subsample(flat.numel(), VALUES_PER_BATCH, flat.device)]
             self.values.append(flat.float().reshape(1, -1))
 
 

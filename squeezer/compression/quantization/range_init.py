@@ -38,6 +38,14 @@ class StatCollector:
         self.sample_maxs: list[torch.Tensor] = []
         self.sample_abs_maxs: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
+        self._generator: torch.Generator | None = None
+
+    def subsample(self, n: int, k: int, device: torch.device) -> torch.Tensor:
+        """`k` random positions out of `n`, from this collector's own generator (seeded 0): the same
+        calibration data gives the same ranges on every run, whatever the global RNG has done."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(0)
+        return torch.randint(0, n, (k,), device=device, generator=self._generator)
 
     def _by_channel(self, x: torch.Tensor) -> torch.Tensor:
         if self.axis is None:
@@ -57,8 +65,7 @@ class StatCollector:
             self.sample_abs_maxs.append(per_sample.abs().amax(1))
         if keep_values:
             if xc.shape[1] > SUBSAMPLE_PER_BATCH:
-                idx = torch.randint(0, xc.shape[1], (SUBSAMPLE_PER_BATCH,), device=xc.device)
-                xc = xc[:, idx]
+                xc = xc[:, self.subsample(xc.shape[1], SUBSAMPLE_PER_BATCH, xc.device)]
             self.values.append(xc)
 
     def min_max(self, kind: str, symmetric: bool, params: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -158,6 +158,22 @@ def test_torchvision_resnet18_quantizes_with_smaller_error_than_min_max():
     assert errors["default"] < errors["plain"]
 
 
+def test_same_calibration_data_gives_the_same_model_whatever_the_global_rng():
+    """The MSE ranges score a random subsample of each activation; it is drawn from a fixed generator, so
+    a user's second run (or a job resumed elsewhere) gets the same INT8 model."""
+    from squeezer.examples.ptq_check import _batches, fp32_model
+
+    model, spec = fp32_model("resnet18", 32)
+    calibration = _batches(spec, 16, 8, seed=1000)
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # the global RNG differs between the two runs
+        states.append(nncf.quantize(model, nncf.Dataset(calibration), subset_size=16).state_dict())
+    assert states[0].keys() == states[1].keys()
+    differing = [k for k in states[0] if not torch.equal(states[0][k], states[1][k])]
+    assert differing == []
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 
