@@ -205,7 +205,9 @@ class SelfAttention(torch.nn.Module):
         return self.head(torch.nn.functional.scaled_dot_product_attention(q, k, v).mean(1))
 
 
-def test_export_picks_the_lowest_opset_the_graph_needs(tmp_path, caplog):
+def test_export_writes_opset_14_and_keeps_hardswish_one_op(tmp_path, caplog):
+    """Opset 14 by default: scaled_dot_product_attention needs it, and Hardswish stays one HardSwish op
+    (at 13 it is HardSigmoid and Mul, which OpenVINO does not fuse into the conv before it)."""
     torch.manual_seed(0)
     batches = [(torch.randn(4, 6, 16), torch.zeros(4)) for _ in range(2)]
     ctrl, _ = compress(SelfAttention(), batches, input_info={"sample_size": [1, 6, 16]})
@@ -213,13 +215,33 @@ def test_export_picks_the_lowest_opset_the_graph_needs(tmp_path, caplog):
         path = ctrl.export_model(tmp_path / "m.onnx")  # verified in onnxruntime
     model = onnx.load(str(path))
     assert model.opset_import[0].version == 14
-    assert "opset 14 (aten::scaled_dot_product_attention needs it)" in caplog.text
+    assert "opset 14 (the default)" in caplog.text
     ops = Counter(n.op_type for n in model.graph.node)
     assert ops["QuantizeLinear"] > 0 and ops["MatMul"] >= 2
     with pytest.raises(ExportError, match=r"opset version 13 .* save_format='onnx_14'"):
         ctrl.export_model(tmp_path / "m13.onnx", save_format="onnx_13")
     assert ctrl.export_model(tmp_path / "m17.onnx", save_format="onnx_17")  # a requested opset is kept
     assert onnx.load(str(tmp_path / "m17.onnx")).opset_import[0].version == 17
+
+    hardswish = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Hardswish())
+    x = torch.randn(2, 3, 8, 8)
+    fp32 = export_onnx(hardswish.eval(), tmp_path / "hardswish.onnx", (x[:1],), verify_inputs=((x,), {}))
+    ops = Counter(n.op_type for n in onnx.load(str(fp32)).graph.node)
+    assert ops["HardSwish"] == 1 and "HardSigmoid" not in ops
+
+
+class GridSample(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = torch.zeros(x.shape[0], 4, 4, 2)
+        return torch.nn.functional.grid_sample(x, grid, align_corners=False)
+
+
+def test_export_raises_the_opset_to_the_lowest_the_graph_needs(tmp_path, caplog):
+    x = torch.randn(2, 3, 8, 8)
+    with caplog.at_level("INFO", logger="squeezer.compression.export.onnx_export"):
+        path = export_onnx(GridSample(), tmp_path / "grid.onnx", (x[:1],), verify_inputs=((x,), {}))
+    assert onnx.load(str(path)).opset_import[0].version == 16
+    assert "opset 16 (aten::grid_sampler needs it)" in caplog.text
 
 
 def test_a_diverged_quantizer_range_is_named_at_export(tmp_path):
