@@ -219,6 +219,9 @@ class QuantizationConfig(Scoped):
     scope_overrides: ScopeOverrides = Field(default_factory=ScopeOverrides)
     export_to_onnx_standard_ops: bool = False
     overflow_fix: Literal["enable", "disable", "first_layer_only"] = "enable"
+    # Squeezer's addition: subgraphs left in FP32 whatever the scopes say, as NNCF 3.x's post-training
+    # quantization does (quantization/ignored_patterns.py); `quantize` sets ["se_block"] for CNNs
+    ignored_patterns: list[Literal["se_block"]] = Field(default_factory=list)
     params: StagedQuantizationParams | None = None
     compression_lr_multiplier: float | None = None
 

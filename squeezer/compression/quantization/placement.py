@@ -22,6 +22,7 @@ from squeezer.compression.config.models import QuantizationConfig, QuantizerGrou
 from squeezer.compression.graph.modules import WEIGHTED_LAYERS, is_weighted_for
 from squeezer.compression.graph.scopes import matches_any
 from squeezer.compression.graph.trace import TracedGraph, first_layers, tensor_meta
+from squeezer.compression.quantization.ignored_patterns import ignored_nodes
 from squeezer.compression.quantization.op_kinds import (
     activation_ports,
     is_agnostic,
@@ -199,7 +200,13 @@ class _Placing:
         """The node's scope names, Squeezer's and NNCF's: a scope pattern may use either."""
         return [self.traced.names[node], self.traced.nncf_names[node]]
 
+    @functools.cached_property
+    def in_ignored_patterns(self) -> set[fx.Node]:
+        return ignored_nodes(self.traced.gm, self.modules, list(self.cfg.ignored_patterns))
+
     def considered(self, node: fx.Node, group: QuantizerGroup) -> bool:
+        if node in self.in_ignored_patterns:
+            return False
         return considered(self.aliases(node), group, self.cfg, self.opts)
 
 
