@@ -131,8 +131,11 @@ KEY_FIGURES = {
     ),
     "transformers": lambda: f"{_results('transformers')['models']['bert_l2_h768']['parity']['sq_onnxruntime']:.3f}",
     "placement": lambda: f"**{_results('placement')['rows'][0]['onnxruntime']['speedup']['onnxruntime']:.2f}x**",
-    "ptq_resnet18": lambda: f"{_results('ptq')['resnet18']['nncf']['rel_max_err']:.4f}",
-    "ptq_zoo": lambda: f"{_results('ptq')['zoo']['squeezer']['hf_vit']['squeezer']:.4f}",
+    "ptq_resnet18": lambda: f"{_results('ptq')['resnet18']['nncf']['error_torch']:.4f}",
+    "ptq_zoo": lambda: f"{_results('ptq')['zoo']['squeezer']['hf_vit']['nncf_error_torch']:.4f}",
+    "ptq_zoo_speed": lambda: (
+        f"{_results('ptq')['zoo']['squeezer']['resnet18']['speed']['openvino']['speedup']['nncf']:.2f}x"
+    ),
     "ptq_minilm": lambda: f"{_results('ptq')['minilm']['squeezer']['cosine_openvino_min']:.4f} OpenVINO",
     "ptq_accuracy_control": lambda: f"{_results('ptq')['digits_ac']['nncf']['ptq_accuracy']:.2f}%",
     "ptq_quality": lambda: f"{_results('ptq_quality')['models'][0]['ratio_8bit']:.2f}x",

@@ -58,6 +58,14 @@ def test_a_gate_written_with_functions_is_found_too():
     assert _weight_quantized(quantized) == {"conv", "head"}
 
 
+def test_the_onnxruntime_placement_keeps_gates_quantized():
+    """onnxruntime runs the gate's convs, sigmoid and product as integer kernels when they are quantized."""
+    batches = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    for_ort = nncf.AdvancedQuantizationParameters(target_runtime="onnxruntime")
+    quantized = nncf.quantize(TimmStyleSE(), nncf.Dataset(batches), subset_size=8, advanced_parameters=for_ort)
+    assert _weight_quantized(quantized) == {"conv", "conv_reduce", "conv_expand", "head"}
+
+
 def test_training_time_placement_keeps_gates_quantized_unless_asked():
     batches = [(torch.randn(4, 3, 8, 8), torch.zeros(4)) for _ in range(2)]
     for patterns, expected in (([], {"conv", "conv_reduce", "conv_expand", "head"}), (["se_block"], {"conv", "head"})):
