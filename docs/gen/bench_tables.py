@@ -445,18 +445,25 @@ def ptq_resnet18() -> str:
     r = load("ptq")["resnet18"]
     sq, nncf = r["squeezer"], r["nncf"]
     return rows(
-        ["method", "time", "error"],
+        ["method", "time", "error in onnxruntime", "error in torch"],
         [
             [
                 "Squeezer `quantize`",
-                f"{s(sq['squeezer_seconds'], 1)} (+{s(sq['squeezer_export_seconds'], 1)} verified export)",
-                f"{sq['squeezer_error_onnxruntime']:.4f} in onnxruntime, {sq['squeezer_error_torch']:.4f} in torch",
+                s(sq["squeezer_seconds"], 1),
+                f"{sq['squeezer_error_onnxruntime']:.4f}",
+                f"{sq['squeezer_error_torch']:.4f}",
             ],
-            ["NNCF 3.4 `nncf.quantize`", s(nncf["quantize_s"], 1), f"{nncf['rel_max_err']:.4f}"],
+            [
+                f"NNCF {nncf['nncf_version']} `nncf.quantize`",
+                s(nncf["quantize_s"], 1),
+                f"{nncf['error_onnxruntime']:.4f} (after `nncf.strip(..., NATIVE)`)",
+                f"{nncf['error_torch']:.4f}",
+            ],
             [
                 "`quant_pre_process` + `quantize_static`",
                 s(sq["quantize_static_seconds"], 1),
                 f"{sq['quantize_static_error']:.4f}",
+                "",
             ],
         ],
     )
@@ -483,21 +490,94 @@ PTQ_ZOO_MODELS = {
 }
 
 
+TIE = 0.95  # latency ratios within 5% of each other: one model's spread across rounds on a shared machine
+TOOLS = ("squeezer", "quantize_static", "nncf")
+
+
+def _zoo_rows() -> dict[str, Json]:
+    return load("ptq")["zoo"]["squeezer"]
+
+
+def _cell(row: Json, key: str, digits: int) -> str:
+    """A figure of one zoo row, or "fails" where that tool gave none (the page says why)."""
+    return f"{row[key]:.{digits}f}" if key in row else "fails"
+
+
 def ptq_zoo() -> str:
-    zoo = load("ptq")["zoo"]["squeezer"]
+    """Output error and PTQ time of the three tools, per model."""
+    zoo = _zoo_rows()
     body = [
-        [label, f"{zoo[k]['squeezer']:.4f}", f"{zoo[k]['quantize_static']:.4f}", f"{zoo[k]['ratio']:.2f}"]
+        [
+            label,
+            " / ".join(_cell(zoo[k], key, 4) for key in ("squeezer", "quantize_static", "nncf_error_onnxruntime")),
+            _cell(zoo[k], "nncf_error_torch", 4),
+            " / ".join(_cell(zoo[k], key, 1) for key in ("squeezer_s", "ort_s", "nncf_quantize_s")),
+        ]
         for k, label in PTQ_ZOO_MODELS.items()
     ]
-    return rows(["model", "Squeezer", "`quantize_static`", "ratio"], body)
+    header = ["model", "error: Squeezer / `quantize_static` / NNCF", "NNCF in torch", "seconds: same order"]
+    return rows(header, body)
+
+
+def _ours(speedup: Json, runtime: str) -> str:
+    """Squeezer's file for `runtime`: in onnxruntime the `target_runtime="onnxruntime"` one where the bench
+    made it (CNNs), else the default call's (NNCF's placement, OpenVINO's)."""
+    return "squeezer_onnxruntime" if runtime == "onnxruntime" and "squeezer_onnxruntime" in speedup else "squeezer"
+
+
+def _speedups(row: Json, runtime: str) -> str:
+    speedup = row["speed"][runtime]["speedup"]
+    keys = (_ours(speedup, runtime), "quantize_static", "nncf")
+    return " / ".join(x(speedup[key]) if key in speedup else "fails" for key in keys)
+
+
+def ptq_zoo_speed() -> str:
+    """INT8 speed against FP32 of each tool's file, per runtime, timed side by side."""
+    zoo = _zoo_rows()
+    body = [
+        [label, _speedups(zoo[k], "onnxruntime"), _speedups(zoo[k], "openvino")] for k, label in PTQ_ZOO_MODELS.items()
+    ]
+    return rows(["model", "onnxruntime: Squeezer / `quantize_static` / NNCF", "OpenVINO: same order"], body)
 
 
 def ptq_zoo_summary() -> str:
     """How many zoo models Squeezer's error is lower on, and the spread of the ratio."""
-    ratios = [r["ratio"] for r in load("ptq")["zoo"]["squeezer"].values() if isinstance(r, dict) and "ratio" in r]
+    ratios = [r["ratio"] for r in _zoo_rows().values() if isinstance(r, dict) and "ratio" in r]
     lower = sum(r < 1 for r in ratios)
     which = f"all {len(ratios)}" if lower == len(ratios) else f"{lower} of {len(ratios)}"
     return f"{which}: ratio {min(ratios):.2f}-{max(ratios):.2f}, median {statistics.median(ratios):.2f}"
+
+
+def ptq_zoo_nncf_summary() -> str:
+    """How many zoo models Squeezer's error is below NNCF's (its file in onnxruntime), and the spread."""
+    ratios = [r["ratio_nncf"] for r in _zoo_rows().values() if "ratio_nncf" in r]
+    lower = sum(r < 1 for r in ratios)
+    which = f"all {len(ratios)}" if lower == len(ratios) else f"{lower} of {len(ratios)}"
+    return f"{which}: ratio {min(ratios):.2f}-{max(ratios):.2f}, median {statistics.median(ratios):.2f}"
+
+
+def ptq_zoo_time_summary() -> str:
+    """On how many models Squeezer's PTQ took no longer than NNCF's, and the sum of each."""
+    zoo = [r for r in _zoo_rows().values() if "nncf_quantize_s" in r]
+    faster = sum(r["squeezer_s"] <= r["nncf_quantize_s"] for r in zoo)
+    ours, theirs = sum(r["squeezer_s"] for r in zoo), sum(r["nncf_quantize_s"] for r in zoo)
+    return f"{faster} of {len(zoo)} models; {ours:.0f} s against {theirs:.0f} s for all {len(zoo)}"
+
+
+def _speed_verdict(runtime: str, rival: str) -> str:
+    zoo = [r for r in _zoo_rows().values() if "speed" in r]
+    counted = [r["speed"][runtime]["speedup"] for r in zoo if rival in r["speed"][runtime]["speedup"]]
+    at_least = sum(sp[_ours(sp, runtime)] >= TIE * sp[rival] for sp in counted)
+    return f"{at_least} of {len(counted)}"
+
+
+def ptq_zoo_speed_summary() -> str:
+    return (
+        f"onnxruntime: {_speed_verdict('onnxruntime', 'quantize_static')} against `quantize_static`, "
+        f"{_speed_verdict('onnxruntime', 'nncf')} against NNCF; OpenVINO: "
+        f"{_speed_verdict('openvino', 'quantize_static')} against `quantize_static`, "
+        f"{_speed_verdict('openvino', 'nncf')} against NNCF"
+    )
 
 
 def ptq_minilm() -> str:
@@ -951,6 +1031,7 @@ TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "placement": ("placement", placement),
     "ptq_resnet18": ("ptq", ptq_resnet18),
     "ptq_zoo": ("ptq", ptq_zoo),
+    "ptq_zoo_speed": ("ptq", ptq_zoo_speed),
     "ptq_minilm": ("ptq", ptq_minilm),
     "ptq_accuracy_control": ("ptq", ptq_accuracy_control),
     "ptq_quality": ("ptq_quality", ptq_quality),
@@ -996,6 +1077,9 @@ FIGURES: dict[str, Callable[[], str]] = {
     "ptq_quality_onnxruntime_shufflenet_v2_x0_5": lambda: _ptq_quality_onnxruntime("shufflenet_v2_x0_5"),
     "ptq_quality_onnxruntime_seeds": lambda: str(load("ptq_quality_onnxruntime")["models"][0]["seeds"]),
     "ptq_zoo_summary": ptq_zoo_summary,
+    "ptq_zoo_nncf_summary": ptq_zoo_nncf_summary,
+    "ptq_zoo_time_summary": ptq_zoo_time_summary,
+    "ptq_zoo_speed_summary": ptq_zoo_speed_summary,
     "algorithms_step_ratios": algorithms_step_ratios,
     "algorithms_unpruned_params": algorithms_unpruned_params,
     "search_side_by_side": search_side_by_side,
