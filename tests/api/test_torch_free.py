@@ -34,9 +34,15 @@ def test_the_library_names_still_load_from_the_package():
     loaded = _modules_after(
         "from squeezer import NNCFConfig, create_compressed_model\n"
         "from squeezer.compression.registry import ALGORITHMS\n"
-        "assert all(row.builder is not None for row in ALGORITHMS.values())"
+        "assert all(row.load() is not None for row in ALGORITHMS.values())"
     )
     assert "torch" in loaded
+
+
+def test_post_training_quantization_imports_no_other_algorithm():
+    # each algorithm loads when a config names it: quantize skips pruning's torch-pruning (and its timm)
+    loaded = _modules_after("from squeezer.compression import quantize")
+    assert "torch_pruning" not in loaded and "squeezer.compression.pruning.algorithm" not in loaded
 
 
 def test_the_job_states_import_without_sqlalchemy():

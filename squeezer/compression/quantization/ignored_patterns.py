@@ -17,14 +17,12 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_GATES_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
+_GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
 _GATE_FUNCS: set[Any] = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
 _MEAN_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 _MEAN_FUNCS: set[Any] = {torch.mean, "mean", F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
 _RESHAPES: set[Any] = {torch.flatten, torch.reshape, "flatten", "reshape", "view"}
 _MULS: set[Any] = {operator.mul, torch.mul, "mul"}
-
-PATTERNS = ("se_block",)
 
 
 def _module(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
@@ -53,7 +51,7 @@ def _se_block(mul: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
     if len(args) != 2:
         return []
     for gate, x in (args, args[::-1]):
-        if not _is(gate, modules, _GATES_MODULES, _GATE_FUNCS):
+        if not _is(gate, modules, _GATE_MODULES, _GATE_FUNCS):
             continue
         second = _only_input(gate)
         act = _only_input(second) if second is not None and _is(second, modules, _LAYERS, set()) else None
