@@ -96,6 +96,7 @@ def _inplace(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     apply.__name__ = apply.__qualname__ = fn.__name__
     apply.__doc__ = f"{fn.__name__}(x, inplace=True)"
+    apply.__wrapped__ = fn  # type: ignore[attr-defined]  # what placement's tables know it by (function_of)
     return apply
 
 

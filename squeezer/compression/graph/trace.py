@@ -79,6 +79,13 @@ def _camel_to_snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+def function_of(node: fx.Node) -> Any:
+    """The function a call_function node calls, seen through the in-place wrappers of a lifted archive
+    (graph/lift.py: `hardswish_` lifts to a function that calls F.hardswish(x, inplace=True)), so tables
+    keyed by F.hardswish know both; a node of another kind: its target."""
+    return getattr(node.target, "__wrapped__", node.target) if node.op == "call_function" else node.target
+
+
 def op_name_of(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     """The traced-function name NNCF would give this node (`conv2d`, `relu_`, `__add__`, `cat`)."""
     if node.op == "call_module":

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from squeezer.compression.graph.trace import function_of
+
 _GATE_OF_MODULE: dict[type[nn.Module], Callable[..., torch.Tensor]] = {
     nn.SiLU: torch.sigmoid,
     nn.Hardswish: F.hardsigmoid,
@@ -31,7 +33,7 @@ def _gate_of(node: fx.Node, modules: dict[str, nn.Module]) -> Callable[..., torc
     if node.op == "call_module":
         return _GATE_OF_MODULE.get(type(modules[str(node.target)]))
     if node.op == "call_function":
-        return _GATE_OF_FUNCTION.get(node.target)
+        return _GATE_OF_FUNCTION.get(function_of(node))
     return None
 
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from squeezer.compression.graph.trace import function_of
+
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
 _GATE_FUNCS: set[Any] = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
@@ -36,7 +38,7 @@ def _is(node: Any, modules: dict[str, nn.Module], module_types: tuple[type, ...]
         return isinstance(_module(node, modules), module_types)
     if node.op == "call_method":
         return node.target in funcs
-    return node.op == "call_function" and node.target in funcs
+    return node.op == "call_function" and function_of(node) in funcs
 
 
 def _only_input(node: fx.Node) -> fx.Node | None:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from squeezer.compression.graph.trace import tensor_meta
+from squeezer.compression.graph.trace import function_of, tensor_meta
 
 # Their input (a conv's output) quantized: the conv runs as QLinearConv, and a Sigmoid between a
 # dequantize and a quantize runs as QLinearSigmoid. (Hardsigmoid has no integer kernel and stays FP32
@@ -35,7 +35,7 @@ _PRODUCT_FUNCS = {operator.mul, torch.mul}
 def _is_gate(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules[str(node.target)], _GATE_MODULES)
-    return node.op == "call_function" and node.target in _GATE_FUNCS
+    return node.op == "call_function" and function_of(node) in _GATE_FUNCS
 
 
 def _is_product(node: fx.Node) -> bool:
