@@ -95,3 +95,26 @@ def test_a_runtime_that_cannot_run_the_file_keeps_the_others_figures(tmp_path):
     # the same file twice may also be reported "not faster"; only the missing runtime matters here
     missing = [w for w in warnings if w.startswith("latency not measured")]
     assert len(missing) == 1 and missing[0].startswith("latency not measured in openvino: RuntimeError")
+
+
+def test_a_file_slower_in_onnxruntime_with_openvinos_placement_names_the_config_key():
+    """The default placement is NNCF's (what OpenVINO fuses); in onnxruntime it can be far slower than FP32
+    (a post-training MobileNetV3-small: 0.13x), and the job's warnings say how to get onnxruntime's."""
+    import squeezer.compression as nncf
+    from squeezer.worker.runner import _placement_hint
+
+    batches = [torch.rand(8, 64) for _ in range(2)]
+    for runtime, speedup, hinted in (
+        (None, 0.13, True),
+        ("onnxruntime", 0.13, False),  # already onnxruntime's placement: nothing to suggest
+        (None, 1.5, False),  # faster: nothing to say
+    ):
+        advanced = nncf.AdvancedQuantizationParameters(target_runtime=runtime)
+        quantized = nncf.quantize(_mlp(16), nncf.Dataset(batches), subset_size=16, advanced_parameters=advanced)
+        warnings: list[str] = []
+        _placement_hint(nncf.controller_of(quantized), {"onnxruntime": {"speedup": speedup}}, warnings)
+        assert bool(warnings) is hinted
+        assert not warnings or '"target_runtime": "onnxruntime"' in warnings[0]
+    warnings = []
+    _placement_hint(nncf.controller_of(quantized), {}, warnings)  # no onnxruntime figures: no hint
+    assert warnings == []
