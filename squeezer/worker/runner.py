@@ -281,6 +281,7 @@ def _placement_hint(ctrl: Any, latency: dict[str, dict[str, Any]], warnings: lis
             "its quantizers are placed for OpenVINO (NNCF's placement); for onnxruntime, set "
             '"target_runtime": "onnxruntime" in the config: it places them where onnxruntime has integer kernels'
         )
+        logger.warning("%s", warnings[-1])  # every warning of a job is in its log too
 
 
 def _latency(
