@@ -68,7 +68,7 @@ def onnxruntime_ports(node: fx.Node, modules: dict[str, nn.Module]) -> list[int]
 
 
 _RELU_MODULES = (nn.ReLU, nn.ReLU6)
-_RELU_FUNCS = {F.relu, F.relu6, torch.relu}
+_RELU_FUNCS = {F.relu, F.relu6, torch.relu, torch.relu_, F.relu_}  # relu_: a lifted archive's ReLU(inplace=True)
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 
 
