@@ -275,7 +275,8 @@ def _placement_hint(ctrl: Any, latency: dict[str, dict[str, Any]], warnings: lis
     """A file slower than FP32 in onnxruntime whose quantizers sit where OpenVINO fuses them: say how to get
     onnxruntime's placement (a post-training MobileNetV3-small ran 0.13x FP32 there, 1.18x in OpenVINO)."""
     onnxruntime = latency.get("onnxruntime")
-    placement = getattr(getattr(ctrl, "context", None), "placement", None)
+    quantizing = next((c for c in ctrl.child_ctrls if c.name == "quantization"), None)  # none: nothing placed
+    placement = getattr(getattr(quantizing, "context", None), "placement", None)
     if onnxruntime and onnxruntime["speedup"] < 1.0 and placement is not None and placement.name != "onnxruntime":
         warnings.append(
             "its quantizers are placed for OpenVINO (NNCF's placement); for onnxruntime, set "

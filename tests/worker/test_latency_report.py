@@ -118,3 +118,9 @@ def test_a_file_slower_in_onnxruntime_with_openvinos_placement_names_the_config_
     warnings = []
     _placement_hint(nncf.controller_of(quantized), {}, warnings)  # no onnxruntime figures: no hint
     assert warnings == []
+    config = nncf.NNCFConfig.from_dict(
+        {"input_info": {"sample_size": [1, 64]}, "compression": {"algorithm": "magnitude_sparsity"}}
+    )
+    sparse, _ = nncf.create_compressed_model(_mlp(16), config, dump_graphs=False)
+    _placement_hint(sparse, {"onnxruntime": {"speedup": 0.5}}, warnings)  # no quantizers: nothing to place
+    assert warnings == []
