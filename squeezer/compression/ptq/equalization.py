@@ -18,13 +18,14 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from squeezer.compression.graph.surgery import original_weight
+from squeezer.compression.quantization.op_kinds import RELU_FUNCTIONS
 from squeezer.compression.quantization.placement import ACTIVATIONS_ATTR
 
 logger = logging.getLogger(__name__)
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _SCALE_COMMUTING_MODULES = (nn.ReLU, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Identity, nn.Dropout)
-_SCALE_COMMUTING_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu, F.max_pool1d, F.max_pool2d, F.max_pool3d}
+_SCALE_COMMUTING_FUNCTIONS = {*RELU_FUNCTIONS, F.leaky_relu, F.max_pool1d, F.max_pool2d, F.max_pool3d}
 
 
 def _commutes(node: fx.Node, modules: dict[str, nn.Module]) -> bool:

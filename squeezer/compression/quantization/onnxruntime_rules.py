@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from squeezer.compression.graph.trace import function_of, tensor_meta
+from squeezer.compression.quantization.op_kinds import RELU_FUNCTIONS
 
 # Their input (a conv's output) quantized: the conv runs as QLinearConv, and a Sigmoid between a
 # dequantize and a quantize runs as QLinearSigmoid. (Hardsigmoid has no integer kernel and stays FP32
@@ -68,7 +69,7 @@ def onnxruntime_ports(node: fx.Node, modules: dict[str, nn.Module]) -> list[int]
 
 
 _RELU_MODULES = (nn.ReLU, nn.ReLU6)
-_RELU_FUNCS = {F.relu, F.relu6, torch.relu, torch.relu_, F.relu_}  # relu_: a lifted archive's ReLU(inplace=True)
+_RELU_FUNCS = {*RELU_FUNCTIONS, F.relu6}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 
 

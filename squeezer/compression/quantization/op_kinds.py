@@ -39,6 +39,10 @@ _AGNOSTIC_MODULES = (
     nn.Unflatten,
 )
 
+# ReLU as a graph calls it: `F.relu(x)`, `torch.relu(x)`, and in place, as a lifted `.pt2` archive's
+# ReLU(inplace=True) (graph/lift.py: aten.relu_ -> torch.relu_)
+RELU_FUNCTIONS: frozenset[Any] = frozenset({F.relu, F.relu_, torch.relu, torch.relu_})
+
 _ONE_INPUT_FUNCS = {
     F.conv1d,
     F.conv2d,

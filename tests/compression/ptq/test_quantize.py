@@ -75,6 +75,22 @@ def test_cross_layer_equalization_undoes_outlier_channels(digits_cnn):
     assert nncf.controller_of(equalized).ptq_report.equalized == ["0->3"]
 
 
+def test_equalization_finds_the_pair_in_an_uploaded_archive_with_in_place_relus(digits_cnn, tmp_path):
+    """A `.pt2` archive's ReLU(inplace=True) lifts to `torch.relu_`, which commutes with the scaling too."""
+    model, train, val, fp32 = digits_cnn
+    outliers = copy.deepcopy(with_outlier_channels(model, val)).eval()
+    for module in outliers.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = True
+    example = next(iter(val))[0]
+    program = torch.export.export(outliers, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    torch.export.save(program, tmp_path / "model.pt2")
+    lifted = nncf.lift_exported_program(nncf.load_exported_program(tmp_path / "model.pt2"))
+    equalized = nncf.quantize(lifted, _calibration(train))
+    assert nncf.controller_of(equalized).ptq_report.equalized == ["0->3"]
+    assert accuracy(equalized, val) >= fp32 - 0.5
+
+
 def test_accuracy_control_meets_a_tight_budget_and_names_the_fp32_layers(digits_cnn):
     model, train, val, fp32 = digits_cnn
     outliers = with_outlier_channels(model, val)
