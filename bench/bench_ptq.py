@@ -149,30 +149,25 @@ def _ptq_case(
         expected=expected,
     )
     row: dict[str, Any] = {}
-    started = time.perf_counter()  # `quantize` was imported above: like NNCF's, the import is not timed
-    quantized = quantize(
-        model,
-        PTQDataset(calibration),
-        subset_size=sum(len(x) for x in calibration),
-        model_type=ModelType.TRANSFORMER if transformer else None,
-    )
-    row["squeezer_s"] = time.perf_counter() - started
-    with torch.no_grad():
-        row["squeezer_torch"] = relative_error(torch.cat([quantized(x) for x in held_out]).numpy(), expected)
-    path = controller_of(quantized).export_model(str(folder / "squeezer.onnx"), verify=False)  # errors below
-    row["squeezer"] = relative_error(_run_onnx(path, held_out), expected)
-    if not transformer:  # a transformer's default placement is already onnxruntime's
-        # the placement for onnxruntime (`target_runtime`), the file a user deploying there exports
-        started = time.perf_counter()
-        for_ort = quantize(
+    # the default call, and (CNNs; a transformer's default is onnxruntime's already) the placement for
+    # onnxruntime (`target_runtime`), the file a user deploying there exports
+    variants = {"squeezer": None} if transformer else {"squeezer": None, "squeezer_onnxruntime": "onnxruntime"}
+    for key, runtime in variants.items():
+        started = time.perf_counter()  # `quantize` was imported above: like NNCF's, the import is not timed
+        quantized = quantize(
             model,
             PTQDataset(calibration),
             subset_size=sum(len(x) for x in calibration),
-            advanced_parameters=AdvancedQuantizationParameters(target_runtime="onnxruntime"),
+            model_type=ModelType.TRANSFORMER if transformer else None,
+            advanced_parameters=AdvancedQuantizationParameters(target_runtime=runtime),
         )
-        row["squeezer_onnxruntime_s"] = time.perf_counter() - started
-        path = controller_of(for_ort).export_model(str(folder / "squeezer_onnxruntime.onnx"), verify=False)
-        row["squeezer_onnxruntime"] = relative_error(_run_onnx(path, held_out), expected)
+        row[f"{key}_s"] = time.perf_counter() - started
+        if runtime is None:
+            with torch.no_grad():
+                outputs = torch.cat([quantized(x) for x in held_out]).numpy()
+            row["squeezer_torch"] = relative_error(outputs, expected)
+        path = controller_of(quantized).export_model(str(folder / f"{key}.onnx"), verify=False)  # errors below
+        row[key] = relative_error(_run_onnx(path, held_out), expected)
     fp32 = folder / "fp32.onnx"
     torch.onnx.export(
         model, (held_out[0],), str(fp32), input_names=["input"], dynamic_axes={"input": {0: "b"}}, dynamo=False
@@ -290,10 +285,7 @@ def zoo(
     `nncf.quantize`, all on the same FP32 weights and calibration batches, averaged over `seeds` random
     models; then, on seed 0, INT8 latency at batch 1 in onnxruntime and OpenVINO, the four files timed
     side by side (NNCF's: its QDQ ONNX after strip, and in OpenVINO its own IR from ov.convert_model)."""
-    from bench_runtime import side_by_side
-
     from squeezer.examples.zoo import BENCHMARK_CNNS, ZOO
-    from squeezer.runtime.latency import load_runner
 
     names = tuple(models or (*BENCHMARK_CNNS, *ZOO_TRANSFORMERS))
     rows: dict[str, Any] = {}
@@ -326,7 +318,7 @@ def zoo(
             row["ratio"] = row["squeezer"] / max(row["quantize_static"], 1e-12)
             if "nncf_error_onnxruntime" in row:
                 row["ratio_nncf"] = row["squeezer"] / max(row["nncf_error_onnxruntime"], 1e-12)
-            row["speed"] = _zoo_speed(work / f"{name}-0", nncf.get(f"{name}-0", {}), rounds, load_runner, side_by_side)
+            row["speed"] = _zoo_speed(work / f"{name}-0", nncf.get(f"{name}-0", {}), rounds)
             print(name, json.dumps(row, default=str), flush=True)
     versions = {row.get("nncf_version") for row in nncf.values()} - {None}
     return {"squeezer": rows, "nncf": {"nncf_version": versions.pop()} if versions else None}
@@ -345,8 +337,12 @@ def _input_name(path: Path) -> str:
     return next(i.name for i in graph.input if i.name not in initializers)
 
 
-def _zoo_speed(folder: Path, nncf: dict[str, Any], rounds: int, load_runner: Any, side_by_side: Any) -> dict[str, Any]:
+def _zoo_speed(folder: Path, nncf: dict[str, Any], rounds: int) -> dict[str, Any]:
     """FP32 / INT8 latency of one model's files at batch 1, 2 threads, per runtime (side_by_side rounds)."""
+    from bench_runtime import side_by_side
+
+    from squeezer.runtime.latency import load_runner
+
     data = np.load(folder / "data.npz")
     feed = {"input": data["held_out"][0][:1]}
     speed: dict[str, Any] = {}
