@@ -540,20 +540,23 @@ def ptq_zoo_speed() -> str:
     return rows(["model", "onnxruntime: Squeezer / `quantize_static` / NNCF", "OpenVINO: same order"], body)
 
 
-def ptq_zoo_summary() -> str:
-    """How many zoo models Squeezer's error is lower on, and the spread of the ratio."""
-    ratios = [r["ratio"] for r in _zoo_rows().values() if isinstance(r, dict) and "ratio" in r]
+def _lower_error(ratio_key: str) -> str:
+    """On how many zoo models Squeezer's error is lower (`ratio_key`: its error over the other tool's), and
+    the spread of the ratio over the models that have it."""
+    ratios = [r[ratio_key] for r in _zoo_rows().values() if ratio_key in r]
     lower = sum(r < 1 for r in ratios)
     which = f"all {len(ratios)}" if lower == len(ratios) else f"{lower} of {len(ratios)}"
     return f"{which}: ratio {min(ratios):.2f}-{max(ratios):.2f}, median {statistics.median(ratios):.2f}"
+
+
+def ptq_zoo_summary() -> str:
+    """Against `quantize_static`."""
+    return _lower_error("ratio")
 
 
 def ptq_zoo_nncf_summary() -> str:
-    """How many zoo models Squeezer's error is below NNCF's (its file in onnxruntime), and the spread."""
-    ratios = [r["ratio_nncf"] for r in _zoo_rows().values() if "ratio_nncf" in r]
-    lower = sum(r < 1 for r in ratios)
-    which = f"all {len(ratios)}" if lower == len(ratios) else f"{lower} of {len(ratios)}"
-    return f"{which}: ratio {min(ratios):.2f}-{max(ratios):.2f}, median {statistics.median(ratios):.2f}"
+    """Against NNCF (its file in onnxruntime)."""
+    return _lower_error("ratio_nncf")
 
 
 def ptq_zoo_time_summary() -> str:
