@@ -2,7 +2,7 @@
 
 Run ONLY with the separate benchmark virtualenv that has NNCF (NNCF is never a Squeezer dependency, and
 this script imports nothing of squeezer but `squeezer.examples.zoo`, which needs torch and the model
-packages only, to build the zoo's architectures); Squeezer's benchmarks call it as a subprocess and read
+packages only: the zoo's architectures, and its fix for torchvision beside a CPU-only torch); Squeezer's benchmarks call it as a subprocess and read
 the JSON:
 
     /work/nncf-venv/bin/python bench/nncf_ptq_runner.py minilm    --out nncf_minilm.json    [--threads 2]
@@ -47,7 +47,6 @@ os.environ.setdefault("NNCF_CI", "1")  # only effect in NNCF 3.4: telemetry stub
 
 import argparse
 import copy
-import importlib.util
 import json
 import platform
 import sys
@@ -61,46 +60,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# --------------------------------------------------------------------------------------------------------------
-# torchvision next to a CPU-only torch: the PyPI torchvision wheel's C++ extension is built against the CUDA
-# torch, so it may not load and `import torchvision` then dies with "operator torchvision::nms does not exist"
-# while registering a fake kernel. Classification models never call those ops, so (same idea as Squeezer's
-# squeezer/examples/zoo.py, copied, not imported) declare the two op schemas torchvision's import needs,
-# without kernels. This must happen before anything imports torchvision (transformers and nncf may do so).
-# --------------------------------------------------------------------------------------------------------------
-_missing_ops_library: Any = None  # kept alive: dropping it removes the schemas
+# squeezer.examples.zoo from this checkout (torch and the model packages only, no squeezer install): the zoo's
+# architectures, and its torchvision fix, which must run before anything imports torchvision (transformers
+# and nncf may): beside a CPU-only torch the PyPI torchvision's C++ extension may not load, and the fix
+# declares the two op schemas torchvision's import needs (the module docstring there says more).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from squeezer.examples import zoo
 
-
-def _torchvision_ops_load() -> bool:
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or spec.origin is None:
-        return False
-    if hasattr(torch.ops.torchvision, "nms"):
-        return True
-    extension = next(Path(spec.origin).parent.glob("_C*.so"), None)
-    if extension is None:
-        return False
-    try:
-        torch.ops.load_library(str(extension))
-    except OSError:
-        return False
-    return True
-
-
-def prepare_torchvision() -> bool:
-    """Make `import torchvision` work; returns True when the op schemas had to be declared."""
-    global _missing_ops_library
-    if importlib.util.find_spec("torchvision") is None:
-        return False
-    if _missing_ops_library is None and not _torchvision_ops_load():
-        library = torch.library.Library("torchvision", "FRAGMENT")
-        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        library.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
-        _missing_ops_library = library
-    return _missing_ops_library is not None
-
-
-TORCHVISION_OPS_DECLARED = prepare_torchvision()
+zoo.prepare_torchvision()
 
 import nncf  # noqa: E402  (after the torchvision fix and the environment variables)
 import numpy as np  # noqa: E402
@@ -486,14 +453,6 @@ def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.max(np.abs(actual - expected)) / max(float(np.max(np.abs(expected))), 1e-4))
 
 
-def _zoo() -> Any:
-    """squeezer.examples.zoo from this checkout (torch and the model packages only; no squeezer install)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from squeezer.examples import zoo
-
-    return zoo
-
-
 def _nncf_files(quantized: nn.Module, example: torch.Tensor, folder: Path, openvino: bool) -> dict[str, Any]:
     """NNCF's deployable files of one quantized model: QDQ ONNX (strip NATIVE, then torch.onnx.export) and,
     when asked, the OpenVINO IR of ov.convert_model. Each failure is recorded, not raised."""
@@ -530,7 +489,6 @@ def _nncf_files(quantized: nn.Module, example: torch.Tensor, folder: Path, openv
 def run_models(args: argparse.Namespace) -> dict[str, Any]:
     from safetensors.torch import load_model
 
-    zoo = _zoo()
     manifest = json.loads(Path(args.manifest).read_text())
     extension = _preload_nncf_torch_extension()
     rows: dict[str, Any] = {}
