@@ -9,7 +9,6 @@ mean and the product stay quantizable, as in NNCF.
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from squeezer.compression.graph.trace import function_of
+from squeezer.compression.quantization.op_kinds import is_product
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
@@ -24,7 +24,6 @@ _GATE_FUNCS: set[Any] = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
 _MEAN_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 _MEAN_FUNCS: set[Any] = {torch.mean, "mean", F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
 _RESHAPES: set[Any] = {torch.flatten, torch.reshape, "flatten", "reshape", "view"}
-_MULS: set[Any] = {operator.mul, torch.mul, "mul"}
 
 
 def _module(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
@@ -73,6 +72,6 @@ def ignored_nodes(gm: fx.GraphModule, modules: dict[str, nn.Module], patterns: l
     nodes: set[fx.Node] = set()
     if "se_block" in patterns:
         for node in gm.graph.nodes:
-            if _is(node, modules, (), _MULS):
+            if is_product(node):
                 nodes.update(_se_block(node, modules))
     return nodes

@@ -23,27 +23,19 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from squeezer.compression.graph.trace import function_of, tensor_meta
-from squeezer.compression.quantization.op_kinds import RELU_FUNCTIONS
+from squeezer.compression.quantization.op_kinds import RELU_FUNCTIONS, is_product
 
 # Their input (a conv's output) quantized: the conv runs as QLinearConv, and a Sigmoid between a
 # dequantize and a quantize runs as QLinearSigmoid. (Hardsigmoid has no integer kernel and stays FP32
 # between the two, as in `quantize_static`'s file.)
 _GATE_MODULES = (nn.SiLU, nn.Hardswish, nn.Sigmoid, nn.Hardsigmoid, nn.Mish)
 _GATE_FUNCS = {F.silu, F.hardswish, torch.sigmoid, F.sigmoid, F.hardsigmoid, F.mish}
-_PRODUCT_FUNCS = {operator.mul, torch.mul}
 
 
 def _is_gate(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules[str(node.target)], _GATE_MODULES)
     return node.op == "call_function" and function_of(node) in _GATE_FUNCS
-
-
-def _is_product(node: fx.Node) -> bool:
-    """`a * b`: a squeeze-excitation gate times its feature map, a written-out SiLU (QLinearMul)."""
-    return (node.op == "call_function" and node.target in _PRODUCT_FUNCS) or (
-        node.op == "call_method" and node.target == "mul"
-    )
 
 
 def _is_feature_map_norm(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -63,7 +55,7 @@ def onnxruntime_ports(node: fx.Node, modules: dict[str, nn.Module]) -> list[int]
     """Input ports of `node` to quantize for onnxruntime beyond NNCF's placement (empty: none)."""
     if _is_gate(node, modules) or _is_feature_map_norm(node, modules):
         return [0]
-    if _is_product(node):
+    if is_product(node):  # a squeeze-excitation gate times its feature map, a written-out SiLU (QLinearMul)
         return [0, 1]  # only where both are activations: placement skips x * constant
     return []
 

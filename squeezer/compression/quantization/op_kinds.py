@@ -43,6 +43,16 @@ _AGNOSTIC_MODULES = (
 # ReLU(inplace=True) (graph/lift.py: aten.relu_ -> torch.relu_)
 RELU_FUNCTIONS: frozenset[Any] = frozenset({F.relu, F.relu_, torch.relu, torch.relu_})
 
+_PRODUCT_FUNCS = {operator.mul, torch.mul}
+
+
+def is_product(node: fx.Node) -> bool:
+    """`a * b`, `torch.mul(a, b)` or `a.mul(b)`."""
+    return (node.op == "call_function" and node.target in _PRODUCT_FUNCS) or (
+        node.op == "call_method" and node.target == "mul"
+    )
+
+
 _ONE_INPUT_FUNCS = {
     F.conv1d,
     F.conv2d,
