@@ -2,8 +2,8 @@
 
 Run ONLY with the separate benchmark virtualenv that has NNCF (NNCF is never a Squeezer dependency, and
 this script imports nothing of squeezer but `squeezer.examples.zoo`, which needs torch and the model
-packages only: the zoo's architectures, and its fix for torchvision beside a CPU-only torch); Squeezer's benchmarks call it as a subprocess and read
-the JSON:
+packages only: the zoo's architectures, and its fix for torchvision beside a CPU-only torch); Squeezer's
+benchmarks call it as a subprocess and read the JSON:
 
     /work/nncf-venv/bin/python bench/nncf_ptq_runner.py minilm    --out nncf_minilm.json    [--threads 2]
     /work/nncf-venv/bin/python bench/nncf_ptq_runner.py digits_ac --out nncf_digits_ac.json [--threads 2]
