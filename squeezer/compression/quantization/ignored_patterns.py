@@ -4,7 +4,10 @@ patterns); the quantization section's `ignored_patterns` names them.
 "se_block": a squeeze-and-excitation gate, `x * sigmoid(fc2(act(fc1(mean(x)))))`. Its two layers run on
 1x1 maps, so quantizing them saves nothing, and the quantizers around them keep OpenVINO from fusing the
 gate: EfficientNet-B0 at 224x224 ran 1.28x FP32 in OpenVINO with them quantized, 1.49x without. The
-mean and the product stay quantizable, as in NNCF.
+mean (and any reshape after it) stays FP32 too: it feeds only the FP32 layer, so a quantizer on its input
+bought nothing and split the tensor that the product also reads, which kept OpenVINO from fusing that
+quantizer into the layer before (MobileNetV3-small: 1.19x FP32 with it, 1.31x without; NNCF's IR 1.30x).
+The product stays quantizable, as in NNCF.
 """
 
 from __future__ import annotations
@@ -59,11 +62,12 @@ def _se_block(mul: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
         first = _only_input(act) if act is not None and not _is(act, modules, _LAYERS, set()) else None
         if first is None or not _is(first, modules, _LAYERS, set()):
             continue
-        squeezed = _only_input(first)
-        while squeezed is not None and _is(squeezed, modules, (nn.Flatten,), _RESHAPES):
-            squeezed = _only_input(squeezed)
-        if squeezed is not None and _is(squeezed, modules, _MEAN_MODULES, _MEAN_FUNCS) and squeezed.args[0] is x:
-            return [first, act, second, gate]  # type: ignore[list-item]
+        squeeze = [_only_input(first)]
+        while squeeze[-1] is not None and _is(squeeze[-1], modules, (nn.Flatten,), _RESHAPES):
+            squeeze.append(_only_input(squeeze[-1]))
+        mean = squeeze[-1]
+        if mean is not None and _is(mean, modules, _MEAN_MODULES, _MEAN_FUNCS) and mean.args[0] is x:
+            return [*squeeze, first, act, second, gate]  # type: ignore[list-item]
     return []
 
 
