@@ -131,7 +131,8 @@ def build_export_model(model: nn.Module) -> nn.Module:
     for name, module in list(export.named_modules()):
         if isinstance(module, (FakeQuantizer, FakeQuantize)):
             grid = grid_of(module)
-            replace_submodule(export, name, ActivationQDQ(grid) if grid is not None else nn.Identity())
+            int8 = bool(getattr(module, "int8_storage", False))  # FakeQuantizer's, kept by strip()
+            replace_submodule(export, name, ActivationQDQ(grid, int8) if grid is not None else nn.Identity())
     return export
 
 

@@ -57,18 +57,21 @@ def bcast(t: torch.Tensor, axis: int | None, ndim: int) -> torch.Tensor:
 
 
 class ActivationQDQ(nn.Module):
-    """Exports as QuantizeLinear/DequantizeLinear with uint8 zero point (onnxruntime's fast path)."""
+    """Exports as QuantizeLinear/DequantizeLinear with a uint8 zero point (onnxruntime's fast path), or,
+    with `int8` and a signed grid, an int8 one (what OpenVINO wants at a concat's inputs)."""
 
     jitter = 0.0  # relative noise put on the input by `rounding_noise`; 0 in the export
 
     step_t: torch.Tensor
     zp_t: torch.Tensor
 
-    def __init__(self, grid: Grid) -> None:
+    def __init__(self, grid: Grid, int8: bool = False) -> None:
         super().__init__()
         self.axis = grid.axis
         self.qmin, self.qmax = grid.qmin, grid.qmax
-        zp = grid.zero_point - grid.qmin  # shift the grid into [0, 255]
+        signed = int8 and -128 <= grid.qmin < 0 and grid.qmax <= 127
+        self.low, self.high = (-128, 127) if signed else (0, 255)  # the stored type's range
+        zp = grid.zero_point if signed else grid.zero_point - grid.qmin  # uint8: shift the grid into [0, 255]
         if grid.axis is None:
             self.step = float(grid.step)
             self.zp = int(zp)
@@ -85,8 +88,8 @@ class ActivationQDQ(nn.Module):
         if self.axis is None:
             if self.needs_clamp:
                 x = x.clamp(self.lo, self.hi)
-            return torch.fake_quantize_per_tensor_affine(x, self.step, self.zp, 0, 255)
-        return torch.fake_quantize_per_channel_affine(x, self.step_t, self.zp_t, self.axis, 0, 255)
+            return torch.fake_quantize_per_tensor_affine(x, self.step, self.zp, self.low, self.high)
+        return torch.fake_quantize_per_channel_affine(x, self.step_t, self.zp_t, self.axis, self.low, self.high)
 
 
 class WeightQDQ(nn.Module):

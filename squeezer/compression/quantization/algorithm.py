@@ -23,6 +23,7 @@ from squeezer.compression.graph.scopes import check_scopes_match
 from squeezer.compression.graph.surgery import weight_parametrizations
 from squeezer.compression.init_args import QuantizationRangeInitArgs
 from squeezer.compression.quantization.initializer import initialize, range_configs
+from squeezer.compression.quantization.op_kinds import is_concat
 from squeezer.compression.quantization.placement import (
     ACTIVATIONS_ATTR,
     WEIGHTED_MODULES,
@@ -84,9 +85,19 @@ def _insert(ctx: BuildContext, setup: QuantizerSetup) -> tuple[dict[str, FakeQua
             with gm.graph.inserting_before(consumer):
                 qnode = gm.graph.call_module(target, (arg,))
             consumer.replace_input_with(arg, qnode)
+    if ctx.placement.stores_signed_concat_inputs_as_int8:
+        _store_concat_inputs_as_int8(gm, act_q)
     gm.graph.lint()
     gm.recompile()
     return weight_q, act_q
+
+
+def _store_concat_inputs_as_int8(gm: fx.GraphModule, act_q: dict[str, FakeQuantizer]) -> None:
+    """Mark the activation quantizers that a concat reads (the policy's `stores_signed_concat_inputs_as_int8`)."""
+    prefix = ACTIVATIONS_ATTR + "."
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and str(node.target).startswith(prefix) and any(map(is_concat, node.users)):
+            act_q[str(node.target).removeprefix(prefix)].int8_storage = True
 
 
 def _validate_scopes(ctx: BuildContext, cfg: QuantizationConfig) -> None:

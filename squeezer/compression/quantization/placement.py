@@ -297,8 +297,8 @@ def _input_ports(placing: _Placing, node: fx.Node) -> list[int]:
 
 
 def _quantize_op_inputs(placing: _Placing, shared: _SharedQuantizers) -> dict[fx.Node, list[fx.Node]]:
-    """Quantize what each quantizable op reads (the sums the runtime runs in FP32 left out); returns each
-    concat's branch producers, quantized where the policy quantizes concats."""
+    """Quantize what each quantizable op reads (the sums the runtime runs in FP32 left out) and each
+    concat's inputs; returns each concat's branch producers."""
     modules, cfg, policy = placing.modules, placing.cfg, placing.opts.policy
 
     def quantizes_input(node: fx.Node) -> bool:
@@ -311,7 +311,7 @@ def _quantize_op_inputs(placing: _Placing, shared: _SharedQuantizers) -> dict[fx
     for node in placing.traced.gm.graph.nodes:
         if node in fp32_adds:
             continue
-        if policy.quantizes_concats_and_splits and is_concat(node):
+        if policy.quantizes_concat_inputs and is_concat(node):
             branches = node.args[0] if isinstance(node.args[0], (list, tuple)) else []
             for branch in branches:  # each branch's output quantized: the convs that end them run in INT8
                 if isinstance(branch, fx.Node) and is_tensor(branch) and placing.considered(node, cfg.activations):

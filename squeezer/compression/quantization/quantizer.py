@@ -242,6 +242,9 @@ class FakeQuantizer(nn.Module):
 
     enabled: torch.Tensor
     signed_tensor: torch.Tensor
+    # the export stores a signed grid as int8 instead of uint8 shifted by 128 (set by the quantization
+    # builder where the placement policy asks for it; the values are the same either way)
+    int8_storage: bool = False
 
     def __init__(self, spec: QuantizerSpec) -> None:
         super().__init__()

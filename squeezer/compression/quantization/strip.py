@@ -42,6 +42,7 @@ def to_torch_fake_quantize(q: FakeQuantizer) -> FakeQuantize:
         fq.zero_point = zero_point.flatten().clone()
     fq.disable_observer()
     fq.enable_fake_quant(q.is_enabled)
+    fq.int8_storage = q.int8_storage  # type: ignore[assignment]  # the stripped model exports the same file
     return fq.to(step.device)
 
 

@@ -46,8 +46,13 @@ def test_the_builder_places_with_the_chosen_policy(runtime):
     assert ctrl.context.placement is (ONNXRUNTIME_PLACEMENT if runtime else NNCF_PLACEMENT)
 
 
-def test_nncf_policy_adds_nothing_to_nncf_placement():
-    """NNCF's placement is the default: its policy answers no to every runtime-specific question."""
-    answers = {k: v for k, v in vars(NNCF_PLACEMENT).items() if k != "name"}
-    assert answers and not any(answers.values())
-    assert all(vars(ONNXRUNTIME_PLACEMENT)[k] for k in answers)
+def test_the_policies_differ_where_their_runtimes_do():
+    """NNCF's placement is the default. It answers no to the questions where onnxruntime needs more or
+    fewer quantizers; both quantize a concat's inputs, and each stores them in its runtime's type."""
+    nncf, ort = vars(NNCF_PLACEMENT), vars(ONNXRUNTIME_PLACEMENT)
+    shared = {"quantizes_concat_inputs"}
+    openvino_only = {"stores_signed_concat_inputs_as_int8"}
+    onnxruntime_only = set(nncf) - {"name"} - shared - openvino_only
+    assert onnxruntime_only and not any(nncf[k] for k in onnxruntime_only) and all(ort[k] for k in onnxruntime_only)
+    assert all(nncf[k] and ort[k] for k in shared)
+    assert all(nncf[k] and not ort[k] for k in openvino_only)
