@@ -235,3 +235,36 @@ def test_attention_masks_that_mask_nothing_are_dropped(masks_something):
     else:
         assert ops == ["MatMul", "Softmax", "MatMul"]
     np.testing.assert_allclose(_run(model, feeds), before, rtol=1e-6, atol=0)
+
+
+class SdpaAttention(nn.Module):
+    """Multi-head self-attention through F.scaled_dot_product_attention, as timm and Hugging Face write it."""
+
+    def __init__(self, scale: float | None = None, causal: bool = False, masked: bool = False) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+        self.scale, self.causal, self.masked = scale, causal, masked
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        mask = (x[:, None, None, :, 0] > -1.5) if self.masked else None  # (b, 1, 1, n) bool
+        out = nn.functional.scaled_dot_product_attention(q, k, v, mask, scale=self.scale, is_causal=self.causal)
+        return self.proj(out.transpose(1, 2).reshape(b, n, 16))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"scale": 0.2}, {"causal": True}, {"masked": True}], ids=["default", "scale", "causal", "mask"]
+)
+def test_attention_scale_is_a_constant_in_the_file(kwargs, tmp_path):
+    """torch's ONNX form computes 1/sqrt(head size) from the query's shape on every run (Shape, Slice, Cast,
+    Sqrt, Div); the export writes it as a constant when the head size is known. Parity with torch is
+    checked by the export itself, in onnxruntime."""
+    from squeezer.compression.export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    model = SdpaAttention(**kwargs).eval()
+    path = export_onnx(model, tmp_path / "attention.onnx", (torch.randn(2, 5, 16),))
+    ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    assert ops["Softmax"] == 1 and ops["Sqrt"] == 0
+    assert ops["Slice"] == (2 if kwargs.get("causal") else 0)  # the causal mask is cut to the sequence length
