@@ -21,7 +21,7 @@ import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +198,7 @@ def _attention_with_constant_scale(
 @contextlib.contextmanager
 def _custom_symbolics() -> Iterator[None]:
     """Squeezer's ONNX forms of some ops, for the duration of one export (the registry is global)."""
-    forms = {
+    forms: dict[tuple[str, int], Callable[..., Any]] = {
         ("aten::hardsigmoid", CLIP_OPSET): _hardsigmoid_as_clip,
         ("aten::scaled_dot_product_attention", SDPA_OPSET): _attention_with_constant_scale,
     }
