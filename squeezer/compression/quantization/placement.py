@@ -4,7 +4,8 @@ Rule: every activation tensor that feeds a quantizable op (conv, linear, matmul,
 average pooling, mean) gets a quantizer at the output of the op that produced it, searching
 upstream through scale-preserving ops (reshape, transpose, max-pool, dropout, concat). Such a
 tensor gets one quantizer, shared by all its consumers; the inputs of a concat share one
-quantizer (unified scale). Activations (ReLU, ...) and BatchNorm are not quantizable, so
+quantizer (unified scale), and a concat that no quantizable op reads (DenseNet's concat -> BatchNorm)
+has its inputs quantized each on its own. Activations (ReLU, ...) and BatchNorm are not quantizable, so
 conv -> bn -> relu gets a single quantizer on the ReLU output: the fused pattern NNCF and
 onnxruntime expect. The result is the QDQ layout onnxruntime turns into QLinearConv/QLinearAdd.
 Where a runtime needs more or fewer quantizers than that, `opts.policy` (placement_policy.py) says so.
