@@ -94,10 +94,9 @@ def _insert(ctx: BuildContext, setup: QuantizerSetup) -> tuple[dict[str, FakeQua
 
 def _store_concat_inputs_as_int8(gm: fx.GraphModule, act_q: dict[str, FakeQuantizer]) -> None:
     """Mark the activation quantizers that a concat reads (the policy's `stores_signed_concat_inputs_as_int8`)."""
-    prefix = ACTIVATIONS_ATTR + "."
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and str(node.target).startswith(prefix) and any(map(is_concat, node.users)):
-            act_q[str(node.target).removeprefix(prefix)].int8_storage = True
+    for node in activation_nodes(gm):
+        if any(map(is_concat, node.users)):
+            act_q[str(node.target).removeprefix(ACTIVATIONS_ATTR + ".")].int8_storage = True
 
 
 def _validate_scopes(ctx: BuildContext, cfg: QuantizationConfig) -> None:

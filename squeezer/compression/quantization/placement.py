@@ -312,9 +312,9 @@ def _quantize_op_inputs(placing: _Placing, shared: _SharedQuantizers) -> dict[fx
     for node in placing.traced.gm.graph.nodes:
         if node in fp32_adds:
             continue
-        if policy.quantizes_concat_inputs and is_concat(node):
+        if is_concat(node):  # even where no quantizable op reads it (DenseNet's concat -> BatchNorm -> ReLU)
             branches = node.args[0] if isinstance(node.args[0], (list, tuple)) else []
-            for branch in branches:  # each branch's output quantized: the convs that end them run in INT8
+            for branch in branches:  # each branch's output quantized: the runtime concatenates INT8 tensors
                 if isinstance(branch, fx.Node) and is_tensor(branch) and placing.considered(node, cfg.activations):
                     concat_branches.setdefault(node, []).extend(shared.add_input(branch, node))
         ports = _input_ports(placing, node)

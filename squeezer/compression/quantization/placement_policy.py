@@ -32,9 +32,6 @@ class PlacementPolicy:
     quantizes_fusion_inputs: bool
     # sums whose readers do not quantize them get no input quantizers (float_adds)
     leaves_float_adds: bool
-    # a concat's inputs are quantized even where what reads the concat is not quantizable (DenseNet's
-    # concat -> BatchNorm -> ReLU -> conv), so the runtime concatenates INT8 tensors
-    quantizes_concat_inputs: bool
     # a concat's output and a part of a split are quantized producers; a concat's branches share the
     # concat's quantizer (QLinearConcat copies bytes)
     quantizes_concats_and_splits: bool
@@ -72,7 +69,6 @@ NNCF_PLACEMENT = PlacementPolicy(
     writes_out_gated_activations=False,
     quantizes_fusion_inputs=False,
     leaves_float_adds=False,
-    quantizes_concat_inputs=True,
     quantizes_concats_and_splits=False,
     stores_signed_concat_inputs_as_int8=True,
     requantizes_branching_chains=False,
@@ -82,7 +78,6 @@ ONNXRUNTIME_PLACEMENT = PlacementPolicy(
     writes_out_gated_activations=True,
     quantizes_fusion_inputs=True,
     leaves_float_adds=True,
-    quantizes_concat_inputs=True,
     quantizes_concats_and_splits=True,
     stores_signed_concat_inputs_as_int8=False,
     requantizes_branching_chains=True,

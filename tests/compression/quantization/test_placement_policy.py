@@ -48,11 +48,9 @@ def test_the_builder_places_with_the_chosen_policy(runtime):
 
 def test_the_policies_differ_where_their_runtimes_do():
     """NNCF's placement is the default. It answers no to the questions where onnxruntime needs more or
-    fewer quantizers; both quantize a concat's inputs, and each stores them in its runtime's type."""
+    fewer quantizers, and yes to the one where OpenVINO needs another storage type."""
     nncf, ort = vars(NNCF_PLACEMENT), vars(ONNXRUNTIME_PLACEMENT)
-    shared = {"quantizes_concat_inputs"}
     openvino_only = {"stores_signed_concat_inputs_as_int8"}
-    onnxruntime_only = set(nncf) - {"name"} - shared - openvino_only
+    onnxruntime_only = set(nncf) - {"name"} - openvino_only
     assert onnxruntime_only and not any(nncf[k] for k in onnxruntime_only) and all(ort[k] for k in onnxruntime_only)
-    assert all(nncf[k] and ort[k] for k in shared)
     assert all(nncf[k] and not ort[k] for k in openvino_only)
