@@ -157,6 +157,20 @@ def is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     )
 
 
+_LAYOUT_FUNCS = {torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze}
+_LAYOUT_METHODS = {"view", "reshape", "transpose", "permute", "squeeze", "unsqueeze"}
+
+
+def is_layout_change(node: fx.Node) -> bool:
+    """Reshape, transpose, squeeze: ops that export as ONNX Reshape / Transpose / Squeeze / Unsqueeze, which
+    both runtimes carry a dequantization through (onnxruntime's QDQ propagation, OpenVINO's low-precision
+    transformations), so the consumer after them needs no second quantize call. Not `flatten(x, 1)`, which
+    exports as Flatten (onnxruntime does not propagate through it), nor max-pool or indexing."""
+    return (node.op == "call_function" and node.target in _LAYOUT_FUNCS) or (
+        node.op == "call_method" and node.target in _LAYOUT_METHODS
+    )
+
+
 def is_tensor(node: fx.Node) -> bool:
     return tensor_meta(node) is not None
 

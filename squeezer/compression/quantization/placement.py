@@ -28,6 +28,7 @@ from squeezer.compression.quantization.op_kinds import (
     activation_ports,
     is_agnostic,
     is_concat,
+    is_layout_change,
     is_passthrough,
     is_tensor,
     port_args,
@@ -235,6 +236,19 @@ def _weight_points(placing: _Placing) -> list[WeightPoint]:
 # ------------------------------------------------------------------------------------------ activations
 
 
+def _chain(arg: fx.Node, producers: list[fx.Node], modules: dict[str, nn.Module]) -> set[fx.Node]:
+    """The scale-preserving ops between `producers` and `arg` (included) that an input passes."""
+    nodes: set[fx.Node] = set()
+    stack = [arg]
+    while stack:
+        node = stack.pop()
+        if node in nodes or node in producers or not is_tensor(node) or not is_agnostic(node, modules):
+            continue
+        nodes.add(node)
+        stack.extend(node.all_input_nodes)
+    return nodes
+
+
 class _SharedQuantizers:
     """The producers whose outputs are quantized, joined into groups that share one quantizer (union-find),
     and where each one's quantizer is applied: after it for some of its users (`edges`), and again right
@@ -273,9 +287,9 @@ class _SharedQuantizers:
             self.find(p)
             self.edges.setdefault(p, set()).update(e for e in path_edges if e[0] is p)
             self.consumers.setdefault(p, []).append(consumer)
-        chain = {user for _, user in path_edges} | {arg}
-        chain.discard(consumer)
-        if arg not in producers and not all(is_passthrough(n, modules) for n in chain):
+        if arg not in producers and not all(
+            is_passthrough(n, modules) or is_layout_change(n) for n in _chain(arg, producers, modules)
+        ):
             self.chain_ends.setdefault(producers[0], set()).add((arg, consumer))
         if policy.requantizes_branching_chains:
             self.chain_ends.setdefault(producers[0], set()).update(branching_edges(arg, producers, modules))

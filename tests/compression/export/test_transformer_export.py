@@ -268,3 +268,47 @@ def test_attention_scale_is_a_constant_in_the_file(kwargs, tmp_path):
     ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     assert ops["Softmax"] == 1 and ops["Sqrt"] == 0
     assert ops["Slice"] == (2 if kwargs.get("causal") else 0)  # the causal mask is cut to the sequence length
+
+
+def test_attention_output_reaches_the_projection_through_one_quantizer(tmp_path):
+    """The attention output is quantized once, before the heads' transpose and reshape: onnxruntime still
+    runs every matmul as an integer kernel (its QDQ propagation carries the dequantization through both),
+    and OpenVINO no longer dequantizes the reshaped int8 tensor to quantize it again before the projection."""
+    from squeezer.compression.export.openvino_import import import_openvino
+    from squeezer.examples.models import AttentionBlock
+
+    torch.manual_seed(0)
+    config = NNCFConfig.from_dict(
+        {
+            "input_info": {"sample_size": [2, 8, 32]},
+            "model_type": "transformer",
+            "compression": {"algorithm": "quantization"},
+        }
+    )
+    register_default_init_args(config, [(torch.randn(4, 8, 32), torch.zeros(4))], criterion=nn.MSELoss())
+    ctrl, _ = create_compressed_model(AttentionBlock(), config, dump_graphs=False)
+    path = ctrl.export_model(tmp_path / "attention.onnx")  # parity with torch checked in onnxruntime
+
+    graph = onnx.load(str(path)).graph
+    producer = {out: n for n in graph.node for out in n.output}
+    node = producer[next(n for n in graph.node if n.op_type == "MatMul" and "proj" in n.name).input[0]]
+    passed = []
+    while node.op_type in ("Transpose", "Reshape", "DequantizeLinear", "QuantizeLinear"):
+        passed.append(node.op_type)
+        node = producer[node.input[0]]
+    assert node.op_type == "MatMul"  # attention @ values
+    assert passed == ["Reshape", "Transpose", "DequantizeLinear", "QuantizeLinear"]
+
+    ops = Counter(n.op_type for n in _optimized(path, tmp_path).graph.node)
+    assert sum(ops[k] for k in INTEGER_MATMULS) == 6  # qkv, both attention matmuls, proj and the MLP's two
+
+    compiled = import_openvino().Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    layer = {op: op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()}
+    requantized = [  # FakeQuantize <- Convert <- Reshape: an int8 tensor made float to be quantized again
+        op
+        for op, kind in layer.items()
+        if kind == "FakeQuantize"
+        and layer[(convert := op.input(0).get_source_output().get_node())] == "Convert"
+        and layer[convert.input(0).get_source_output().get_node()] == "Reshape"
+    ]
+    assert requantized == []
