@@ -240,26 +240,34 @@ def test_attention_masks_that_mask_nothing_are_dropped(masks_something):
 class SdpaAttention(nn.Module):
     """Multi-head self-attention through F.scaled_dot_product_attention, as timm and Hugging Face write it."""
 
-    def __init__(self, scale: float | None = None, causal: bool = False, masked: bool = False) -> None:
+    def __init__(
+        self, scale: float | None = None, causal: bool = False, masked: bool = False, additive: bool = False
+    ) -> None:
         super().__init__()
         self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
-        self.scale, self.causal, self.masked = scale, causal, masked
+        self.scale, self.causal, self.masked, self.additive = scale, causal, masked, additive
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4)
         mask = (x[:, None, None, :, 0] > -1.5) if self.masked else None  # (b, 1, 1, n) bool
+        if self.additive:  # Hugging Face's form: 0 where attended, a large negative number elsewhere
+            mask = (x[:, None, None, :, 0] <= -1.5).float() * torch.finfo(torch.float32).min
         out = nn.functional.scaled_dot_product_attention(q, k, v, mask, scale=self.scale, is_causal=self.causal)
         return self.proj(out.transpose(1, 2).reshape(b, n, 16))
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{}, {"scale": 0.2}, {"causal": True}, {"masked": True}], ids=["default", "scale", "causal", "mask"]
+    "kwargs",
+    [{}, {"scale": 0.2}, {"causal": True}, {"masked": True}, {"additive": True}],
+    ids=["default", "scale", "causal", "mask", "additive"],
 )
-def test_attention_scale_is_a_constant_in_the_file(kwargs, tmp_path):
+def test_attention_scale_is_a_constant_applied_once(kwargs, tmp_path):
     """torch's ONNX form computes 1/sqrt(head size) from the query's shape on every run (Shape, Slice, Cast,
-    Sqrt, Div); the export writes it as a constant when the head size is known. Parity with torch is
-    checked by the export itself, in onnxruntime."""
+    Sqrt, Div) and multiplies the query and the transposed key each by its square root; the export writes
+    it as a constant when the head size is known and, but for a causal mask (torch's form), applies it
+    once, to the query, so that the key's Transpose feeds the MatMul (OpenVINO folds it in). Parity with
+    torch is checked by the export itself, in onnxruntime."""
     from squeezer.compression.export.onnx_export import export_onnx
 
     torch.manual_seed(0)
@@ -268,6 +276,12 @@ def test_attention_scale_is_a_constant_in_the_file(kwargs, tmp_path):
     ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     assert ops["Softmax"] == 1 and ops["Sqrt"] == 0
     assert ops["Slice"] == (2 if kwargs.get("causal") else 0)  # the causal mask is cut to the sequence length
+    if not kwargs.get("causal"):
+        graph = onnx.load(str(path)).graph
+        producer = {out: n for n in graph.node for out in n.output}
+        kinds = {out: n.op_type for out, n in producer.items()}
+        (scores,) = [n for n in graph.node if n.op_type == "MatMul" and kinds.get(n.input[1]) == "Transpose"]
+        assert kinds[scores.input[0]] == "Mul" and ops["Mul"] == 1 + kwargs.get("additive", False)
 
 
 def test_attention_output_reaches_the_projection_through_one_quantizer(tmp_path):
