@@ -170,6 +170,8 @@ def side_by_side(runners: dict[str, Runner], feed: dict[str, np.ndarray], rounds
         for k in names
         if k != "fp32"
     }
+    # each round's medians: a comparison of two INT8 files pairs their rounds (same load), not two ratios to FP32
+    result["rounds_ms"] = {k: [round(v, 4) for v in per_round[k]] for k in names}
     result["runs_per_round"] = reps
     return result
 
