@@ -252,7 +252,8 @@ def _chain(arg: fx.Node, producers: list[fx.Node], modules: dict[str, nn.Module]
 class _SharedQuantizers:
     """The producers whose outputs are quantized, joined into groups that share one quantizer (union-find),
     and where each one's quantizer is applied: after it for some of its users (`edges`), and again right
-    before a consumer at the end of a scale-preserving chain from it (`chain_ends`)."""
+    before a consumer at the end of a scale-preserving chain from it that is more than reshapes and
+    transposes (a max-pool, a flatten, indexing: `chain_ends`)."""
 
     def __init__(self, placing: _Placing) -> None:
         self.placing = placing

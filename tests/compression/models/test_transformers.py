@@ -14,6 +14,7 @@ from transformers.pytorch_utils import Conv1D
 from squeezer import NNCFConfig, create_compressed_model
 from squeezer.compression.graph.lift import Addmm
 from squeezer.compression.quantization.algorithm import weight_quantizer_of
+from tests.compression.export.test_export import optimized_ops
 
 TOKENS = [
     {"sample_size": [1, 8], "type": "long", "keyword": "input_ids"},
@@ -41,12 +42,13 @@ def token_batch(n=4):
 
 def matmuls_with_quantized_activations(graph: onnx.GraphProto, op: str = "MatMul") -> list[str]:
     """MatMul (or Gemm) nodes whose activation input comes from a DequantizeLinear (their weight input does too,
-    behind the Transpose torch writes for a Linear on a 3-d input)."""
+    behind the Transpose torch writes for a Linear on a 3-d input), directly or through the Transposes and
+    Reshapes that both runtimes carry a dequantization through (a multi-head output, GPT-2's 2-d views)."""
     producer = {out: node for node in graph.node for out in node.output}
 
     def dequantized(name: str) -> bool:
         node = producer.get(name)
-        while node is not None and node.op_type == "Transpose":
+        while node is not None and node.op_type in ("Transpose", "Reshape"):
             node = producer.get(node.input[0])
         return node is not None and node.op_type == "DequantizeLinear"
 
@@ -83,6 +85,7 @@ def test_bert_is_captured_with_torch_export_trains_on_any_batch_strips_and_expor
     assert exported.opset_import[0].version == 14  # scaled_dot_product_attention
     assert [i.name for i in exported.graph.input] == ["input.0", "input.1"]
     assert len(matmuls_with_quantized_activations(exported.graph)) == 12  # q, k, v, out, 2 FFN in both layers
+    assert optimized_ops(path, tmp_path)["MatMulIntegerToFloat"] == 12  # and onnxruntime runs each on int8
     stripped = ctrl.strip()
     assert stripped.eval()(**token_batch()).logits.shape == (4, 3)
 
