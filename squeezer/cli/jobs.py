@@ -198,8 +198,8 @@ def list_jobs(
         total = f"/{job.total_epochs}" if job.total_epochs else ""
         if job.total_epochs and job.terminal and job.epoch < job.total_epochs:
             total = f" (of ≤{job.total_epochs})"  # done early (met its budget), not stalled at 0/3
-        table.add_row(
-            job.id, job.name, job.status, f"{job.epoch}{total}", metric, rate, f"{job.created_at:%Y-%m-%d %H:%M}"
+        table.add_row(  # the name is the user's: never markup
+            job.id, Text(job.name), job.status, f"{job.epoch}{total}", metric, rate, f"{job.created_at:%Y-%m-%d %H:%M}"
         )
     console.print(table)
     console.print(f"{len(page.items)} of {page.total}")
@@ -215,7 +215,9 @@ def show(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
     if shown["result"]:  # latency and warnings get their own table and lines below
         shown["result"] = {k: v for k, v in shown["result"].items() if k not in ("latency", "warnings")}
     for field, value in _rows("", shown):
-        summary.add_row(field, Text(value))  # a job's error or name may hold [brackets]: never markup
+        # a job's error or name, and quantizer ids in its statistics (`Block[0]/LayerNorm[norm1]`), hold
+        # [brackets]: never markup (rich dropped `[norm1]`, so norm1's and norm2's rows read the same)
+        summary.add_row(Text(field), Text(value))
     console.print(summary)
     _latency(job)
     if metrics:

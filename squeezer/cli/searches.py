@@ -167,8 +167,13 @@ def list_searches(
         page = client.searches.list(limit=limit)
     table = Table("id", "name", "status", "candidates", "recommended", "created")
     for s in page.items:
-        table.add_row(
-            s.id, s.name, s.status, str(len(s.result.candidates)), s.result.recommended or "", _shown(s.created_at)
+        table.add_row(  # the names are the user's: never markup
+            s.id,
+            Text(s.name),
+            s.status,
+            str(len(s.result.candidates)),
+            Text(s.result.recommended or ""),
+            _shown(s.created_at),
         )
     console.print(table)
     console.print(f"{len(page.items)} of {page.total}")

@@ -148,14 +148,16 @@ def test_a_piped_progress_bar_keeps_its_whole_line(capsys, monkeypatch):
 
 
 def test_errors_and_warnings_are_printed_verbatim_once(tmp_path):
-    """rich read "[EpochMessage,DoneMessage,FailedMessage]" as markup and dropped it; messages are data."""
+    """rich read "[EpochMessage,DoneMessage,FailedMessage]" as markup and dropped it, and `[norm1]` from a
+    quantizer id in the statistics; messages and ids are data."""
     app, _, alice, _ = app_with_two_keys(tmp_path)
     error = "loss diverged at epoch 3 (loss=nan) [EpochMessage,DoneMessage,FailedMessage] [red]x[/red]"
     warning = "the exported model is epoch 2's [not the last]"
     with app.state.sessions() as session:
         owner = session.scalars(select(ApiKey).where(ApiKey.name == "alice")).one()
         job = Job(owner_id=owner.id, name="[b]mine[/b]", status=JobStatus.failed, spec={}, error=error)
-        job.result = {"warnings": [warning]}
+        alphas = {"Block[0]/LayerNorm[norm1]/layer_norm_0|OUTPUT": 0.95}  # quantizer ids, as PTQ reports them
+        job.result = {"warnings": [warning], "statistics": {"post_training": {"smooth_quant_alphas": alphas}}}
         job.finished_at = datetime.now(UTC)
         session.add(job)
         session.commit()
@@ -163,6 +165,9 @@ def test_errors_and_warnings_are_printed_verbatim_once(tmp_path):
     with live_server(app) as url:
         watched = _cli(url, alice, "jobs", "watch", job_id)
         shown = _cli(url, alice, "jobs", "show", job_id)
+        listed = _cli(url, alice, "jobs", "ls")
     assert watched.returncode == 1
     assert watched.stdout.count(error) == 1 and watched.stdout.count(warning) == 1, watched.stdout
     assert error in shown.stdout and "[b]mine[/b]" in shown.stdout and shown.stdout.count(warning) == 1
+    assert "Block[0]/LayerNorm[norm1]/layer_norm_0|OUTPUT" in shown.stdout
+    assert "[b]mine[/b]" in listed.stdout
