@@ -37,7 +37,7 @@ from squeezer.compression.quantization.op_kinds import (
 from squeezer.compression.quantization.placement_policy import PlacementOptions
 from squeezer.compression.quantization.quantizer import QuantizerSpec, with_bits
 from squeezer.compression.quantization.quantizer_specs import activation_spec, considered, weight_spec
-from squeezer.compression.quantization.upstream import branching_edges, upstream_producers
+from squeezer.compression.quantization.upstream import branching_edges, chain_between, upstream_producers
 from squeezer.errors import ConfigError
 
 __all__ = [  # PlacementOptions too: callers import it from here
@@ -236,19 +236,6 @@ def _weight_points(placing: _Placing) -> list[WeightPoint]:
 # ------------------------------------------------------------------------------------------ activations
 
 
-def _chain(arg: fx.Node, producers: list[fx.Node], modules: dict[str, nn.Module]) -> set[fx.Node]:
-    """The scale-preserving ops between `producers` and `arg` (included) that an input passes."""
-    nodes: set[fx.Node] = set()
-    stack = [arg]
-    while stack:
-        node = stack.pop()
-        if node in nodes or node in producers or not is_tensor(node) or not is_agnostic(node, modules):
-            continue
-        nodes.add(node)
-        stack.extend(node.all_input_nodes)
-    return nodes
-
-
 class _SharedQuantizers:
     """The producers whose outputs are quantized, joined into groups that share one quantizer (union-find),
     and where each one's quantizer is applied: after it for some of its users (`edges`), and again right
@@ -288,12 +275,12 @@ class _SharedQuantizers:
             self.find(p)
             self.edges.setdefault(p, set()).update(e for e in path_edges if e[0] is p)
             self.consumers.setdefault(p, []).append(consumer)
-        if arg not in producers and not all(
-            is_passthrough(n, modules) or is_layout_change(n) for n in _chain(arg, producers, modules)
-        ):
+        chain = chain_between(arg, producers, modules)
+        passed = [n for n in chain if is_tensor(n)]  # the tensors the input passes, shape reads aside
+        if arg not in producers and not all(is_passthrough(n, modules) or is_layout_change(n) for n in passed):
             self.chain_ends.setdefault(producers[0], set()).add((arg, consumer))
         if policy.requantizes_branching_chains:
-            self.chain_ends.setdefault(producers[0], set()).update(branching_edges(arg, producers, modules))
+            self.chain_ends.setdefault(producers[0], set()).update(branching_edges(chain, producers, modules))
         return producers
 
     def groups(self, order: dict[fx.Node, int]) -> list[list[fx.Node]]:

@@ -19,27 +19,38 @@ from squeezer.compression.quantization.op_kinds import (
 )
 
 
+def chain_between(arg: fx.Node, producers: list[fx.Node], modules: dict[str, nn.Module]) -> set[fx.Node]:
+    """The scale-preserving ops between `producers` and `arg` (included) that an input passes, with the ones
+    that are not tensors: a tuple taken apart (`unbind`), an item of a shape that a reshape reads."""
+    nodes: set[fx.Node] = set()
+    stack = [arg]
+    while stack:
+        node = stack.pop()
+        if node in nodes or node in producers or not is_agnostic(node, modules):
+            continue
+        nodes.add(node)
+        stack.extend(node.all_input_nodes)
+    return nodes
+
+
 def branching_edges(
-    arg: fx.Node, producers: list[fx.Node], modules: dict[str, nn.Module]
+    chain: set[fx.Node], producers: list[fx.Node], modules: dict[str, nn.Module]
 ) -> set[tuple[fx.Node, fx.Node]]:
-    """Edges (tensor, op) inside a scale-preserving chain from `producers` to `arg` where the tensor has
-    other readers too: GoogLeNet's max-pool feeds three convs and the next branch's max-pool.
+    """Edges (tensor, op) inside a scale-preserving `chain` from `producers` (chain_between) where the
+    tensor has other readers too: GoogLeNet's max-pool feeds three convs and the next branch's max-pool.
     onnxruntime runs DequantizeLinear -> MaxPool -> QuantizeLinear on int8 only when the QuantizeLinear
     is the pool's sole reader, so the quantizer is applied again before the second pool as well (the
     same quantizer: a max-pool of grid values stays on the grid, so the numbers do not change)."""
-    edges: set[tuple[fx.Node, fx.Node]] = set()
-    stack, seen = [arg], set(producers)
-    while stack:
-        node = stack.pop()
-        if node in seen or not is_agnostic(node, modules):
-            continue
-        seen.add(node)
-        for source in node.all_input_nodes:
-            branches = is_tensor(source) and len(source.users) > 1 and not is_passthrough(source, modules)
-            if branches and source not in producers and is_agnostic(source, modules):
-                edges.add((source, node))
-            stack.append(source)
-    return edges
+    return {
+        (source, node)
+        for node in chain
+        for source in node.all_input_nodes
+        if is_tensor(source)
+        and len(source.users) > 1
+        and not is_passthrough(source, modules)
+        and source not in producers
+        and is_agnostic(source, modules)
+    }
 
 
 def upstream_producers(
